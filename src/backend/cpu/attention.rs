@@ -1,0 +1,114 @@
+//! Multi-head self-attention with a key-padding mask, one sequence per rayon task.
+//!
+//! Queries, keys and values are read in place from the fused `[tokens, 3·hidden]` projection with
+//! strided products, so no head is ever copied out. The probabilities are saved for the backward
+//! pass (the CPU has the memory; the CUDA kernel recomputes them from the log-sum-exp instead).
+
+use super::matmul::{matmul, MatLayout, Threads};
+use crate::backend::AttentionDims;
+use rayon::prelude::*;
+
+fn head_layout(d: &AttentionDims, row_stride: usize, offset: usize) -> MatLayout {
+    MatLayout {
+        offset,
+        rows: d.seq,
+        cols: d.head_dim,
+        row_stride,
+        col_stride: 1,
+    }
+}
+
+/// Softmax of each row of `scores` after scaling, over the keys whose mask is 1. Padding keys get
+/// probability 0; a row with no real key at all is uniform, as an additive large-negative mask gives.
+fn masked_softmax(scores: &mut [f32], key_mask: &[u32], scale: f32) {
+    let any_real = key_mask.iter().any(|&m| m != 0);
+    let real = |j: usize| !any_real || key_mask[j] != 0;
+    for row in scores.chunks_mut(key_mask.len()) {
+        let mut max = f32::NEG_INFINITY;
+        for (j, s) in row.iter_mut().enumerate() {
+            *s *= scale;
+            if real(j) {
+                max = max.max(*s);
+            }
+        }
+        let mut sum = 0.0f32;
+        for (j, s) in row.iter_mut().enumerate() {
+            *s = if real(j) { (*s - max).exp() } else { 0.0 };
+            sum += *s;
+        }
+        row.iter_mut().for_each(|s| *s /= sum);
+    }
+}
+
+pub fn forward(
+    qkv: &[f32],
+    key_mask: &[u32],
+    ctx: &mut [f32],
+    probs: &mut [f32],
+    d: AttentionDims,
+) {
+    let (t, h) = (d.seq, d.hidden());
+    let scale = 1.0 / (d.head_dim as f32).sqrt();
+    ctx[..d.batch * t * h]
+        .par_chunks_mut(t * h)
+        .zip(probs[..d.batch * d.heads * t * t].par_chunks_mut(d.heads * t * t))
+        .enumerate()
+        .for_each(|(b, (ctx, probs))| {
+            let qkv = &qkv[b * t * 3 * h..(b + 1) * t * 3 * h];
+            let mask = &key_mask[b * t..(b + 1) * t];
+            for head in 0..d.heads {
+                let p = &mut probs[head * t * t..(head + 1) * t * t];
+                let q = head_layout(&d, 3 * h, head * d.head_dim);
+                let k = head_layout(&d, 3 * h, h + head * d.head_dim);
+                let v = head_layout(&d, 3 * h, 2 * h + head * d.head_dim);
+                let pl = MatLayout::row_major(t, t);
+                matmul(p, pl, qkv, q, qkv, k.t(), false, Threads::Caller);
+                masked_softmax(p, mask, scale);
+                let c = head_layout(&d, h, head * d.head_dim);
+                matmul(ctx, c, p, pl, qkv, v, false, Threads::Caller);
+            }
+        });
+}
+
+pub fn backward(
+    qkv: &[f32],
+    probs: &[f32],
+    dctx: &[f32],
+    dqkv: &mut [f32],
+    dscores: &mut [f32],
+    d: AttentionDims,
+) {
+    let (t, h) = (d.seq, d.hidden());
+    let scale = 1.0 / (d.head_dim as f32).sqrt();
+    dqkv[..d.batch * t * 3 * h]
+        .par_chunks_mut(t * 3 * h)
+        .zip(dscores[..d.batch * d.heads * t * t].par_chunks_mut(d.heads * t * t))
+        .enumerate()
+        .for_each(|(b, (dqkv, dscores))| {
+            let qkv = &qkv[b * t * 3 * h..(b + 1) * t * 3 * h];
+            let dctx = &dctx[b * t * h..(b + 1) * t * h];
+            for head in 0..d.heads {
+                let p = &probs[(b * d.heads + head) * t * t..(b * d.heads + head + 1) * t * t];
+                let ds = &mut dscores[head * t * t..(head + 1) * t * t];
+                let pl = MatLayout::row_major(t, t);
+                let q = head_layout(&d, 3 * h, head * d.head_dim);
+                let k = head_layout(&d, 3 * h, h + head * d.head_dim);
+                let v = head_layout(&d, 3 * h, 2 * h + head * d.head_dim);
+                let dc = head_layout(&d, h, head * d.head_dim);
+                // dP = dctx·Vᵀ and dV += Pᵀ·dctx
+                matmul(ds, pl, dctx, dc, qkv, v.t(), false, Threads::Caller);
+                matmul(dqkv, v, p, pl.t(), dctx, dc, true, Threads::Caller);
+                // Softmax backward: dS = P ∘ (dP − Σ_j P·dP), then the 1/√d scale.
+                for (ds_row, p_row) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                    let dot: f32 = ds_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
+                    ds_row
+                        .iter_mut()
+                        .zip(p_row)
+                        .for_each(|(g, &pv)| *g = pv * (*g - dot) * scale);
+                }
+                // dQ += dS·K and dK += dSᵀ·Q
+                matmul(dqkv, q, ds, pl, qkv, k, true, Threads::Caller);
+                matmul(dqkv, k, ds, pl.t(), qkv, q, true, Threads::Caller);
+            }
+        });
+}

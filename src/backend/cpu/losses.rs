@@ -1,0 +1,120 @@
+//! The two losses of ELECTRA and the replacement that links them.
+
+use crate::backend::Pick;
+use crate::rng::{unit_f32, Stream};
+use rayon::prelude::*;
+
+/// Purpose tag of the Gumbel noise stream (see [`crate::rng::Stream`]).
+pub const GUMBEL_PURPOSE: u32 = 3;
+
+/// The Gumbel noise added to logit `col` of row `row`: −log(−log(u + 1e-9) + 1e-9), as the
+/// original code draws it. The stream's step is the row, so every (row, col) has its own counter.
+pub fn gumbel_noise(seed: u64, row: usize, col: usize) -> f32 {
+    let stream = Stream::new(seed, GUMBEL_PURPOSE, row as u64);
+    let u = unit_f32(stream.words(col as u32)[0]);
+    -(-(u + 1e-9).ln() + 1e-9).ln()
+}
+
+/// Softmax cross-entropy per row, its gradient into `dlogits`, and the replacement pick.
+#[allow(clippy::too_many_arguments)]
+pub fn softmax_xent(
+    logits: &[f32],
+    targets: &[u32],
+    row_loss: &mut [f32],
+    dlogits: &mut [f32],
+    grad_scale: f32,
+    pick: Option<(Pick, &mut [u32])>,
+    vocab: usize,
+) {
+    let rows = targets.len();
+    let (mode, picks) = match pick {
+        Some((mode, picks)) => (Some(mode), Some(picks)),
+        None => (None, None),
+    };
+    let per_row = |r: usize, dl: &mut [f32], loss: &mut f32| -> u32 {
+        let row = &logits[r * vocab..(r + 1) * vocab];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+        let log_z = max + sum.ln();
+        let target = targets[r] as usize;
+        *loss = log_z - row[target];
+        for (j, (d, &x)) in dl.iter_mut().zip(row).enumerate() {
+            let p = (x - log_z).exp();
+            *d = grad_scale * (p - if j == target { 1.0 } else { 0.0 });
+        }
+        match mode {
+            Some(Pick::Argmax) => argmax(row.iter().copied()),
+            Some(Pick::Gumbel { seed }) => argmax(
+                row.iter()
+                    .enumerate()
+                    .map(|(j, &x)| x + gumbel_noise(seed, r, j)),
+            ),
+            None => 0,
+        }
+    };
+    let rows_iter = dlogits[..rows * vocab]
+        .par_chunks_mut(vocab)
+        .zip(row_loss[..rows].par_iter_mut())
+        .enumerate();
+    match picks {
+        Some(picks) => rows_iter
+            .zip(picks[..rows].par_iter_mut())
+            .for_each(|((r, (dl, loss)), p)| *p = per_row(r, dl, loss)),
+        None => rows_iter.for_each(|(r, (dl, loss))| {
+            per_row(r, dl, loss);
+        }),
+    }
+}
+
+/// The index of the first largest value.
+fn argmax(values: impl Iterator<Item = f32>) -> u32 {
+    let mut best = (0u32, f32::NEG_INFINITY);
+    for (i, v) in values.enumerate() {
+        if v > best.1 {
+            best = (i as u32, v);
+        }
+    }
+    best.0
+}
+
+/// The discriminator's input and labels: replaced tokens that equal the original count as original.
+pub fn replace_tokens(
+    original: &[u32],
+    positions: &[u32],
+    picks: &[u32],
+    corrupted: &mut [u32],
+    is_replaced: &mut [f32],
+) {
+    corrupted.copy_from_slice(original);
+    is_replaced.fill(0.0);
+    for (&pos, &tok) in positions.iter().zip(picks) {
+        let pos = pos as usize;
+        corrupted[pos] = tok;
+        is_replaced[pos] = if tok != original[pos] { 1.0 } else { 0.0 };
+    }
+}
+
+/// Numerically stable sigmoid BCE with logits, and its gradient, over the unmasked tokens.
+pub fn sigmoid_bce(
+    logits: &[f32],
+    labels: &[f32],
+    mask: &[u32],
+    row_loss: &mut [f32],
+    dlogits: &mut [f32],
+    grad_scale: f32,
+) {
+    row_loss
+        .par_iter_mut()
+        .zip(dlogits.par_iter_mut())
+        .enumerate()
+        .for_each(|(i, (loss, d))| {
+            if mask[i] == 0 {
+                *loss = 0.0;
+                *d = 0.0;
+                return;
+            }
+            let (x, y) = (logits[i], labels[i]);
+            *loss = x.max(0.0) - x * y + (-x.abs()).exp().ln_1p();
+            *d = grad_scale * (1.0 / (1.0 + (-x).exp()) - y);
+        });
+}

@@ -1,0 +1,347 @@
+//! The numeric core: memory handles and the `Backend` interface.
+//!
+//! A backend owns all the memory of a training step in a few flat spaces (parameters, their
+//! gradients, the two Adam moments, activations and their gradients, integer ids). Everything
+//! above this layer refers to memory only through [`Buf`] and [`IBuf`] handles into those spaces,
+//! so the same model code drives the CPU reference and the CUDA backend, and a GPU step can be
+//! captured as a graph: no handle ever changes between steps of the same batch shape.
+//!
+//! The operations are fused at the level the kernels are written (linear+bias+GELU,
+//! residual+LayerNorm, attention, ...), not elementwise. Backward operations *accumulate* into
+//! gradient buffers, which is what makes a tensor used twice (the shared embeddings, the tied LM
+//! head, a residual branch) receive the sum of its gradients.
+
+pub mod cpu;
+
+/// One of the flat memory spaces a backend owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Space {
+    /// f32 master weights, one flat buffer with named views.
+    Param,
+    /// Gradients, laid out exactly like [`Space::Param`].
+    Grad,
+    /// Adam's first moment, laid out like [`Space::Param`].
+    AdamM,
+    /// Adam's second moment, laid out like [`Space::Param`].
+    AdamV,
+    /// The activation arena, sized once per batch shape.
+    Act,
+    /// Gradients of activations, laid out exactly like [`Space::Act`].
+    ActGrad,
+}
+
+impl Space {
+    pub(crate) const ALL: [Space; 6] = [
+        Space::Param,
+        Space::Grad,
+        Space::AdamM,
+        Space::AdamV,
+        Space::Act,
+        Space::ActGrad,
+    ];
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A contiguous run of f32 values in one memory space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buf {
+    pub space: Space,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl Buf {
+    /// The buffer that holds this buffer's gradient: same offset, companion space.
+    pub fn grad(self) -> Buf {
+        let space = match self.space {
+            Space::Param => Space::Grad,
+            Space::Act => Space::ActGrad,
+            other => panic!("{other:?} buffers have no gradient"),
+        };
+        Buf { space, ..self }
+    }
+
+    /// The first `len` values of this buffer.
+    pub fn prefix(self, len: usize) -> Buf {
+        assert!(len <= self.len, "prefix {len} of a buffer of {}", self.len);
+        Buf { len, ..self }
+    }
+
+    /// The same run of values in another space (e.g. the Adam moments of a parameter).
+    pub fn in_space(self, space: Space) -> Buf {
+        Buf { space, ..self }
+    }
+
+    pub(crate) fn end(self) -> usize {
+        self.offset + self.len
+    }
+}
+
+/// A contiguous run of u32 values (token ids, masks, positions) in the backend's integer space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IBuf {
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl IBuf {
+    /// The first `len` values of this buffer.
+    pub fn prefix(self, len: usize) -> IBuf {
+        assert!(
+            len <= self.len,
+            "prefix {len} of an int buffer of {}",
+            self.len
+        );
+        IBuf { len, ..self }
+    }
+}
+
+/// How many values each space must hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sizes {
+    pub params: usize,
+    pub acts: usize,
+    pub ints: usize,
+}
+
+/// `y[rows, out] = x[rows, inp] · w[out, inp]ᵀ (+ b)`; weights use PyTorch's `[out, in]` layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearDims {
+    pub rows: usize,
+    pub inp: usize,
+    pub out: usize,
+}
+
+/// Self-attention over `batch` sequences of `seq` tokens, `heads` heads of `head_dim` each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionDims {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionDims {
+    pub fn hidden(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// The parameters of a LayerNorm: gain and bias.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerNormParams {
+    pub gain: Buf,
+    pub bias: Buf,
+    pub eps: f32,
+}
+
+/// What a LayerNorm saves for its backward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerNormSaved {
+    /// The normalised input, `(x - mean) · rstd`, `[rows, width]`.
+    pub xhat: Buf,
+    /// `1 / sqrt(var + eps)` per row.
+    pub rstd: Buf,
+}
+
+/// The shared embedding block: word, position and token-type tables, then a LayerNorm.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EmbeddingParams {
+    pub word: Buf,
+    pub position: Buf,
+    pub token_type: Buf,
+    pub norm: LayerNormParams,
+}
+
+/// Adam without bias correction and with decoupled weight decay (the original ELECTRA optimizer).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+/// How the generator's replacement for a masked position is picked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// The most likely token (sampling-free; the design's default).
+    Argmax,
+    /// Gumbel-max sampling at temperature 1, with noise from Philox keyed by this seed.
+    Gumbel { seed: u64 },
+}
+
+/// The fused operations of an ELECTRA training step. Implemented by the CPU reference and by the
+/// CUDA backend; the CPU implementation is the specification the kernels are tested against.
+///
+/// Forward operations overwrite their outputs. Backward operations accumulate (`+=`) into every
+/// gradient they produce.
+pub trait Backend {
+    /// A short name for messages and benchmarks.
+    fn name(&self) -> &'static str;
+
+    /// Sizes every memory space. The parameter spaces keep their values when only the activation
+    /// or integer sizes change; new memory is zero.
+    fn reserve(&mut self, sizes: Sizes);
+
+    /// The current sizes.
+    fn sizes(&self) -> Sizes;
+
+    /// Copies host values into a buffer (`src.len() == dst.len`).
+    fn write(&mut self, dst: Buf, src: &[f32]);
+
+    /// Copies a buffer to the host (`dst.len() == src.len`).
+    fn read(&self, src: Buf, dst: &mut [f32]);
+
+    /// Copies host integers into an integer buffer.
+    fn write_ints(&mut self, dst: IBuf, src: &[u32]);
+
+    /// Copies an integer buffer to the host.
+    fn read_ints(&self, src: IBuf, dst: &mut [u32]);
+
+    /// Sets every value of a buffer.
+    fn fill(&mut self, dst: Buf, value: f32);
+
+    /// Gathers word + position + token-type embeddings for `rows = ids.len` tokens (positions count
+    /// from 0 in each sequence of `seq`), then applies LayerNorm.
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_fwd(
+        &mut self,
+        ids: IBuf,
+        token_types: IBuf,
+        seq: usize,
+        params: &EmbeddingParams,
+        out: Buf,
+        saved: LayerNormSaved,
+    );
+
+    /// Backward of [`Backend::embedding_fwd`]: scatter-adds into the three tables' gradients and the
+    /// LayerNorm's. Uses `saved.xhat.grad()` as scratch.
+    fn embedding_bwd(
+        &mut self,
+        ids: IBuf,
+        token_types: IBuf,
+        seq: usize,
+        params: &EmbeddingParams,
+        dout: Buf,
+        saved: LayerNormSaved,
+    );
+
+    /// `y = x·wᵀ + b`, and with `gelu_pre = Some(pre)`: `pre = x·wᵀ + b; y = gelu(pre)` (erf form).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_fwd(
+        &mut self,
+        x: Buf,
+        w: Buf,
+        b: Option<Buf>,
+        y: Buf,
+        gelu_pre: Option<Buf>,
+        dims: LinearDims,
+    );
+
+    /// Backward of [`Backend::linear_fwd`] given `dy`. With GELU, first forms the pre-activation's
+    /// gradient in `gelu_pre.grad()`. `dx` is skipped when `None` (the input needs no gradient).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_bwd(
+        &mut self,
+        x: Buf,
+        w: Buf,
+        dy: Buf,
+        dx: Option<Buf>,
+        dw: Buf,
+        db: Option<Buf>,
+        gelu_pre: Option<Buf>,
+        dims: LinearDims,
+    );
+
+    /// `y = LayerNorm(x + residual)` over rows of `width`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_fwd(
+        &mut self,
+        x: Buf,
+        residual: Option<Buf>,
+        params: &LayerNormParams,
+        y: Buf,
+        saved: LayerNormSaved,
+        rows: usize,
+        width: usize,
+    );
+
+    /// Backward of [`Backend::layernorm_fwd`]: the input's gradient goes to both `dx` and
+    /// `dresidual`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_bwd(
+        &mut self,
+        dy: Buf,
+        params: &LayerNormParams,
+        saved: LayerNormSaved,
+        dx: Buf,
+        dresidual: Option<Buf>,
+        rows: usize,
+        width: usize,
+    );
+
+    /// Multi-head self-attention. `qkv` is `[batch·seq, 3·hidden]` (queries, keys, values side by
+    /// side, heads contiguous within each); `key_mask` is 1 for real tokens and 0 for padding, which
+    /// is never attended to. Writes `ctx [batch·seq, hidden]` and saves the probabilities
+    /// `[batch, heads, seq, seq]`.
+    fn attention_fwd(
+        &mut self,
+        qkv: Buf,
+        key_mask: IBuf,
+        ctx: Buf,
+        probs: Buf,
+        dims: AttentionDims,
+    );
+
+    /// Backward of [`Backend::attention_fwd`]; uses `probs.grad()` as scratch.
+    fn attention_bwd(&mut self, qkv: Buf, probs: Buf, dctx: Buf, dqkv: Buf, dims: AttentionDims);
+
+    /// `out[i] = x[rows[i]]` for rows of `width`.
+    fn gather_rows(&mut self, x: Buf, rows: IBuf, out: Buf, width: usize);
+
+    /// Backward of [`Backend::gather_rows`]: `dx[rows[i]] += dout[i]`.
+    fn gather_rows_bwd(&mut self, dout: Buf, rows: IBuf, dx: Buf, width: usize);
+
+    /// One pass over each row of `logits [rows, vocab]`: the softmax cross-entropy against
+    /// `targets` into `row_loss`, its gradient times `grad_scale` into `logits.grad()` (the
+    /// probabilities are never stored), and, when `pick` is given, the replacement token into
+    /// `picks`.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_xent(
+        &mut self,
+        logits: Buf,
+        targets: IBuf,
+        row_loss: Buf,
+        grad_scale: f32,
+        pick: Option<(Pick, IBuf)>,
+        rows: usize,
+        vocab: usize,
+    );
+
+    /// Writes the discriminator's input: `corrupted = original` with `picks[i]` at position
+    /// `positions[i]`, and `is_replaced = 1` where the new token differs from the original.
+    fn replace_tokens(
+        &mut self,
+        original: IBuf,
+        positions: IBuf,
+        picks: IBuf,
+        corrupted: IBuf,
+        is_replaced: Buf,
+    );
+
+    /// Per-token sigmoid binary cross-entropy over tokens whose `mask` is 1: the loss into
+    /// `row_loss` (0 elsewhere) and `grad_scale · (σ(x) − label)` into `logits.grad()`.
+    fn sigmoid_bce(&mut self, logits: Buf, labels: Buf, mask: IBuf, row_loss: Buf, grad_scale: f32);
+
+    /// The L2 norm of the whole gradient space.
+    fn grad_norm(&mut self) -> f32;
+
+    /// One AdamW update of `params` (a run of [`Space::Param`]) from its gradient scaled by
+    /// `grad_scale` (which folds in clipping) and its moments.
+    fn adamw(&mut self, params: Buf, grad_scale: f32, hyper: &AdamW);
+}

@@ -1,0 +1,62 @@
+//! Files: safetensors reading and atomic writing, HF ELECTRA directories, batch files.
+
+pub mod batch_file;
+pub mod hf;
+pub mod tensors;
+
+use std::path::{Path, PathBuf};
+
+/// A problem with a file, naming the file and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error(transparent)]
+    Config(#[from] crate::model::config::ConfigError),
+}
+
+impl IoError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        IoError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn format(path: &Path, message: impl Into<String>) -> Self {
+        IoError::Format {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Writes a file atomically: into a temporary file beside it, flushed to disk, then renamed over
+/// the destination, so a reader sees the old file or the new one and never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|e| IoError::io(path, e))
+}

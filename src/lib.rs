@@ -1,0 +1,8 @@
+//! electra: pretraining ELECTRA text encoders (replaced-token detection).
+
+pub mod backend;
+pub mod io;
+pub mod model;
+pub mod rng;
+pub mod tape;
+pub mod train;

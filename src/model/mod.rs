@@ -1,0 +1,415 @@
+//! The ELECTRA model: configuration, the named parameter layout, and the forward passes of the
+//! generator and the discriminator, recorded on the tape.
+
+pub mod config;
+pub mod params;
+
+use crate::backend::{AttentionDims, Backend, Buf, IBuf, LayerNormSaved, LinearDims};
+use crate::rng::Stream;
+use crate::tape::{Arena, Tape};
+use config::{ElectraConfig, EncoderConfig};
+use params::{EncoderParams, ModelParams, ParamLayout};
+
+/// A model: its configuration, where its parameters live, and their handles.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub config: ElectraConfig,
+    pub layout: ParamLayout,
+    pub params: ModelParams,
+}
+
+/// Purpose tag of the initialisation stream.
+const INIT_PURPOSE: u32 = 1;
+
+impl Model {
+    pub fn new(config: ElectraConfig) -> Self {
+        let layout = ParamLayout::new(&config);
+        let params = layout.handles(&config);
+        Model {
+            config,
+            layout,
+            params,
+        }
+    }
+
+    /// The original initialisation: weights from N(0, 0.02) truncated at 2σ, biases 0, LayerNorm
+    /// gains 1. Deterministic in `seed`.
+    pub fn initial_values(&self, seed: u64) -> Vec<f32> {
+        let mut values = vec![0.0f32; self.layout.len()];
+        for (t, p) in self.layout.params.iter().enumerate() {
+            let dst = &mut values[p.buf.offset..p.buf.end()];
+            if p.name.ends_with("LayerNorm.weight") {
+                dst.fill(1.0);
+            } else if p.decay {
+                let stream = Stream::new(seed, INIT_PURPOSE, t as u64);
+                let mut counter = 0u32;
+                for v in dst.iter_mut() {
+                    *v = 0.02 * truncated_normal(&stream, &mut counter);
+                }
+            }
+        }
+        values
+    }
+}
+
+/// A standard normal draw truncated to [−2, 2], by Box–Muller and rejection.
+fn truncated_normal(stream: &Stream, counter: &mut u32) -> f32 {
+    loop {
+        let w = stream.words(*counter);
+        *counter += 1;
+        let u1 = (crate::rng::unit_f32(w[0]) as f64).max(1e-12);
+        let u2 = crate::rng::unit_f32(w[1]) as f64;
+        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+        if z.abs() <= 2.0 {
+            return z as f32;
+        }
+    }
+}
+
+/// The shape a step's memory is planned for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchShape {
+    pub batch: usize,
+    pub seq: usize,
+    /// The most masked positions a batch may have (batch × per-sequence maximum).
+    pub max_masked: usize,
+}
+
+impl BatchShape {
+    pub fn tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+}
+
+/// What one transformer block keeps for its backward pass.
+#[derive(Clone, Debug)]
+struct LayerActs {
+    qkv: Buf,
+    ctx: Buf,
+    probs: Buf,
+    attention_out: Buf,
+    attention_norm_out: Buf,
+    attention_norm: LayerNormSaved,
+    ffn_pre: Buf,
+    ffn_act: Buf,
+    ffn_out: Buf,
+    ffn_norm_out: Buf,
+    ffn_norm: LayerNormSaved,
+}
+
+/// The activations of one encoder.
+#[derive(Clone, Debug)]
+pub struct EncoderActs {
+    embedded: Buf,
+    embedding_norm: LayerNormSaved,
+    projected: Option<Buf>,
+    layers: Vec<LayerActs>,
+}
+
+impl EncoderActs {
+    fn new(arena: &mut Arena, enc: &EncoderConfig, embedding: usize, shape: BatchShape) -> Self {
+        let n = shape.tokens();
+        let h = enc.hidden_size;
+        let embedded = arena.acts(n * embedding);
+        let embedding_norm = arena.layernorm(n, embedding);
+        let projected = (embedding != h).then(|| arena.acts(n * h));
+        let layers = (0..enc.num_layers)
+            .map(|_| LayerActs {
+                qkv: arena.acts(n * 3 * h),
+                ctx: arena.acts(n * h),
+                probs: arena.acts(shape.batch * enc.num_heads * shape.seq * shape.seq),
+                attention_out: arena.acts(n * h),
+                attention_norm_out: arena.acts(n * h),
+                attention_norm: arena.layernorm(n, h),
+                ffn_pre: arena.acts(n * enc.intermediate_size),
+                ffn_act: arena.acts(n * enc.intermediate_size),
+                ffn_out: arena.acts(n * h),
+                ffn_norm_out: arena.acts(n * h),
+                ffn_norm: arena.layernorm(n, h),
+            })
+            .collect();
+        EncoderActs {
+            embedded,
+            embedding_norm,
+            projected,
+            layers,
+        }
+    }
+
+    /// The encoder's final hidden states.
+    pub fn output(&self) -> Buf {
+        match self.layers.last() {
+            Some(l) => l.ffn_norm_out,
+            None => self.projected.unwrap_or(self.embedded),
+        }
+    }
+}
+
+/// Every buffer of a training step for one batch shape.
+#[derive(Clone, Debug)]
+pub struct StepActs {
+    pub shape: BatchShape,
+    /// The original tokens, their segment ids and the attention mask (1 = real token).
+    pub input_ids: IBuf,
+    pub token_types: IBuf,
+    pub attention_mask: IBuf,
+    /// The generator's input, with [MASK] at most chosen positions.
+    pub masked_ids: IBuf,
+    /// Flat indices (`b·seq + t`) of the chosen positions, and their original tokens.
+    pub positions: IBuf,
+    pub targets: IBuf,
+    /// The generator's replacements, and the discriminator's input built from them.
+    pub picks: IBuf,
+    pub corrupted_ids: IBuf,
+    pub generator: EncoderActs,
+    pub gathered: Buf,
+    pub head_pre: Buf,
+    pub head_act: Buf,
+    pub head_out: Buf,
+    pub head_norm: LayerNormSaved,
+    /// Generator logits at the chosen positions, `[max_masked, vocab]`.
+    pub gen_logits: Buf,
+    pub gen_row_loss: Buf,
+    pub discriminator: EncoderActs,
+    pub disc_head_pre: Buf,
+    pub disc_head_act: Buf,
+    /// One logit per token.
+    pub disc_logits: Buf,
+    /// 1 where the discriminator's input token was replaced.
+    pub is_replaced: Buf,
+    pub disc_row_loss: Buf,
+    /// The activation and integer sizes this plan needs.
+    pub sizes: (usize, usize),
+}
+
+impl StepActs {
+    pub fn new(cfg: &ElectraConfig, shape: BatchShape) -> Self {
+        let mut a = Arena::default();
+        let n = shape.tokens();
+        let m = shape.max_masked;
+        let e = cfg.embedding_size;
+        let hd = cfg.discriminator.hidden_size;
+        let mut plan = StepActs {
+            shape,
+            input_ids: a.ints(n),
+            token_types: a.ints(n),
+            attention_mask: a.ints(n),
+            masked_ids: a.ints(n),
+            positions: a.ints(m),
+            targets: a.ints(m),
+            picks: a.ints(m),
+            corrupted_ids: a.ints(n),
+            generator: EncoderActs::new(&mut a, &cfg.generator, e, shape),
+            gathered: a.acts(m * cfg.generator.hidden_size),
+            head_pre: a.acts(m * e),
+            head_act: a.acts(m * e),
+            head_out: a.acts(m * e),
+            head_norm: a.layernorm(m, e),
+            gen_logits: a.acts(m * cfg.vocab_size),
+            gen_row_loss: a.acts(m),
+            discriminator: EncoderActs::new(&mut a, &cfg.discriminator, e, shape),
+            disc_head_pre: a.acts(n * hd),
+            disc_head_act: a.acts(n * hd),
+            disc_logits: a.acts(n),
+            is_replaced: a.acts(n),
+            disc_row_loss: a.acts(n),
+            sizes: (0, 0),
+        };
+        plan.sizes = a.used();
+        plan
+    }
+}
+
+/// Runs one encoder over the embedded tokens `ids`.
+#[allow(clippy::too_many_arguments)]
+pub fn encoder_forward<B: Backend>(
+    be: &mut B,
+    tape: &mut Tape,
+    model: &Model,
+    enc: &EncoderConfig,
+    p: &EncoderParams,
+    acts: &EncoderActs,
+    ids: IBuf,
+    token_types: IBuf,
+    attention_mask: IBuf,
+    shape: BatchShape,
+) -> Buf {
+    let n = shape.tokens();
+    let e = model.config.embedding_size;
+    let h = enc.hidden_size;
+    let emb = &model.params.embeddings;
+    tape.embedding(
+        be,
+        ids,
+        token_types,
+        shape.seq,
+        emb,
+        acts.embedded,
+        acts.embedding_norm,
+    );
+    let mut x = acts.embedded;
+    if let (Some(project), Some(out)) = (p.project, acts.projected) {
+        let dims = LinearDims {
+            rows: n,
+            inp: e,
+            out: h,
+        };
+        tape.linear(be, x, project.weight, Some(project.bias), out, None, dims);
+        x = out;
+    }
+    let attention = AttentionDims {
+        batch: shape.batch,
+        seq: shape.seq,
+        heads: enc.num_heads,
+        head_dim: enc.head_dim(),
+    };
+    let dims = |inp, out| LinearDims { rows: n, inp, out };
+    for (l, a) in p.layers.iter().zip(&acts.layers) {
+        tape.linear(
+            be,
+            x,
+            l.qkv.weight,
+            Some(l.qkv.bias),
+            a.qkv,
+            None,
+            dims(h, 3 * h),
+        );
+        tape.attention(be, a.qkv, attention_mask, a.ctx, a.probs, attention);
+        let (wo, bo) = (l.attention_out.weight, l.attention_out.bias);
+        tape.linear(be, a.ctx, wo, Some(bo), a.attention_out, None, dims(h, h));
+        let (ln1, ln1_out) = (&l.attention_norm, a.attention_norm_out);
+        tape.layernorm(
+            be,
+            a.attention_out,
+            Some(x),
+            ln1,
+            ln1_out,
+            a.attention_norm,
+            n,
+            h,
+        );
+        let f = enc.intermediate_size;
+        let (wi, bi) = (l.ffn_in.weight, l.ffn_in.bias);
+        tape.linear(
+            be,
+            ln1_out,
+            wi,
+            Some(bi),
+            a.ffn_act,
+            Some(a.ffn_pre),
+            dims(h, f),
+        );
+        let (wf, bf) = (l.ffn_out.weight, l.ffn_out.bias);
+        tape.linear(be, a.ffn_act, wf, Some(bf), a.ffn_out, None, dims(f, h));
+        let (ln2, ln2_out) = (&l.ffn_norm, a.ffn_norm_out);
+        tape.layernorm(be, a.ffn_out, Some(ln1_out), ln2, ln2_out, a.ffn_norm, n, h);
+        x = ln2_out;
+    }
+    x
+}
+
+/// The generator on `acts.masked_ids`, and its head at the first `masked` chosen positions:
+/// writes `acts.gen_logits`.
+pub fn generator_forward<B: Backend>(
+    be: &mut B,
+    tape: &mut Tape,
+    model: &Model,
+    acts: &StepActs,
+    masked: usize,
+) {
+    let cfg = &model.config;
+    let hidden = encoder_forward(
+        be,
+        tape,
+        model,
+        &cfg.generator,
+        &model.params.generator,
+        &acts.generator,
+        acts.masked_ids,
+        acts.token_types,
+        acts.attention_mask,
+        acts.shape,
+    );
+    let (hg, e, v) = (
+        cfg.generator.hidden_size,
+        cfg.embedding_size,
+        cfg.vocab_size,
+    );
+    let head = &model.params.generator_head;
+    let gathered = acts.gathered.prefix(masked * hg);
+    tape.gather_rows(be, hidden, acts.positions.prefix(masked), gathered, hg);
+    let dims = |inp, out| LinearDims {
+        rows: masked,
+        inp,
+        out,
+    };
+    let head_act = acts.head_act.prefix(masked * e);
+    let head_pre = acts.head_pre.prefix(masked * e);
+    let (w, b) = (head.dense.weight, head.dense.bias);
+    tape.linear(
+        be,
+        gathered,
+        w,
+        Some(b),
+        head_act,
+        Some(head_pre),
+        dims(hg, e),
+    );
+    let head_out = acts.head_out.prefix(masked * e);
+    tape.layernorm(
+        be,
+        head_act,
+        None,
+        &head.norm,
+        head_out,
+        acts.head_norm,
+        masked,
+        e,
+    );
+    let logits = acts.gen_logits.prefix(masked * v);
+    let word = model.params.embeddings.word;
+    tape.linear(
+        be,
+        head_out,
+        word,
+        Some(head.lm_bias),
+        logits,
+        None,
+        dims(e, v),
+    );
+}
+
+/// The discriminator on `acts.corrupted_ids`: writes one logit per token to `acts.disc_logits`.
+pub fn discriminator_forward<B: Backend>(
+    be: &mut B,
+    tape: &mut Tape,
+    model: &Model,
+    acts: &StepActs,
+) {
+    let cfg = &model.config;
+    let hidden = encoder_forward(
+        be,
+        tape,
+        model,
+        &cfg.discriminator,
+        &model.params.discriminator,
+        &acts.discriminator,
+        acts.corrupted_ids,
+        acts.token_types,
+        acts.attention_mask,
+        acts.shape,
+    );
+    let n = acts.shape.tokens();
+    let h = cfg.discriminator.hidden_size;
+    let head = &model.params.discriminator_head;
+    let dims = |out| LinearDims {
+        rows: n,
+        inp: h,
+        out,
+    };
+    let (w, b) = (head.dense.weight, head.dense.bias);
+    let (pre, act) = (acts.disc_head_pre, acts.disc_head_act);
+    tape.linear(be, hidden, w, Some(b), act, Some(pre), dims(h));
+    let (w, b) = (head.prediction.weight, head.prediction.bias);
+    tape.linear(be, act, w, Some(b), acts.disc_logits, None, dims(1));
+}

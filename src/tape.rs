@@ -1,0 +1,298 @@
+//! The tape: the forward pass records each fused operation with the handles of what it saved, and
+//! the backward pass walks the record in reverse.
+//!
+//! Every handle is fixed by the [`Arena`] for a batch shape, so the record is the same for every
+//! step of that shape: clearing and refilling it allocates nothing once its capacity is reached.
+//! With recording off (inference), the forward operations run and nothing is kept.
+
+use crate::backend::{
+    AttentionDims, Backend, Buf, EmbeddingParams, IBuf, LayerNormParams, LayerNormSaved,
+    LinearDims, Space,
+};
+
+/// Hands out activation and integer buffers for one batch shape, by bumping offsets.
+#[derive(Debug, Default)]
+pub struct Arena {
+    acts: usize,
+    ints: usize,
+}
+
+impl Arena {
+    /// A new activation buffer of `len` values.
+    pub fn acts(&mut self, len: usize) -> Buf {
+        let b = Buf {
+            space: Space::Act,
+            offset: self.acts,
+            len,
+        };
+        self.acts += len;
+        b
+    }
+
+    /// A new integer buffer of `len` values.
+    pub fn ints(&mut self, len: usize) -> IBuf {
+        let b = IBuf {
+            offset: self.ints,
+            len,
+        };
+        self.ints += len;
+        b
+    }
+
+    /// A LayerNorm's saved statistics for `rows` rows of `width`.
+    pub fn layernorm(&mut self, rows: usize, width: usize) -> LayerNormSaved {
+        LayerNormSaved {
+            xhat: self.acts(rows * width),
+            rstd: self.acts(rows),
+        }
+    }
+
+    /// The activation and integer sizes handed out so far.
+    pub fn used(&self) -> (usize, usize) {
+        (self.acts, self.ints)
+    }
+}
+
+/// One recorded operation and the handles its backward pass needs.
+#[derive(Clone, Debug)]
+enum Op {
+    Embedding {
+        ids: IBuf,
+        token_types: IBuf,
+        seq: usize,
+        params: EmbeddingParams,
+        out: Buf,
+        saved: LayerNormSaved,
+    },
+    Linear {
+        x: Buf,
+        w: Buf,
+        b: Option<Buf>,
+        y: Buf,
+        gelu_pre: Option<Buf>,
+        dims: LinearDims,
+    },
+    LayerNorm {
+        residual: Option<Buf>,
+        x: Buf,
+        params: LayerNormParams,
+        y: Buf,
+        saved: LayerNormSaved,
+        rows: usize,
+        width: usize,
+    },
+    Attention {
+        qkv: Buf,
+        ctx: Buf,
+        probs: Buf,
+        dims: AttentionDims,
+    },
+    GatherRows {
+        x: Buf,
+        rows: IBuf,
+        out: Buf,
+        width: usize,
+    },
+}
+
+/// The record of one forward pass.
+#[derive(Debug, Default)]
+pub struct Tape {
+    ops: Vec<Op>,
+    recording: bool,
+}
+
+impl Tape {
+    /// A tape that records (`true`, for training) or only runs the forward pass.
+    pub fn new(recording: bool) -> Self {
+        Tape {
+            ops: vec![],
+            recording,
+        }
+    }
+
+    /// Forgets the last pass, keeping the capacity.
+    pub fn clear(&mut self) {
+        self.ops.clear();
+    }
+
+    pub fn set_recording(&mut self, recording: bool) {
+        self.recording = recording;
+    }
+
+    fn push(&mut self, op: Op) {
+        if self.recording {
+            self.ops.push(op);
+        }
+    }
+
+    /// The embedding block for `ids.len` tokens in sequences of `seq`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn embedding<B: Backend>(
+        &mut self,
+        be: &mut B,
+        ids: IBuf,
+        token_types: IBuf,
+        seq: usize,
+        params: &EmbeddingParams,
+        out: Buf,
+        saved: LayerNormSaved,
+    ) {
+        be.embedding_fwd(ids, token_types, seq, params, out, saved);
+        self.push(Op::Embedding {
+            ids,
+            token_types,
+            seq,
+            params: *params,
+            out,
+            saved,
+        });
+    }
+
+    /// A linear layer, with GELU when `gelu_pre` is given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear<B: Backend>(
+        &mut self,
+        be: &mut B,
+        x: Buf,
+        w: Buf,
+        b: Option<Buf>,
+        y: Buf,
+        gelu_pre: Option<Buf>,
+        dims: LinearDims,
+    ) {
+        be.linear_fwd(x, w, b, y, gelu_pre, dims);
+        self.push(Op::Linear {
+            x,
+            w,
+            b,
+            y,
+            gelu_pre,
+            dims,
+        });
+    }
+
+    /// LayerNorm of `x + residual`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm<B: Backend>(
+        &mut self,
+        be: &mut B,
+        x: Buf,
+        residual: Option<Buf>,
+        params: &LayerNormParams,
+        y: Buf,
+        saved: LayerNormSaved,
+        rows: usize,
+        width: usize,
+    ) {
+        be.layernorm_fwd(x, residual, params, y, saved, rows, width);
+        self.push(Op::LayerNorm {
+            residual,
+            x,
+            params: *params,
+            y,
+            saved,
+            rows,
+            width,
+        });
+    }
+
+    /// Self-attention with a key-padding mask.
+    pub fn attention<B: Backend>(
+        &mut self,
+        be: &mut B,
+        qkv: Buf,
+        key_mask: IBuf,
+        ctx: Buf,
+        probs: Buf,
+        dims: AttentionDims,
+    ) {
+        be.attention_fwd(qkv, key_mask, ctx, probs, dims);
+        self.push(Op::Attention {
+            qkv,
+            ctx,
+            probs,
+            dims,
+        });
+    }
+
+    /// Picks rows of `x`.
+    pub fn gather_rows<B: Backend>(
+        &mut self,
+        be: &mut B,
+        x: Buf,
+        rows: IBuf,
+        out: Buf,
+        width: usize,
+    ) {
+        be.gather_rows(x, rows, out, width);
+        self.push(Op::GatherRows {
+            x,
+            rows,
+            out,
+            width,
+        });
+    }
+
+    /// Propagates the gradients already seeded in the loss outputs back to every parameter.
+    pub fn backward<B: Backend>(&self, be: &mut B) {
+        for op in self.ops.iter().rev() {
+            match *op {
+                Op::Embedding {
+                    ids,
+                    token_types,
+                    seq,
+                    ref params,
+                    out,
+                    saved,
+                } => be.embedding_bwd(ids, token_types, seq, params, out.grad(), saved),
+                Op::Linear {
+                    x,
+                    w,
+                    b,
+                    y,
+                    gelu_pre,
+                    dims,
+                } => be.linear_bwd(
+                    x,
+                    w,
+                    y.grad(),
+                    Some(x.grad()),
+                    w.grad(),
+                    b.map(Buf::grad),
+                    gelu_pre,
+                    dims,
+                ),
+                Op::LayerNorm {
+                    residual,
+                    x,
+                    ref params,
+                    y,
+                    saved,
+                    rows,
+                    width,
+                } => be.layernorm_bwd(
+                    y.grad(),
+                    params,
+                    saved,
+                    x.grad(),
+                    residual.map(Buf::grad),
+                    rows,
+                    width,
+                ),
+                Op::Attention {
+                    qkv,
+                    ctx,
+                    probs,
+                    dims,
+                } => be.attention_bwd(qkv, probs, ctx.grad(), qkv.grad(), dims),
+                Op::GatherRows {
+                    x,
+                    rows,
+                    out,
+                    width,
+                } => be.gather_rows_bwd(out.grad(), rows, x.grad(), width),
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Dynamic masking, as the original code does it: per sequence, k distinct positions among the
+//! real tokens other than [CLS], [SEP] and [MASK], with k = max(1, min(max_pred, round(0.15·n)))
+//! where n counts every real token; 85% of them become [MASK] and 15% keep their token (no random
+//! tokens).
+
+use crate::model::config::SpecialTokens;
+use crate::rng::Stream;
+
+/// Purpose tag of the masking stream.
+const MASK_PURPOSE: u32 = 2;
+
+/// A batch of token sequences, row-major `[batch, seq]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub batch: usize,
+    pub seq: usize,
+    pub input_ids: Vec<u32>,
+    /// 0 for segment A, 1 for segment B.
+    pub token_types: Vec<u32>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<u32>,
+}
+
+impl Batch {
+    /// The number of real (non-padding) tokens.
+    pub fn real_tokens(&self) -> usize {
+        self.attention_mask.iter().filter(|&&m| m != 0).count()
+    }
+
+    /// Checks the three arrays agree with `[batch, seq]` and hold 0/1 masks.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = self.batch * self.seq;
+        for (name, v) in [
+            ("input_ids", &self.input_ids),
+            ("token_types", &self.token_types),
+            ("attention_mask", &self.attention_mask),
+        ] {
+            if v.len() != n {
+                return Err(format!(
+                    "{name} has {} values, expected batch {} × seq {} = {n}",
+                    v.len(),
+                    self.batch,
+                    self.seq
+                ));
+            }
+        }
+        if self.attention_mask.iter().any(|&m| m > 1) {
+            return Err("attention_mask must hold only 0 and 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Which positions the generator must fill, and its input.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Masking {
+    /// Flat indices `b·seq + t` of the chosen positions, in increasing order.
+    pub positions: Vec<u32>,
+    /// The generator's input: [MASK] at most chosen positions, the original token elsewhere.
+    pub masked_ids: Vec<u32>,
+}
+
+/// The original recipe's per-sequence cap: int((0.15 + 0.005)·seq), 19 at 128.
+pub fn max_predictions(seq: usize, mask_prob: f64) -> usize {
+    ((mask_prob + 0.005) * seq as f64) as usize
+}
+
+/// Chooses and masks positions for one step, deterministically in (seed, step).
+pub fn mask_batch(
+    batch: &Batch,
+    special: &SpecialTokens,
+    mask_prob: f64,
+    seed: u64,
+    step: u64,
+    out: &mut Masking,
+) {
+    let max_pred = max_predictions(batch.seq, mask_prob);
+    let stream = Stream::new(seed, MASK_PURPOSE, step);
+    out.positions.clear();
+    out.masked_ids.clear();
+    out.masked_ids.extend_from_slice(&batch.input_ids);
+    let mut candidates = Vec::with_capacity(batch.seq);
+    for b in 0..batch.batch {
+        let row = b * batch.seq..(b + 1) * batch.seq;
+        let ids = &batch.input_ids[row.clone()];
+        let real = &batch.attention_mask[row.clone()];
+        let n_real = real.iter().filter(|&&m| m != 0).count();
+        candidates.clear();
+        candidates.extend((0..batch.seq).filter(|&t| {
+            real[t] != 0 && ![special.cls, special.sep, special.mask].contains(&ids[t])
+        }));
+        let k = ((n_real as f64 * mask_prob).round() as usize)
+            .min(max_pred)
+            .max(1)
+            .min(candidates.len());
+        // A partial Fisher–Yates shuffle picks k distinct candidates.
+        let draws = (b * 2 * batch.seq) as u32;
+        for i in 0..k {
+            let u = stream.uniform(draws + i as u32);
+            let j =
+                i + ((u * (candidates.len() - i) as f32) as usize).min(candidates.len() - i - 1);
+            candidates.swap(i, j);
+        }
+        let chosen = &mut candidates[..k];
+        chosen.sort_unstable();
+        for &t in chosen.iter() {
+            let flat = row.start + t;
+            out.positions.push(flat as u32);
+            if stream.uniform(draws + (batch.seq + t) as u32) < 0.85 {
+                out.masked_ids[flat] = special.mask;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch() -> Batch {
+        // Two sequences of 32: [CLS] words [SEP] words [SEP] then padding in the second.
+        let seq = 32;
+        let mut b = Batch {
+            batch: 2,
+            seq,
+            ..Default::default()
+        };
+        for (row, len) in [(0, 32), (1, 20)] {
+            for t in 0..seq {
+                let id = match t {
+                    0 => 101,
+                    t if t == len - 1 || t == len / 2 => 102,
+                    t if t < len => 1000 + (row * seq + t) as u32,
+                    _ => 0,
+                };
+                b.input_ids.push(id);
+                b.token_types.push(u32::from(t > len / 2 && t < len));
+                b.attention_mask.push(u32::from(t < len));
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn picks_k_distinct_real_non_special_positions_per_sequence() {
+        let b = batch();
+        let mut m = Masking::default();
+        mask_batch(&b, &SpecialTokens::default(), 0.15, 9, 0, &mut m);
+        let per_row = |r: usize| {
+            m.positions
+                .iter()
+                .filter(|&&p| p as usize / b.seq == r)
+                .count()
+        };
+        // round(0.15·32) = 5 and round(0.15·20) = 3, under the cap int(0.155·32) = 4.
+        assert_eq!(per_row(0), 4);
+        assert_eq!(per_row(1), 3);
+        assert!(
+            m.positions.windows(2).all(|w| w[0] < w[1]),
+            "sorted and distinct"
+        );
+        for &p in &m.positions {
+            let p = p as usize;
+            assert_eq!(b.attention_mask[p], 1);
+            assert!(![101, 102, 103].contains(&b.input_ids[p]));
+            assert!(m.masked_ids[p] == 103 || m.masked_ids[p] == b.input_ids[p]);
+        }
+        let untouched = (0..b.input_ids.len()).filter(|p| !m.positions.contains(&(*p as u32)));
+        assert!(untouched
+            .into_iter()
+            .all(|p| m.masked_ids[p] == b.input_ids[p]));
+    }
+
+    #[test]
+    fn is_deterministic_in_seed_and_step_and_masks_about_85_percent() {
+        let b = batch();
+        let (mut a, mut c) = (Masking::default(), Masking::default());
+        let st = SpecialTokens::default();
+        mask_batch(&b, &st, 0.15, 1, 5, &mut a);
+        mask_batch(&b, &st, 0.15, 1, 5, &mut c);
+        assert_eq!(a, c);
+        mask_batch(&b, &st, 0.15, 1, 6, &mut c);
+        assert_ne!(a, c);
+        let (mut masked, mut chosen) = (0, 0);
+        for step in 0..500 {
+            mask_batch(&b, &st, 0.15, 3, step, &mut a);
+            chosen += a.positions.len();
+            masked += a
+                .positions
+                .iter()
+                .filter(|&&p| a.masked_ids[p as usize] == 103)
+                .count();
+        }
+        let share = masked as f64 / chosen as f64;
+        assert!((share - 0.85).abs() < 0.03, "share of [MASK] {share}");
+    }
+}

@@ -1,0 +1,486 @@
+//! Training: masking, replacement, the two losses, clipping, AdamW and the schedule, driven by
+//! [`Trainer`].
+
+pub mod masking;
+pub mod schedule;
+
+use crate::backend::{AdamW, Backend, Buf, Pick, Sizes, Space};
+use crate::model::{self, BatchShape, Model, StepActs};
+use crate::rng::Stream;
+use crate::tape::Tape;
+pub use masking::{mask_batch, max_predictions, Batch, Masking};
+
+/// How the discriminator's input is corrupted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replacement {
+    /// The generator's most likely token (sampling-free; the default).
+    Argmax,
+    /// Gumbel-max sampling from the generator, as in the paper.
+    Sample,
+}
+
+/// The recipe of a pretraining run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub seed: u64,
+    pub replacement: Replacement,
+    pub mask_prob: f64,
+    /// Weight of the discriminator's loss (50 in the paper).
+    pub disc_weight: f32,
+    pub peak_lr: f32,
+    pub warmup_steps: u64,
+    pub total_steps: u64,
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub max_grad_norm: f32,
+}
+
+impl Default for TrainConfig {
+    /// ELECTRA-Small's recipe.
+    fn default() -> Self {
+        TrainConfig {
+            seed: 0,
+            replacement: Replacement::Argmax,
+            mask_prob: 0.15,
+            disc_weight: 50.0,
+            peak_lr: 5e-4,
+            warmup_steps: 10_000,
+            total_steps: 1_000_000,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-6,
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+/// Where the discriminator's replacements come from in [`Trainer::forward_backward`].
+#[derive(Clone, Copy, Debug)]
+pub enum Corruption<'a> {
+    /// The generator picks them.
+    Generator(Pick),
+    /// The discriminator's whole input is given (`[batch·seq]`), e.g. to compare with another engine.
+    Given(&'a [u32]),
+}
+
+/// The figures of one forward and backward pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossReport {
+    pub gen_loss: f32,
+    pub disc_loss: f32,
+    pub total_loss: f32,
+    /// Share of chosen positions where the generator's pick is the original token (None when the
+    /// replacements were given).
+    pub mlm_accuracy: Option<f32>,
+    /// Share of real tokens the discriminator labels right (logit > 0 ⇔ replaced).
+    pub disc_accuracy: f32,
+    /// Share of real tokens that were replaced.
+    pub replaced_fraction: f32,
+    pub masked: usize,
+    pub real_tokens: usize,
+}
+
+/// One optimizer step's figures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    pub step: u64,
+    pub loss: LossReport,
+    pub lr: f32,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f32,
+}
+
+/// Errors of a training step.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("bad batch: {0}")]
+    Batch(String),
+    #[error(
+        "the loss is not finite at step {step} (generator {gen_loss}, discriminator {disc_loss})"
+    )]
+    NonFinite {
+        step: u64,
+        gen_loss: f32,
+        disc_loss: f32,
+    },
+}
+
+/// Purpose tag of the per-step Gumbel seeds.
+const SAMPLE_PURPOSE: u32 = 4;
+
+/// Owns a backend, a model on it, and the step's memory plan; runs training steps.
+pub struct Trainer<B: Backend> {
+    pub model: Model,
+    pub backend: B,
+    pub config: TrainConfig,
+    /// Optimizer steps taken so far.
+    pub step: u64,
+    tape: Tape,
+    acts: Option<StepActs>,
+    masking: Masking,
+    host: Vec<f32>,
+    host_ints: Vec<u32>,
+}
+
+impl<B: Backend> Trainer<B> {
+    /// Puts `model` on `backend` with the given parameter values and zero Adam moments.
+    pub fn new(mut backend: B, model: Model, config: TrainConfig, values: &[f32]) -> Self {
+        assert_eq!(values.len(), model.layout.len(), "parameter count");
+        backend.reserve(Sizes {
+            params: model.layout.len(),
+            acts: 0,
+            ints: 0,
+        });
+        let all = Buf {
+            space: Space::Param,
+            offset: 0,
+            len: model.layout.len(),
+        };
+        backend.write(all, values);
+        for space in [Space::Grad, Space::AdamM, Space::AdamV] {
+            backend.fill(all.in_space(space), 0.0);
+        }
+        Trainer {
+            model,
+            backend,
+            config,
+            step: 0,
+            tape: Tape::new(true),
+            acts: None,
+            masking: Masking::default(),
+            host: vec![],
+            host_ints: vec![],
+        }
+    }
+
+    fn all(&self, space: Space) -> Buf {
+        Buf {
+            space,
+            offset: 0,
+            len: self.model.layout.len(),
+        }
+    }
+
+    /// The whole flat buffer of one parameter-shaped space (values, gradients or moments).
+    pub fn flat(&self, space: Space) -> Vec<f32> {
+        let mut out = vec![0.0; self.model.layout.len()];
+        self.backend.read(self.all(space), &mut out);
+        out
+    }
+
+    /// Overwrites a parameter-shaped space (used to restore checkpoints).
+    pub fn set_flat(&mut self, space: Space, values: &[f32]) {
+        self.backend.write(self.all(space), values);
+    }
+
+    /// One named tensor of a parameter-shaped space, or None if there is no such tensor.
+    pub fn tensor(&self, space: Space, name: &str) -> Option<Vec<f32>> {
+        let info = self.model.layout.get(name)?;
+        let mut out = vec![0.0; info.buf.len];
+        self.backend.read(info.buf.in_space(space), &mut out);
+        Some(out)
+    }
+
+    /// Reads an activation buffer of the last pass.
+    pub fn read_acts(&self, buf: Buf) -> Vec<f32> {
+        let mut out = vec![0.0; buf.len];
+        self.backend.read(buf, &mut out);
+        out
+    }
+
+    /// The memory plan of the last pass.
+    pub fn acts(&self) -> Option<&StepActs> {
+        self.acts.as_ref()
+    }
+
+    fn plan_for(&mut self, batch: &Batch, masked: usize) -> StepActs {
+        let max_pred = max_predictions(batch.seq, self.config.mask_prob).max(1);
+        if let Some(a) = &self.acts {
+            let s = a.shape;
+            if s.batch == batch.batch && s.seq == batch.seq && s.max_masked >= masked {
+                return a.clone();
+            }
+        }
+        let shape = BatchShape {
+            batch: batch.batch,
+            seq: batch.seq,
+            max_masked: masked.max(batch.batch * max_pred),
+        };
+        let acts = StepActs::new(&self.model.config, shape);
+        self.backend.reserve(Sizes {
+            params: self.model.layout.len(),
+            acts: acts.sizes.0,
+            ints: acts.sizes.1,
+        });
+        self.acts = Some(acts.clone());
+        acts
+    }
+
+    fn check_batch(&self, batch: &Batch, masking: &Masking) -> Result<(), TrainError> {
+        let cfg = &self.model.config;
+        batch.validate().map_err(TrainError::Batch)?;
+        if batch.seq > cfg.max_position_embeddings {
+            return Err(TrainError::Batch(format!(
+                "sequence length {} exceeds max_position_embeddings {}",
+                batch.seq, cfg.max_position_embeddings
+            )));
+        }
+        let ids = batch.input_ids.iter().chain(&masking.masked_ids);
+        if let Some(bad) = ids.copied().find(|&i| i as usize >= cfg.vocab_size) {
+            return Err(TrainError::Batch(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                cfg.vocab_size
+            )));
+        }
+        if let Some(bad) = batch
+            .token_types
+            .iter()
+            .find(|&&t| t as usize >= cfg.type_vocab_size)
+        {
+            return Err(TrainError::Batch(format!(
+                "token type {bad} is outside the {} token types",
+                cfg.type_vocab_size
+            )));
+        }
+        let n = batch.input_ids.len();
+        if masking.masked_ids.len() != n {
+            return Err(TrainError::Batch(format!(
+                "masked ids have {} values, expected {n}",
+                masking.masked_ids.len()
+            )));
+        }
+        if masking.positions.is_empty() {
+            return Err(TrainError::Batch(
+                "no position is chosen for masking".into(),
+            ));
+        }
+        if !masking.positions.windows(2).all(|w| w[0] < w[1])
+            || masking.positions.last().is_some_and(|&p| p as usize >= n)
+        {
+            return Err(TrainError::Batch(
+                "chosen positions must be distinct, increasing and inside the batch".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The forward and backward passes of both networks on one batch with a given masking.
+    /// Leaves the gradients in the backend; takes no optimizer step.
+    pub fn forward_backward(
+        &mut self,
+        batch: &Batch,
+        masking: &Masking,
+        corruption: Corruption,
+    ) -> Result<LossReport, TrainError> {
+        self.check_batch(batch, masking)?;
+        let masked = masking.positions.len();
+        let acts = self.plan_for(batch, masked);
+        let grads = self.all(Space::Grad);
+        let be = &mut self.backend;
+        be.write_ints(acts.input_ids, &batch.input_ids);
+        be.write_ints(acts.token_types, &batch.token_types);
+        be.write_ints(acts.attention_mask, &batch.attention_mask);
+        be.write_ints(acts.masked_ids, &masking.masked_ids);
+        let positions = acts.positions.prefix(masked);
+        be.write_ints(positions, &masking.positions);
+        self.host_ints.clear();
+        let targets = masking
+            .positions
+            .iter()
+            .map(|&p| batch.input_ids[p as usize]);
+        self.host_ints.extend(targets);
+        be.write_ints(acts.targets.prefix(masked), &self.host_ints);
+        be.fill(grads, 0.0);
+        be.fill(
+            Buf {
+                space: Space::ActGrad,
+                offset: 0,
+                len: acts.sizes.0,
+            },
+            0.0,
+        );
+
+        self.tape.clear();
+        model::generator_forward(be, &mut self.tape, &self.model, &acts, masked);
+        let vocab = self.model.config.vocab_size;
+        let logits = acts.gen_logits.prefix(masked * vocab);
+        let gen_loss = acts.gen_row_loss.prefix(masked);
+        let targets = acts.targets.prefix(masked);
+        let picks = acts.picks.prefix(masked);
+        let pick = match corruption {
+            Corruption::Generator(p) => Some((p, picks)),
+            Corruption::Given(_) => None,
+        };
+        be.softmax_xent(
+            logits,
+            targets,
+            gen_loss,
+            1.0 / masked as f32,
+            pick,
+            masked,
+            vocab,
+        );
+        match corruption {
+            Corruption::Generator(_) => be.replace_tokens(
+                acts.input_ids,
+                positions,
+                picks,
+                acts.corrupted_ids,
+                acts.is_replaced,
+            ),
+            Corruption::Given(ids) => {
+                if ids.len() != batch.input_ids.len() {
+                    return Err(TrainError::Batch(format!(
+                        "given replacements have {} values, expected {}",
+                        ids.len(),
+                        batch.input_ids.len()
+                    )));
+                }
+                if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+                    return Err(TrainError::Batch(format!(
+                        "replacement id {bad} is outside the vocabulary of {vocab}"
+                    )));
+                }
+                be.write_ints(acts.corrupted_ids, ids);
+                self.host.clear();
+                let labels = ids.iter().zip(&batch.input_ids);
+                self.host
+                    .extend(labels.map(|(a, b)| f32::from(u8::from(a != b))));
+                be.write(acts.is_replaced, &self.host);
+            }
+        }
+        model::discriminator_forward(be, &mut self.tape, &self.model, &acts);
+        let real = batch.real_tokens();
+        let disc_scale = self.config.disc_weight / real as f32;
+        be.sigmoid_bce(
+            acts.disc_logits,
+            acts.is_replaced,
+            acts.attention_mask,
+            acts.disc_row_loss,
+            disc_scale,
+        );
+        self.tape.backward(be);
+        Ok(self.report(
+            batch,
+            &acts,
+            masked,
+            matches!(corruption, Corruption::Generator(_)),
+        ))
+    }
+
+    fn report(&self, batch: &Batch, acts: &StepActs, masked: usize, picked: bool) -> LossReport {
+        let sum = |b: Buf| self.read_acts(b).iter().map(|&v| v as f64).sum::<f64>();
+        let real = batch.real_tokens();
+        let gen_loss = (sum(acts.gen_row_loss.prefix(masked)) / masked as f64) as f32;
+        let disc_loss = (sum(acts.disc_row_loss) / real as f64) as f32;
+        let logits = self.read_acts(acts.disc_logits);
+        let labels = self.read_acts(acts.is_replaced);
+        let (mut right, mut replaced) = (0usize, 0usize);
+        for i in (0..logits.len()).filter(|&i| batch.attention_mask[i] != 0) {
+            right += usize::from((logits[i] > 0.0) == (labels[i] > 0.5));
+            replaced += usize::from(labels[i] > 0.5);
+        }
+        let mlm_accuracy = picked.then(|| {
+            let mut picks = vec![0u32; masked];
+            self.backend
+                .read_ints(acts.picks.prefix(masked), &mut picks);
+            let mut targets = vec![0u32; masked];
+            self.backend
+                .read_ints(acts.targets.prefix(masked), &mut targets);
+            let hits = picks.iter().zip(&targets).filter(|(a, b)| a == b).count();
+            hits as f32 / masked as f32
+        });
+        LossReport {
+            gen_loss,
+            disc_loss,
+            total_loss: gen_loss + self.config.disc_weight * disc_loss,
+            mlm_accuracy,
+            disc_accuracy: right as f32 / real as f32,
+            replaced_fraction: replaced as f32 / real as f32,
+            masked,
+            real_tokens: real,
+        }
+    }
+
+    /// The global norm of the current gradients (every unique tensor counted once).
+    pub fn grad_norm(&mut self) -> f32 {
+        self.backend.grad_norm()
+    }
+
+    /// Clips the gradients to the configured global norm and applies one AdamW update at `lr`.
+    /// Returns the norm before clipping.
+    pub fn apply_gradients(&mut self, lr: f32) -> f32 {
+        let norm = self.backend.grad_norm();
+        let max = self.config.max_grad_norm;
+        let scale = if norm > max { max / norm } else { 1.0 };
+        let c = &self.config;
+        let hyper = AdamW {
+            lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+        };
+        let layout = &self.model.layout;
+        self.backend.adamw(layout.decayed, scale, &hyper);
+        let no_decay = AdamW {
+            weight_decay: 0.0,
+            ..hyper
+        };
+        self.backend.adamw(layout.not_decayed, scale, &no_decay);
+        norm
+    }
+
+    /// The learning rate of the next step.
+    pub fn current_lr(&self) -> f32 {
+        let c = &self.config;
+        schedule::learning_rate(c.peak_lr, self.step, c.warmup_steps, c.total_steps)
+    }
+
+    /// One whole training step: mask, corrupt, both losses, backward, clip, AdamW.
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepReport, TrainError> {
+        let c = &self.config;
+        let mut masking = std::mem::take(&mut self.masking);
+        let special = self.model.config.special_tokens;
+        mask_batch(
+            batch,
+            &special,
+            c.mask_prob,
+            c.seed,
+            self.step,
+            &mut masking,
+        );
+        let pick = match c.replacement {
+            Replacement::Argmax => Pick::Argmax,
+            Replacement::Sample => {
+                let w = Stream::new(c.seed, SAMPLE_PURPOSE, self.step).words(0);
+                Pick::Gumbel {
+                    seed: (w[0] as u64) | ((w[1] as u64) << 32),
+                }
+            }
+        };
+        let result = self.forward_backward(batch, &masking, Corruption::Generator(pick));
+        self.masking = masking;
+        let loss = result?;
+        if !loss.gen_loss.is_finite() || !loss.disc_loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: self.step,
+                gen_loss: loss.gen_loss,
+                disc_loss: loss.disc_loss,
+            });
+        }
+        let lr = self.current_lr();
+        let grad_norm = self.apply_gradients(lr);
+        self.step += 1;
+        Ok(StepReport {
+            step: self.step,
+            loss,
+            lr,
+            grad_norm,
+        })
+    }
+}
