@@ -1,6 +1,7 @@
 //! electra: pretraining ELECTRA text encoders (replaced-token detection).
 
 pub mod backend;
+pub mod cli;
 pub mod io;
 pub mod model;
 pub mod rng;

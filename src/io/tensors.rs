@@ -63,12 +63,14 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>, IoError> {
             })),
             Dtype::I64 => Values::Int(widen::<i64, i64>(data, |x| x)),
             Dtype::I32 => Values::Int(widen::<i32, i64>(data, i64::from)),
-            other => return Err(IoError::format(
-                path,
-                format!(
+            other => {
+                return Err(IoError::format(
+                    path,
+                    format!(
                     "tensor `{name}` has dtype {other:?}; expected F32, F64, F16, BF16, I64 or I32"
                 ),
-            )),
+                ))
+            }
         };
         out.insert(
             name,

@@ -1,0 +1,89 @@
+//! `electra loss`: one forward and backward pass on a batch file, printed as one JSON line.
+
+use crate::backend::{cpu::CpuBackend, Pick, Space};
+use crate::io::batch_file::read_batch_file;
+use crate::io::hf::load_pretraining_pair;
+use crate::io::tensors::write_f32_tensors;
+use crate::train::{Corruption, TrainConfig, Trainer};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct LossArgs {
+    /// HF ElectraForMaskedLM directory (config.json + model.safetensors).
+    #[arg(long)]
+    generator: PathBuf,
+    /// HF ElectraForPreTraining directory.
+    #[arg(long)]
+    discriminator: PathBuf,
+    /// Batch file (safetensors; layout in the README).
+    #[arg(long)]
+    batch: PathBuf,
+    /// `given` uses the file's replaced_input_ids; `argmax` lets the generator pick. Defaults to
+    /// `given` when the file has replacements, else `argmax`.
+    #[arg(long, value_parser = ["given", "argmax"])]
+    replacement: Option<String>,
+    /// Writes every gradient here, as grad.shared.…, grad.generator.…, grad.discriminator.….
+    #[arg(long)]
+    grads: Option<PathBuf>,
+}
+
+pub fn run(args: &LossArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let loaded = load_pretraining_pair(&args.generator, &args.discriminator)?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    let file = read_batch_file(&args.batch)?;
+    let mut trainer = Trainer::new(
+        CpuBackend::new(),
+        loaded.model,
+        TrainConfig::default(),
+        &loaded.values,
+    );
+    let mode = args.replacement.clone().unwrap_or_else(|| {
+        if file.replaced.is_some() {
+            "given"
+        } else {
+            "argmax"
+        }
+        .into()
+    });
+    let corruption = match (mode.as_str(), &file.replaced) {
+        ("given", Some(ids)) => Corruption::Given(ids),
+        ("given", None) => {
+            return Err(format!(
+                "{}: --replacement given needs a `replaced_input_ids` tensor",
+                args.batch.display()
+            )
+            .into())
+        }
+        _ => Corruption::Generator(Pick::Argmax),
+    };
+    let report = trainer
+        .forward_backward(&file.batch, &file.masking, corruption)
+        .map_err(|e| format!("{}: {e}", args.batch.display()))?;
+    let norm = trainer.grad_norm();
+    if let Some(path) = &args.grads {
+        let tensors: Vec<_> = trainer
+            .model
+            .layout
+            .params
+            .iter()
+            .map(|p| {
+                let g = trainer.tensor(Space::Grad, &p.name).unwrap_or_default();
+                (format!("grad.{}", p.name), p.shape.clone(), g)
+            })
+            .collect();
+        write_f32_tensors(path, &tensors, None)?;
+    }
+    let line = serde_json::json!({
+        "gen_loss": report.gen_loss,
+        "disc_loss": report.disc_loss,
+        "total_loss": report.total_loss,
+        "grad_global_norm": norm,
+        "replacement": mode,
+        "masked": report.masked,
+        "real_tokens": report.real_tokens,
+    });
+    println!("{line}");
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! `electra loss` as a user runs it: it reproduces the HF fixture's figures, writes the gradients
+//! under the fixture's names, and rejects bad input with a clear error (never a panic).
+
+use electra::io::tensors::{read_tensors, write_f32_tensors, Values};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("electra-cli-loss-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn electra_loss(gen: &Path, disc: &Path, batch: &Path, extra: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_electra"))
+        .arg("loss")
+        .arg("--generator")
+        .arg(gen)
+        .arg("--discriminator")
+        .arg(disc)
+        .arg("--batch")
+        .arg(batch)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !stderr.contains("panicked"),
+        "the command panicked: {stderr}"
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr,
+    )
+}
+
+fn expected_scalar(name: &str) -> f64 {
+    let e = read_tensors(&fixture().join("expected.safetensors")).unwrap();
+    match &e[name].values {
+        Values::Float(v) => v[0],
+        Values::Int(_) => unreachable!(),
+    }
+}
+
+#[test]
+fn reproduces_the_fixture_losses_norm_and_gradients() {
+    let dir = scratch("grads");
+    let grads = dir.join("grads.safetensors");
+    let f = fixture();
+    let (ok, stdout, stderr) = electra_loss(
+        &f.join("generator"),
+        &f.join("discriminator"),
+        &f.join("batch.safetensors"),
+        &["--replacement", "given", "--grads", grads.to_str().unwrap()],
+    );
+    assert!(ok, "{stderr}");
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for key in ["gen_loss", "disc_loss", "total_loss"] {
+        let (got, want) = (line[key].as_f64().unwrap(), expected_scalar(key));
+        assert!(((got - want) / want).abs() < 1e-5, "{key}: {got} vs {want}");
+    }
+    let global = expected_scalar("grad_global_norm");
+    let got = line["grad_global_norm"].as_f64().unwrap();
+    assert!(
+        ((got - global) / global).abs() < 1e-4,
+        "norm: {got} vs {global}"
+    );
+
+    let written = read_tensors(&grads).unwrap();
+    let expected = read_tensors(&f.join("expected.safetensors")).unwrap();
+    let names: Vec<&String> = expected.keys().filter(|k| k.starts_with("grad.")).collect();
+    assert_eq!(
+        written.len(),
+        names.len(),
+        "one gradient per expected tensor"
+    );
+    for name in names {
+        let (Values::Float(g), Values::Float(w)) = (&written[name].values, &expected[name].values)
+        else {
+            panic!("{name} is not float");
+        };
+        assert_eq!(written[name].shape, expected[name].shape, "{name}");
+        let diff: f64 = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm: f64 = w.iter().map(|b| b * b).sum::<f64>().sqrt();
+        // Gradients that are zero up to rounding (the key biases) are compared with the global norm.
+        assert!(
+            diff <= 1e-4 * norm || diff <= 1e-5 * global,
+            "{name}: diff {diff:e}, norm {norm:e}"
+        );
+    }
+}
+
+#[test]
+fn argmax_replacement_reproduces_the_fixture_loss() {
+    let f = fixture();
+    let (ok, stdout, stderr) = electra_loss(
+        &f.join("generator"),
+        &f.join("discriminator"),
+        &f.join("batch.safetensors"),
+        &["--replacement", "argmax"],
+    );
+    assert!(ok, "{stderr}");
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let (got, want) = (
+        line["disc_loss"].as_f64().unwrap(),
+        expected_scalar("argmax_disc_loss"),
+    );
+    assert!(((got - want) / want).abs() < 1e-5, "{got} vs {want}");
+}
+
+/// Writes a copy of the fixture's batch with `edit` applied to its tensors.
+fn edited_batch(dir: &Path, edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<i64>)>)) -> PathBuf {
+    let batch = read_tensors(&fixture().join("batch.safetensors")).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<i64>)> = batch
+        .into_iter()
+        .map(|(k, t)| (k, t.shape.clone(), t.as_ints().unwrap().to_vec()))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(k, s, v)| {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::I64,
+                s.clone(),
+                bytemuck::cast_slice(v),
+            );
+            (k.clone(), view.unwrap())
+        })
+        .collect();
+    let path = dir.join("batch.safetensors");
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn bad_batches_get_clear_errors() {
+    let dir = scratch("bad-batch");
+    let f = fixture();
+    let (gen, disc) = (f.join("generator"), f.join("discriminator"));
+    let cases: Vec<(Box<dyn Fn(&mut Vec<(String, Vec<usize>, Vec<i64>)>)>, &str)> = vec![
+        (
+            Box::new(|t| t.retain(|(k, _, _)| k != "chosen")),
+            "missing tensor `chosen`",
+        ),
+        (
+            Box::new(|t| {
+                let e = t
+                    .iter_mut()
+                    .find(|(k, _, _)| k == "token_type_ids")
+                    .unwrap();
+                e.1 = vec![6, 12];
+            }),
+            "`token_type_ids` has shape [6, 12], expected [3, 24]",
+        ),
+        (
+            Box::new(|t| {
+                let e = t.iter_mut().find(|(k, _, _)| k == "input_ids").unwrap();
+                e.2[5] = 9999;
+            }),
+            "token id 9999 is outside the vocabulary of 512",
+        ),
+        (
+            Box::new(|t| {
+                let e = t.iter_mut().find(|(k, _, _)| k == "input_ids").unwrap();
+                e.2[5] = -3;
+            }),
+            "`input_ids` holds a negative or too large value",
+        ),
+    ];
+    for (edit, message) in cases {
+        let path = edited_batch(&dir, edit);
+        let (ok, _, stderr) = electra_loss(&gen, &disc, &path, &[]);
+        assert!(!ok, "accepted a bad batch ({message})");
+        assert!(
+            stderr.contains(message),
+            "expected `{message}` in: {stderr}"
+        );
+        assert!(
+            stderr.contains("batch.safetensors"),
+            "the error names the file: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn models_that_do_not_fit_get_clear_errors() {
+    let dir = scratch("bad-model");
+    let f = fixture();
+    // A discriminator config whose sizes disagree with its weights.
+    let bad = dir.join("discriminator");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::copy(
+        f.join("discriminator/model.safetensors"),
+        bad.join("model.safetensors"),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(f.join("discriminator/config.json")).unwrap();
+    let config = config.replace("\"intermediate_size\": 256", "\"intermediate_size\": 128");
+    std::fs::write(bad.join("config.json"), config).unwrap();
+    let batch = f.join("batch.safetensors");
+    let (ok, _, stderr) = electra_loss(&f.join("generator"), &bad, &batch, &[]);
+    assert!(!ok);
+    assert!(stderr.contains("wrong shape tensors"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "intermediate.dense.weight is [256, 64], expected a float tensor of [128, 64]"
+        ),
+        "{stderr}"
+    );
+
+    // A discriminator with a tensor removed.
+    let st = read_tensors(&f.join("discriminator/model.safetensors")).unwrap();
+    let kept: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .iter()
+        .filter(|(k, _)| !k.contains("layer.1.output.LayerNorm.bias"))
+        .map(|(k, t)| (k.clone(), t.shape.clone(), t.to_f32().unwrap()))
+        .collect();
+    write_f32_tensors(&bad.join("model.safetensors"), &kept, None).unwrap();
+    std::fs::copy(f.join("discriminator/config.json"), bad.join("config.json")).unwrap();
+    let (ok, _, stderr) = electra_loss(&f.join("generator"), &bad, &batch, &[]);
+    assert!(!ok);
+    assert!(stderr.contains("missing tensors"), "{stderr}");
+    assert!(
+        stderr.contains("electra.encoder.layer.1.output.LayerNorm.bias"),
+        "{stderr}"
+    );
+
+    // Generator and discriminator whose shared embedding sizes disagree.
+    let config = std::fs::read_to_string(f.join("discriminator/config.json")).unwrap();
+    std::fs::write(
+        bad.join("config.json"),
+        config.replace("\"embedding_size\": 32", "\"embedding_size\": 48"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = electra_loss(&f.join("generator"), &bad, &batch, &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("disagree on `embedding_size` (32 vs 48)"),
+        "{stderr}"
+    );
+
+    // A directory with no config at all.
+    let (ok, _, stderr) = electra_loss(&f.join("generator"), &dir.join("nowhere"), &batch, &[]);
+    assert!(!ok);
+    assert!(stderr.contains("nowhere/config.json"), "{stderr}");
+}
