@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod data;
 pub mod io;
 pub mod model;
 pub mod rng;
