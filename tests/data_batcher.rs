@@ -42,12 +42,12 @@ fn prepared(name: &str) -> (PathBuf, WordPieceTokenizer) {
 /// The example number of each row of the next batch, after checking the row's layout.
 fn next_rows(batcher: &mut Batcher) -> Vec<u32> {
     let b = batcher.next_batch();
-    (0..b.batch_size)
+    (0..b.batch)
         .map(|r| {
             let row = r * SEQ..(r + 1) * SEQ;
             let ids = &b.input_ids[row.clone()];
             assert_eq!(ids[0], 2);
-            assert_eq!(&b.token_type_ids[row.clone()], [0, 0, 0, 1, 1, 0]);
+            assert_eq!(&b.token_types[row.clone()], [0, 0, 0, 1, 1, 0]);
             assert_eq!(&b.attention_mask[row], [1, 1, 1, 1, 1, 0]);
             ids[1] - 5
         })

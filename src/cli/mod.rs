@@ -1,6 +1,9 @@
 //! The `electra` command line.
 
 mod loss;
+mod plot;
+mod prepare;
+mod pretrain;
 
 use clap::{Parser, Subcommand};
 
@@ -20,11 +23,21 @@ enum Command {
     /// Computes both losses and the gradients of HF-format models on one batch file, to check the
     /// engine against another implementation.
     Loss(loss::LossArgs),
+    /// Tokenizes and packs text into shards for pretraining.
+    Prepare(prepare::PrepareArgs),
+    /// Pretrains a generator and a discriminator. With no flags, trains the `tiny` preset on the
+    /// State of the Union corpus for a few minutes on the CPU.
+    Pretrain(pretrain::PretrainArgs),
+    /// Draws a run's loss and accuracy curves into RUN_DIR/curves.svg.
+    Plot(plot::PlotArgs),
 }
 
 /// Parses the arguments and runs the command; errors are returned for `main` to print.
 pub fn run() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
         Command::Loss(args) => loss::run(&args),
+        Command::Prepare(args) => prepare::run(&args),
+        Command::Pretrain(args) => pretrain::run(&args),
+        Command::Plot(args) => plot::run(&args),
     }
 }

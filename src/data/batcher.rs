@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{DataError, Result, ShardProblem};
 use super::shard::{fill_example, shard_paths, Shard};
 use super::tokenizer::WordPieceTokenizer;
+use crate::train::Batch;
 
 /// Where the batcher stands: the next example is number `position` of epoch `epoch`'s order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,21 +25,6 @@ pub struct Cursor {
     pub epoch: u64,
     /// Examples of this epoch already served.
     pub position: u64,
-}
-
-/// One batch, row-major `[batch_size x seq_len]`, in the layout the model reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Batch {
-    /// Rows.
-    pub batch_size: usize,
-    /// Tokens per row.
-    pub seq_len: usize,
-    /// Token ids, `[PAD]` = 0 after the last `[SEP]`.
-    pub input_ids: Vec<u32>,
-    /// 0 up to and including the first `[SEP]`, 1 after it (and 0 on padding).
-    pub token_type_ids: Vec<u32>,
-    /// 1 for tokens, 0 for padding.
-    pub attention_mask: Vec<u32>,
 }
 
 /// Serves batches from all shards of a prepared folder.
@@ -91,10 +77,10 @@ impl Batcher {
             cursor: Cursor::default(),
             order: vec![0; total as usize],
             batch: Batch {
-                batch_size,
-                seq_len,
+                batch: batch_size,
+                seq: seq_len,
                 input_ids: vec![0; cells],
-                token_type_ids: vec![0; cells],
+                token_types: vec![0; cells],
                 attention_mask: vec![0; cells],
             },
         };
@@ -109,7 +95,7 @@ impl Batcher {
 
     /// Tokens per example.
     pub fn seq_len(&self) -> usize {
-        self.batch.seq_len
+        self.batch.seq
     }
 
     /// Where the next batch starts.
@@ -139,8 +125,8 @@ impl Batcher {
     /// The next `batch_size` examples. The returned batch is reused by the next call, so a
     /// training loop allocates nothing here.
     pub fn next_batch(&mut self) -> &Batch {
-        let seq = self.batch.seq_len;
-        for row in 0..self.batch.batch_size {
+        let seq = self.batch.seq;
+        for row in 0..self.batch.batch {
             if self.cursor.position == self.example_count() {
                 self.cursor = Cursor {
                     epoch: self.cursor.epoch + 1,
@@ -157,7 +143,7 @@ impl Batcher {
                 ids,
                 self.sep_id,
                 &mut self.batch.input_ids[cells.clone()],
-                &mut self.batch.token_type_ids[cells.clone()],
+                &mut self.batch.token_types[cells.clone()],
                 &mut self.batch.attention_mask[cells],
             );
         }

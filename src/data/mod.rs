@@ -12,7 +12,7 @@ pub mod prepare;
 pub mod shard;
 pub mod tokenizer;
 
-pub use batcher::{Batch, Batcher, Cursor};
+pub use batcher::{Batcher, Cursor};
 pub use corpus::Corpus;
 pub use error::{DataError, Result, ShardProblem};
 pub use prepare::{prepare, train_tokenizer, PrepareOptions, PrepareSummary};

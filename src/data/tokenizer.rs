@@ -34,6 +34,7 @@ pub struct WordPieceTokenizer {
     vocab: Vec<String>,
     vocab_hash: u64,
     pad_id: u32,
+    unk_id: u32,
     cls_id: u32,
     sep_id: u32,
     mask_id: u32,
@@ -173,6 +174,7 @@ impl WordPieceTokenizer {
         };
         Ok(Self {
             pad_id: special("[PAD]")?,
+            unk_id: special("[UNK]")?,
             cls_id: special("[CLS]")?,
             sep_id: special("[SEP]")?,
             mask_id: special("[MASK]")?,
@@ -216,6 +218,11 @@ impl WordPieceTokenizer {
     /// Id of `[PAD]`, which shards use for padding (always 0 in a prepared folder).
     pub fn pad_id(&self) -> u32 {
         self.pad_id
+    }
+
+    /// Id of `[UNK]`, which stands for text the vocabulary cannot spell.
+    pub fn unk_id(&self) -> u32 {
+        self.unk_id
     }
 
     /// Id of `[CLS]`, the first token of every example.

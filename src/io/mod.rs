@@ -1,7 +1,9 @@
 //! Files: safetensors reading and atomic writing, HF ELECTRA directories, batch files.
 
 pub mod batch_file;
+pub mod checkpoint;
 pub mod hf;
+pub mod run_dir;
 pub mod tensors;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,106 @@
+//! A run directory: `run.json` (the model and recipe), `metrics.jsonl` and `checkpoints/`.
+
+use super::{write_atomic, IoError};
+use crate::model::config::ElectraConfig;
+use crate::train::TrainConfig;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Everything needed to continue a run exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub model: ElectraConfig,
+    pub train: TrainConfig,
+    /// The prepared shard folder.
+    pub data: PathBuf,
+    pub batch_size: usize,
+    pub log_every: u64,
+    pub checkpoint_every: u64,
+    pub keep_checkpoints: usize,
+}
+
+/// One line of `metrics.jsonl`: means over the steps since the previous line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub step: u64,
+    pub gen_loss: f64,
+    pub disc_loss: f64,
+    pub mlm_accuracy: f64,
+    pub disc_accuracy: f64,
+    pub replaced_fraction: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+pub fn config_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("run.json")
+}
+
+pub fn metrics_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("metrics.jsonl")
+}
+
+/// Writes `run.json` atomically.
+pub fn write_config(run_dir: &Path, cfg: &RunConfig) -> Result<(), IoError> {
+    std::fs::create_dir_all(run_dir).map_err(|e| IoError::io(run_dir, e))?;
+    let text = serde_json::to_vec_pretty(cfg).expect("run config serialises");
+    write_atomic(&config_path(run_dir), &text)
+}
+
+/// Reads `run.json`, with an error that says when the folder is not a run at all.
+pub fn read_config(run_dir: &Path) -> Result<RunConfig, IoError> {
+    if !run_dir.is_dir() {
+        return Err(IoError::format(run_dir, "no such run directory"));
+    }
+    let path = config_path(run_dir);
+    let text = std::fs::read(&path).map_err(|e| IoError::io(&path, e))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| IoError::format(&path, format!("not a valid run config: {e}")))
+}
+
+/// Appends one metrics line.
+pub fn append_metrics(run_dir: &Path, m: &Metrics) -> Result<(), IoError> {
+    let path = metrics_path(run_dir);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| IoError::io(&path, e))?;
+    let line = serde_json::to_string(m).expect("metrics serialise");
+    writeln!(f, "{line}").map_err(|e| IoError::io(&path, e))
+}
+
+/// Every metrics line of a run.
+pub fn read_metrics(run_dir: &Path) -> Result<Vec<Metrics>, IoError> {
+    let path = metrics_path(run_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(IoError::io(&path, e)),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| IoError::format(&path, format!("line {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+/// Drops the metrics lines after `step`, so a resumed run rewrites them as the straight run did.
+pub fn truncate_metrics(run_dir: &Path, step: u64) -> Result<(), IoError> {
+    let kept: Vec<Metrics> = read_metrics(run_dir)?
+        .into_iter()
+        .filter(|m| m.step <= step)
+        .collect();
+    let mut text = String::new();
+    for m in kept {
+        text.push_str(&serde_json::to_string(&m).expect("metrics serialise"));
+        text.push('\n');
+    }
+    write_atomic(&metrics_path(run_dir), text.as_bytes())
+}
