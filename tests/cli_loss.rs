@@ -120,9 +120,14 @@ fn argmax_replacement_reproduces_the_fixture_loss() {
 }
 
 /// Writes a copy of the fixture's batch with `edit` applied to its tensors.
-fn edited_batch(dir: &Path, edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<i64>)>)) -> PathBuf {
+/// The integer tensors of a batch file: name, shape, values.
+type IntTensors = Vec<(String, Vec<usize>, Vec<i64>)>;
+/// A change to a batch file's tensors.
+type Edit = Box<dyn Fn(&mut IntTensors)>;
+
+fn edited_batch(dir: &Path, edit: impl Fn(&mut IntTensors)) -> PathBuf {
     let batch = read_tensors(&fixture().join("batch.safetensors")).unwrap();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<i64>)> = batch
+    let mut tensors: IntTensors = batch
         .into_iter()
         .map(|(k, t)| (k, t.shape.clone(), t.as_ints().unwrap().to_vec()))
         .collect();
@@ -148,7 +153,7 @@ fn bad_batches_get_clear_errors() {
     let dir = scratch("bad-batch");
     let f = fixture();
     let (gen, disc) = (f.join("generator"), f.join("discriminator"));
-    let cases: Vec<(Box<dyn Fn(&mut Vec<(String, Vec<usize>, Vec<i64>)>)>, &str)> = vec![
+    let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(|t| t.retain(|(k, _, _)| k != "chosen")),
             "missing tensor `chosen`",

@@ -99,7 +99,7 @@ fn default_data() -> CliResult<PathBuf> {
     eprintln!(
         "preparing {DEFAULT_TEXT} into {DEFAULT_SHARDS} with a {DEFAULT_VOCAB}-token vocabulary"
     );
-    let tokenizer = train_tokenizer(&[text.clone()], DEFAULT_VOCAB)?;
+    let tokenizer = train_tokenizer(std::slice::from_ref(&text), DEFAULT_VOCAB)?;
     let summary = prepare(&[text], &shards, &tokenizer, &PrepareOptions::default())?;
     eprintln!("{summary}");
     Ok(shards)
@@ -141,9 +141,6 @@ fn new_run(args: &PretrainArgs) -> CliResult<(PathBuf, RunConfig)> {
         warmup_steps: (steps / 10).min(10_000),
         ..TrainConfig::default()
     };
-    if is_demo {
-        train.peak_lr = 1e-3;
-    }
     apply_overrides(args, &mut train);
     let rc = RunConfig {
         model,
@@ -248,7 +245,7 @@ pub fn run(args: &PretrainArgs) -> CliResult<()> {
         )
         .into());
     }
-    let (out, mut rc, start) = match &args.resume {
+    let (out, rc, start) = match &args.resume {
         Some(dir) => {
             let mut rc = run_dir::read_config(dir)?;
             let Some(&last) = checkpoint::list(dir)?.last() else {
@@ -304,7 +301,6 @@ pub fn run(args: &PretrainArgs) -> CliResult<()> {
         &mut batcher,
         elapsed_before,
     )?;
-    rc.train = trainer.config.clone();
     Ok(())
 }
 
@@ -356,7 +352,6 @@ fn train_loop(
     let elapsed = |c: &Instant| elapsed_before + c.elapsed().as_secs_f64();
     let mut window = Window::default();
     let tokens_per_step = rc.batch_size * batcher.seq_len();
-    let mut last_lr = trainer.current_lr();
     while trainer.step < end {
         let batch = batcher.next_batch();
         let report = match trainer.train_step(batch) {
@@ -372,12 +367,11 @@ fn train_loop(
             }
             Err(e) => return Err(e.into()),
         };
-        last_lr = report.lr;
         window.add(&report, tokens_per_step);
         let step = trainer.step;
-        let checkpoint_due = step % rc.checkpoint_every.max(1) == 0 || step == end;
+        let checkpoint_due = step.is_multiple_of(rc.checkpoint_every.max(1)) || step == end;
         let stop = interrupted.load(Ordering::SeqCst);
-        if step % rc.log_every.max(1) == 0 || checkpoint_due || stop {
+        if step.is_multiple_of(rc.log_every.max(1)) || checkpoint_due || stop {
             if let Some(m) = window.take(step, report.lr, elapsed(&clock)) {
                 bar.set_message(format!(
                     "gen {:.3} disc {:.4} {:.0} tok/s",
@@ -400,7 +394,6 @@ fn train_loop(
         }
     }
     bar.finish();
-    let _ = last_lr;
     eprintln!("finished at step {} in {}", trainer.step, out.display());
     Ok(())
 }

@@ -18,22 +18,30 @@ fn head_layout(d: &AttentionDims, row_stride: usize, offset: usize) -> MatLayout
     }
 }
 
-/// Softmax of each row of `scores` after scaling, over the keys whose mask is 1. Padding keys get
-/// probability 0; a row with no real key at all is uniform, as an additive large-negative mask gives.
+/// Softmax of each row of `scores` after scaling, over the keys whose mask is 1; padding keys get
+/// probability 0. A sequence with no real token at all attends uniformly, as HF's additive mask of
+/// the most negative float makes it.
 fn masked_softmax(scores: &mut [f32], key_mask: &[u32], scale: f32) {
-    let any_real = key_mask.iter().any(|&m| m != 0);
-    let real = |j: usize| !any_real || key_mask[j] != 0;
-    for row in scores.chunks_mut(key_mask.len()) {
+    let width = key_mask.len();
+    if key_mask.iter().all(|&m| m == 0) {
+        scores.fill(1.0 / width as f32);
+        return;
+    }
+    for row in scores.chunks_mut(width) {
         let mut max = f32::NEG_INFINITY;
         for (j, s) in row.iter_mut().enumerate() {
             *s *= scale;
-            if real(j) {
+            if key_mask[j] != 0 {
                 max = max.max(*s);
             }
         }
         let mut sum = 0.0f32;
         for (j, s) in row.iter_mut().enumerate() {
-            *s = if real(j) { (*s - max).exp() } else { 0.0 };
+            *s = if key_mask[j] != 0 {
+                (*s - max).exp()
+            } else {
+                0.0
+            };
             sum += *s;
         }
         row.iter_mut().for_each(|s| *s /= sum);

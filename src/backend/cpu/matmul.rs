@@ -53,6 +53,7 @@ pub enum Threads {
 }
 
 /// `c = a·b`, or `c += a·b` with `accumulate`.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul(
     c: &mut [f32],
     cl: MatLayout,

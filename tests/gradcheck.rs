@@ -1,0 +1,736 @@
+//! Finite-difference checks of every fused backward operation of the CPU backend, on small random
+//! problems with odd sizes; then the replacement picks of `softmax_xent`, AdamW and the global
+//! gradient norm against hand-computed values.
+//!
+//! Every gradient check goes through [`gradcheck`]: it defines the scalar `L = Σ r·y` over the
+//! operation's output `y` with fixed random weights `r`, seeds `y.grad()` with `r`, runs the
+//! backward operation on zeroed gradients, and compares each gradient it produced with central
+//! differences `D(h) = (L(x+h) − L(x−h)) / 2h` of the forward operation, element by element.
+
+use electra::backend::cpu::CpuBackend;
+use electra::backend::{
+    AdamW, AttentionDims, Backend, Buf, EmbeddingParams, IBuf, LayerNormParams, LinearDims, Pick,
+    Sizes, Space,
+};
+use electra::tape::Arena;
+
+/// The finite-difference step. The numeric gradient is the Richardson extrapolation
+/// `(4·D(h/2) − D(h)) / 3` of two central differences, whose error is O(h⁴): a plain `D(h)` is
+/// either off by up to 1% on a LayerNorm row of small variance (h = 1e-2, a truncation error of
+/// O(h²·rstd³)) or dominated by the f32 rounding of the outputs, about `ε·|y| / h` (h = 3e-3).
+const H: f32 = 3e-2;
+/// An analytic gradient `an` passes when `|fd − an| ≤ ATOL + RTOL·|an|`. Over 200 other seeds the
+/// worst error of any element was a third of this; [`gradcheck`] asserts that a 1% error in the
+/// largest value of each tensor would not pass.
+const ATOL: f64 = 1e-4;
+const RTOL: f64 = 2e-3;
+
+/// splitmix64: a tiny deterministic generator, so the checks need no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[lo, hi)`.
+    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * unit
+    }
+
+    /// Uniform in `0..n`.
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    fn vec(&mut self, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..len).map(|_| self.uniform(lo, hi)).collect()
+    }
+}
+
+/// A CPU backend with room for one small problem, allocators over its spaces, and a generator.
+struct Lab {
+    be: CpuBackend,
+    rng: Rng,
+    capacity: Sizes,
+    params: usize,
+    arena: Arena,
+}
+
+impl Lab {
+    fn new(seed: u64) -> Self {
+        Self::with_capacity(seed, 1 << 12, 1 << 8)
+    }
+
+    fn with_capacity(seed: u64, floats: usize, ints: usize) -> Self {
+        let capacity = Sizes {
+            params: floats,
+            acts: floats,
+            ints,
+        };
+        let mut be = CpuBackend::new();
+        be.reserve(capacity);
+        Lab {
+            be,
+            rng: Rng(seed),
+            capacity,
+            params: 0,
+            arena: Arena::default(),
+        }
+    }
+
+    /// A parameter of `len` values drawn from `[lo, hi)`.
+    fn param(&mut self, len: usize, lo: f32, hi: f32) -> Buf {
+        let b = Buf {
+            space: Space::Param,
+            offset: self.params,
+            len,
+        };
+        self.params += len;
+        assert!(self.params <= self.capacity.params, "lab too small");
+        self.randomize(b, lo, hi);
+        b
+    }
+
+    /// An activation of `len` values drawn from `[lo, hi)`.
+    fn act(&mut self, len: usize, lo: f32, hi: f32) -> Buf {
+        let b = self.arena.acts(len);
+        assert!(self.arena.used().0 <= self.capacity.acts, "lab too small");
+        self.randomize(b, lo, hi);
+        b
+    }
+
+    /// An activation an operation must overwrite: filled with NaN, which would poison the loss if
+    /// the operation read it.
+    fn output(&mut self, len: usize) -> Buf {
+        let b = self.act(len, 0.0, 0.0);
+        self.be.fill(b, f32::NAN);
+        b
+    }
+
+    fn ints(&mut self, values: &[u32]) -> IBuf {
+        let b = self.arena.ints(values.len());
+        assert!(self.arena.used().1 <= self.capacity.ints, "lab too small");
+        self.be.write_ints(b, values);
+        b
+    }
+
+    fn randomize(&mut self, b: Buf, lo: f32, hi: f32) {
+        let values = self.rng.vec(b.len, lo, hi);
+        self.be.write(b, &values);
+    }
+
+    fn read(&self, b: Buf) -> Vec<f32> {
+        let mut v = vec![0.0; b.len];
+        self.be.read(b, &mut v);
+        v
+    }
+
+    fn read_ints(&self, b: IBuf) -> Vec<u32> {
+        let mut v = vec![0; b.len];
+        self.be.read_ints(b, &mut v);
+        v
+    }
+
+    /// Zeroes both gradient spaces whole.
+    fn zero_grads(&mut self) {
+        for (space, len) in [
+            (Space::Grad, self.capacity.params),
+            (Space::ActGrad, self.capacity.acts),
+        ] {
+            self.be.fill(
+                Buf {
+                    space,
+                    offset: 0,
+                    len,
+                },
+                0.0,
+            );
+        }
+    }
+}
+
+type Op<'a> = &'a dyn Fn(&mut CpuBackend);
+
+/// `L = Σ weights·out` after running `forward`, in f64.
+fn loss(lab: &mut Lab, forward: Op, out: Buf, weights: &[f32]) -> f64 {
+    forward(&mut lab.be);
+    let y = lab.read(out);
+    y.iter()
+        .zip(weights)
+        .map(|(&y, &r)| y as f64 * r as f64)
+        .sum()
+}
+
+fn within(fd: f64, an: f64) -> bool {
+    (fd - an).abs() <= ATOL + RTOL * an.abs()
+}
+
+/// Checks the gradient of `L = Σ weights·out` with respect to every element of every buffer of
+/// `wrt` (found in `buf.grad()`) against central differences, and returns the analytic gradients.
+/// The problems are small enough (at most a few hundred values) to check every element.
+///
+/// `backward` runs after `out.grad()` is seeded with the weights; it is run a second time to check
+/// that it accumulates. `None` means the forward operation writes the gradients itself (the
+/// losses, whose `out` is the per-row loss and whose weights must then match its `grad_scale`);
+/// those gradients start as NaN, so every element must be written.
+///
+/// Besides every element passing, the largest analytic value of each tensor, off by 1%, must fail:
+/// the tolerance is tight enough to catch a small real bug, and no tensor is trivially zero.
+fn gradcheck(
+    lab: &mut Lab,
+    forward: Op,
+    backward: Option<Op>,
+    out: Buf,
+    weights: &[f32],
+    wrt: &[(&str, Buf)],
+) -> Vec<Vec<f32>> {
+    assert_eq!(weights.len(), out.len);
+    lab.zero_grads();
+    if backward.is_none() {
+        // A loss writes its whole gradient: any element it skipped stays NaN and fails.
+        for &(_, b) in wrt {
+            lab.be.fill(b.grad(), f32::NAN);
+        }
+    }
+    forward(&mut lab.be);
+    lab.be.write(out.grad(), weights);
+    let read_grads =
+        |lab: &Lab| -> Vec<Vec<f32>> { wrt.iter().map(|&(_, b)| lab.read(b.grad())).collect() };
+    let analytic = match backward {
+        Some(backward) => {
+            backward(&mut lab.be);
+            let once = read_grads(lab);
+            backward(&mut lab.be);
+            for ((name, _), (once, twice)) in wrt.iter().zip(once.iter().zip(read_grads(lab))) {
+                for (i, (&a, &b)) in once.iter().zip(&twice).enumerate() {
+                    let (a, b) = (a as f64, b as f64);
+                    assert!(
+                        (b - 2.0 * a).abs() <= 1e-5 * (1.0 + a.abs()),
+                        "d{name}[{i}] does not accumulate: {a} once, {b} twice"
+                    );
+                }
+            }
+            once
+        }
+        None => read_grads(lab),
+    };
+
+    let (mut failures, mut largest) = (vec![], vec![]);
+    for (&(name, buf), an) in wrt.iter().zip(&analytic) {
+        let base = lab.read(buf);
+        let mut values = base.clone();
+        // The largest analytic value with its numeric value, and the worst error over the tolerance.
+        let ((mut top, mut top_fd), mut worst) = ((0.0f64, 0.0f64), 0.0f64);
+        for i in 0..buf.len {
+            let mut central = |h: f32| {
+                let (plus, minus) = (base[i] + h, base[i] - h);
+                values[i] = plus;
+                lab.be.write(buf, &values);
+                let l_plus = loss(lab, forward, out, weights);
+                values[i] = minus;
+                lab.be.write(buf, &values);
+                let l_minus = loss(lab, forward, out, weights);
+                values[i] = base[i];
+                (l_plus - l_minus) / (plus as f64 - minus as f64)
+            };
+            let fd = (4.0 * central(H / 2.0) - central(H)) / 3.0;
+            let a = an[i] as f64;
+            if !within(fd, a) {
+                failures.push(format!("d{name}[{i}]: analytic {a:.6}, numeric {fd:.6}"));
+            }
+            if a.abs() > top.abs() {
+                (top, top_fd) = (a, fd);
+            }
+            worst = worst.max((fd - a).abs() / (ATOL + RTOL * a.abs()));
+        }
+        lab.be.write(buf, &base);
+        println!(
+            "d{name}: {} values, largest {:.4}, worst error {worst:.3} of the tolerance",
+            buf.len,
+            top.abs()
+        );
+        largest.push((name, top, top_fd));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} gradients disagree with finite differences:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    for (name, a, fd) in largest {
+        assert!(
+            !within(fd, 1.01 * a),
+            "d{name}: a 1% error in its largest value {a} (numeric {fd}) would pass"
+        );
+    }
+    analytic
+}
+
+/// Random weights `r` of the scalar loss `Σ r·y`.
+fn weights(lab: &mut Lab, out: Buf) -> Vec<f32> {
+    lab.rng.vec(out.len, -1.0, 1.0)
+}
+
+fn check_linear(seed: u64, dims: LinearDims, bias: bool, gelu: bool, with_dx: bool) {
+    let mut lab = Lab::new(seed);
+    let x = lab.act(dims.rows * dims.inp, -1.0, 1.0);
+    let w = lab.param(dims.out * dims.inp, -0.6, 0.6);
+    let b = bias.then(|| lab.param(dims.out, -0.5, 0.5));
+    let pre = gelu.then(|| lab.output(dims.rows * dims.out));
+    let y = lab.output(dims.rows * dims.out);
+    let r = weights(&mut lab, y);
+    let mut wrt = vec![("w", w)];
+    wrt.extend(b.map(|b| ("b", b)));
+    if with_dx {
+        wrt.push(("x", x));
+    }
+    gradcheck(
+        &mut lab,
+        &|be| be.linear_fwd(x, w, b, y, pre, dims),
+        Some(&|be| {
+            let dx = with_dx.then(|| x.grad());
+            be.linear_bwd(x, w, y.grad(), dx, w.grad(), b.map(Buf::grad), pre, dims)
+        }),
+        y,
+        &r,
+        &wrt,
+    );
+    if !with_dx {
+        assert!(
+            lab.read(x.grad()).iter().all(|&g| g == 0.0),
+            "dx = None still wrote the input's gradient"
+        );
+    }
+}
+
+#[test]
+fn linear_with_bias() {
+    let dims = LinearDims {
+        rows: 7,
+        inp: 5,
+        out: 13,
+    };
+    check_linear(1, dims, true, false, true);
+}
+
+#[test]
+fn linear_with_bias_and_gelu() {
+    let dims = LinearDims {
+        rows: 5,
+        inp: 13,
+        out: 7,
+    };
+    check_linear(2, dims, true, true, true);
+}
+
+#[test]
+fn linear_without_bias_or_input_gradient() {
+    let dims = LinearDims {
+        rows: 3,
+        inp: 7,
+        out: 5,
+    };
+    check_linear(3, dims, false, false, false);
+}
+
+fn check_layernorm(seed: u64, rows: usize, width: usize, residual: bool) {
+    let mut lab = Lab::new(seed);
+    let x = lab.act(rows * width, -1.0, 1.0);
+    let res = residual.then(|| lab.act(rows * width, -1.0, 1.0));
+    let params = LayerNormParams {
+        gain: lab.param(width, 0.5, 1.5),
+        bias: lab.param(width, -0.5, 0.5),
+        eps: 1e-12,
+    };
+    let y = lab.output(rows * width);
+    let saved = lab.arena.layernorm(rows, width);
+    let r = weights(&mut lab, y);
+    let mut wrt = vec![("x", x), ("gain", params.gain), ("bias", params.bias)];
+    wrt.extend(res.map(|res| ("residual", res)));
+    let grads = gradcheck(
+        &mut lab,
+        &|be| be.layernorm_fwd(x, res, &params, y, saved, rows, width),
+        Some(&|be| {
+            let dres = res.map(Buf::grad);
+            be.layernorm_bwd(y.grad(), &params, saved, x.grad(), dres, rows, width)
+        }),
+        y,
+        &r,
+        &wrt,
+    );
+    if residual {
+        assert_eq!(grads[0], grads[3], "dx and dresidual differ");
+    }
+}
+
+#[test]
+fn layernorm() {
+    check_layernorm(4, 7, 13, false);
+}
+
+#[test]
+fn layernorm_with_residual() {
+    check_layernorm(5, 5, 7, true);
+}
+
+#[test]
+fn layernorm_with_residual_of_width_five() {
+    check_layernorm(6, 3, 5, true);
+}
+
+#[test]
+fn attention_with_key_padding() {
+    let mut lab = Lab::new(7);
+    let dims = AttentionDims {
+        batch: 2,
+        seq: 5,
+        heads: 2,
+        head_dim: 3,
+    };
+    let (t, h) = (dims.seq, dims.hidden());
+    let tokens = dims.batch * t;
+    let mask_values = [1, 1, 1, 0, 0, 1, 1, 1, 1, 0];
+    let mask = lab.ints(&mask_values);
+    let qkv = lab.act(tokens * 3 * h, -1.5, 1.5);
+    let ctx = lab.output(tokens * h);
+    let probs = lab.output(dims.batch * dims.heads * t * t);
+    let r = weights(&mut lab, ctx);
+    let grads = gradcheck(
+        &mut lab,
+        &|be| be.attention_fwd(qkv, mask, ctx, probs, dims),
+        Some(&|be| be.attention_bwd(qkv, probs, ctx.grad(), qkv.grad(), dims)),
+        ctx,
+        &r,
+        &[("qkv", qkv)],
+    );
+
+    // Padding keys get no probability and no key or value gradient.
+    lab.be.attention_fwd(qkv, mask, ctx, probs, dims);
+    let p = lab.read(probs);
+    for (i, row) in p.chunks(t).enumerate() {
+        let b = i / (dims.heads * t);
+        let sum: f32 = row.iter().sum();
+        assert!(
+            (sum - 1.0).abs() < 1e-5,
+            "probability row {i} sums to {sum}"
+        );
+        for (j, &pj) in row.iter().enumerate() {
+            if mask_values[b * t + j] == 0 {
+                assert_eq!(pj, 0.0, "padding key {j} of row {i} is attended");
+            }
+        }
+    }
+    for (token, &m) in mask_values.iter().enumerate() {
+        let keys_values = &grads[0][token * 3 * h + h..(token + 1) * 3 * h];
+        if m == 0 {
+            assert!(
+                keys_values.iter().all(|&g| g == 0.0),
+                "padding token {token} got a key or value gradient"
+            );
+        }
+    }
+}
+
+#[test]
+fn embedding_block() {
+    let mut lab = Lab::new(8);
+    let (vocab, max_positions, types, width) = (11, 7, 2, 7);
+    let (batch, seq) = (2, 5);
+    // Id 3 appears three times and id 7 twice, so the word gradient must add rows up.
+    let ids = lab.ints(&[3, 7, 3, 0, 10, 3, 5, 7, 1, 9]);
+    let token_types = lab.ints(&[0, 0, 0, 1, 1, 0, 1, 1, 1, 1]);
+    let params = EmbeddingParams {
+        word: lab.param(vocab * width, -1.0, 1.0),
+        position: lab.param(max_positions * width, -0.5, 0.5),
+        token_type: lab.param(types * width, -0.5, 0.5),
+        norm: LayerNormParams {
+            gain: lab.param(width, 0.5, 1.5),
+            bias: lab.param(width, -0.5, 0.5),
+            eps: 1e-12,
+        },
+    };
+    let out = lab.output(batch * seq * width);
+    let saved = lab.arena.layernorm(batch * seq, width);
+    let r = weights(&mut lab, out);
+    gradcheck(
+        &mut lab,
+        &|be| be.embedding_fwd(ids, token_types, seq, &params, out, saved),
+        Some(&|be| be.embedding_bwd(ids, token_types, seq, &params, out.grad(), saved)),
+        out,
+        &r,
+        &[
+            ("word", params.word),
+            ("position", params.position),
+            ("token_type", params.token_type),
+            ("gain", params.norm.gain),
+            ("bias", params.norm.bias),
+        ],
+    );
+}
+
+#[test]
+fn gather_rows_with_repeats() {
+    let mut lab = Lab::new(9);
+    let width = 5;
+    let x = lab.act(7 * width, -1.0, 1.0);
+    let rows = lab.ints(&[0, 3, 3, 6, 3]);
+    let out = lab.output(rows.len * width);
+    let r = weights(&mut lab, out);
+    gradcheck(
+        &mut lab,
+        &|be| be.gather_rows(x, rows, out, width),
+        Some(&|be| be.gather_rows_bwd(out.grad(), rows, x.grad(), width)),
+        out,
+        &r,
+        &[("x", x)],
+    );
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (j, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = j;
+        }
+    }
+    best as u32
+}
+
+#[test]
+fn softmax_xent_mean_loss_and_argmax_picks() {
+    let mut lab = Lab::new(10);
+    let (rows, vocab) = (7, 11);
+    let logits = lab.act(rows * vocab, -3.0, 3.0);
+    // Every other target is the row's most likely token, as the generator's often is.
+    let x = lab.read(logits);
+    let target_values: Vec<u32> = (0..rows)
+        .map(|r| match r % 2 {
+            0 => argmax(&x[r * vocab..(r + 1) * vocab]),
+            _ => lab.rng.below(vocab) as u32,
+        })
+        .collect();
+    let targets = lab.ints(&target_values);
+    let picks = lab.ints(&vec![u32::MAX; rows]);
+    let row_loss = lab.output(rows);
+    // The mean loss: grad_scale = 1/rows, and L = Σ row_loss / rows.
+    let scale = 1.0 / rows as f32;
+    gradcheck(
+        &mut lab,
+        &|be| {
+            let pick = Some((Pick::Argmax, picks));
+            be.softmax_xent(logits, targets, row_loss, scale, pick, rows, vocab)
+        },
+        None,
+        row_loss,
+        &vec![scale; rows],
+        &[("logits", logits)],
+    );
+
+    // The loss itself, against log-sum-exp in f64, and the picks against the argmax.
+    lab.be.softmax_xent(
+        logits,
+        targets,
+        row_loss,
+        scale,
+        Some((Pick::Argmax, picks)),
+        rows,
+        vocab,
+    );
+    let (x, losses, picked) = (lab.read(logits), lab.read(row_loss), lab.read_ints(picks));
+    for (r, row) in x.chunks(vocab).enumerate() {
+        let log_z = row.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+        let expected = log_z - row[target_values[r] as usize] as f64;
+        assert!(
+            (losses[r] as f64 - expected).abs() < 1e-5 * (1.0 + expected),
+            "row {r}: loss {} instead of {expected}",
+            losses[r]
+        );
+        assert_eq!(picked[r], argmax(row), "row {r}: pick is not the argmax");
+    }
+}
+
+#[test]
+fn softmax_xent_gumbel_picks() {
+    // A few distinct rows for reproducibility, then many copies of one row for the distribution.
+    let probs = [0.05f64, 0.3, 0.1, 0.4, 0.15];
+    let (rows, vocab) = (20_000, probs.len());
+    let mut lab = Lab::with_capacity(11, 2 * rows * vocab, 3 * rows);
+    let row: Vec<f32> = probs.iter().map(|p| p.ln() as f32 + 0.7).collect();
+    let logits = lab.act(rows * vocab, 0.0, 0.0);
+    lab.be.write(logits, &row.repeat(rows));
+    let targets = lab.ints(&vec![0; rows]);
+    let picks = lab.ints(&vec![0; rows]);
+    let row_loss = lab.output(rows);
+    let sample = |lab: &mut Lab, seed: u64, n: usize| {
+        let picks = picks.prefix(n);
+        let pick = Some((Pick::Gumbel { seed }, picks));
+        lab.be
+            .softmax_xent(logits, targets, row_loss, 1.0, pick, n, vocab);
+        lab.read_ints(picks)
+    };
+
+    let first = sample(&mut lab, 1234, 64);
+    assert_eq!(first, sample(&mut lab, 1234, 64), "same seed, other picks");
+    assert_ne!(first, sample(&mut lab, 1235, 64), "other seed, same picks");
+
+    // Gumbel-max samples the softmax: each token's frequency is within 5σ of its probability.
+    let picked = sample(&mut lab, 99, rows);
+    for (j, &p) in probs.iter().enumerate() {
+        let freq = picked.iter().filter(|&&v| v as usize == j).count() as f64 / rows as f64;
+        let sigma = (p * (1.0 - p) / rows as f64).sqrt();
+        assert!(
+            (freq - p).abs() < 5.0 * sigma,
+            "token {j} picked with frequency {freq}, probability {p}"
+        );
+    }
+}
+
+#[test]
+fn sigmoid_bce_masked_mean() {
+    let mut lab = Lab::new(12);
+    let n = 13;
+    let logits = lab.act(n, -4.0, 4.0);
+    let label_values: Vec<f32> = (0..n).map(|_| lab.rng.below(2) as f32).collect();
+    let labels = lab.act(n, 0.0, 0.0);
+    lab.be.write(labels, &label_values);
+    let mask_values = [1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 1, 1, 0];
+    let mask = lab.ints(&mask_values);
+    let row_loss = lab.output(n);
+    let count = mask_values.iter().filter(|&&m| m == 1).count();
+    let scale = 1.0 / count as f32;
+    let grads = gradcheck(
+        &mut lab,
+        &|be| be.sigmoid_bce(logits, labels, mask, row_loss, scale),
+        None,
+        row_loss,
+        &vec![scale; n],
+        &[("logits", logits)],
+    );
+
+    lab.be.sigmoid_bce(logits, labels, mask, row_loss, scale);
+    let (x, losses) = (lab.read(logits), lab.read(row_loss));
+    for i in 0..n {
+        if mask_values[i] == 0 {
+            assert_eq!(grads[0][i], 0.0, "masked token {i} has a gradient");
+            assert_eq!(losses[i], 0.0, "masked token {i} has a loss");
+        } else {
+            let (x, y) = (x[i] as f64, label_values[i] as f64);
+            let p = 1.0 / (1.0 + (-x).exp());
+            let expected = -(y * p.ln() + (1.0 - y) * (1.0 - p).ln());
+            assert!(
+                (losses[i] as f64 - expected).abs() < 1e-5 * (1.0 + expected),
+                "token {i}: loss {} instead of {expected}",
+                losses[i]
+            );
+        }
+    }
+
+    // Saturated logits keep a finite loss and the exact limit gradient.
+    lab.be.write(logits.prefix(2), &[100.0, -100.0]);
+    lab.be.write(labels.prefix(2), &[0.0, 0.0]);
+    lab.be.sigmoid_bce(logits, labels, mask, row_loss, scale);
+    let losses = lab.read(row_loss);
+    assert!(
+        losses[0] == 100.0 && (0.0..1e-30).contains(&losses[1]),
+        "{losses:?}"
+    );
+    assert_eq!(lab.read(logits.grad())[..2], [scale, 0.0]);
+}
+
+#[test]
+fn adamw_single_update() {
+    let mut lab = Lab::new(13);
+    let n = 13;
+    // The update runs on the middle of three parameters; the others must not move.
+    lab.param(5, -1.0, 1.0);
+    let w = lab.param(n, -1.0, 1.0);
+    lab.param(7, -1.0, 1.0);
+    let all = Buf {
+        space: Space::Param,
+        offset: 0,
+        len: lab.params,
+    };
+    for space in [Space::Grad, Space::AdamM] {
+        lab.randomize(all.in_space(space), -1.0, 1.0);
+    }
+    lab.randomize(all.in_space(Space::AdamV), 0.0, 0.5);
+    // One element with no gradient and no moments: only the weight decay moves it.
+    for space in [Space::Grad, Space::AdamM, Space::AdamV] {
+        lab.be.write(w.in_space(space).prefix(1), &[0.0]);
+    }
+    let hyper = AdamW {
+        lr: 0.05,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay: 0.01,
+    };
+    let grad_scale = 0.5;
+    let read = |lab: &Lab, space| lab.read(all.in_space(space));
+    let (w0, g, m0, v0) = (
+        read(&lab, Space::Param),
+        read(&lab, Space::Grad),
+        read(&lab, Space::AdamM),
+        read(&lab, Space::AdamV),
+    );
+
+    lab.be.adamw(w, grad_scale, &hyper);
+
+    let (w1, m1, v1) = (
+        read(&lab, Space::Param),
+        read(&lab, Space::AdamM),
+        read(&lab, Space::AdamV),
+    );
+    assert_eq!(read(&lab, Space::Grad), g, "the gradient changed");
+    let inside = w.offset..w.offset + w.len;
+    for i in 0..all.len {
+        if !inside.contains(&i) {
+            assert_eq!(
+                (w1[i], m1[i], v1[i]),
+                (w0[i], m0[i], v0[i]),
+                "element {i} outside the update moved"
+            );
+            continue;
+        }
+        let (beta1, beta2) = (hyper.beta1 as f64, hyper.beta2 as f64);
+        let g = g[i] as f64 * grad_scale as f64;
+        let m = beta1 * m0[i] as f64 + (1.0 - beta1) * g;
+        let v = beta2 * v0[i] as f64 + (1.0 - beta2) * g * g;
+        let w = w0[i] as f64;
+        let update = m / (v.sqrt() + hyper.eps as f64) + hyper.weight_decay as f64 * w;
+        let w = w - hyper.lr as f64 * update;
+        for (what, got, want) in [("w", w1[i], w), ("m", m1[i], m), ("v", v1[i], v)] {
+            assert!(
+                (got as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "{what}[{i}] = {got} instead of {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn grad_norm_of_the_whole_gradient_space() {
+    // More than one of the norm's 16384-value blocks.
+    let len = 40_000;
+    let mut lab = Lab::with_capacity(14, len, 0);
+    let all = Buf {
+        space: Space::Param,
+        offset: 0,
+        len,
+    };
+    lab.randomize(all, -10.0, 10.0);
+    lab.randomize(all.grad(), -1.0, 1.0);
+    let g = lab.read(all.grad());
+    let expected = g.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+    let norm = lab.be.grad_norm() as f64;
+    assert!(
+        (norm - expected).abs() <= 1e-6 * expected,
+        "norm {norm} instead of {expected}"
+    );
+}

@@ -1,0 +1,353 @@
+//! `electra prepare` → `electra pretrain` → `electra plot` on real text, as a user runs them:
+//! learning, exact resume, a kill in the middle of a checkpoint write, and bad input.
+//!
+//! The text is a few hundred KB of the State of the Union corpus that `scripts/fetch-data.sh`
+//! puts in data/sotu; without it these tests print why and skip.
+
+use electra::io::checkpoint;
+use electra::io::run_dir::{read_config, read_metrics, Metrics};
+use electra::model::Model;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn electra(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_electra"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "electra {args:?} panicked: {stderr}"
+    );
+    out
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = electra(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "electra {args:?} failed: {stderr}");
+    stderr
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = electra(args);
+    assert!(
+        !out.status.success(),
+        "electra {args:?} succeeded but should not have"
+    );
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("electra-pretrain-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A shard folder made once from about 300 KB of the corpus, or None when it is not fetched.
+fn shards() -> Option<&'static PathBuf> {
+    static SHARDS: OnceLock<Option<PathBuf>> = OnceLock::new();
+    SHARDS
+        .get_or_init(|| {
+            let sotu = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/sotu");
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&sotu)
+                .ok()?
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            let text = scratch("text");
+            let mut total = 0;
+            for f in files.iter().rev() {
+                if total > 300_000 {
+                    break;
+                }
+                total += std::fs::metadata(f).unwrap().len();
+                std::fs::copy(f, text.join(f.file_name().unwrap())).unwrap();
+            }
+            let out = scratch("shards").join("sotu");
+            ok(&[
+                "prepare",
+                "--input",
+                s(&text),
+                "--train-vocab",
+                "2000",
+                "--out",
+                s(&out),
+                "--seq-len",
+                "64",
+            ]);
+            Some(out)
+        })
+        .as_ref()
+}
+
+macro_rules! need_corpus {
+    () => {
+        match shards() {
+            Some(s) => s,
+            None => {
+                eprintln!("skipped: data/sotu is absent (run scripts/fetch-data.sh)");
+                return;
+            }
+        }
+    };
+}
+
+fn pretrain(data: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--data",
+        s(data),
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
+#[test]
+fn tiny_learns_on_real_text() {
+    let data = need_corpus!();
+    let run = scratch("learn").join("run");
+    // The paper's peak rate with a warmup: Adam without bias correction takes steps of about
+    // 3·lr at first, and higher rates collapse the discriminator to always answering "original".
+    let flags = [
+        "--steps",
+        "50",
+        "--batch",
+        "32",
+        "--lr",
+        "5e-4",
+        "--warmup",
+        "20",
+        "--log-every",
+        "10",
+    ];
+    pretrain(data, &run, &flags);
+    let metrics = read_metrics(&run).unwrap();
+    let steps: Vec<u64> = metrics.iter().map(|m| m.step).collect();
+    assert_eq!(steps, [10, 20, 30, 40, 50]);
+    let vocab = read_config(&run).unwrap().model.vocab_size as f64;
+    let (first, last) = (&metrics[0], &metrics[metrics.len() - 1]);
+    let (loss, uniform) = (last.gen_loss, vocab.ln());
+    assert!(
+        loss < uniform - 0.75,
+        "MLM loss {loss} vs ln(vocab) {uniform}"
+    );
+    assert!(
+        loss < first.gen_loss - 0.5,
+        "MLM loss {loss} from {}",
+        first.gen_loss
+    );
+    let originals = 1.0 - last.replaced_fraction;
+    let accuracy = last.disc_accuracy;
+    assert!(
+        accuracy > originals + 0.03,
+        "disc accuracy {accuracy} vs share of originals {originals}"
+    );
+
+    ok(&["plot", s(&run)]);
+    let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        5,
+        "two loss and three accuracy curves"
+    );
+}
+
+/// The figures of a metrics line that do not depend on the clock.
+fn deterministic(m: &Metrics) -> [u64; 7] {
+    [
+        m.step,
+        m.gen_loss.to_bits(),
+        m.disc_loss.to_bits(),
+        m.mlm_accuracy.to_bits(),
+        m.disc_accuracy.to_bits(),
+        m.lr.to_bits(),
+        m.grad_norm.to_bits(),
+    ]
+}
+
+#[test]
+fn resuming_gives_the_same_bits_as_running_straight() {
+    let data = need_corpus!();
+    let root = scratch("resume");
+    let (straight, split) = (root.join("straight"), root.join("split"));
+    let flags = [
+        "--steps",
+        "40",
+        "--batch",
+        "4",
+        "--log-every",
+        "5",
+        "--checkpoint-every",
+        "10",
+        "--seed",
+        "3",
+    ];
+    pretrain(data, &straight, &flags);
+    let mut first_half = flags.to_vec();
+    first_half.extend(["--stop-at", "20"]);
+    pretrain(data, &split, &first_half);
+    assert_eq!(checkpoint::list(&split).unwrap().last(), Some(&20));
+    let resumed = ok(&["pretrain", "--resume", s(&split)]);
+    assert!(resumed.contains("resuming"), "{resumed}");
+
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let a = std::fs::read(checkpoint::step_dir(&straight, 40).join(file)).unwrap();
+        let b = std::fs::read(checkpoint::step_dir(&split, 40).join(file)).unwrap();
+        assert!(
+            a == b,
+            "{file} differs between the straight and the resumed run"
+        );
+    }
+    let (a, b) = (
+        read_metrics(&straight).unwrap(),
+        read_metrics(&split).unwrap(),
+    );
+    assert_eq!(a.len(), 8);
+    assert_eq!(
+        a.iter().map(deterministic).collect::<Vec<_>>(),
+        b.iter().map(deterministic).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_kill_during_checkpoint_writes_leaves_the_previous_checkpoint_loadable() {
+    let data = need_corpus!();
+    let run = scratch("kill").join("run");
+    let args = [
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--data",
+        s(data),
+        "--out",
+        s(&run),
+        "--steps",
+        "100000",
+        "--batch",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--keep",
+        "2",
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_electra"))
+        .args(args)
+        .spawn()
+        .unwrap();
+    // Checkpoints are written every step, so most of the run is spent writing them: kill at
+    // several moments, each time after at least one checkpoint exists.
+    let layout = Model::new(read_config_when_ready(&run).model).layout;
+    for round in 0..4 {
+        while checkpoint::list(&run).unwrap().len() < 2 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(7 * round));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let steps = checkpoint::list(&run).unwrap();
+        let newest = *steps.last().unwrap();
+        checkpoint::load(&run, &layout, newest).expect("the newest complete checkpoint loads");
+        child = Command::new(env!("CARGO_BIN_EXE_electra"))
+            .args(["pretrain", "--resume", s(&run), "--steps", "100000"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn read_config_when_ready(run: &Path) -> electra::io::run_dir::RunConfig {
+    loop {
+        if let Ok(c) = read_config(run) {
+            return c;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn bad_runs_and_checkpoints_get_clear_errors_and_lose_nothing() {
+    let data = need_corpus!();
+    let root = scratch("bad");
+    let err = fails(&["pretrain", "--resume", s(&root.join("nowhere"))]);
+    assert!(err.contains("nowhere: no such run directory"), "{err}");
+
+    let run = root.join("run");
+    pretrain(
+        data,
+        &run,
+        &["--steps", "4", "--batch", "2", "--checkpoint-every", "2"],
+    );
+    let err = fails(&[
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--data",
+        s(data),
+        "--out",
+        s(&run),
+    ]);
+    assert!(err.contains("already holds a run"), "{err}");
+
+    // A torn model file in the newest checkpoint is named, and the checkpoint is left as it was.
+    let model = checkpoint::step_dir(&run, 4).join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let err = fails(&["pretrain", "--resume", s(&run), "--steps", "6"]);
+    assert!(
+        err.contains("step-4/model.safetensors") && err.contains("not a valid safetensors file"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&model).unwrap().len(),
+        bytes.len() / 2,
+        "the bad file is not overwritten"
+    );
+    assert_eq!(checkpoint::list(&run).unwrap(), [2, 4]);
+
+    // A learning rate that blows the model up stops the run with the step named.
+    let nan = root.join("nan");
+    let out = electra(&[
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--data",
+        s(data),
+        "--out",
+        s(&nan),
+        "--steps",
+        "50",
+        "--batch",
+        "2",
+        "--lr",
+        "1e30",
+        "--warmup",
+        "0",
+        "--checkpoint-every",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the loss is not finite at step"), "{err}");
+    let last = checkpoint::list(&nan).unwrap();
+    assert!(
+        err.contains(&format!(
+            "last good checkpoint is step-{}",
+            last.last().unwrap()
+        )),
+        "{err}"
+    );
+}
