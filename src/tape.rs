@@ -6,7 +6,7 @@
 //! With recording off (inference), the forward operations run and nothing is kept.
 
 use crate::backend::{
-    AttentionDims, Backend, Buf, EmbeddingParams, IBuf, LayerNormParams, LayerNormSaved,
+    AttentionDims, Backend, Buf, Dropout, EmbeddingParams, IBuf, LayerNormParams, LayerNormSaved,
     LinearDims, Space,
 };
 
@@ -86,6 +86,12 @@ enum Op {
         ctx: Buf,
         probs: Buf,
         dims: AttentionDims,
+        dropout: Option<Dropout>,
+    },
+    Dropout {
+        x: Buf,
+        y: Buf,
+        dropout: Dropout,
     },
     GatherRows {
         x: Buf,
@@ -197,7 +203,8 @@ impl Tape {
         });
     }
 
-    /// Self-attention with a key-padding mask.
+    /// Self-attention with a key-padding mask, and dropout on the probabilities.
+    #[allow(clippy::too_many_arguments)]
     pub fn attention<B: Backend>(
         &mut self,
         be: &mut B,
@@ -206,14 +213,22 @@ impl Tape {
         ctx: Buf,
         probs: Buf,
         dims: AttentionDims,
+        dropout: Option<Dropout>,
     ) {
-        be.attention_fwd(qkv, key_mask, ctx, probs, dims);
+        be.attention_fwd(qkv, key_mask, ctx, probs, dims, dropout);
         self.push(Op::Attention {
             qkv,
             ctx,
             probs,
             dims,
+            dropout,
         });
+    }
+
+    /// Inverted dropout of `x` into `y`.
+    pub fn dropout<B: Backend>(&mut self, be: &mut B, x: Buf, y: Buf, dropout: Dropout) {
+        be.dropout_fwd(x, y, dropout);
+        self.push(Op::Dropout { x, y, dropout });
     }
 
     /// Picks rows of `x`.
@@ -285,7 +300,9 @@ impl Tape {
                     ctx,
                     probs,
                     dims,
-                } => be.attention_bwd(qkv, probs, ctx.grad(), qkv.grad(), dims),
+                    dropout,
+                } => be.attention_bwd(qkv, probs, ctx.grad(), qkv.grad(), dims, dropout),
+                Op::Dropout { x, y, dropout } => be.dropout_bwd(y.grad(), x.grad(), dropout),
                 Op::GatherRows {
                     x,
                     rows,

@@ -9,8 +9,8 @@
 
 use electra::backend::cpu::CpuBackend;
 use electra::backend::{
-    AdamW, AttentionDims, Backend, Buf, EmbeddingParams, IBuf, LayerNormParams, LinearDims, Pick,
-    Sizes, Space,
+    AdamW, AttentionDims, Backend, Buf, Dropout, EmbeddingParams, IBuf, LayerNormParams,
+    LinearDims, Pick, Sizes, Space,
 };
 use electra::tape::Arena;
 
@@ -386,7 +386,21 @@ fn layernorm_with_residual_of_width_five() {
 
 #[test]
 fn attention_with_key_padding() {
-    let mut lab = Lab::new(7);
+    check_attention(7, None);
+}
+
+#[test]
+fn attention_with_key_padding_and_dropout() {
+    let dropout = Dropout {
+        p: 0.3,
+        seed: 11,
+        site: 2,
+    };
+    check_attention(8, Some(dropout));
+}
+
+fn check_attention(seed: u64, dropout: Option<Dropout>) {
+    let mut lab = Lab::new(seed);
     let dims = AttentionDims {
         batch: 2,
         seq: 5,
@@ -403,15 +417,15 @@ fn attention_with_key_padding() {
     let r = weights(&mut lab, ctx);
     let grads = gradcheck(
         &mut lab,
-        &|be| be.attention_fwd(qkv, mask, ctx, probs, dims),
-        Some(&|be| be.attention_bwd(qkv, probs, ctx.grad(), qkv.grad(), dims)),
+        &|be| be.attention_fwd(qkv, mask, ctx, probs, dims, dropout),
+        Some(&|be| be.attention_bwd(qkv, probs, ctx.grad(), qkv.grad(), dims, dropout)),
         ctx,
         &r,
         &[("qkv", qkv)],
     );
 
     // Padding keys get no probability and no key or value gradient.
-    lab.be.attention_fwd(qkv, mask, ctx, probs, dims);
+    lab.be.attention_fwd(qkv, mask, ctx, probs, dims, dropout);
     let p = lab.read(probs);
     for (i, row) in p.chunks(t).enumerate() {
         let b = i / (dims.heads * t);
@@ -435,6 +449,47 @@ fn attention_with_key_padding() {
             );
         }
     }
+}
+
+#[test]
+fn dropout_masks_scales_and_its_gradient() {
+    let mut lab = Lab::with_capacity(13, 40_000, 0);
+    let d = Dropout {
+        p: 0.25,
+        seed: 99,
+        site: 3,
+    };
+    let x = lab.act(4099, 0.5, 1.5);
+    let y = lab.output(4099);
+    let r = weights(&mut lab, y);
+    gradcheck(
+        &mut lab,
+        &|be| be.dropout_fwd(x, y, d),
+        Some(&|be| be.dropout_bwd(y.grad(), x.grad(), d)),
+        y,
+        &r,
+        &[("x", x)],
+    );
+    lab.be.dropout_fwd(x, y, d);
+    let (xs, ys) = (lab.read(x), lab.read(y));
+    let dropped = ys.iter().filter(|&&v| v == 0.0).count() as f64 / ys.len() as f64;
+    assert!((dropped - 0.25).abs() < 0.03, "dropped share {dropped}");
+    for (&a, &b) in xs.iter().zip(&ys) {
+        assert!(
+            b == 0.0 || (b - a / 0.75).abs() < 1e-6,
+            "kept {a} became {b}"
+        );
+    }
+    // The mask is a function of (seed, site, index): another site or seed draws another one.
+    let mask = |d: Dropout| (0..4099).map(|i| d.scale_at(i)).collect::<Vec<f32>>();
+    let expected = mask(d);
+    assert!(xs
+        .iter()
+        .zip(&ys)
+        .zip(&expected)
+        .all(|((&a, &b), &m)| (a * m - b).abs() < 1e-6));
+    assert_ne!(mask(d), mask(Dropout { site: 4, ..d }));
+    assert_ne!(mask(d), mask(Dropout { seed: 100, ..d }));
 }
 
 #[test]

@@ -166,6 +166,45 @@ pub struct AdamW {
     pub weight_decay: f32,
 }
 
+/// Purpose tag of the dropout masks (see [`crate::rng::Stream`]).
+const DROPOUT_PURPOSE: u32 = 6;
+
+/// Inverted dropout whose mask is a pure function of (seed, site, element): element `i` is kept
+/// when its Philox draw is at least `p`, and kept values are scaled by 1/(1−p). The backward pass
+/// draws the same mask again instead of storing it, and the CUDA kernels draw the same numbers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    pub p: f32,
+    /// Changes every step.
+    pub seed: u64,
+    /// Numbers the places dropout is applied within a step.
+    pub site: u32,
+}
+
+impl Dropout {
+    /// What element `index` is multiplied by: 0, or 1/(1−p).
+    pub fn scale_at(&self, index: usize) -> f32 {
+        let mut one = [0.0];
+        self.scales(index, &mut one);
+        one[0]
+    }
+
+    /// The multipliers of elements `first..first + out.len()`, drawing each Philox block once.
+    pub fn scales(&self, first: usize, out: &mut [f32]) {
+        let stream = crate::rng::Stream::new(self.seed, DROPOUT_PURPOSE, self.site as u64);
+        let keep = 1.0 / (1.0 - self.p);
+        let mut block = (usize::MAX, [0u32; 4]);
+        for (i, v) in out.iter_mut().enumerate() {
+            let index = first + i;
+            if block.0 != index / 4 {
+                block = (index / 4, stream.words((index / 4) as u32));
+            }
+            let u = crate::rng::unit_f32(block.1[index % 4]);
+            *v = if u >= self.p { keep } else { 0.0 };
+        }
+    }
+}
+
 /// How the generator's replacement for a masked position is picked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pick {
@@ -288,7 +327,9 @@ pub trait Backend {
     /// Multi-head self-attention. `qkv` is `[batch·seq, 3·hidden]` (queries, keys, values side by
     /// side, heads contiguous within each); `key_mask` is 1 for real tokens and 0 for padding, which
     /// is never attended to. Writes `ctx [batch·seq, hidden]` and saves the probabilities
-    /// `[batch, heads, seq, seq]`.
+    /// `[batch, heads, seq, seq]` before dropout, which applies to the probabilities (element
+    /// index = position in that buffer).
+    #[allow(clippy::too_many_arguments)]
     fn attention_fwd(
         &mut self,
         qkv: Buf,
@@ -296,10 +337,26 @@ pub trait Backend {
         ctx: Buf,
         probs: Buf,
         dims: AttentionDims,
+        dropout: Option<Dropout>,
     );
 
     /// Backward of [`Backend::attention_fwd`]; uses `probs.grad()` as scratch.
-    fn attention_bwd(&mut self, qkv: Buf, probs: Buf, dctx: Buf, dqkv: Buf, dims: AttentionDims);
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(
+        &mut self,
+        qkv: Buf,
+        probs: Buf,
+        dctx: Buf,
+        dqkv: Buf,
+        dims: AttentionDims,
+        dropout: Option<Dropout>,
+    );
+
+    /// `y = x ∘ mask / (1 − p)`.
+    fn dropout_fwd(&mut self, x: Buf, y: Buf, dropout: Dropout);
+
+    /// `dx += dy ∘ mask / (1 − p)`, with the forward pass's mask.
+    fn dropout_bwd(&mut self, dy: Buf, dx: Buf, dropout: Dropout);
 
     /// `out[i] = x[rows[i]]` for rows of `width`.
     fn gather_rows(&mut self, x: Buf, rows: IBuf, out: Buf, width: usize);

@@ -52,6 +52,16 @@ pub struct ElectraConfig {
     pub generator: EncoderConfig,
     #[serde(default)]
     pub special_tokens: SpecialTokens,
+    /// Dropout on the embeddings and on each residual branch, in training (0.1 in the recipe).
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f32,
+    /// Dropout on the attention probabilities, in training.
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f32,
+}
+
+fn default_dropout() -> f32 {
+    0.1
 }
 
 /// Errors in a configuration, each naming where the problem is.
@@ -101,6 +111,8 @@ impl ElectraConfig {
             discriminator,
             generator: generator_of(discriminator, fraction),
             special_tokens: SpecialTokens::default(),
+            hidden_dropout_prob: default_dropout(),
+            attention_probs_dropout_prob: default_dropout(),
         })
     }
 
@@ -163,6 +175,8 @@ impl ElectraConfig {
                 pad: d.pad_token_id.unwrap_or(0),
                 ..SpecialTokens::default()
             },
+            hidden_dropout_prob: d.hidden_dropout_prob.unwrap_or(0.1),
+            attention_probs_dropout_prob: d.attention_probs_dropout_prob.unwrap_or(0.1),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -185,6 +199,17 @@ impl ElectraConfig {
                 return bad(format!(
                     "{name}: layers and intermediate size must be positive"
                 ));
+            }
+        }
+        for (name, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!("{name} must be in [0, 1), got {p}"));
             }
         }
         if self.vocab_size == 0 || self.vocab_size > u32::MAX as usize {
@@ -230,6 +255,10 @@ struct HfConfig {
     hidden_act: Option<String>,
     #[serde(default)]
     pad_token_id: Option<u32>,
+    #[serde(default)]
+    hidden_dropout_prob: Option<f32>,
+    #[serde(default)]
+    attention_probs_dropout_prob: Option<f32>,
 }
 
 impl HfConfig {

@@ -4,7 +4,7 @@
 pub mod config;
 pub mod params;
 
-use crate::backend::{AttentionDims, Backend, Buf, IBuf, LayerNormSaved, LinearDims};
+use crate::backend::{AttentionDims, Backend, Buf, Dropout, IBuf, LayerNormSaved, LinearDims};
 use crate::rng::Stream;
 use crate::tape::{Arena, Tape};
 use config::{ElectraConfig, EncoderConfig};
@@ -66,6 +66,52 @@ fn truncated_normal(stream: &Stream, counter: &mut u32) -> f32 {
     }
 }
 
+/// The dropout of one pass: the probabilities and the pass's seed, numbering the places dropout
+/// is applied in the order the forward pass meets them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutPlan {
+    hidden: f32,
+    attention: f32,
+    seed: u64,
+    next_site: u32,
+}
+
+impl DropoutPlan {
+    /// No dropout (evaluation, or comparing with another implementation).
+    pub fn off() -> Self {
+        Self::new(0.0, 0.0, 0)
+    }
+
+    /// The configured dropout for a pass whose masks derive from `seed`.
+    pub fn new(hidden: f32, attention: f32, seed: u64) -> Self {
+        DropoutPlan {
+            hidden,
+            attention,
+            seed,
+            next_site: 0,
+        }
+    }
+
+    fn site(&mut self, p: f32) -> Option<Dropout> {
+        (p > 0.0).then(|| {
+            self.next_site += 1;
+            Dropout {
+                p,
+                seed: self.seed,
+                site: self.next_site,
+            }
+        })
+    }
+
+    fn hidden(&mut self) -> Option<Dropout> {
+        self.site(self.hidden)
+    }
+
+    fn attention(&mut self) -> Option<Dropout> {
+        self.site(self.attention)
+    }
+}
+
 /// The shape a step's memory is planned for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchShape {
@@ -88,11 +134,13 @@ struct LayerActs {
     ctx: Buf,
     probs: Buf,
     attention_out: Buf,
+    attention_dropped: Buf,
     attention_norm_out: Buf,
     attention_norm: LayerNormSaved,
     ffn_pre: Buf,
     ffn_act: Buf,
     ffn_out: Buf,
+    ffn_dropped: Buf,
     ffn_norm_out: Buf,
     ffn_norm: LayerNormSaved,
 }
@@ -102,6 +150,7 @@ struct LayerActs {
 pub struct EncoderActs {
     embedded: Buf,
     embedding_norm: LayerNormSaved,
+    embedded_dropped: Buf,
     projected: Option<Buf>,
     layers: Vec<LayerActs>,
 }
@@ -112,6 +161,7 @@ impl EncoderActs {
         let h = enc.hidden_size;
         let embedded = arena.acts(n * embedding);
         let embedding_norm = arena.layernorm(n, embedding);
+        let embedded_dropped = arena.acts(n * embedding);
         let projected = (embedding != h).then(|| arena.acts(n * h));
         let layers = (0..enc.num_layers)
             .map(|_| LayerActs {
@@ -119,11 +169,13 @@ impl EncoderActs {
                 ctx: arena.acts(n * h),
                 probs: arena.acts(shape.batch * enc.num_heads * shape.seq * shape.seq),
                 attention_out: arena.acts(n * h),
+                attention_dropped: arena.acts(n * h),
                 attention_norm_out: arena.acts(n * h),
                 attention_norm: arena.layernorm(n, h),
                 ffn_pre: arena.acts(n * enc.intermediate_size),
                 ffn_act: arena.acts(n * enc.intermediate_size),
                 ffn_out: arena.acts(n * h),
+                ffn_dropped: arena.acts(n * h),
                 ffn_norm_out: arena.acts(n * h),
                 ffn_norm: arena.layernorm(n, h),
             })
@@ -131,6 +183,7 @@ impl EncoderActs {
         EncoderActs {
             embedded,
             embedding_norm,
+            embedded_dropped,
             projected,
             layers,
         }
@@ -220,6 +273,17 @@ impl StepActs {
     }
 }
 
+/// `x` after dropout into `out`, or `x` itself when there is no dropout.
+fn dropped<B: Backend>(be: &mut B, tape: &mut Tape, d: Option<Dropout>, x: Buf, out: Buf) -> Buf {
+    match d {
+        Some(d) => {
+            tape.dropout(be, x, out, d);
+            out
+        }
+        None => x,
+    }
+}
+
 /// Runs one encoder over the embedded tokens `ids`.
 #[allow(clippy::too_many_arguments)]
 pub fn encoder_forward<B: Backend>(
@@ -233,6 +297,7 @@ pub fn encoder_forward<B: Backend>(
     token_types: IBuf,
     attention_mask: IBuf,
     shape: BatchShape,
+    drop: &mut DropoutPlan,
 ) -> Buf {
     let n = shape.tokens();
     let e = model.config.embedding_size;
@@ -247,7 +312,13 @@ pub fn encoder_forward<B: Backend>(
         acts.embedded,
         acts.embedding_norm,
     );
-    let mut x = acts.embedded;
+    let mut x = dropped(
+        be,
+        tape,
+        drop.hidden(),
+        acts.embedded,
+        acts.embedded_dropped,
+    );
     if let (Some(project), Some(out)) = (p.project, acts.projected) {
         let dims = LinearDims {
             rows: n,
@@ -265,29 +336,21 @@ pub fn encoder_forward<B: Backend>(
     };
     let dims = |inp, out| LinearDims { rows: n, inp, out };
     for (l, a) in p.layers.iter().zip(&acts.layers) {
-        tape.linear(
-            be,
-            x,
-            l.qkv.weight,
-            Some(l.qkv.bias),
-            a.qkv,
-            None,
-            dims(h, 3 * h),
-        );
-        tape.attention(be, a.qkv, attention_mask, a.ctx, a.probs, attention);
+        let (wq, bq) = (l.qkv.weight, l.qkv.bias);
+        tape.linear(be, x, wq, Some(bq), a.qkv, None, dims(h, 3 * h));
+        let p_drop = drop.attention();
+        tape.attention(be, a.qkv, attention_mask, a.ctx, a.probs, attention, p_drop);
         let (wo, bo) = (l.attention_out.weight, l.attention_out.bias);
         tape.linear(be, a.ctx, wo, Some(bo), a.attention_out, None, dims(h, h));
-        let (ln1, ln1_out) = (&l.attention_norm, a.attention_norm_out);
-        tape.layernorm(
+        let branch = dropped(
             be,
+            tape,
+            drop.hidden(),
             a.attention_out,
-            Some(x),
-            ln1,
-            ln1_out,
-            a.attention_norm,
-            n,
-            h,
+            a.attention_dropped,
         );
+        let (ln1, ln1_out) = (&l.attention_norm, a.attention_norm_out);
+        tape.layernorm(be, branch, Some(x), ln1, ln1_out, a.attention_norm, n, h);
         let f = enc.intermediate_size;
         let (wi, bi) = (l.ffn_in.weight, l.ffn_in.bias);
         tape.linear(
@@ -301,8 +364,9 @@ pub fn encoder_forward<B: Backend>(
         );
         let (wf, bf) = (l.ffn_out.weight, l.ffn_out.bias);
         tape.linear(be, a.ffn_act, wf, Some(bf), a.ffn_out, None, dims(f, h));
+        let branch = dropped(be, tape, drop.hidden(), a.ffn_out, a.ffn_dropped);
         let (ln2, ln2_out) = (&l.ffn_norm, a.ffn_norm_out);
-        tape.layernorm(be, a.ffn_out, Some(ln1_out), ln2, ln2_out, a.ffn_norm, n, h);
+        tape.layernorm(be, branch, Some(ln1_out), ln2, ln2_out, a.ffn_norm, n, h);
         x = ln2_out;
     }
     x
@@ -316,6 +380,7 @@ pub fn generator_forward<B: Backend>(
     model: &Model,
     acts: &StepActs,
     masked: usize,
+    drop: &mut DropoutPlan,
 ) {
     let cfg = &model.config;
     let hidden = encoder_forward(
@@ -329,6 +394,7 @@ pub fn generator_forward<B: Backend>(
         acts.token_types,
         acts.attention_mask,
         acts.shape,
+        drop,
     );
     let (hg, e, v) = (
         cfg.generator.hidden_size,
@@ -385,6 +451,7 @@ pub fn discriminator_forward<B: Backend>(
     tape: &mut Tape,
     model: &Model,
     acts: &StepActs,
+    drop: &mut DropoutPlan,
 ) {
     let cfg = &model.config;
     let hidden = encoder_forward(
@@ -398,6 +465,7 @@ pub fn discriminator_forward<B: Backend>(
         acts.token_types,
         acts.attention_mask,
         acts.shape,
+        drop,
     );
     let n = acts.shape.tokens();
     let h = cfg.discriminator.hidden_size;

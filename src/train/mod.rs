@@ -5,7 +5,7 @@ pub mod masking;
 pub mod schedule;
 
 use crate::backend::{AdamW, Backend, Buf, Pick, Sizes, Space};
-use crate::model::{self, BatchShape, Model, StepActs};
+use crate::model::{self, BatchShape, DropoutPlan, Model, StepActs};
 use crate::rng::Stream;
 use crate::tape::Tape;
 pub use masking::{mask_batch, max_predictions, Batch, Masking};
@@ -111,6 +111,14 @@ pub enum TrainError {
 
 /// Purpose tag of the per-step Gumbel seeds.
 const SAMPLE_PURPOSE: u32 = 4;
+/// Purpose tag of the per-step dropout seeds.
+const DROPOUT_SEED_PURPOSE: u32 = 7;
+
+/// A 64-bit seed for one purpose of one step, derived from the run's seed.
+fn step_seed(seed: u64, purpose: u32, step: u64) -> u64 {
+    let w = Stream::new(seed, purpose, step).words(0);
+    (w[0] as u64) | ((w[1] as u64) << 32)
+}
 
 /// Owns a backend, a model on it, and the step's memory plan; runs training steps.
 pub struct Trainer<B: Backend> {
@@ -119,6 +127,8 @@ pub struct Trainer<B: Backend> {
     pub config: TrainConfig,
     /// Optimizer steps taken so far.
     pub step: u64,
+    /// Whether passes apply the configured dropout (training) or none (evaluation, comparisons).
+    pub dropout: bool,
     tape: Tape,
     acts: Option<StepActs>,
     masking: Masking,
@@ -149,6 +159,7 @@ impl<B: Backend> Trainer<B> {
             backend,
             config,
             step: 0,
+            dropout: true,
             tape: Tape::new(true),
             acts: None,
             masking: Masking::default(),
@@ -305,7 +316,18 @@ impl<B: Backend> Trainer<B> {
         );
 
         self.tape.clear();
-        model::generator_forward(be, &mut self.tape, &self.model, &acts, masked);
+        let cfg = &self.model.config;
+        let mut drop = if self.dropout {
+            let seed = step_seed(self.config.seed, DROPOUT_SEED_PURPOSE, self.step);
+            DropoutPlan::new(
+                cfg.hidden_dropout_prob,
+                cfg.attention_probs_dropout_prob,
+                seed,
+            )
+        } else {
+            DropoutPlan::off()
+        };
+        model::generator_forward(be, &mut self.tape, &self.model, &acts, masked, &mut drop);
         let vocab = self.model.config.vocab_size;
         let logits = acts.gen_logits.prefix(masked * vocab);
         let gen_loss = acts.gen_row_loss.prefix(masked);
@@ -353,7 +375,7 @@ impl<B: Backend> Trainer<B> {
                 be.write(acts.is_replaced, &self.host);
             }
         }
-        model::discriminator_forward(be, &mut self.tape, &self.model, &acts);
+        model::discriminator_forward(be, &mut self.tape, &self.model, &acts, &mut drop);
         let real = batch.real_tokens();
         let disc_scale = self.config.disc_weight / real as f32;
         be.sigmoid_bce(
@@ -456,12 +478,9 @@ impl<B: Backend> Trainer<B> {
         );
         let pick = match c.replacement {
             Replacement::Argmax => Pick::Argmax,
-            Replacement::Sample => {
-                let w = Stream::new(c.seed, SAMPLE_PURPOSE, self.step).words(0);
-                Pick::Gumbel {
-                    seed: (w[0] as u64) | ((w[1] as u64) << 32),
-                }
-            }
+            Replacement::Sample => Pick::Gumbel {
+                seed: step_seed(c.seed, SAMPLE_PURPOSE, self.step),
+            },
         };
         let result = self.forward_backward(batch, &masking, Corruption::Generator(pick));
         self.masking = masking;

@@ -5,7 +5,7 @@
 //! pass (the CPU has the memory; the CUDA kernel recomputes them from the log-sum-exp instead).
 
 use super::matmul::{matmul, MatLayout, Threads};
-use crate::backend::AttentionDims;
+use crate::backend::{AttentionDims, Dropout};
 use rayon::prelude::*;
 
 fn head_layout(d: &AttentionDims, row_stride: usize, offset: usize) -> MatLayout {
@@ -48,20 +48,33 @@ fn masked_softmax(scores: &mut [f32], key_mask: &[u32], scale: f32) {
     }
 }
 
+/// The dropped-out probabilities of one head: `out = p ∘ mask/(1−p)`, where `first` is the index
+/// of `p[0]` in the whole probability buffer.
+fn drop_probs(p: &[f32], out: &mut [f32], dropout: &Dropout, first: usize) {
+    dropout.scales(first, out);
+    out.iter_mut().zip(p).for_each(|(o, &v)| *o *= v);
+}
+
+/// The forward pass; `scratch` (as long as `probs`) holds the dropped-out probabilities.
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     qkv: &[f32],
     key_mask: &[u32],
     ctx: &mut [f32],
     probs: &mut [f32],
+    scratch: &mut [f32],
+    dropout: Option<Dropout>,
     d: AttentionDims,
 ) {
     let (t, h) = (d.seq, d.hidden());
     let scale = 1.0 / (d.head_dim as f32).sqrt();
+    let per_seq = d.heads * t * t;
     ctx[..d.batch * t * h]
         .par_chunks_mut(t * h)
-        .zip(probs[..d.batch * d.heads * t * t].par_chunks_mut(d.heads * t * t))
+        .zip(probs[..d.batch * per_seq].par_chunks_mut(per_seq))
+        .zip(scratch[..d.batch * per_seq].par_chunks_mut(per_seq))
         .enumerate()
-        .for_each(|(b, (ctx, probs))| {
+        .for_each(|(b, ((ctx, probs), scratch))| {
             let qkv = &qkv[b * t * 3 * h..(b + 1) * t * 3 * h];
             let mask = &key_mask[b * t..(b + 1) * t];
             for head in 0..d.heads {
@@ -73,26 +86,39 @@ pub fn forward(
                 matmul(p, pl, qkv, q, qkv, k.t(), false, Threads::Caller);
                 masked_softmax(p, mask, scale);
                 let c = head_layout(&d, h, head * d.head_dim);
-                matmul(ctx, c, p, pl, qkv, v, false, Threads::Caller);
+                match &dropout {
+                    Some(drop) => {
+                        let pd = &mut scratch[head * t * t..(head + 1) * t * t];
+                        drop_probs(p, pd, drop, b * per_seq + head * t * t);
+                        matmul(ctx, c, pd, pl, qkv, v, false, Threads::Caller);
+                    }
+                    None => matmul(ctx, c, p, pl, qkv, v, false, Threads::Caller),
+                }
             }
         });
 }
 
+/// The backward pass; `dscores` and `scratch` (each as long as `probs`) are working memory.
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     qkv: &[f32],
     probs: &[f32],
     dctx: &[f32],
     dqkv: &mut [f32],
     dscores: &mut [f32],
+    scratch: &mut [f32],
+    dropout: Option<Dropout>,
     d: AttentionDims,
 ) {
     let (t, h) = (d.seq, d.hidden());
     let scale = 1.0 / (d.head_dim as f32).sqrt();
+    let per_seq = d.heads * t * t;
     dqkv[..d.batch * t * 3 * h]
         .par_chunks_mut(t * 3 * h)
-        .zip(dscores[..d.batch * d.heads * t * t].par_chunks_mut(d.heads * t * t))
+        .zip(dscores[..d.batch * per_seq].par_chunks_mut(per_seq))
+        .zip(scratch[..d.batch * per_seq].par_chunks_mut(per_seq))
         .enumerate()
-        .for_each(|(b, (dqkv, dscores))| {
+        .for_each(|(b, ((dqkv, dscores), scratch))| {
             let qkv = &qkv[b * t * 3 * h..(b + 1) * t * 3 * h];
             let dctx = &dctx[b * t * h..(b + 1) * t * h];
             for head in 0..d.heads {
@@ -103,9 +129,20 @@ pub fn backward(
                 let k = head_layout(&d, 3 * h, h + head * d.head_dim);
                 let v = head_layout(&d, 3 * h, 2 * h + head * d.head_dim);
                 let dc = head_layout(&d, h, head * d.head_dim);
-                // dP = dctx·Vᵀ and dV += Pᵀ·dctx
+                // dP = dctx·Vᵀ and dV += Pᵀ·dctx, through the dropout mask when there is one.
                 matmul(ds, pl, dctx, dc, qkv, v.t(), false, Threads::Caller);
-                matmul(dqkv, v, p, pl.t(), dctx, dc, true, Threads::Caller);
+                match &dropout {
+                    Some(drop) => {
+                        let first = b * per_seq + head * t * t;
+                        let pd = &mut scratch[head * t * t..(head + 1) * t * t];
+                        drop_probs(p, pd, drop, first);
+                        matmul(dqkv, v, pd, pl.t(), dctx, dc, true, Threads::Caller);
+                        // The mask's multipliers, reusing the scratch: dP ∘= mask/(1−p).
+                        drop.scales(first, pd);
+                        ds.iter_mut().zip(pd.iter()).for_each(|(g, &m)| *g *= m);
+                    }
+                    None => matmul(dqkv, v, p, pl.t(), dctx, dc, true, Threads::Caller),
+                }
                 // Softmax backward: dS = P ∘ (dP − Σ_j P·dP), then the 1/√d scale.
                 for (ds_row, p_row) in ds.chunks_mut(t).zip(p.chunks(t)) {
                     let dot: f32 = ds_row.iter().zip(p_row).map(|(a, b)| a * b).sum();

@@ -5,6 +5,7 @@
 //! handles to slices.
 
 pub mod attention;
+pub mod dropout;
 pub mod embedding;
 pub mod layernorm;
 pub mod linear;
@@ -15,8 +16,8 @@ pub mod optim;
 use std::marker::PhantomData;
 
 use super::{
-    AdamW, AttentionDims, Backend, Buf, EmbeddingParams, IBuf, LayerNormParams, LayerNormSaved,
-    LinearDims, Pick, Sizes, Space,
+    AdamW, AttentionDims, Backend, Buf, Dropout, EmbeddingParams, IBuf, LayerNormParams,
+    LayerNormSaved, LinearDims, Pick, Sizes, Space,
 };
 
 /// The CPU backend. Memory is one `Vec` per space.
@@ -24,11 +25,22 @@ use super::{
 pub struct CpuBackend {
     spaces: [Vec<f32>; 6],
     ints: Vec<u32>,
+    /// Room for one layer's dropped-out attention probabilities, rebuilt where they are needed.
+    scratch: Vec<f32>,
 }
 
 impl CpuBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Scratch memory of at least `len` values; grows once, so steps after the first allocate nothing.
+    fn scratch(&mut self, len: usize) -> Vec<f32> {
+        let mut s = std::mem::take(&mut self.scratch);
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        s
     }
 
     fn frame(&mut self) -> Frame<'_> {
@@ -336,16 +348,43 @@ impl Backend for CpuBackend {
         ctx: Buf,
         probs: Buf,
         dims: AttentionDims,
+        dropout: Option<Dropout>,
     ) {
+        let mut scratch = self.scratch(probs.len);
         let f = self.frame();
         let [ctx, probs] = f.w([ctx, probs], &[qkv]);
-        attention::forward(f.r(qkv), f.ri(key_mask), ctx, probs, dims);
+        let mask = f.ri(key_mask);
+        attention::forward(f.r(qkv), mask, ctx, probs, &mut scratch, dropout, dims);
+        self.scratch = scratch;
     }
 
-    fn attention_bwd(&mut self, qkv: Buf, probs: Buf, dctx: Buf, dqkv: Buf, dims: AttentionDims) {
+    fn attention_bwd(
+        &mut self,
+        qkv: Buf,
+        probs: Buf,
+        dctx: Buf,
+        dqkv: Buf,
+        dims: AttentionDims,
+        dropout: Option<Dropout>,
+    ) {
+        let mut scratch = self.scratch(probs.len);
         let f = self.frame();
         let [dqkv, dscores] = f.w([dqkv, probs.grad()], &[qkv, probs, dctx]);
-        attention::backward(f.r(qkv), f.r(probs), f.r(dctx), dqkv, dscores, dims);
+        let (qkv, probs, dctx) = (f.r(qkv), f.r(probs), f.r(dctx));
+        attention::backward(qkv, probs, dctx, dqkv, dscores, &mut scratch, dropout, dims);
+        self.scratch = scratch;
+    }
+
+    fn dropout_fwd(&mut self, x: Buf, y: Buf, dropout: Dropout) {
+        let f = self.frame();
+        let [y] = f.w([y], &[x]);
+        dropout::forward(f.r(x), y, dropout);
+    }
+
+    fn dropout_bwd(&mut self, dy: Buf, dx: Buf, dropout: Dropout) {
+        let f = self.frame();
+        let [dx] = f.w([dx], &[dy]);
+        dropout::backward(f.r(dy), dx, dropout);
     }
 
     fn gather_rows(&mut self, x: Buf, rows: IBuf, out: Buf, width: usize) {

@@ -1,0 +1,28 @@
+//! Inverted dropout with a recomputed mask (see [`crate::backend::Dropout`]).
+
+use crate::backend::Dropout;
+use rayon::prelude::*;
+
+/// Elements per rayon task: whole Philox blocks of four, and enough work to amortise a task.
+const CHUNK: usize = 4096;
+
+/// `out[i] = a[i] · scale(i)`, or `out[i] += …` with `accumulate`.
+fn masked(a: &[f32], out: &mut [f32], d: Dropout, accumulate: bool) {
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
+        let mut scales = [0.0f32; CHUNK];
+        let scales = &mut scales[..out.len()];
+        d.scales(c * CHUNK, scales);
+        let a = &a[c * CHUNK..c * CHUNK + out.len()];
+        for ((o, &x), &s) in out.iter_mut().zip(a).zip(scales.iter()) {
+            *o = if accumulate { *o + x * s } else { x * s };
+        }
+    });
+}
+
+pub fn forward(x: &[f32], y: &mut [f32], d: Dropout) {
+    masked(x, y, d, false);
+}
+
+pub fn backward(dy: &[f32], dx: &mut [f32], d: Dropout) {
+    masked(dy, dx, d, true);
+}
