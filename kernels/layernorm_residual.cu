@@ -1,0 +1,93 @@
+// Residual add + LayerNorm (BERT's post-LN "LN(x + residual)"), forward and backward.
+//
+// Fuses: the residual add, the row statistics, the normalisation, the affine gain/bias and the
+// saving of what the backward needs, in one read of x (and the residual) and one write of y and
+// xhat. Backward fuses the input gradient (written to both the branch and the residual stream,
+// which receive the same gradient) with the deterministic gain/bias gradient reduction.
+//
+// Layout: x, residual, y, xhat, dy, dx, dres are bf16 row-major [rows, width]; gain, bias, dgain,
+// dbias are f32 [width] (master weights and their gradients); rstd (and the optional mean) are f32
+// [rows]. One warp per row holding the row in registers (see layernorm.cuh): rows are short
+// (H = 256 for ELECTRA-Small), so a block-per-row layout would leave most threads idle and need
+// block-wide barriers for every statistic.
+//
+// Entry points: `_w256` for width <= 256, `_w1024` for width <= 1024 (same arguments).
+// Launch (all): blockDim = 256 (LN_THREADS: 8 warps, one row per warp per step); any grid, e.g.
+// min(ceil(rows / 8), 2 * SMs); no dynamic shared memory. The backward's gain/bias sums depend
+// only on the grid size: keep it fixed for a given shape and results are bitwise reproducible.
+#include "layernorm.cuh"
+
+// y = LN(x + residual) * gain + bias; saves xhat (bf16) and rstd (f32), and the mean when `mean`
+// is non-null. `residual` may be null. `dev_rows`, when non-null, is read on the device and caps
+// `rows` (row counts that only the device knows, under graph replay).
+template <int CH>
+__device__ __forceinline__ void layernorm_residual_fwd_body(
+    const bf16* __restrict__ x, const bf16* __restrict__ residual, const float* __restrict__ gain,
+    const float* __restrict__ bias, bf16* __restrict__ y, bf16* __restrict__ xhat,
+    float* __restrict__ rstd, float* __restrict__ mean, int rows, int width, float eps,
+    const unsigned* __restrict__ dev_rows) {
+    if (dev_rows) rows = min(rows, (int)*dev_rows);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const bool vec = (width % 8) == 0 && aligned16(x) && aligned16(y) && aligned16(xhat) &&
+                     (residual == nullptr || aligned16(residual));
+    const bool vecf = (width % 8) == 0 && aligned16(gain) && aligned16(bias);
+    const int stride = gridDim.x * LN_WARPS;
+    for (int r = blockIdx.x * LN_WARPS + warp; r < rows; r += stride) {
+        const size_t base = (size_t)r * width;
+        float v[CH][8];
+#pragma unroll
+        for (int c = 0; c < CH; ++c) {
+            const int col0 = c * 256 + lane * 8;
+            const int n = width - col0;
+            if (n > 0) {
+                load8(x + base + col0, n, vec, v[c]);
+                if (residual) {
+                    float rv[8];
+                    load8(residual + base + col0, n, vec, rv);
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) v[c][i] += rv[i];
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; ++i) v[c][i] = 0.f;
+            }
+        }
+        float mu;
+        const float rs = ln_normalize<CH>(v, lane, width, eps, &mu);
+        ln_store_row<CH>(v, lane, width, gain, bias, y + base, xhat ? xhat + base : nullptr, vec,
+                         vecf);
+        if (lane == 0) {
+            rstd[r] = rs;
+            if (mean) mean[r] = mu;
+        }
+    }
+}
+
+#define LN_FWD(NAME, CH)                                                                          \
+    extern "C" __global__ void __launch_bounds__(LN_THREADS)                                      \
+        NAME(const bf16* __restrict__ x, const bf16* __restrict__ residual,                       \
+             const float* __restrict__ gain, const float* __restrict__ bias, bf16* __restrict__ y, \
+             bf16* __restrict__ xhat, float* __restrict__ rstd, float* __restrict__ mean,         \
+             int rows, int width, float eps, const unsigned* __restrict__ dev_rows) {             \
+        layernorm_residual_fwd_body<CH>(x, residual, gain, bias, y, xhat, rstd, mean, rows,       \
+                                        width, eps, dev_rows);                                    \
+    }
+LN_FWD(layernorm_residual_fwd_w256, 1)
+LN_FWD(layernorm_residual_fwd_w1024, 4)
+
+// dx (and dres, when non-null) = LN backward of dy; dgain += sum dy*xhat, dbias += sum dy.
+// `accumulate`: 0 overwrites dx/dres, 1 adds. Scratch: `partials` gridDim.x * 2 * width floats,
+// `counter` one u32, zero before the first launch (left at zero).
+#define LN_BWD(NAME, CH)                                                                           \
+    extern "C" __global__ void __launch_bounds__(LN_THREADS)                                       \
+        NAME(const bf16* __restrict__ dy, const bf16* __restrict__ xhat,                           \
+             const float* __restrict__ rstd, const float* __restrict__ gain, bf16* dx, bf16* dres, \
+             float* __restrict__ dgain, float* __restrict__ dbias, float* __restrict__ partials,   \
+             unsigned* counter, int rows, int width, int accumulate,                               \
+             const unsigned* __restrict__ dev_rows) {                                              \
+        if (dev_rows) rows = min(rows, (int)*dev_rows);                                            \
+        ln_backward<CH, bf16>(dy, xhat, rstd, gain, dx, dres, dgain, dbias, partials, counter,     \
+                              rows, width, accumulate != 0);                                       \
+    }
+LN_BWD(layernorm_residual_bwd_w256, 1)
+LN_BWD(layernorm_residual_bwd_w1024, 4)
