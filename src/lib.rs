@@ -1,10 +1,63 @@
-//! electra: pretraining ELECTRA text encoders (replaced-token detection).
+//! Pretraining of [ELECTRA](https://arxiv.org/abs/2003.10555) text encoders by replaced-token
+//! detection.
+//!
+//! A small generator fills in masked tokens; a discriminator learns, for every token, whether the
+//! generator replaced it. The discriminator is the network you keep and fine-tune. The engine
+//! follows the recipe of the original code (google-research/electra), names parameters as HF
+//! `transformers` does, and its CPU backend matches `transformers` to float precision. Every
+//! random draw comes from a counter-based generator keyed by the seed and the step, so a run,
+//! and a resumed run, reproduce bit for bit.
+//!
+//! # Layers
+//! Each layer uses only the ones listed before it:
+//! 1. [`backend`]: the [`Backend`](backend::Backend) trait, whose fused operations work on
+//!    handles into a few flat memory spaces, and the f32 CPU reference
+//!    [`CpuBackend`](backend::cpu::CpuBackend). [`rng`] (Philox) and [`profile`] (time per
+//!    operation) serve it.
+//! 2. [`tape`]: records the fused operations of a forward pass and walks them back.
+//! 3. [`model`]: configuration and presets, the flat parameter layout with HF names, and the
+//!    forward passes of the generator and the discriminator.
+//! 4. [`train`]: masking, replacement, the two losses, clipping, AdamW, the learning-rate
+//!    schedule, all driven by [`Trainer`](train::Trainer).
+//! 5. [`data`]: the WordPiece tokenizer, text → shards (`electra prepare`), shards → batches.
+//! 6. [`io`]: safetensors files, checkpoints, run directories, HF import and export.
+//! 7. [`cli`]: the `electra` command line.
+//!
+//! # Example
+//! One training step of the `tiny` preset on random tokens (see `examples/embed_and_train.rs`):
+//!
+//! ```
+//! use electra::backend::cpu::CpuBackend;
+//! use electra::model::{config::ElectraConfig, Model};
+//! use electra::train::{Batch, TrainConfig, Trainer};
+//!
+//! let mut config = ElectraConfig::preset("tiny")?;
+//! config.vocab_size = 1000; // real runs take it from the tokenizer's vocabulary
+//! let model = Model::new(config);
+//! let values = model.initial_values(42); // N(0, 0.02) weights, deterministic in the seed
+//! let recipe = TrainConfig {
+//!     warmup_steps: 10,
+//!     total_steps: 100,
+//!     ..TrainConfig::default()
+//! };
+//! let mut trainer = Trainer::new(CpuBackend::new(), model, recipe, &values);
+//!
+//! // 2 sequences of 32 tokens, `[CLS] A [SEP] B [SEP]`, ids drawn from seed 0.
+//! let special = trainer.model.config.special_tokens;
+//! let batch = Batch::random(2, 32, 1000, 0, &special);
+//! let report = trainer.train_step(&batch)?;
+//! assert_eq!(report.step, 1);
+//! assert!(report.loss.gen_loss.is_finite() && report.loss.disc_loss.is_finite());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![warn(missing_docs)]
 
 pub mod backend;
 pub mod cli;
 pub mod data;
 pub mod io;
 pub mod model;
+pub mod profile;
 pub mod rng;
 pub mod tape;
 pub mod train;

@@ -43,6 +43,9 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// The stream keyed by `seed`, for one `purpose` (a constant per use: masking, dropout, init,
+    /// …, so uses never share numbers) and one `step` (the training step, or any other 64-bit
+    /// sub-stream number, such as a tensor or a row).
     pub fn new(seed: u64, purpose: u32, step: u64) -> Self {
         Stream {
             key: [seed as u32, (seed >> 32) as u32],

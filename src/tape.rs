@@ -9,6 +9,12 @@ use crate::backend::{
     AttentionDims, Backend, Buf, Dropout, EmbeddingParams, IBuf, LayerNormParams, LayerNormSaved,
     LinearDims, Space,
 };
+use crate::profile::Profiler;
+
+/// Activation buffers start at multiples of this many values: 16 bytes in the CUDA backend's
+/// 4-byte activation slots, which its vector loads, its attention kernels and cuBLASLt's fast
+/// paths need.
+pub const ACT_ALIGN: usize = 4;
 
 /// Hands out activation and integer buffers for one batch shape, by bumping offsets.
 #[derive(Debug, Default)]
@@ -18,14 +24,14 @@ pub struct Arena {
 }
 
 impl Arena {
-    /// A new activation buffer of `len` values.
+    /// A new activation buffer of `len` values, starting at a multiple of [`ACT_ALIGN`].
     pub fn acts(&mut self, len: usize) -> Buf {
         let b = Buf {
             space: Space::Act,
             offset: self.acts,
             len,
         };
-        self.acts += len;
+        self.acts += len.next_multiple_of(ACT_ALIGN);
         b
     }
 
@@ -83,6 +89,7 @@ enum Op {
     },
     Attention {
         qkv: Buf,
+        key_mask: IBuf,
         ctx: Buf,
         probs: Buf,
         dims: AttentionDims,
@@ -106,6 +113,8 @@ enum Op {
 pub struct Tape {
     ops: Vec<Op>,
     recording: bool,
+    /// Times each operation when enabled (for `electra bench`).
+    pub profiler: Profiler,
 }
 
 impl Tape {
@@ -114,6 +123,7 @@ impl Tape {
         Tape {
             ops: vec![],
             recording,
+            profiler: Profiler::default(),
         }
     }
 
@@ -144,7 +154,9 @@ impl Tape {
         out: Buf,
         saved: LayerNormSaved,
     ) {
-        be.embedding_fwd(ids, token_types, seq, params, out, saved);
+        self.profiler.time("embedding_fwd", be, |be| {
+            be.embedding_fwd(ids, token_types, seq, params, out, saved)
+        });
         self.push(Op::Embedding {
             ids,
             token_types,
@@ -167,7 +179,13 @@ impl Tape {
         gelu_pre: Option<Buf>,
         dims: LinearDims,
     ) {
-        be.linear_fwd(x, w, b, y, gelu_pre, dims);
+        let name = if gelu_pre.is_some() {
+            "linear_gelu_fwd"
+        } else {
+            "linear_fwd"
+        };
+        self.profiler
+            .time(name, be, |be| be.linear_fwd(x, w, b, y, gelu_pre, dims));
         self.push(Op::Linear {
             x,
             w,
@@ -191,7 +209,9 @@ impl Tape {
         rows: usize,
         width: usize,
     ) {
-        be.layernorm_fwd(x, residual, params, y, saved, rows, width);
+        self.profiler.time("layernorm_fwd", be, |be| {
+            be.layernorm_fwd(x, residual, params, y, saved, rows, width)
+        });
         self.push(Op::LayerNorm {
             residual,
             x,
@@ -215,9 +235,12 @@ impl Tape {
         dims: AttentionDims,
         dropout: Option<Dropout>,
     ) {
-        be.attention_fwd(qkv, key_mask, ctx, probs, dims, dropout);
+        self.profiler.time("attention_fwd", be, |be| {
+            be.attention_fwd(qkv, key_mask, ctx, probs, dims, dropout)
+        });
         self.push(Op::Attention {
             qkv,
+            key_mask,
             ctx,
             probs,
             dims,
@@ -227,7 +250,8 @@ impl Tape {
 
     /// Inverted dropout of `x` into `y`.
     pub fn dropout<B: Backend>(&mut self, be: &mut B, x: Buf, y: Buf, dropout: Dropout) {
-        be.dropout_fwd(x, y, dropout);
+        self.profiler
+            .time("dropout_fwd", be, |be| be.dropout_fwd(x, y, dropout));
         self.push(Op::Dropout { x, y, dropout });
     }
 
@@ -240,7 +264,8 @@ impl Tape {
         out: Buf,
         width: usize,
     ) {
-        be.gather_rows(x, rows, out, width);
+        self.profiler
+            .time("gather_rows", be, |be| be.gather_rows(x, rows, out, width));
         self.push(Op::GatherRows {
             x,
             rows,
@@ -250,66 +275,97 @@ impl Tape {
     }
 
     /// Propagates the gradients already seeded in the loss outputs back to every parameter.
-    pub fn backward<B: Backend>(&self, be: &mut B) {
+    pub fn backward<B: Backend>(&mut self, be: &mut B) {
         for op in self.ops.iter().rev() {
-            match *op {
-                Op::Embedding {
-                    ids,
-                    token_types,
-                    seq,
-                    ref params,
-                    out,
-                    saved,
-                } => be.embedding_bwd(ids, token_types, seq, params, out.grad(), saved),
-                Op::Linear {
-                    x,
-                    w,
-                    b,
-                    y,
-                    gelu_pre,
-                    dims,
-                } => be.linear_bwd(
-                    x,
-                    w,
-                    y.grad(),
-                    Some(x.grad()),
-                    w.grad(),
-                    b.map(Buf::grad),
-                    gelu_pre,
-                    dims,
-                ),
-                Op::LayerNorm {
-                    residual,
-                    x,
-                    ref params,
-                    y,
-                    saved,
-                    rows,
-                    width,
-                } => be.layernorm_bwd(
-                    y.grad(),
-                    params,
-                    saved,
-                    x.grad(),
-                    residual.map(Buf::grad),
-                    rows,
-                    width,
-                ),
-                Op::Attention {
-                    qkv,
-                    ctx,
-                    probs,
-                    dims,
-                    dropout,
-                } => be.attention_bwd(qkv, probs, ctx.grad(), qkv.grad(), dims, dropout),
-                Op::Dropout { x, y, dropout } => be.dropout_bwd(y.grad(), x.grad(), dropout),
-                Op::GatherRows {
-                    x,
-                    rows,
-                    out,
-                    width,
-                } => be.gather_rows_bwd(out.grad(), rows, x.grad(), width),
-            }
+            self.profiler
+                .time(op.backward_name(), be, |be| op.backward(be));
+        }
+    }
+}
+
+impl Op {
+    fn backward_name(&self) -> &'static str {
+        match self {
+            Op::Embedding { .. } => "embedding_bwd",
+            Op::Linear {
+                gelu_pre: Some(_), ..
+            } => "linear_gelu_bwd",
+            Op::Linear { .. } => "linear_bwd",
+            Op::LayerNorm { .. } => "layernorm_bwd",
+            Op::Attention { .. } => "attention_bwd",
+            Op::Dropout { .. } => "dropout_bwd",
+            Op::GatherRows { .. } => "gather_rows_bwd",
+        }
+    }
+
+    fn backward<B: Backend>(&self, be: &mut B) {
+        match *self {
+            Op::Embedding {
+                ids,
+                token_types,
+                seq,
+                ref params,
+                out,
+                saved,
+            } => be.embedding_bwd(ids, token_types, seq, params, out.grad(), saved),
+            Op::Linear {
+                x,
+                w,
+                b,
+                y,
+                gelu_pre,
+                dims,
+            } => be.linear_bwd(
+                x,
+                w,
+                y.grad(),
+                Some(x.grad()),
+                w.grad(),
+                b.map(Buf::grad),
+                gelu_pre,
+                dims,
+            ),
+            Op::LayerNorm {
+                residual,
+                x,
+                ref params,
+                y,
+                saved,
+                rows,
+                width,
+            } => be.layernorm_bwd(
+                y.grad(),
+                params,
+                saved,
+                x.grad(),
+                residual.map(Buf::grad),
+                rows,
+                width,
+            ),
+            Op::Attention {
+                qkv,
+                key_mask,
+                ctx,
+                probs,
+                dims,
+                dropout,
+            } => be.attention_bwd(
+                qkv,
+                key_mask,
+                ctx,
+                probs,
+                ctx.grad(),
+                qkv.grad(),
+                dims,
+                dropout,
+            ),
+            Op::Dropout { x, y, dropout } => be.dropout_bwd(y.grad(), x.grad(), dropout),
+            Op::GatherRows {
+                x,
+                rows,
+                out,
+                width,
+            } => be.gather_rows_bwd(out.grad(), rows, x.grad(), width),
         }
     }
 }

@@ -260,3 +260,63 @@ fn models_that_do_not_fit_get_clear_errors() {
     assert!(!ok);
     assert!(stderr.contains("nowhere/config.json"), "{stderr}");
 }
+
+/// ‖a − b‖ / ‖b‖ over two float tensors.
+fn relative_diff(a: &[f64], b: &[f64]) -> f64 {
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>();
+    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>();
+    (diff / norm).sqrt()
+}
+
+#[test]
+fn logits_flag_writes_the_fixture_logits_and_the_discriminator_input() {
+    let dir = scratch("logits");
+    let f = fixture();
+    let expected = read_tensors(&f.join("expected.safetensors")).unwrap();
+    let batch = read_tensors(&f.join("batch.safetensors")).unwrap();
+    let floats = |t: &electra::io::tensors::Tensor| match &t.values {
+        Values::Float(v) => v.clone(),
+        Values::Int(_) => panic!("expected floats"),
+    };
+    for (mode, ids_name) in [
+        ("given", "replaced_input_ids"),
+        ("argmax", "argmax_replaced_input_ids"),
+    ] {
+        let path = dir.join(format!("{mode}.safetensors"));
+        let (ok, _, stderr) = electra_loss(
+            &f.join("generator"),
+            &f.join("discriminator"),
+            &f.join("batch.safetensors"),
+            &["--replacement", mode, "--logits", path.to_str().unwrap()],
+        );
+        assert!(ok, "{stderr}");
+        let got = read_tensors(&path).unwrap();
+        assert_eq!(
+            got.len(),
+            3,
+            "{mode}: disc and gen logits and the input ids"
+        );
+        // The generator's logits do not depend on the replacement.
+        let want = &expected["gen_logits_at_chosen"];
+        assert_eq!(got["gen_logits_at_chosen"].shape, want.shape);
+        let d = relative_diff(&floats(&got["gen_logits_at_chosen"]), &floats(want));
+        assert!(d < 1e-4, "{mode}: gen logits differ by {d:e}");
+        // The discriminator's input is the file's replacements or the argmax's.
+        let want_ids = batch
+            .get(ids_name)
+            .or_else(|| expected.get(ids_name))
+            .unwrap();
+        assert_eq!(got["replaced_input_ids"].shape, vec![3, 24]);
+        assert_eq!(
+            got["replaced_input_ids"].as_ints().unwrap(),
+            want_ids.as_ints().unwrap(),
+            "{mode}"
+        );
+        if mode == "given" {
+            let want = &expected["disc_logits"];
+            assert_eq!(got["disc_logits"].shape, want.shape);
+            let d = relative_diff(&floats(&got["disc_logits"]), &floats(want));
+            assert!(d < 1e-4, "disc logits differ by {d:e}");
+        }
+    }
+}

@@ -418,7 +418,7 @@ fn check_attention(seed: u64, dropout: Option<Dropout>) {
     let grads = gradcheck(
         &mut lab,
         &|be| be.attention_fwd(qkv, mask, ctx, probs, dims, dropout),
-        Some(&|be| be.attention_bwd(qkv, probs, ctx.grad(), qkv.grad(), dims, dropout)),
+        Some(&|be| be.attention_bwd(qkv, mask, ctx, probs, ctx.grad(), qkv.grad(), dims, dropout)),
         ctx,
         &r,
         &[("qkv", qkv)],

@@ -230,6 +230,9 @@ pub trait Backend {
     /// The current sizes.
     fn sizes(&self) -> Sizes;
 
+    /// Waits until all queued work is done (for timing; a synchronous backend has nothing to do).
+    fn synchronize(&self) {}
+
     /// Copies host values into a buffer (`src.len() == dst.len`).
     fn write(&mut self, dst: Buf, src: &[f32]);
 
@@ -326,9 +329,11 @@ pub trait Backend {
 
     /// Multi-head self-attention. `qkv` is `[batch·seq, 3·hidden]` (queries, keys, values side by
     /// side, heads contiguous within each); `key_mask` is 1 for real tokens and 0 for padding, which
-    /// is never attended to. Writes `ctx [batch·seq, hidden]` and saves the probabilities
-    /// `[batch, heads, seq, seq]` before dropout, which applies to the probabilities (element
-    /// index = position in that buffer).
+    /// is never attended to. Writes `ctx [batch·seq, hidden]` and saves in `probs` (room for
+    /// `[batch, heads, seq, seq]`) what the backward pass needs: the CPU saves the probabilities
+    /// before dropout, the CUDA backend only the log-sum-exp of each query row (its first
+    /// `batch·heads·seq` values). Dropout applies to the probabilities (element index = position
+    /// in a `[batch, heads, seq, seq]` buffer).
     #[allow(clippy::too_many_arguments)]
     fn attention_fwd(
         &mut self,
@@ -340,11 +345,16 @@ pub trait Backend {
         dropout: Option<Dropout>,
     );
 
-    /// Backward of [`Backend::attention_fwd`]; uses `probs.grad()` as scratch.
+    /// Backward of [`Backend::attention_fwd`]; uses `probs.grad()` as scratch. `key_mask` and
+    /// `ctx` are the forward pass's (the CUDA backend recomputes the probabilities from `qkv`,
+    /// the mask and the saved log-sum-exp, and needs `ctx` for `rowsum(dctx ∘ ctx)`; the CPU reads
+    /// neither).
     #[allow(clippy::too_many_arguments)]
     fn attention_bwd(
         &mut self,
         qkv: Buf,
+        key_mask: IBuf,
+        ctx: Buf,
         probs: Buf,
         dctx: Buf,
         dqkv: Buf,

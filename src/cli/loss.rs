@@ -1,9 +1,10 @@
 //! `electra loss`: one forward and backward pass on a batch file, printed as one JSON line.
 
-use crate::backend::{cpu::CpuBackend, Pick, Space};
+use crate::backend::{cpu::CpuBackend, Backend, Pick, Space};
 use crate::io::batch_file::read_batch_file;
 use crate::io::hf::load_pretraining_pair;
 use crate::io::tensors::write_f32_tensors;
+use crate::io::write_atomic;
 use crate::train::{Corruption, TrainConfig, Trainer};
 use std::path::PathBuf;
 
@@ -25,6 +26,61 @@ pub struct LossArgs {
     /// Writes every gradient here, as grad.shared.…, grad.generator.…, grad.discriminator.….
     #[arg(long)]
     grads: Option<PathBuf>,
+    /// Writes the logits here (safetensors): `disc_logits` [batch, seq] (float32),
+    /// `gen_logits_at_chosen` [n_chosen, vocab] (float32, rows in row-major order of the chosen
+    /// positions) and `replaced_input_ids` [batch, seq] (int64, the discriminator's input).
+    #[arg(long)]
+    logits: Option<PathBuf>,
+}
+
+/// Writes the last pass's logits and the discriminator's input (see [`LossArgs::logits`]).
+fn write_logits(
+    trainer: &Trainer<CpuBackend>,
+    path: &std::path::Path,
+    masked: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let acts = trainer.acts().ok_or("no pass was run")?;
+    let (batch, seq) = (acts.shape.batch, acts.shape.seq);
+    let vocab = trainer.model.config.vocab_size;
+    let disc = trainer.read_acts(acts.disc_logits.prefix(batch * seq));
+    let gen = trainer.read_acts(acts.gen_logits.prefix(masked * vocab));
+    let mut ids = vec![0u32; batch * seq];
+    trainer.backend.read_ints(acts.corrupted_ids, &mut ids);
+    let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+    let view = |dtype, shape: Vec<usize>, bytes| {
+        safetensors::tensor::TensorView::new(dtype, shape, bytes)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let tensors = vec![
+        (
+            "disc_logits",
+            view(
+                safetensors::Dtype::F32,
+                vec![batch, seq],
+                bytemuck::cast_slice(&disc),
+            )?,
+        ),
+        (
+            "gen_logits_at_chosen",
+            view(
+                safetensors::Dtype::F32,
+                vec![masked, vocab],
+                bytemuck::cast_slice(&gen),
+            )?,
+        ),
+        (
+            "replaced_input_ids",
+            view(
+                safetensors::Dtype::I64,
+                vec![batch, seq],
+                bytemuck::cast_slice(&ids),
+            )?,
+        ),
+    ];
+    let bytes = safetensors::serialize(tensors, None)
+        .map_err(|e| format!("{}: cannot serialise: {e}", path.display()))?;
+    write_atomic(path, &bytes)?;
+    Ok(())
 }
 
 pub fn run(args: &LossArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -64,6 +120,9 @@ pub fn run(args: &LossArgs) -> Result<(), Box<dyn std::error::Error>> {
         .forward_backward(&file.batch, &file.masking, corruption)
         .map_err(|e| format!("{}: {e}", args.batch.display()))?;
     let norm = trainer.grad_norm();
+    if let Some(path) = &args.logits {
+        write_logits(&trainer, path, report.masked)?;
+    }
     if let Some(path) = &args.grads {
         let tensors: Vec<_> = trainer
             .model

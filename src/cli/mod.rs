@@ -1,5 +1,7 @@
 //! The `electra` command line.
 
+mod bench;
+mod export;
 mod loss;
 mod plot;
 mod prepare;
@@ -28,6 +30,11 @@ enum Command {
     /// Pretrains a generator and a discriminator. With no flags, trains the `tiny` preset on the
     /// State of the Union corpus for a few minutes on the CPU.
     Pretrain(pretrain::PretrainArgs),
+    /// Writes a run's newest checkpoint (or one checkpoint) as HF `transformers` directories:
+    /// OUT/discriminator (ElectraForPreTraining) and OUT/generator (ElectraForMaskedLM).
+    Export(export::ExportArgs),
+    /// Times training steps on random ids: median step, tokens/s, FLOP rate, per-operation table.
+    Bench(bench::BenchArgs),
     /// Draws a run's loss and accuracy curves into RUN_DIR/curves.svg.
     Plot(plot::PlotArgs),
 }
@@ -39,5 +46,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         Command::Prepare(args) => prepare::run(&args),
         Command::Pretrain(args) => pretrain::run(&args),
         Command::Plot(args) => plot::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Export(args) => export::run(&args),
     }
 }

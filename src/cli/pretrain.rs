@@ -3,6 +3,7 @@
 use crate::backend::{cpu::CpuBackend, Space};
 use crate::data::{prepare, train_tokenizer, Batcher, Cursor, PrepareOptions, WordPieceTokenizer};
 use crate::io::checkpoint::{self, CheckpointData, TrainingState};
+use crate::io::hf::Loaded;
 use crate::io::run_dir::{self, Metrics, RunConfig};
 use crate::model::config::{ElectraConfig, SpecialTokens};
 use crate::model::Model;
@@ -33,6 +34,11 @@ pub struct PretrainArgs {
     /// Continues the run in this directory from its newest checkpoint.
     #[arg(long, conflicts_with_all = ["preset", "config", "data", "out"])]
     resume: Option<PathBuf>,
+    /// Starts from the weights of HF ELECTRA directories instead of a random init: DIR holds
+    /// generator/ and discriminator/ (as `electra export` writes them). The model's sizes are
+    /// taken from their config.json files; the vocabulary must be the data's.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["preset", "config", "gen_fraction", "resume"])]
+    init_from: Option<PathBuf>,
     /// The total number of steps to reach (the schedule decays to zero there).
     #[arg(long)]
     steps: Option<u64>,
@@ -115,8 +121,52 @@ fn special_tokens(t: &WordPieceTokenizer) -> SpecialTokens {
     }
 }
 
-/// The run configuration of a new run, from the flags.
-fn new_run(args: &PretrainArgs) -> CliResult<(PathBuf, RunConfig)> {
+/// Reads the pair of HF directories of `--init-from`: the model config and its values. The
+/// vocabulary must be the data's: the same `vocab.txt` when the directory ships one, else at
+/// least the same size.
+fn init_from(dir: &Path, data: &Path, tokenizer: &WordPieceTokenizer) -> CliResult<Loaded> {
+    let loaded = crate::io::hf::load_pretraining_dir(dir)?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    let cfg = &loaded.model.config;
+    let shipped = dir.join("discriminator").join("vocab.txt");
+    if shipped.is_file() {
+        let theirs = WordPieceTokenizer::from_vocab_file(&shipped)?;
+        if theirs.vocab_hash() != tokenizer.vocab_hash() {
+            return Err(format!(
+                "{} differs from {}: the embeddings of --init-from {} belong to another \
+                 vocabulary; prepare the data with --vocab {}",
+                shipped.display(),
+                data.join("vocab.txt").display(),
+                dir.display(),
+                shipped.display()
+            )
+            .into());
+        }
+    } else if cfg.vocab_size != tokenizer.vocab_size() {
+        return Err(format!(
+            "--init-from {} has a vocabulary of {} tokens but {} has {}",
+            dir.display(),
+            cfg.vocab_size,
+            data.join("vocab.txt").display(),
+            tokenizer.vocab_size()
+        )
+        .into());
+    } else {
+        eprintln!(
+            "warning: {} ships no vocab.txt; assuming its {} token ids are those of {}",
+            dir.display(),
+            cfg.vocab_size,
+            data.join("vocab.txt").display()
+        );
+    }
+    Ok(loaded)
+}
+
+/// The run configuration of a new run, from the flags, and the initial values when they come
+/// from `--init-from`.
+fn new_run(args: &PretrainArgs) -> CliResult<(PathBuf, RunConfig, Option<Vec<f32>>)> {
     let data = match &args.data {
         Some(d) => d.clone(),
         None => default_data()?,
@@ -124,9 +174,15 @@ fn new_run(args: &PretrainArgs) -> CliResult<(PathBuf, RunConfig)> {
     let tokenizer = WordPieceTokenizer::from_vocab_file(&data.join("vocab.txt"))
         .map_err(|e| format!("{}: not a prepared shard folder ({e})", data.display()))?;
     let default_preset = if args.data.is_none() { "tiny" } else { "small" };
-    let mut model = match (&args.config, &args.preset) {
-        (Some(path), _) => ElectraConfig::from_file(path)?,
-        (None, preset) => ElectraConfig::preset(preset.as_deref().unwrap_or(default_preset))?,
+    let mut initial = None;
+    let mut model = match (&args.init_from, &args.config, &args.preset) {
+        (Some(dir), _, _) => {
+            let loaded = init_from(dir, &data, &tokenizer)?;
+            initial = Some(loaded.values);
+            loaded.model.config
+        }
+        (None, Some(path), _) => ElectraConfig::from_file(path)?,
+        (None, None, preset) => ElectraConfig::preset(preset.as_deref().unwrap_or(default_preset))?,
     };
     if let Some(f) = args.gen_fraction {
         model = model.with_generator_fraction(f)?;
@@ -166,7 +222,10 @@ fn new_run(args: &PretrainArgs) -> CliResult<(PathBuf, RunConfig)> {
         .into());
     }
     run_dir::write_config(&out, &rc)?;
-    Ok((out, rc))
+    if let Some(dir) = &args.init_from {
+        eprintln!("initialised {} from {}", out.display(), dir.display());
+    }
+    Ok((out, rc, initial))
 }
 
 fn apply_overrides(args: &PretrainArgs, train: &mut TrainConfig) {
@@ -245,6 +304,7 @@ pub fn run(args: &PretrainArgs) -> CliResult<()> {
         )
         .into());
     }
+    let mut init = None;
     let (out, rc, start) = match &args.resume {
         Some(dir) => {
             let mut rc = run_dir::read_config(dir)?;
@@ -261,7 +321,8 @@ pub fn run(args: &PretrainArgs) -> CliResult<()> {
             (dir.clone(), rc, Some(ckpt))
         }
         None => {
-            let (out, rc) = new_run(args)?;
+            let (out, rc, initial) = new_run(args)?;
+            init = initial;
             (out, rc, None)
         }
     };
@@ -276,9 +337,10 @@ pub fn run(args: &PretrainArgs) -> CliResult<()> {
         .into());
     }
     let model = Model::new(rc.model.clone());
-    let initial = match &start {
-        Some(c) => c.params.clone(),
-        None => model.initial_values(rc.train.seed),
+    let initial = match (&start, init) {
+        (Some(c), _) => c.params.clone(),
+        (None, Some(values)) => values,
+        (None, None) => model.initial_values(rc.train.seed),
     };
     let mut trainer = Trainer::new(CpuBackend::new(), model, rc.train.clone(), &initial);
     let mut elapsed_before = 0.0;

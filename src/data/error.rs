@@ -15,25 +15,42 @@ pub enum DataError {
     /// Reading or writing `path` failed.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or folder the operation was on.
         path: PathBuf,
+        /// The operating system's error (not found, permission denied, disk full, …).
         #[source]
         source: std::io::Error,
     },
     /// The `tokenizers` crate or a vocabulary check rejected something; `context` says what.
     #[error("{context}: {message}")]
-    Tokenizer { context: String, message: String },
+    Tokenizer {
+        /// What was being done, usually the vocabulary or text file's path.
+        context: String,
+        /// The underlying error's text.
+        message: String,
+    },
     /// A shard file is malformed or does not belong to this vocabulary.
     #[error("{}: {problem}", path.display())]
     Shard {
+        /// The shard file.
         path: PathBuf,
+        /// Which check failed.
         problem: ShardProblem,
     },
     /// The inputs held no token at all, so there is nothing to train on.
     #[error("the input holds no tokens ({files} file(s), {bytes} bytes read): nothing to write")]
-    EmptyCorpus { files: usize, bytes: u64 },
+    EmptyCorpus {
+        /// Input files read.
+        files: usize,
+        /// Bytes read from them in all; 0 usually means empty files or a wrong path.
+        bytes: u64,
+    },
     /// A folder that should hold shards holds none.
     #[error("{}: no shard-*.bin files in this folder (run `electra prepare` first)", dir.display())]
-    NoShards { dir: PathBuf },
+    NoShards {
+        /// The folder searched.
+        dir: PathBuf,
+    },
     /// An option or argument is out of range or inconsistent.
     #[error("{0}")]
     Invalid(String),
@@ -65,43 +82,85 @@ impl DataError {
 /// The ways a shard file can be wrong; see [`crate::data::shard`] for the layout.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ShardProblem {
+    /// The file cannot even hold a header: an interrupted copy or an empty file.
     #[error("file is {len} bytes, shorter than the {header}-byte shard header (truncated?)")]
-    TooShort { len: u64, header: u64 },
+    TooShort {
+        /// The file's size in bytes.
+        len: u64,
+        /// The header's size in bytes (64).
+        header: u64,
+    },
+    /// The first 8 bytes are not `ELECSHRD`: not a shard at all.
     #[error("not an electra shard: magic bytes are {found:?}, expected \"ELECSHRD\"")]
-    BadMagic { found: [u8; 8] },
+    BadMagic {
+        /// The file's first 8 bytes.
+        found: [u8; 8],
+    },
+    /// Written by another version of the format; re-run `electra prepare` with this build.
     #[error("unsupported shard version {found} (this build reads version {supported})")]
-    UnsupportedVersion { found: u32, supported: u32 },
+    UnsupportedVersion {
+        /// The version in the header.
+        found: u32,
+        /// The only version this build reads.
+        supported: u32,
+    },
+    /// The header's vocabulary size (carried here) is 0, or above the 65536 that u16 ids address.
     #[error("vocab size {0} in the header is outside 1..=65536 (ids are stored as u16)")]
     BadVocabSize(u32),
+    /// The header says examples have no tokens.
     #[error("seq len in the header is 0")]
     ZeroSeqLen,
+    /// Bytes the format reserves (28..32 and 40..64) are not zero, so the header is corrupt.
     #[error("reserved header bytes are not zero (corrupt header?)")]
     ReservedNotZero,
+    /// The file's size disagrees with the header's example count and sequence length.
     #[error(
         "file is {actual} bytes but its header promises {expected} \
          ({examples} examples x {seq_len} tokens x 2 bytes + header): truncated or corrupt"
     )]
     LengthMismatch {
+        /// The file's size in bytes.
         actual: u64,
+        /// The size the header implies: 64 + examples × seq_len × 2 bytes.
         expected: u128,
+        /// The header's example count.
         examples: u64,
+        /// The header's sequence length, in tokens.
         seq_len: u32,
     },
+    /// The shard's token ids belong to another vocabulary than the one given (compared by
+    /// [`vocab_hash`](crate::data::tokenizer::vocab_hash)).
     #[error(
         "vocab hash {found:#018x} differs from the expected {expected:#018x}: \
          the shard was prepared with another vocabulary"
     )]
-    VocabMismatch { expected: u64, found: u64 },
+    VocabMismatch {
+        /// The hash of the vocabulary in use.
+        expected: u64,
+        /// The hash in the shard's header.
+        found: u64,
+    },
+    /// Shards of one folder must share a sequence length; this one does not.
     #[error("seq len {found} differs from {expected} in the other shards of this folder")]
-    SeqLenMismatch { expected: u32, found: u32 },
+    SeqLenMismatch {
+        /// The other shards' sequence length.
+        expected: u32,
+        /// This shard's.
+        found: u32,
+    },
+    /// A stored id is not below the header's vocabulary size (found when the shard is opened).
     #[error(
         "example {example}, position {position}: \
          token id {id} is not below the vocab size {vocab_size}"
     )]
     TokenOutOfRange {
+        /// Index of the example in the shard, from 0.
         example: u64,
+        /// Token index within the example, from 0.
         position: u32,
+        /// The offending id.
         id: u16,
+        /// The header's vocabulary size.
         vocab_size: u32,
     },
 }

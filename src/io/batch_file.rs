@@ -11,8 +11,12 @@ use std::path::Path;
 
 /// A batch, its masking, and the given replacements if the file has them.
 pub struct BatchFile {
+    /// `input_ids`, `token_type_ids` and `attention_mask`, checked to agree in shape.
     pub batch: Batch,
+    /// The positions where `chosen` is 1 (never padding, at least one) and `masked_input_ids`.
     pub masking: Masking,
+    /// `replaced_input_ids`, `[batch·seq]` row-major, when the file has it; ids are not yet
+    /// checked against a vocabulary.
     pub replaced: Option<Vec<u32>>,
 }
 

@@ -24,9 +24,13 @@ pub struct TrainingState {
 
 /// The tensors of a checkpoint, as flat buffers in the layout's order.
 pub struct CheckpointData {
+    /// Parameter values, `layout.len()` long (`model.safetensors`).
     pub params: Vec<f32>,
+    /// Adam's first moments, in the same layout (`adam_m.<name>` in `optimizer.safetensors`).
     pub adam_m: Vec<f32>,
+    /// Adam's second moments, in the same layout (`adam_v.<name>` in `optimizer.safetensors`).
     pub adam_v: Vec<f32>,
+    /// `state.json`; its `step` names the folder.
     pub state: TrainingState,
 }
 

@@ -1,7 +1,9 @@
-//! Files: safetensors reading and atomic writing, HF ELECTRA directories, batch files.
+//! Files: safetensors reading and atomic writing, HF ELECTRA directories (import and export),
+//! batch files.
 
 pub mod batch_file;
 pub mod checkpoint;
+pub mod export;
 pub mod hf;
 pub mod run_dir;
 pub mod tensors;

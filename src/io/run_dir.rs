@@ -10,35 +10,53 @@ use std::path::{Path, PathBuf};
 /// Everything needed to continue a run exactly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
+    /// Both networks' sizes and the special tokens.
     pub model: ElectraConfig,
+    /// The optimisation recipe, seed included.
     pub train: TrainConfig,
     /// The prepared shard folder.
     pub data: PathBuf,
+    /// Sequences per step.
     pub batch_size: usize,
+    /// Steps between lines of `metrics.jsonl`.
     pub log_every: u64,
+    /// Steps between checkpoints (one is also written at the last step and on Ctrl-C).
     pub checkpoint_every: u64,
+    /// How many of the newest checkpoints are kept; older ones are deleted.
     pub keep_checkpoints: usize,
 }
 
 /// One line of `metrics.jsonl`: means over the steps since the previous line.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
+    /// Optimizer steps taken when the line was written.
     pub step: u64,
+    /// Generator MLM loss (nats per chosen position).
     pub gen_loss: f64,
+    /// Discriminator BCE per real token, before the `disc_weight` factor.
     pub disc_loss: f64,
+    /// Share of chosen positions where the generator's pick was the original token.
     pub mlm_accuracy: f64,
+    /// Share of real tokens the discriminator labelled right.
     pub disc_accuracy: f64,
+    /// Share of real tokens that differed from the original in the discriminator's input.
     pub replaced_fraction: f64,
+    /// The learning rate of the last step of the window (not a mean).
     pub lr: f64,
+    /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Tokens (padding included) per second of wall time over the window.
     pub tokens_per_s: f64,
+    /// Training time since the run began, in seconds, carried across resumes.
     pub elapsed_s: f64,
 }
 
+/// `RUN_DIR/run.json`.
 pub fn config_path(run_dir: &Path) -> PathBuf {
     run_dir.join("run.json")
 }
 
+/// `RUN_DIR/metrics.jsonl`.
 pub fn metrics_path(run_dir: &Path) -> PathBuf {
     run_dir.join("metrics.jsonl")
 }

@@ -8,14 +8,18 @@ use std::path::Path;
 /// A tensor read from a file, widened to f64 (floats) or i64 (integers).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Values {
+    /// F32, F64, F16 or BF16 values, converted exactly to f64.
     Float(Vec<f64>),
+    /// I64 or I32 values.
     Int(Vec<i64>),
 }
 
 /// A named tensor's shape and values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
+    /// Dimensions, outermost first; the values are row-major in this shape.
     pub shape: Vec<usize>,
+    /// The elements, as many as the product of `shape`.
     pub values: Values,
 }
 

@@ -6,13 +6,18 @@ use std::path::Path;
 /// The size of one transformer encoder (the generator's or the discriminator's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EncoderConfig {
+    /// Width H of every token's vector inside the encoder; a multiple of `num_heads`.
     pub hidden_size: usize,
+    /// Number of post-LN transformer blocks.
     pub num_layers: usize,
+    /// Attention heads per block; each sees `hidden_size / num_heads` dimensions.
     pub num_heads: usize,
+    /// Width of the feed-forward layer (4·H in every preset).
     pub intermediate_size: usize,
 }
 
 impl EncoderConfig {
+    /// `hidden_size / num_heads`: the width of each head (64 in the presets' discriminators).
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads
     }
@@ -21,10 +26,15 @@ impl EncoderConfig {
 /// Special token ids (BERT's uncased vocabulary by default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpecialTokens {
+    /// `[PAD]`: fills sequences past their end (attention mask 0); prepared shards use 0.
     pub pad: u32,
+    /// `[UNK]`: the tokenizer's stand-in for words it cannot split; trained like any other token.
     pub unk: u32,
+    /// `[CLS]`: starts every sequence; never chosen for masking.
     pub cls: u32,
+    /// `[SEP]`: ends each segment; never chosen for masking.
     pub sep: u32,
+    /// `[MASK]`: what the generator's input shows at 85% of the chosen positions.
     pub mask: u32,
 }
 
@@ -43,13 +53,22 @@ impl Default for SpecialTokens {
 /// A whole ELECTRA: the shared embedding block, the generator and the discriminator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ElectraConfig {
+    /// Rows of the word-embedding table; must match the tokenizer's vocabulary (the presets'
+    /// 30522 is BERT's, so set it from the data otherwise).
     pub vocab_size: usize,
+    /// Width E of the shared embeddings; each encoder projects E→H when E differs from its H.
     pub embedding_size: usize,
+    /// Longest sequence the position table covers (512 in the presets).
     pub max_position_embeddings: usize,
+    /// Number of segment ids (2: A and B).
     pub type_vocab_size: usize,
+    /// Added to the variance in every LayerNorm (1e-12, as in BERT).
     pub layer_norm_eps: f32,
+    /// The network that is kept and fine-tuned.
     pub discriminator: EncoderConfig,
+    /// The smaller masked-LM network that produces the replacements; discarded after pretraining.
     pub generator: EncoderConfig,
+    /// Ids of the special tokens; BERT's uncased ids when absent from a config file.
     #[serde(default)]
     pub special_tokens: SpecialTokens,
     /// Dropout on the embeddings and on each residual branch, in training (0.1 in the recipe).
@@ -67,20 +86,31 @@ fn default_dropout() -> f32 {
 /// Errors in a configuration, each naming where the problem is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// [`ElectraConfig::preset`] was given a name it does not know (carried here).
     #[error("unknown preset `{0}` (expected tiny, small, base or large)")]
     UnknownPreset(String),
+    /// A config file could not be read, parsed, or holds sizes that do not fit together.
     #[error("{path}: {message}")]
-    File { path: String, message: String },
+    File {
+        /// The file, as given.
+        path: String,
+        /// What is wrong: the I/O or JSON error, or the failed check.
+        message: String,
+    },
+    /// The sizes do not fit together (see [`ElectraConfig::validate`]); the text says which.
     #[error("{0}")]
     Invalid(String),
 }
 
+/// A generator of `fraction` times the discriminator's width, with heads of 64 where the width
+/// allows (the original code's rule) and a single head otherwise.
 fn generator_of(disc: EncoderConfig, fraction: f64) -> EncoderConfig {
     let hidden = ((disc.hidden_size as f64) * fraction).round().max(1.0) as usize;
+    let heads = if hidden % 64 == 0 { hidden / 64 } else { 1 };
     EncoderConfig {
         hidden_size: hidden,
         num_layers: disc.num_layers,
-        num_heads: (hidden / 64).max(1),
+        num_heads: heads,
         intermediate_size: 4 * hidden,
     }
 }
@@ -93,7 +123,8 @@ impl ElectraConfig {
             "tiny" => (64, 128, 4, 2, 512, 0.25),
             "small" => (128, 256, 12, 4, 1024, 0.25),
             "base" => (768, 768, 12, 12, 3072, 1.0 / 3.0),
-            "large" => (1024, 1024, 24, 16, 4096, 1.0 / 3.0),
+            // The original code's large generator is a quarter of the discriminator.
+            "large" => (1024, 1024, 24, 16, 4096, 0.25),
             other => return Err(ConfigError::UnknownPreset(other.to_string())),
         };
         let discriminator = EncoderConfig {
@@ -102,7 +133,7 @@ impl ElectraConfig {
             num_heads: heads,
             intermediate_size: ffn,
         };
-        Ok(ElectraConfig {
+        let cfg = ElectraConfig {
             vocab_size: 30522,
             embedding_size: e,
             max_position_embeddings: 512,
@@ -113,7 +144,9 @@ impl ElectraConfig {
             special_tokens: SpecialTokens::default(),
             hidden_dropout_prob: default_dropout(),
             attention_probs_dropout_prob: default_dropout(),
-        })
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// Replaces the generator by one of `fraction` times the discriminator's hidden size.
@@ -284,5 +317,40 @@ impl HfConfig {
             num_heads: self.num_attention_heads,
             intermediate_size: self.intermediate_size,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ElectraConfig;
+
+    #[test]
+    fn presets_have_the_paper_sizes_and_are_valid() {
+        let sizes = |name: &str| {
+            let c = ElectraConfig::preset(name).unwrap();
+            let (d, g) = (c.discriminator, c.generator);
+            (
+                c.embedding_size,
+                d.hidden_size,
+                d.num_layers,
+                d.num_heads,
+                g.hidden_size,
+                g.num_heads,
+                g.intermediate_size,
+            )
+        };
+        assert_eq!(sizes("small"), (128, 256, 12, 4, 64, 1, 256));
+        assert_eq!(sizes("base"), (768, 768, 12, 12, 256, 4, 1024));
+        assert_eq!(sizes("large"), (1024, 1024, 24, 16, 256, 4, 1024));
+        assert_eq!(sizes("tiny"), (64, 128, 4, 2, 32, 1, 128));
+        assert!(ElectraConfig::preset("huge").is_err());
+        let odd = ElectraConfig::preset("small")
+            .unwrap()
+            .with_generator_fraction(0.3)
+            .unwrap();
+        assert_eq!(
+            (odd.generator.hidden_size, odd.generator.num_heads),
+            (77, 1)
+        );
     }
 }

@@ -13,8 +13,11 @@ use params::{EncoderParams, ModelParams, ParamLayout};
 /// A model: its configuration, where its parameters live, and their handles.
 #[derive(Clone, Debug)]
 pub struct Model {
+    /// The sizes both networks were built from.
     pub config: ElectraConfig,
+    /// Name, shape and offset of every tensor in the flat parameter buffer.
     pub layout: ParamLayout,
+    /// The same tensors as typed handles, grouped the way the forward passes use them.
     pub params: ModelParams,
 }
 
@@ -22,6 +25,9 @@ pub struct Model {
 const INIT_PURPOSE: u32 = 1;
 
 impl Model {
+    /// Lays out the parameters of `config`. Holds no values: pass [`Model::initial_values`] (or a
+    /// checkpoint's) to [`crate::train::Trainer::new`]. Expects a config that passes
+    /// [`ElectraConfig::validate`].
     pub fn new(config: ElectraConfig) -> Self {
         let layout = ParamLayout::new(&config);
         let params = layout.handles(&config);
@@ -115,13 +121,16 @@ impl DropoutPlan {
 /// The shape a step's memory is planned for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchShape {
+    /// Sequences per batch.
     pub batch: usize,
+    /// Tokens per sequence, padding included.
     pub seq: usize,
     /// The most masked positions a batch may have (batch × per-sequence maximum).
     pub max_masked: usize,
 }
 
 impl BatchShape {
+    /// Tokens in the batch, `batch · seq`: the row count of every per-token activation.
     pub fn tokens(&self) -> usize {
         self.batch * self.seq
     }
@@ -199,43 +208,65 @@ impl EncoderActs {
 }
 
 /// Every buffer of a training step for one batch shape.
+///
+/// Buffers sized by `max_masked` hold the chosen positions in their first `masked` rows; the rest
+/// is unused in a step with fewer. Token-level buffers have `batch · seq` rows, row-major.
 #[derive(Clone, Debug)]
 pub struct StepActs {
+    /// The shape the buffers are sized for; a batch fits if it has the same `batch` and `seq` and
+    /// at most `max_masked` chosen positions.
     pub shape: BatchShape,
-    /// The original tokens, their segment ids and the attention mask (1 = real token).
+    /// The original tokens, `[batch·seq]`.
     pub input_ids: IBuf,
+    /// Segment ids (0 = A, 1 = B), `[batch·seq]`.
     pub token_types: IBuf,
+    /// 1 for real tokens, 0 for padding, `[batch·seq]`; padded keys get no attention.
     pub attention_mask: IBuf,
     /// The generator's input, with [MASK] at most chosen positions.
     pub masked_ids: IBuf,
-    /// Flat indices (`b·seq + t`) of the chosen positions, and their original tokens.
+    /// Flat indices (`b·seq + t`) of the chosen positions, increasing, `[max_masked]`.
     pub positions: IBuf,
+    /// The original token at each chosen position: the generator's labels, `[max_masked]`.
     pub targets: IBuf,
-    /// The generator's replacements, and the discriminator's input built from them.
+    /// The generator's replacement at each chosen position (argmax or Gumbel), `[max_masked]`.
     pub picks: IBuf,
+    /// The discriminator's input: `input_ids` with `picks` written at `positions`, `[batch·seq]`.
     pub corrupted_ids: IBuf,
+    /// The generator encoder's activations, over every token.
     pub generator: EncoderActs,
+    /// The generator's final hidden states at the chosen positions, `[max_masked, Hg]`.
     pub gathered: Buf,
+    /// The generator head's dense output before GELU, `[max_masked, E]` (kept for backward).
     pub head_pre: Buf,
+    /// The same after GELU, `[max_masked, E]`.
     pub head_act: Buf,
+    /// The same after LayerNorm, `[max_masked, E]`: what multiplies the word table.
     pub head_out: Buf,
+    /// What the head's LayerNorm keeps for backward.
     pub head_norm: LayerNormSaved,
     /// Generator logits at the chosen positions, `[max_masked, vocab]`.
     pub gen_logits: Buf,
+    /// Cross-entropy (nats) of each chosen position, `[max_masked]`.
     pub gen_row_loss: Buf,
+    /// The discriminator encoder's activations, over every token.
     pub discriminator: EncoderActs,
+    /// The discriminator head's dense output before GELU, `[batch·seq, H]`.
     pub disc_head_pre: Buf,
+    /// The same after GELU, `[batch·seq, H]`.
     pub disc_head_act: Buf,
-    /// One logit per token.
+    /// One logit per token, `[batch·seq]`; above 0 means "replaced".
     pub disc_logits: Buf,
     /// 1 where the discriminator's input token was replaced.
     pub is_replaced: Buf,
+    /// Sigmoid BCE of each token, `[batch·seq]`; 0 at padding.
     pub disc_row_loss: Buf,
     /// The activation and integer sizes this plan needs.
     pub sizes: (usize, usize),
 }
 
 impl StepActs {
+    /// Plans every buffer of a step of `shape` for `cfg`, from offset 0 of the activation and
+    /// integer spaces; reserve [`StepActs::sizes`] on the backend before using it.
     pub fn new(cfg: &ElectraConfig, shape: BatchShape) -> Self {
         let mut a = Arena::default();
         let n = shape.tokens();

@@ -14,14 +14,19 @@ use std::collections::HashMap;
 pub struct ParamInfo {
     /// `shared.electra.embeddings.…`, `generator.<HF name>` or `discriminator.<HF name>`.
     pub name: String,
+    /// HF's shape (`[out, in]` for linear weights); the values are row-major in it.
     pub shape: Vec<usize>,
+    /// Where the values lie in [`Space::Param`]; the same range in the other parameter-shaped
+    /// spaces holds the gradient and Adam moments.
     pub buf: Buf,
+    /// Whether AdamW applies weight decay (see [`takes_weight_decay`]).
     pub decay: bool,
 }
 
 /// Where every tensor lives in the flat buffer.
 #[derive(Clone, Debug)]
 pub struct ParamLayout {
+    /// Every tensor, in buffer order: the decayed run, then the rest.
     pub params: Vec<ParamInfo>,
     index: HashMap<String, usize>,
     /// The run of tensors that take weight decay.
@@ -87,6 +92,9 @@ fn encoder_specs(
 }
 
 impl ParamLayout {
+    /// Lays out every tensor of `cfg`: the shared embedding block, the generator with its head,
+    /// the discriminator with its head; `embeddings_project` only for an encoder whose hidden size
+    /// differs from the embedding size.
     pub fn new(cfg: &ElectraConfig) -> Self {
         let (v, e) = (cfg.vocab_size, cfg.embedding_size);
         let mut specs: Vec<(String, Vec<usize>)> = vec![];
@@ -169,6 +177,7 @@ impl ParamLayout {
         self.not_decayed.end()
     }
 
+    /// Whether the layout holds no value (never the case for a valid config).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -279,7 +288,9 @@ impl ParamLayout {
 /// A linear layer's weight `[out, in]` and bias `[out]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Dense {
+    /// `[out, in]`, row-major, as torch's `nn.Linear` stores it (y = x·Wᵀ + b).
     pub weight: Buf,
+    /// `[out]`.
     pub bias: Buf,
 }
 
@@ -288,41 +299,58 @@ pub struct Dense {
 pub struct LayerParams {
     /// Query, key and value fused: `[3H, H]` and `[3H]`.
     pub qkv: Dense,
+    /// Projects the concatenated heads back, `[H, H]` (`attention.output.dense`).
     pub attention_out: Dense,
+    /// LayerNorm of attention output + residual (`attention.output.LayerNorm`).
     pub attention_norm: LayerNormParams,
+    /// H → FFN, followed by GELU (`intermediate.dense`).
     pub ffn_in: Dense,
+    /// FFN → H (`output.dense`).
     pub ffn_out: Dense,
+    /// LayerNorm of feed-forward output + residual (`output.LayerNorm`).
     pub ffn_norm: LayerNormParams,
 }
 
 /// An encoder: the projection from the embedding size (when it differs) and the blocks.
 #[derive(Clone, Debug)]
 pub struct EncoderParams {
+    /// `embeddings_project`, E → H; `None` when E = H and the embeddings feed the blocks directly.
     pub project: Option<Dense>,
+    /// The blocks, first to last.
     pub layers: Vec<LayerParams>,
 }
 
 /// dense(H→E) → GELU → LayerNorm → logits tied to the word embeddings, plus their bias.
 #[derive(Clone, Copy, Debug)]
 pub struct GeneratorHead {
+    /// Hg → E (`generator_predictions.dense`).
     pub dense: Dense,
+    /// LayerNorm over E (`generator_predictions.LayerNorm`).
     pub norm: LayerNormParams,
+    /// Per-token output bias `[vocab]` (`generator_lm_head.bias`); the weight is the word table.
     pub lm_bias: Buf,
 }
 
 /// dense(H→H) → GELU → dense(H→1).
 #[derive(Clone, Copy, Debug)]
 pub struct DiscriminatorHead {
+    /// H → H, followed by GELU (`discriminator_predictions.dense`).
     pub dense: Dense,
+    /// H → 1: the logit that the token was replaced (`dense_prediction`).
     pub prediction: Dense,
 }
 
 /// Every parameter handle of the model.
 #[derive(Clone, Debug)]
 pub struct ModelParams {
+    /// The shared word, position and token-type tables and their LayerNorm.
     pub embeddings: EmbeddingParams,
+    /// The generator's encoder.
     pub generator: EncoderParams,
+    /// The generator's masked-LM head.
     pub generator_head: GeneratorHead,
+    /// The discriminator's encoder.
     pub discriminator: EncoderParams,
+    /// The discriminator's replaced-token head.
     pub discriminator_head: DiscriminatorHead,
 }

@@ -14,8 +14,11 @@ const RANDOM_BATCH_PURPOSE: u32 = 5;
 /// A batch of token sequences, row-major `[batch, seq]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
+    /// Number of sequences.
     pub batch: usize,
+    /// Tokens per sequence, padding included; at most the model's `max_position_embeddings`.
     pub seq: usize,
+    /// The original token ids, `[batch, seq]`; padding is conventionally 0 (`[PAD]`).
     pub input_ids: Vec<u32>,
     /// 0 for segment A, 1 for segment B.
     pub token_types: Vec<u32>,

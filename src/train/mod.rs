@@ -23,18 +23,31 @@ pub enum Replacement {
 /// The recipe of a pretraining run.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainConfig {
+    /// Keys every random draw of training (masking, dropout, Gumbel noise); with the step, it fixes
+    /// the whole trajectory.
     pub seed: u64,
+    /// How the generator's predictions become the discriminator's input.
     pub replacement: Replacement,
+    /// Share of each sequence's real tokens chosen for the generator (0.15); also sets the
+    /// per-sequence cap, see [`max_predictions`].
     pub mask_prob: f64,
     /// Weight of the discriminator's loss (50 in the paper).
     pub disc_weight: f32,
+    /// The learning rate at the end of warmup, before the linear decay.
     pub peak_lr: f32,
+    /// Steps of linear warmup from 0; step 0 trains at lr 0 unless this is 0.
     pub warmup_steps: u64,
+    /// The step at which the learning rate has decayed to 0; steps past it train at lr 0.
     pub total_steps: u64,
+    /// Decoupled weight decay (AdamW), applied to every tensor except LayerNorm weights and biases.
     pub weight_decay: f32,
+    /// Adam's decay rate of the first moment.
     pub beta1: f32,
+    /// Adam's decay rate of the second moment.
     pub beta2: f32,
+    /// Added to √v in Adam's denominator (1e-6, as in the original code; no bias correction).
     pub eps: f32,
+    /// Gradients are scaled down so their global norm over both networks is at most this.
     pub max_grad_norm: f32,
 }
 
@@ -70,8 +83,11 @@ pub enum Corruption<'a> {
 /// The figures of one forward and backward pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LossReport {
+    /// The generator's MLM loss: mean cross-entropy (nats) over the chosen positions.
     pub gen_loss: f32,
+    /// The discriminator's loss: mean sigmoid BCE over every real (non-padding) token, unweighted.
     pub disc_loss: f32,
+    /// What the gradients are of: `gen_loss + disc_weight · disc_loss`.
     pub total_loss: f32,
     /// Share of chosen positions where the generator's pick is the original token (None when the
     /// replacements were given).
@@ -80,15 +96,20 @@ pub struct LossReport {
     pub disc_accuracy: f32,
     /// Share of real tokens that were replaced.
     pub replaced_fraction: f32,
+    /// Number of chosen positions in the batch (all sequences together).
     pub masked: usize,
+    /// Number of non-padding tokens in the batch.
     pub real_tokens: usize,
 }
 
 /// One optimizer step's figures.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepReport {
+    /// Optimizer steps taken, this one included (1 after the first step).
     pub step: u64,
+    /// The losses of the pass that produced this step's gradients.
     pub loss: LossReport,
+    /// The learning rate this step's update used.
     pub lr: f32,
     /// The global gradient norm before clipping.
     pub grad_norm: f32,
@@ -97,14 +118,21 @@ pub struct StepReport {
 /// Errors of a training step.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// The batch, masking or given replacements do not fit the model (shape, id outside the
+    /// vocabulary, no chosen position, …). No optimizer step was taken.
     #[error("bad batch: {0}")]
     Batch(String),
+    /// A loss came out NaN or infinite. The update was skipped and [`Trainer::step`] not advanced,
+    /// so the parameters are those before this step; usually a sign the learning rate is too high.
     #[error(
         "the loss is not finite at step {step} (generator {gen_loss}, discriminator {disc_loss})"
     )]
     NonFinite {
+        /// Steps completed before the failing one (the value of [`Trainer::step`]).
         step: u64,
+        /// The generator's loss at that step.
         gen_loss: f32,
+        /// The discriminator's loss at that step (unweighted).
         disc_loss: f32,
     },
 }
@@ -122,8 +150,13 @@ fn step_seed(seed: u64, purpose: u32, step: u64) -> u64 {
 
 /// Owns a backend, a model on it, and the step's memory plan; runs training steps.
 pub struct Trainer<B: Backend> {
+    /// The configuration and parameter layout; the values themselves live in the backend.
     pub model: Model,
+    /// Holds the parameters, gradients, Adam moments and activations, each a flat buffer
+    /// (see [`Space`]).
     pub backend: B,
+    /// The recipe; read at every step, so a change (e.g. `total_steps` on resume) applies from
+    /// the next one.
     pub config: TrainConfig,
     /// Optimizer steps taken so far.
     pub step: u64,
@@ -201,6 +234,11 @@ impl<B: Backend> Trainer<B> {
         let mut out = vec![0.0; buf.len];
         self.backend.read(buf, &mut out);
         out
+    }
+
+    /// Per-operation timing (see [`crate::profile::Profiler`]).
+    pub fn profiler(&mut self) -> &mut crate::profile::Profiler {
+        &mut self.tape.profiler
     }
 
     /// The memory plan of the last pass.
@@ -305,15 +343,15 @@ impl<B: Backend> Trainer<B> {
             .map(|&p| batch.input_ids[p as usize]);
         self.host_ints.extend(targets);
         be.write_ints(acts.targets.prefix(masked), &self.host_ints);
-        be.fill(grads, 0.0);
-        be.fill(
-            Buf {
-                space: Space::ActGrad,
-                offset: 0,
-                len: acts.sizes.0,
-            },
-            0.0,
-        );
+        let act_grads = Buf {
+            space: Space::ActGrad,
+            offset: 0,
+            len: acts.sizes.0,
+        };
+        self.tape.profiler.time("zero_grads", be, |be| {
+            be.fill(grads, 0.0);
+            be.fill(act_grads, 0.0);
+        });
 
         self.tape.clear();
         let cfg = &self.model.config;
@@ -378,13 +416,15 @@ impl<B: Backend> Trainer<B> {
         model::discriminator_forward(be, &mut self.tape, &self.model, &acts, &mut drop);
         let real = batch.real_tokens();
         let disc_scale = self.config.disc_weight / real as f32;
-        be.sigmoid_bce(
-            acts.disc_logits,
-            acts.is_replaced,
-            acts.attention_mask,
-            acts.disc_row_loss,
-            disc_scale,
-        );
+        self.tape.profiler.time("sigmoid_bce", be, |be| {
+            be.sigmoid_bce(
+                acts.disc_logits,
+                acts.is_replaced,
+                acts.attention_mask,
+                acts.disc_row_loss,
+                disc_scale,
+            )
+        });
         self.tape.backward(be);
         Ok(self.report(
             batch,
@@ -436,7 +476,8 @@ impl<B: Backend> Trainer<B> {
     /// Clips the gradients to the configured global norm and applies one AdamW update at `lr`.
     /// Returns the norm before clipping.
     pub fn apply_gradients(&mut self, lr: f32) -> f32 {
-        let norm = self.backend.grad_norm();
+        let prof = &mut self.tape.profiler;
+        let norm = prof.time("grad_norm", &mut self.backend, |be| be.grad_norm());
         let max = self.config.max_grad_norm;
         let scale = if norm > max { max / norm } else { 1.0 };
         let c = &self.config;
@@ -448,12 +489,14 @@ impl<B: Backend> Trainer<B> {
             weight_decay: c.weight_decay,
         };
         let layout = &self.model.layout;
-        self.backend.adamw(layout.decayed, scale, &hyper);
         let no_decay = AdamW {
             weight_decay: 0.0,
             ..hyper
         };
-        self.backend.adamw(layout.not_decayed, scale, &no_decay);
+        self.tape.profiler.time("adamw", &mut self.backend, |be| {
+            be.adamw(layout.decayed, scale, &hyper);
+            be.adamw(layout.not_decayed, scale, &no_decay);
+        });
         norm
     }
 

@@ -19,10 +19,13 @@ fn masked(a: &[f32], out: &mut [f32], d: Dropout, accumulate: bool) {
     });
 }
 
+/// `y = x · scale(i)`: each element is zeroed with probability `p` or scaled by 1/(1−p).
+/// `x` and `y` have the same length; the mask at `i` is a pure function of `(seed, site, i)`.
 pub fn forward(x: &[f32], y: &mut [f32], d: Dropout) {
     masked(x, y, d, false);
 }
 
+/// `dx += dy · scale(i)`, with the mask [`forward`] used for the same `d` (recomputed, not stored).
 pub fn backward(dy: &[f32], dx: &mut [f32], d: Dropout) {
     masked(dy, dx, d, true);
 }

@@ -5,15 +5,26 @@ use rayon::prelude::*;
 
 /// The tables and LayerNorm parameters of the block, as host slices.
 pub struct Tables<'a> {
+    /// Word embeddings, row-major `[vocab, width]`; indexed by token id.
     pub word: &'a [f32],
+    /// Position embeddings, row-major `[max_positions, width]`; indexed by position in sequence.
     pub position: &'a [f32],
+    /// Token-type (segment) embeddings, row-major `[type_vocab, width]`.
     pub token_type: &'a [f32],
+    /// LayerNorm gain, `[width]`.
     pub gain: &'a [f32],
+    /// LayerNorm bias, `[width]`.
     pub bias: &'a [f32],
+    /// Added to the variance before the square root (1e-12 in ELECTRA).
     pub eps: f32,
 }
 
 /// Gathers and sums the three embeddings of each token, then normalises; saves `xhat` and `rstd`.
+///
+/// `ids` and `types` hold one entry per token of a `[batch, seq]` batch, flattened row-major; a
+/// token's position is its index modulo `seq`. `out` and `xhat` are `[tokens, width]` and `rstd`
+/// is `[tokens]` (1/σ of each row); each may be longer, and only the prefix is written. Ids out
+/// of range panic.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     ids: &[u32],
@@ -48,11 +59,18 @@ pub fn forward(
 /// The gradients of the three tables, given the gradient of the pre-LayerNorm sum.
 /// Rows are scattered in token order, so repeated ids add up the same way on every run.
 pub struct TableGrads<'a> {
+    /// Accumulates into the word table's gradient, shaped like [`Tables::word`].
     pub word: &'a mut [f32],
+    /// Accumulates into the position table's gradient, shaped like [`Tables::position`].
     pub position: &'a mut [f32],
+    /// Accumulates into the token-type table's gradient, shaped like [`Tables::token_type`].
     pub token_type: &'a mut [f32],
 }
 
+/// Adds each row of `dsum` (`[tokens, width]`, the gradient of the pre-LayerNorm sum) into the
+/// word, position and token-type rows that token read in [`forward`]. Runs on one thread so the
+/// order of additions, and so the result, is the same on every run; the gradients are accumulated,
+/// not overwritten.
 pub fn scatter_backward(
     ids: &[u32],
     types: &[u32],

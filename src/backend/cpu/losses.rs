@@ -9,10 +9,14 @@ pub const GUMBEL_PURPOSE: u32 = 3;
 
 /// The Gumbel noise added to logit `col` of row `row`: −log(−log(u + 1e-9) + 1e-9), as the
 /// original code draws it. The stream's step is the row, so every (row, col) has its own counter.
+/// Each logarithm runs in f64 and rounds once to f32 (the rest is f32 arithmetic), so the CUDA
+/// kernel (`gumbel_noise` in kernels/common.cuh) draws exactly the same values, which f32 `ln`
+/// does not guarantee across math libraries.
 pub fn gumbel_noise(seed: u64, row: usize, col: usize) -> f32 {
+    let ln = |x: f32| (x as f64).ln() as f32;
     let stream = Stream::new(seed, GUMBEL_PURPOSE, row as u64);
     let u = unit_f32(stream.words(col as u32)[0]);
-    -(-(u + 1e-9).ln() + 1e-9).ln()
+    -ln(-ln(u + 1e-9) + 1e-9)
 }
 
 /// Softmax cross-entropy per row, its gradient into `dlogits`, and the replacement pick.

@@ -5,10 +5,15 @@ use gemm::Parallelism;
 /// Where a matrix's elements lie in its slice: element (r, c) is at `offset + r·row_stride + c·col_stride`.
 #[derive(Clone, Copy, Debug)]
 pub struct MatLayout {
+    /// Index of element (0, 0) in the slice.
     pub offset: usize,
+    /// Number of rows.
     pub rows: usize,
+    /// Number of columns.
     pub cols: usize,
+    /// Elements between (r, c) and (r + 1, c).
     pub row_stride: usize,
+    /// Elements between (r, c) and (r, c + 1); 1 for row-major.
     pub col_stride: usize,
 }
 
@@ -48,7 +53,9 @@ impl MatLayout {
 /// Whether a product runs on the rayon pool or on the calling thread (inside an already parallel loop).
 #[derive(Clone, Copy, Debug)]
 pub enum Threads {
+    /// Split the product over the current rayon pool.
     Pool,
+    /// Run on the calling thread only; use inside `par_iter` bodies to avoid nested parallelism.
     Caller,
 }
 

@@ -361,6 +361,8 @@ impl Backend for CpuBackend {
     fn attention_bwd(
         &mut self,
         qkv: Buf,
+        _key_mask: IBuf,
+        _ctx: Buf,
         probs: Buf,
         dctx: Buf,
         dqkv: Buf,

@@ -1,0 +1,54 @@
+//! Wall time per fused operation, for `electra bench`'s per-kernel table. Off by default: an
+//! unprofiled step only pays for one branch per operation.
+
+use crate::backend::Backend;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Accumulated calls and time per operation name.
+#[derive(Debug, Default)]
+pub struct Profiler {
+    enabled: bool,
+    times: BTreeMap<&'static str, (u64, Duration)>,
+}
+
+impl Profiler {
+    /// Turns timing on or off; what was measured so far is kept (see [`Profiler::reset`]).
+    /// Profiling synchronises the backend around every operation, which slows asynchronous ones.
+    pub fn set_enabled(&mut self, enabled: bool) {
+        self.enabled = enabled;
+    }
+
+    /// Runs `f` on the backend, charging its time to `name` when profiling. The backend is
+    /// synchronised before the clock is read, so asynchronous backends charge the work itself.
+    pub fn time<B: Backend, R>(
+        &mut self,
+        name: &'static str,
+        be: &mut B,
+        f: impl FnOnce(&mut B) -> R,
+    ) -> R {
+        if !self.enabled {
+            return f(be);
+        }
+        be.synchronize();
+        let start = Instant::now();
+        let r = f(be);
+        be.synchronize();
+        let entry = self.times.entry(name).or_default();
+        entry.0 += 1;
+        entry.1 += start.elapsed();
+        r
+    }
+
+    /// Forgets what was measured.
+    pub fn reset(&mut self) {
+        self.times.clear();
+    }
+
+    /// (name, calls, total time), slowest first.
+    pub fn report(&self) -> Vec<(&'static str, u64, Duration)> {
+        let mut rows: Vec<_> = self.times.iter().map(|(&n, &(c, t))| (n, c, t)).collect();
+        rows.sort_by(|a, b| b.2.cmp(&a.2));
+        rows
+    }
+}
