@@ -3,36 +3,23 @@
 
 use electra::io::tensors::{read_tensors, write_f32_tensors, Values};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("electra-cli-loss-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod common;
+use common::{electra, fixture, s, scratch};
 
 fn electra_loss(gen: &Path, disc: &Path, batch: &Path, extra: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_electra"))
-        .arg("loss")
-        .arg("--generator")
-        .arg(gen)
-        .arg("--discriminator")
-        .arg(disc)
-        .arg("--batch")
-        .arg(batch)
-        .args(extra)
-        .output()
-        .unwrap();
+    let mut args = vec![
+        "loss",
+        "--generator",
+        s(gen),
+        "--discriminator",
+        s(disc),
+        "--batch",
+        s(batch),
+    ];
+    args.extend_from_slice(extra);
+    let out = electra(&args);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        !stderr.contains("panicked"),
-        "the command panicked: {stderr}"
-    );
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),

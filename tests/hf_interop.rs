@@ -9,52 +9,10 @@ use electra::model::config::ElectraConfig;
 use electra::model::Model;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("electra-hf-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn electra(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_electra"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("panicked"),
-        "electra {args:?} panicked: {stderr}"
-    );
-    out
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = electra(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "electra {args:?} failed: {stderr}");
-    stderr
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = electra(args);
-    assert!(
-        !out.status.success(),
-        "electra {args:?} succeeded but should not have"
-    );
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
+mod common;
+use common::{electra, fails, fixture, ok, s, scratch};
 
 /// A BERT-style vocabulary of the fixture's 512 tokens, with its special ids ([PAD] 0, [UNK]
 /// 100, [CLS] 101, [SEP] 102, [MASK] 103).

@@ -8,48 +8,11 @@ use electra::io::checkpoint;
 use electra::io::run_dir::{read_config, read_metrics, Metrics};
 use electra::model::Model;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
-fn electra(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_electra"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("panicked"),
-        "electra {args:?} panicked: {stderr}"
-    );
-    out
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = electra(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "electra {args:?} failed: {stderr}");
-    stderr
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = electra(args);
-    assert!(
-        !out.status.success(),
-        "electra {args:?} succeeded but should not have"
-    );
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("electra-pretrain-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{electra, fails, ok, s, scratch};
 
 /// A shard folder made once from about 300 KB of the corpus, or None when it is not fetched.
 fn shards() -> Option<&'static PathBuf> {
