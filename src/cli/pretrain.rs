@@ -97,7 +97,10 @@ fn default_data() -> CliResult<PathBuf> {
             .into());
         }
         eprintln!("fetching the State of the Union corpus with scripts/fetch-data.sh");
-        let status = std::process::Command::new("bash").arg(script).status()?;
+        let status = std::process::Command::new("bash")
+            .arg(script)
+            .arg("sotu")
+            .status()?;
         if !status.success() {
             return Err("scripts/fetch-data.sh failed (see its message above)".into());
         }
