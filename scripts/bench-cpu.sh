@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CPU figures of BENCHMARKS.md, measured in one run on one machine:
-#   1. `electra bench` (ELECTRA-Small, batch 8 x 128) interleaved with the HF + PyTorch peer,
+#   1. the criterion bench, then `electra bench` (ELECTRA-Small, batch 8 x 128) interleaved with
+#      the HF + PyTorch peer,
 #   2. `electra prepare` throughput on the State of the Union corpus with 1 and 2 threads,
 #   3. pretraining tokens/s of `tiny` and `small` from their metrics.
 # Needs scripts/fetch-data.sh to have run, and a Python with torch + transformers for the peer:
@@ -16,6 +17,9 @@ trap 'rm -rf "$scratch"' EXIT
 cargo build --release -q
 electra="$root/target/release/electra"
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; commit $(git rev-parse --short HEAD)"
+
+echo "== criterion: one training step, ELECTRA-Small, batch 8 x 128"
+cargo bench -q --bench train_step -- --noplot 2>/dev/null | grep -E "time:|thrpt:"
 
 echo "== train step, ELECTRA-Small, batch 8 x 128 (rounds alternate engine and peer)"
 for round in $(seq "$rounds"); do
