@@ -12,6 +12,38 @@
 //! head, a residual branch) receive the sum of its gradients.
 
 pub mod cpu;
+/// The CUDA backend (`--features cuda`): hand-written kernels and cuBLASLt.
+#[cfg(feature = "cuda")]
+pub mod cuda;
+/// Built without the `cuda` feature: the same names, whose constructor says so.
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda/stub.rs"]
+pub mod cuda;
+
+/// The backend a command runs on, as `--device` names it: `cpu`, or `cuda` / `cuda:N` (device N).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The f32 CPU reference ([`cpu::CpuBackend`]).
+    Cpu,
+    /// CUDA device N ([`cuda::CudaBackend`]).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}` (expected cpu, cuda or cuda:N)")),
+        }
+    }
+}
 
 /// One of the flat memory spaces a backend owns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -45,11 +77,15 @@ impl Space {
     }
 }
 
-/// A contiguous run of f32 values in one memory space.
+/// A contiguous run of values in one memory space (f32 on the CPU; see the CUDA backend for the
+/// element types of its activation buffers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Buf {
+    /// The space the values live in.
     pub space: Space,
+    /// The index of the first value in the space.
     pub offset: usize,
+    /// How many values.
     pub len: usize,
 }
 
@@ -411,4 +447,19 @@ pub trait Backend {
     /// One AdamW update of `params` (a run of [`Space::Param`]) from its gradient scaled by
     /// `grad_scale` (which folds in clipping) and its moments.
     fn adamw(&mut self, params: Buf, grad_scale: f32, hyper: &AdamW);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Device;
+
+    #[test]
+    fn devices_parse_as_the_command_line_names_them() {
+        assert_eq!("cpu".parse(), Ok(Device::Cpu));
+        assert_eq!("cuda".parse(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(Device::Cuda(3)));
+        for bad in ["gpu", "cuda:", "cuda:x", "CPU", "cuda:-1"] {
+            assert!(bad.parse::<Device>().is_err(), "{bad}");
+        }
+    }
 }

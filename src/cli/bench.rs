@@ -2,7 +2,7 @@
 //! FLOP rate, the utilisation of the matrix rate measured on the same machine, and a table of time
 //! per fused operation.
 
-use crate::backend::cpu::CpuBackend;
+use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend, Device};
 use crate::model::config::{ElectraConfig, EncoderConfig};
 use crate::model::Model;
 use crate::train::{max_predictions, Batch, TrainConfig, Trainer};
@@ -76,13 +76,24 @@ fn cpu_matrix_rate() -> f64 {
 }
 
 pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
-    if args.device != "cpu" {
-        return Err(format!(
-            "--device {}: this build has only the CPU backend (--device cpu)",
-            args.device
-        )
-        .into());
+    match args.device.parse::<Device>()? {
+        Device::Cpu => run_on(CpuBackend::new(), args, |_| {
+            Ok((cpu_matrix_rate(), "f32 GEMM 1024³, measured now"))
+        }),
+        Device::Cuda(n) => run_on(CudaBackend::new(n)?, args, |be| {
+            Ok((be.matrix_rate()?, "bf16 cuBLASLt GEMM 8192³, measured now"))
+        }),
     }
+}
+
+/// The matrix rate that MFU is measured against, in FLOP/s, and how it was measured.
+type Peak<B> = fn(&mut B) -> Result<(f64, &'static str), Box<dyn std::error::Error>>;
+
+fn run_on<B: Backend>(
+    backend: B,
+    args: &BenchArgs,
+    matrix_peak: Peak<B>,
+) -> Result<(), Box<dyn std::error::Error>> {
     if args.steps == 0 {
         return Err("--steps must be at least 1".into());
     }
@@ -96,7 +107,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let model = Model::new(config.clone());
     let values = model.initial_values(0);
-    let mut trainer = Trainer::new(CpuBackend::new(), model, TrainConfig::default(), &values);
+    let mut trainer = Trainer::new(backend, model, TrainConfig::default(), &values);
     let special = config.special_tokens;
     let batch = Batch::random(args.batch, args.seq, config.vocab_size, 1, &special);
     let mut masked = 0;
@@ -118,7 +129,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let median = times[times.len() / 2];
     let tokens = (args.batch * args.seq) as f64;
     let flops = step_flops(&config, args.batch, args.seq, masked);
-    let peak = cpu_matrix_rate();
+    let (peak, peak_how) = matrix_peak(&mut trainer.backend)?;
     let achieved = flops / median;
     println!(
         "electra bench: {} backend, preset {}, batch {} × seq {}, {} timed steps ({} threads)",
@@ -136,10 +147,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         flops
     );
     println!("achieved           {:.1} GFLOP/s", achieved / 1e9);
-    println!(
-        "matrix peak        {:.1} GFLOP/s (f32 GEMM 1024³, measured now)",
-        peak / 1e9
-    );
+    println!("matrix peak        {:.1} GFLOP/s ({peak_how})", peak / 1e9);
     println!("MFU                {:.1}%", 100.0 * achieved / peak);
     println!(
         "\nper operation, one profiled step ({:.2} ms):",

@@ -1,6 +1,6 @@
 //! `electra pretrain`: the pretraining loop, with metrics, checkpoints and exact resume.
 
-use crate::backend::{cpu::CpuBackend, Space};
+use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend, Device, Space};
 use crate::data::{prepare, train_tokenizer, Batcher, Cursor, PrepareOptions, WordPieceTokenizer};
 use crate::io::checkpoint::{self, CheckpointData, TrainingState};
 use crate::io::hf::Loaded;
@@ -300,13 +300,13 @@ impl Window {
 }
 
 pub fn run(args: &PretrainArgs) -> CliResult<()> {
-    if args.device != "cpu" {
-        return Err(format!(
-            "--device {}: this build has only the CPU backend (--device cpu)",
-            args.device
-        )
-        .into());
+    match args.device.parse::<Device>()? {
+        Device::Cpu => run_on(CpuBackend::new(), args),
+        Device::Cuda(n) => run_on(CudaBackend::new(n)?, args),
     }
+}
+
+fn run_on<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<()> {
     let mut init = None;
     let (out, rc, start) = match &args.resume {
         Some(dir) => {
@@ -345,7 +345,7 @@ pub fn run(args: &PretrainArgs) -> CliResult<()> {
         (None, Some(values)) => values,
         (None, None) => model.initial_values(rc.train.seed),
     };
-    let mut trainer = Trainer::new(CpuBackend::new(), model, rc.train.clone(), &initial);
+    let mut trainer = Trainer::new(backend, model, rc.train.clone(), &initial);
     let mut elapsed_before = 0.0;
     if let Some(c) = &start {
         trainer.set_flat(Space::AdamM, &c.adam_m);
@@ -369,10 +369,10 @@ pub fn run(args: &PretrainArgs) -> CliResult<()> {
     Ok(())
 }
 
-fn save(
+fn save<B: Backend>(
     out: &Path,
     rc: &RunConfig,
-    trainer: &Trainer<CpuBackend>,
+    trainer: &Trainer<B>,
     batcher: &Batcher,
     elapsed_s: f64,
 ) -> CliResult<()> {
@@ -390,11 +390,11 @@ fn save(
     Ok(())
 }
 
-fn train_loop(
+fn train_loop<B: Backend>(
     out: &Path,
     rc: &RunConfig,
     stop_at: Option<u64>,
-    trainer: &mut Trainer<CpuBackend>,
+    trainer: &mut Trainer<B>,
     batcher: &mut Batcher,
     elapsed_before: f64,
 ) -> CliResult<()> {

@@ -30,6 +30,7 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
+    /// An empty backend; [`Backend::reserve`] sizes it.
     pub fn new() -> Self {
         Self::default()
     }

@@ -1,0 +1,285 @@
+//! Matrix products through cuBLASLt: bf16 operands, f32 accumulation, bf16 or f32 results, and
+//! optionally the bias epilogue. The descriptors, layouts and the chosen algorithm are built once
+//! per shape (and per operand alignment) and cached, so a step after the first only sets the bias
+//! pointer and calls `cublasLtMatmul`.
+//!
+//! cuBLASLt is column-major. A row-major `[r, c]` matrix is a column-major `c × r` one with the
+//! same leading dimension, so the backend states its row-major products transposed (see
+//! `linear_fwd`/`linear_bwd` in `mod.rs`).
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::mem::size_of;
+
+use cudarc::cublaslt::result as lt;
+use cudarc::cublaslt::sys;
+
+use super::memory::Dtype;
+use super::CudaError;
+
+/// `D[m × n] = op(A)·op(B) (+ bias) + beta·D`, all column-major, A and B bf16, D f32 or bf16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Gemm {
+    pub m: u64,
+    pub n: u64,
+    pub k: u64,
+    /// `op(A) = Aᵀ`: A is stored `k × m` (else `m × k`).
+    pub trans_a: bool,
+    /// `op(B) = Bᵀ`: B is stored `n × k` (else `k × n`).
+    pub trans_b: bool,
+    pub lda: u64,
+    pub ldb: u64,
+    pub ldd: u64,
+    /// The type of D (and of C, which is D itself).
+    pub out: Dtype,
+    /// Adds a bias vector of length `m` (the bias epilogue); the bias has D's type.
+    pub bias: bool,
+}
+
+/// What a plan depends on besides the shape: the operands' alignment, which decides which
+/// algorithms may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PlanKey {
+    gemm: Gemm,
+    align: [u32; 3],
+}
+
+struct Plan {
+    desc: sys::cublasLtMatmulDesc_t,
+    layouts: [sys::cublasLtMatrixLayout_t; 3],
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+/// A cuBLASLt handle, its workspace and the cached plans.
+pub struct Blas {
+    handle: sys::cublasLtHandle_t,
+    workspace: u64,
+    workspace_bytes: usize,
+    plans: HashMap<PlanKey, Plan>,
+}
+
+fn blas_err(what: &str, e: lt::CublasError) -> CudaError {
+    CudaError::Blas {
+        what: what.to_string(),
+        message: format!("{e:?}"),
+    }
+}
+
+fn dtype(d: Dtype) -> sys::cudaDataType {
+    match d {
+        Dtype::Bf16 => sys::cudaDataType::CUDA_R_16BF,
+        Dtype::F32 => sys::cudaDataType::CUDA_R_32F,
+    }
+}
+
+/// The largest power of two (at most 256) that divides the address of every column of a matrix
+/// at `ptr` with leading dimension `ld` elements of `bytes` bytes.
+fn alignment(ptr: u64, ld: u64, bytes: usize) -> u32 {
+    let a = (1u64 << ptr.trailing_zeros().min(8)) as u32;
+    let l = (1u64 << (ld * bytes as u64).trailing_zeros().min(8)) as u32;
+    a.min(l)
+}
+
+unsafe fn set_desc<T>(
+    desc: sys::cublasLtMatmulDesc_t,
+    attr: sys::cublasLtMatmulDescAttributes_t,
+    v: &T,
+) -> Result<(), lt::CublasError> {
+    lt::set_matmul_desc_attribute(desc, attr, v as *const T as *const c_void, size_of::<T>())
+}
+
+unsafe fn set_pref<T>(
+    pref: sys::cublasLtMatmulPreference_t,
+    attr: sys::cublasLtMatmulPreferenceAttributes_t,
+    v: &T,
+) -> Result<(), lt::CublasError> {
+    lt::set_matmul_pref_attribute(pref, attr, v as *const T as *const c_void, size_of::<T>())
+}
+
+impl Blas {
+    /// A handle for the current context; `workspace` is `workspace_bytes` of device memory the
+    /// caller keeps alive as long as this.
+    pub fn new(workspace: u64, workspace_bytes: usize) -> Result<Self, CudaError> {
+        let handle = lt::create_handle().map_err(|e| blas_err("cublasLtCreate", e))?;
+        Ok(Blas {
+            handle,
+            workspace,
+            workspace_bytes,
+            plans: HashMap::new(),
+        })
+    }
+
+    /// Runs `g` on `stream`: `D = A·B (+ bias) + beta·D` with C = D. `bias` is the bias vector's
+    /// address (16-byte aligned, D's type) when `g.bias`.
+    ///
+    /// # Safety
+    /// The addresses must hold the matrices `g` describes, on the handle's device.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn matmul(
+        &mut self,
+        stream: cudarc::driver::sys::CUstream,
+        g: Gemm,
+        a: u64,
+        b: u64,
+        d: u64,
+        beta: f32,
+        bias: Option<u64>,
+    ) -> Result<(), CudaError> {
+        assert_eq!(
+            g.bias,
+            bias.is_some(),
+            "the bias epilogue needs a bias vector"
+        );
+        let key = PlanKey {
+            gemm: g,
+            align: [
+                alignment(a, g.lda, 2),
+                alignment(b, g.ldb, 2),
+                alignment(d, g.ldd, g.out.bytes()),
+            ],
+        };
+        if !self.plans.contains_key(&key) {
+            let plan = self.plan(key, bias)?;
+            self.plans.insert(key, plan);
+        }
+        let plan = &self.plans[&key];
+        if let Some(bias) = bias {
+            set_desc(
+                plan.desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                &bias,
+            )
+            .map_err(|e| blas_err("setting the bias pointer", e))?;
+        }
+        let alpha = 1.0f32;
+        lt::matmul(
+            self.handle,
+            plan.desc,
+            &alpha as *const f32 as *const c_void,
+            &beta as *const f32 as *const c_void,
+            a as *const c_void,
+            plan.layouts[0],
+            b as *const c_void,
+            plan.layouts[1],
+            d as *const c_void,
+            plan.layouts[2],
+            d as *mut c_void,
+            plan.layouts[2],
+            &plan.algo,
+            self.workspace as *mut c_void,
+            self.workspace_bytes,
+            stream as sys::cudaStream_t,
+        )
+        .map_err(|e| blas_err(&format!("cublasLtMatmul {g:?}"), e))
+    }
+
+    /// Builds the descriptors of `key` and asks the heuristic for the best algorithm.
+    unsafe fn plan(&self, key: PlanKey, bias: Option<u64>) -> Result<Plan, CudaError> {
+        let g = key.gemm;
+        let what = format!("planning {g:?}");
+        let err = |e| blas_err(&what, e);
+        let desc = lt::create_matmul_desc(
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cudaDataType::CUDA_R_32F,
+        )
+        .map_err(err)?;
+        let mut plan = Plan {
+            desc,
+            layouts: [std::ptr::null_mut(); 3],
+            algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
+        };
+        // From here on `plan` owns what was made, and its drop frees it if a later call fails.
+        use sys::cublasLtMatmulDescAttributes_t as A;
+        let (ta, tb) = (i32::from(g.trans_a), i32::from(g.trans_b));
+        set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSA, &ta).map_err(err)?;
+        set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSB, &tb).map_err(err)?;
+        if let Some(bias) = bias {
+            let epi = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi).map_err(err)?;
+            // The heuristic reads the pointer's alignment.
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias).map_err(err)?;
+        }
+        let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+        let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        let bf16 = sys::cudaDataType::CUDA_R_16BF;
+        plan.layouts[0] =
+            lt::create_matrix_layout(bf16, a_rows, a_cols, g.lda as i64).map_err(err)?;
+        plan.layouts[1] =
+            lt::create_matrix_layout(bf16, b_rows, b_cols, g.ldb as i64).map_err(err)?;
+        plan.layouts[2] =
+            lt::create_matrix_layout(dtype(g.out), g.m, g.n, g.ldd as i64).map_err(err)?;
+
+        let pref = lt::create_matmul_pref().map_err(err)?;
+        let chosen = (|| {
+            use sys::cublasLtMatmulPreferenceAttributes_t as P;
+            let ws = self.workspace_bytes as u64;
+            set_pref(pref, P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws)?;
+            set_pref(
+                pref,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                &key.align[0],
+            )?;
+            set_pref(
+                pref,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                &key.align[1],
+            )?;
+            set_pref(
+                pref,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                &key.align[2],
+            )?;
+            set_pref(
+                pref,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                &key.align[2],
+            )?;
+            lt::get_matmul_algo_heuristic(
+                self.handle,
+                desc,
+                plan.layouts[0],
+                plan.layouts[1],
+                plan.layouts[2],
+                plan.layouts[2],
+                pref,
+            )
+        })();
+        let _ = lt::destroy_matmul_pref(pref);
+        let heuristic = chosen.map_err(err)?;
+        if heuristic.workspaceSize > self.workspace_bytes {
+            return Err(CudaError::Blas {
+                what,
+                message: format!(
+                    "the chosen algorithm wants {} bytes of workspace, {} are reserved",
+                    heuristic.workspaceSize, self.workspace_bytes
+                ),
+            });
+        }
+        plan.algo = heuristic.algo;
+        Ok(plan)
+    }
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: every handle was made by `Blas::plan` for this plan alone and is destroyed once,
+        // here; a null handle was never made.
+        unsafe {
+            for &l in self.layouts.iter().filter(|l| !l.is_null()) {
+                let _ = lt::destroy_matrix_layout(l);
+            }
+            if !self.desc.is_null() {
+                let _ = lt::destroy_matmul_desc(self.desc);
+            }
+        }
+    }
+}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        // The plans' descriptors go before the handle.
+        self.plans.clear();
+        // SAFETY: made by `new`, destroyed once.
+        let _ = unsafe { lt::destroy_handle(self.handle) };
+    }
+}

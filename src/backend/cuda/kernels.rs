@@ -1,0 +1,185 @@
+//! The hand-written kernels: the fatbins build.rs embeds, loaded as one module per `kernels/*.cu`
+//! file, their entry points resolved once by name, and a launch that allocates nothing.
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+
+use cudarc::driver::{result, sys, DriverError};
+
+use super::CudaError;
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+/// One kernel argument, passed by value as the kernel declares it (`u64` for pointers and
+/// `unsigned long long`, 4 bytes for `int`, `unsigned` and `float`).
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    /// A device pointer (0 for a null pointer).
+    Ptr(u64),
+    I32(i32),
+    U32(u32),
+    U64(u64),
+    F32(f32),
+}
+
+/// The most arguments any kernel takes.
+const MAX_ARGS: usize = 20;
+
+/// A resolved entry point.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    pub f: sys::CUfunction,
+    pub name: &'static str,
+}
+
+/// The loaded modules, unloaded on drop.
+struct Modules(Vec<sys::CUmodule>);
+
+impl Drop for Modules {
+    fn drop(&mut self) {
+        for &m in &self.0 {
+            // SAFETY: loaded by `Kernels::load` and unloaded only here; nothing launches after the
+            // backend (which owns this) is dropped.
+            let _ = unsafe { result::module::unload(m) };
+        }
+    }
+}
+
+macro_rules! kernel_table {
+    ($($field:ident),* $(,)?) => {
+        /// Every entry point the backend launches, resolved when the backend is created, so that a
+        /// missing kernel fails there and not in the middle of a step.
+        pub struct Kernels {
+            $(pub $field: Kernel,)*
+            _modules: Modules,
+        }
+
+        impl Kernels {
+            /// Loads every embedded fatbin into the current context and resolves the entry points.
+            pub fn load() -> Result<Self, CudaError> {
+                let mut modules = Modules(Vec::new());
+                let mut by_file = HashMap::new();
+                for &(stem, image) in embedded::KERNELS {
+                    // SAFETY: `image` is a complete fatbin that build.rs embedded with 16-byte
+                    // alignment; the driver copies what it needs before returning.
+                    let m = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
+                        .map_err(|e| driver("loading the kernels of", stem, e))?;
+                    modules.0.push(m);
+                    by_file.insert(stem, m);
+                }
+                let resolve = |name: &'static str| -> Result<Kernel, CudaError> {
+                    let file = embedded::KERNEL_FUNCTIONS
+                        .iter()
+                        .find(|(_, names)| names.contains(&name))
+                        .map(|(stem, _)| *stem);
+                    let candidates: Vec<sys::CUmodule> = match file.and_then(|f| by_file.get(f)) {
+                        Some(&m) => vec![m],
+                        None => modules.0.clone(),
+                    };
+                    for m in candidates {
+                        let c_name = CString::new(name).expect("kernel names have no NUL");
+                        // SAFETY: `m` is a loaded module.
+                        if let Ok(f) = unsafe { result::module::get_function(m, c_name) } {
+                            return Ok(Kernel { f, name });
+                        }
+                    }
+                    Err(CudaError::Unsupported(format!(
+                        "kernel `{name}` is not in the embedded fatbins (rebuild with --features cuda)"
+                    )))
+                };
+                Ok(Kernels {
+                    $($field: resolve(stringify!($field))?,)*
+                    _modules: modules,
+                })
+            }
+        }
+    };
+}
+
+kernel_table!(
+    adamw,
+    params_to_bf16,
+    attention_fwd_d16,
+    attention_fwd_d32,
+    attention_fwd_d64,
+    attention_bwd_dq_d16,
+    attention_bwd_dq_d32,
+    attention_bwd_dq_d64,
+    attention_bwd_dkdv_d16,
+    attention_bwd_dkdv_d32,
+    attention_bwd_dkdv_d64,
+    bias_gelu_fwd,
+    bias_gelu_bwd,
+    bias_bwd,
+    dropout_fwd,
+    dropout_bwd,
+    embedding_fwd_w256,
+    embedding_fwd_w1024,
+    embedding_bwd_layernorm_w256,
+    embedding_bwd_layernorm_w1024,
+    embedding_sort_hist,
+    embedding_sort_scan,
+    embedding_sort_scatter,
+    embedding_bwd_word_pieces,
+    embedding_bwd_word_combine,
+    embedding_bwd_pos_type,
+    embedding_bwd_type_reduce,
+    gather_rows_fwd,
+    gather_rows_bwd,
+    grad_norm,
+    layernorm_residual_fwd_w256,
+    layernorm_residual_fwd_w1024,
+    layernorm_residual_bwd_w256,
+    layernorm_residual_bwd_w1024,
+    sigmoid_bce_fwd_bwd,
+    softmax_xent_fwd_bwd,
+    replace_tokens,
+);
+
+/// A driver error with what was being done.
+pub fn driver(doing: &str, what: &str, e: DriverError) -> CudaError {
+    CudaError::Driver {
+        what: format!("{doing} {what}"),
+        message: e.to_string(),
+    }
+}
+
+/// Launches `k` on `stream` with `block` threads per block and no dynamic shared memory. A grid
+/// with a zero dimension launches nothing (there is no work).
+///
+/// # Safety
+/// The arguments must match the kernel's parameters in number, order and size, and every pointer
+/// must address device memory the kernel may touch for this launch shape.
+pub unsafe fn launch(
+    stream: sys::CUstream,
+    k: Kernel,
+    grid: (u32, u32, u32),
+    block: u32,
+    args: &[Arg],
+) -> Result<(), DriverError> {
+    if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+        return Ok(());
+    }
+    assert!(args.len() <= MAX_ARGS, "{}: too many arguments", k.name);
+    let mut params = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
+    for (p, a) in params.iter_mut().zip(args) {
+        *p = match a {
+            Arg::Ptr(v) | Arg::U64(v) => v as *const u64 as *mut c_void,
+            Arg::I32(v) => v as *const i32 as *mut c_void,
+            Arg::U32(v) => v as *const u32 as *mut c_void,
+            Arg::F32(v) => v as *const f32 as *mut c_void,
+        };
+    }
+    // The driver reads every argument through these pointers before returning, while `args` is
+    // still borrowed.
+    result::launch_kernel(
+        k.f,
+        grid,
+        (block, 1, 1),
+        0,
+        stream,
+        &mut params[..args.len()],
+    )
+}
