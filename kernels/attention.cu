@@ -10,8 +10,10 @@
 // Layout: Q, K, V are read in place from the fused projection qkv bf16 [batch*seq, 3H]
 // (H = heads * D): row r holds [q heads | k heads | v heads], head h at columns h*D of each third.
 // The gradients go to dqkv in the same layout; ctx/dctx are bf16 [batch*seq, H]; key_mask u32
-// [batch*seq], 1 = real token. Keys whose mask is 0 get probability 0; in a sequence with no real
-// token at all, every key counts (as the CPU's additive mask gives). Queries are never masked.
+// [batch*seq], 1 = real token. Keys whose mask is 0 get probability 0; a sequence with no real
+// token at all attends uniformly, as HF's additive mask of the most negative float makes it and
+// the CPU reference does: its scores are scaled by 0 (so its q and k get no gradient). Queries are
+// never masked.
 //
 // Kernels, all 128 threads (4 warps x 16 rows), grid (ceil(seq / 64), heads, batch), static shared
 // memory under 48 KB, for head sizes D = 16, 32, 64 (`_d16`, `_d32`, `_d64`):
@@ -138,7 +140,7 @@ __device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* src, int
     }
 }
 
-// Whether sequence `seq_mask` has any real token (every key counts when it has none).
+// Whether sequence `seq_mask` has any real token (when it has none, every key counts, all alike).
 __device__ __forceinline__ bool any_real_key(const unsigned* seq_mask, int T) {
     int any = 0;
     for (int j = threadIdx.x; j < T; j += blockDim.x) any |= seq_mask[j] != 0;
@@ -201,7 +203,8 @@ __device__ __forceinline__ void attention_fwd_body(const bf16* __restrict__ qkv,
     const bf16* Vg = seq + 2 * H + h * D;
     const unsigned* mask = key_mask + (size_t)b * T;
     const bool any = any_real_key(mask, T);
-    const float sl2 = rsqrtf((float)D) * LOG2E;  // scores in log2 units
+    // Scores in log2 units; all zero (uniform attention) in a sequence with no real token.
+    const float sl2 = any ? rsqrtf((float)D) * LOG2E : 0.f;
 
     // Q through the K buffer into registers.
     load_tile_async<D, LDS>(Ks, Qg, ld, q0, T);
@@ -320,7 +323,8 @@ __device__ __forceinline__ void attention_bwd_dq_body(
     const bf16* dOg = dctx + (size_t)b * T * H + h * D;
     const unsigned* mask = key_mask + (size_t)b * T;
     const bool any = any_real_key(mask, T);
-    const float scale = rsqrtf((float)D), sl2 = scale * LOG2E;
+    // As in the forward pass: a sequence with no real token has constant scores.
+    const float scale = any ? rsqrtf((float)D) : 0.f, sl2 = scale * LOG2E;
     const size_t stat = ((size_t)b * heads + h) * T;  // this (sequence, head)'s row statistics
 
     // Q (into Ks) and dO (into Vs) as A fragments.
@@ -421,7 +425,8 @@ __device__ __forceinline__ void attention_bwd_dkdv_body(
     const bf16* dOg = dctx + (size_t)b * T * H + h * D;
     const unsigned* mask = key_mask + (size_t)b * T;
     const bool any = any_real_key(mask, T);
-    const float scale = rsqrtf((float)D), sl2 = scale * LOG2E;
+    // As in the forward pass: a sequence with no real token has constant scores.
+    const float scale = any ? rsqrtf((float)D) : 0.f, sl2 = scale * LOG2E;
     const size_t stat = ((size_t)b * heads + h) * T;
 
     // This warp's 16 keys: K and V as A fragments (through the Q and dO buffers).

@@ -452,6 +452,46 @@ fn check_attention(seed: u64, dropout: Option<Dropout>) {
 }
 
 #[test]
+fn a_sequence_without_real_tokens_attends_uniformly_and_passes_no_score_gradient() {
+    let mut lab = Lab::new(21);
+    let dims = AttentionDims {
+        batch: 2,
+        seq: 5,
+        heads: 2,
+        head_dim: 3,
+    };
+    let (t, h) = (dims.seq, dims.hidden());
+    // Sequence 0 has real tokens, sequence 1 has none.
+    let mask_values = [1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
+    let mask = lab.ints(&mask_values);
+    let qkv = lab.act(dims.batch * t * 3 * h, -1.5, 1.5);
+    let ctx = lab.output(dims.batch * t * h);
+    let probs = lab.output(dims.batch * dims.heads * t * t);
+    let r = weights(&mut lab, ctx);
+    // The finite differences agree with a zero gradient for the second sequence's q and k.
+    let grads = gradcheck(
+        &mut lab,
+        &|be| be.attention_fwd(qkv, mask, ctx, probs, dims, None),
+        Some(&|be| be.attention_bwd(qkv, mask, ctx, probs, ctx.grad(), qkv.grad(), dims, None)),
+        ctx,
+        &r,
+        &[("qkv", qkv)],
+    );
+    let p = lab.read(probs);
+    let second = &p[dims.heads * t * t..];
+    assert!(
+        second.iter().all(|&v| (v - 1.0 / t as f32).abs() < 1e-7),
+        "{second:?}"
+    );
+    for token in t..2 * t {
+        let qk = &grads[0][token * 3 * h..token * 3 * h + 2 * h];
+        assert!(qk.iter().all(|&g| g == 0.0), "token {token}: {qk:?}");
+        let v = &grads[0][token * 3 * h + 2 * h..(token + 1) * 3 * h];
+        assert!(v.iter().any(|&g| g != 0.0), "values still get a gradient");
+    }
+}
+
+#[test]
 fn dropout_masks_scales_and_its_gradient() {
     let mut lab = Lab::with_capacity(13, 40_000, 0);
     let d = Dropout {

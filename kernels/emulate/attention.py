@@ -148,8 +148,8 @@ def fwd(qkv, mask, B, T, heads, D):
                         mx0 = np.full(32, -np.inf, np.float32); mx1 = mx0.copy()
                         for j in range(8):
                             kb0 = kbias[8*j + 2*T4]; kb1 = kbias[8*j + 2*T4 + 1]
-                            s[j][:, 0] = s[j][:, 0]*sl2 + kb0; s[j][:, 1] = s[j][:, 1]*sl2 + kb1
-                            s[j][:, 2] = s[j][:, 2]*sl2 + kb0; s[j][:, 3] = s[j][:, 3]*sl2 + kb1
+                            s[j][:, 0] = s[j][:, 0]*(sl2 if any_ else 0) + kb0; s[j][:, 1] = s[j][:, 1]*(sl2 if any_ else 0) + kb1
+                            s[j][:, 2] = s[j][:, 2]*(sl2 if any_ else 0) + kb0; s[j][:, 3] = s[j][:, 3]*(sl2 if any_ else 0) + kb1
                             mx0 = np.maximum(mx0, np.maximum(s[j][:, 0], s[j][:, 1]))
                             mx1 = np.maximum(mx1, np.maximum(s[j][:, 2], s[j][:, 3]))
                         mx0 = quad_max(mx0); mx1 = quad_max(mx1)
@@ -226,18 +226,18 @@ def bwd_dq(qkv, mask, ctx, dctx, lse, B, T, heads, D, dqkv):
                         if DROP: drop_rows(dp, b, h, heads, T, W['qa'], k0)
                         for j in range(8):
                             kb0 = kbias[8*j + 2*T4]; kb1 = kbias[8*j + 2*T4 + 1]
-                            s[j][:, 0] = np.exp2(s[j][:, 0]*sl2 + kb0 - W['L0']) * (dp[j][:, 0] - W['dl0'])
-                            s[j][:, 1] = np.exp2(s[j][:, 1]*sl2 + kb1 - W['L0']) * (dp[j][:, 1] - W['dl0'])
-                            s[j][:, 2] = np.exp2(s[j][:, 2]*sl2 + kb0 - W['L1']) * (dp[j][:, 2] - W['dl1'])
-                            s[j][:, 3] = np.exp2(s[j][:, 3]*sl2 + kb1 - W['L1']) * (dp[j][:, 3] - W['dl1'])
+                            s[j][:, 0] = np.exp2(s[j][:, 0]*(sl2 if any_ else 0) + kb0 - W['L0']) * (dp[j][:, 0] - W['dl0'])
+                            s[j][:, 1] = np.exp2(s[j][:, 1]*(sl2 if any_ else 0) + kb1 - W['L0']) * (dp[j][:, 1] - W['dl0'])
+                            s[j][:, 2] = np.exp2(s[j][:, 2]*(sl2 if any_ else 0) + kb0 - W['L1']) * (dp[j][:, 2] - W['dl1'])
+                            s[j][:, 3] = np.exp2(s[j][:, 3]*(sl2 if any_ else 0) + kb1 - W['L1']) * (dp[j][:, 3] - W['dl1'])
                         mma_p_b(D, LDS, W['dq'], s, 0, Ks)
                 for w in range(4):
                     W = wst[w]
                     for l in range(32):
                         for j in range(D//8):
                             col = h*D + 8*j + 2*T4[l]
-                            if W['qa'][l] < T: dqkv[b*T + W['qa'][l], col:col+2] = bf(W['dq'][j][l, 0:2] * scale)
-                            if W['qb'][l] < T: dqkv[b*T + W['qb'][l], col:col+2] = bf(W['dq'][j][l, 2:4] * scale)
+                            if W['qa'][l] < T: dqkv[b*T + W['qa'][l], col:col+2] = bf(W['dq'][j][l, 0:2] * (scale if any_ else 0))
+                            if W['qb'][l] < T: dqkv[b*T + W['qb'][l], col:col+2] = bf(W['dq'][j][l, 2:4] * (scale if any_ else 0))
     return delta
 
 def bwd_dkdv(qkv, mask, dctx, lse, delta, B, T, heads, D, dqkv):
@@ -273,10 +273,10 @@ def bwd_dkdv(qkv, mask, dctx, lse, delta, B, T, heads, D, dqkv):
                             qc = 8*j + 2*T4
                             La = lse2s[qc]; Lb = lse2s[qc+1]; da = deltas[qc]; db = deltas[qc+1]
                             with np.errstate(invalid='ignore'):
-                                s[j][:, 0] = np.exp2(s[j][:, 0]*sl2 + W['kb0'] - La)
-                                s[j][:, 1] = np.exp2(s[j][:, 1]*sl2 + W['kb0'] - Lb)
-                                s[j][:, 2] = np.exp2(s[j][:, 2]*sl2 + W['kb1'] - La)
-                                s[j][:, 3] = np.exp2(s[j][:, 3]*sl2 + W['kb1'] - Lb)
+                                s[j][:, 0] = np.exp2(s[j][:, 0]*(sl2 if any_ else 0) + W['kb0'] - La)
+                                s[j][:, 1] = np.exp2(s[j][:, 1]*(sl2 if any_ else 0) + W['kb0'] - Lb)
+                                s[j][:, 2] = np.exp2(s[j][:, 2]*(sl2 if any_ else 0) + W['kb1'] - La)
+                                s[j][:, 3] = np.exp2(s[j][:, 3]*(sl2 if any_ else 0) + W['kb1'] - Lb)
                             m = np.ones((32, 4), np.float32)
                             if DROP:
                                 base = (b*heads + h)*T
@@ -303,7 +303,7 @@ def bwd_dkdv(qkv, mask, dctx, lse, delta, B, T, heads, D, dqkv):
                             col = 8*j + 2*T4[l]
                             for (kr, e) in ((W['ka'][l], 0), (W['kb'][l], 2)):
                                 if kr < T:
-                                    dqkv[b*T + kr, H + h*D + col: H + h*D + col + 2] = bf(W['dk'][j][l, e:e+2] * scale)
+                                    dqkv[b*T + kr, H + h*D + col: H + h*D + col + 2] = bf(W['dk'][j][l, e:e+2] * (scale if any_ else 0))
                                     dqkv[b*T + kr, 2*H + h*D + col: 2*H + h*D + col + 2] = bf(W['dv'][j][l, e:e+2])
 
 def reference(qkv, mask, dctx, B, T, heads, D):
@@ -315,7 +315,9 @@ def reference(qkv, mask, dctx, B, T, heads, D):
         real = np.array([(not any_) or m_[j] != 0 for j in range(T)])
         for h in range(heads):
             Q = q[b*T:(b+1)*T, h*D:(h+1)*D]; K = q[b*T:(b+1)*T, H+h*D:H+(h+1)*D]; V = q[b*T:(b+1)*T, 2*H+h*D:2*H+(h+1)*D]
-            S = Q @ K.T / np.sqrt(D)
+            # A sequence with no real token attends uniformly (constant scores), as HF and the CPU do.
+            inv = 1 / np.sqrt(D) if any_ else 0.0
+            S = Q @ K.T * inv
             S[:, ~real] = -np.inf
             P = np.exp(S - S.max(1, keepdims=True)); P /= P.sum(1, keepdims=True)
             Mk = np.ones((T, T))
@@ -326,7 +328,7 @@ def reference(qkv, mask, dctx, B, T, heads, D):
             dO = dctx[b*T:(b+1)*T, h*D:(h+1)*D].astype(np.float64)
             dP = (dO @ V.T) * Mk
             dV = (P*Mk).T @ dO
-            dS = P * (dP - (P * dP).sum(1, keepdims=True)) / np.sqrt(D)
+            dS = P * (dP - (P * dP).sum(1, keepdims=True)) * inv
             dqkv[b*T:(b+1)*T, h*D:(h+1)*D] = dS @ K
             dqkv[b*T:(b+1)*T, H+h*D:H+(h+1)*D] = dS.T @ Q
             dqkv[b*T:(b+1)*T, 2*H+h*D:2*H+(h+1)*D] = dV

@@ -384,7 +384,8 @@ pub trait Backend {
     /// Backward of [`Backend::attention_fwd`]; uses `probs.grad()` as scratch. `key_mask` and
     /// `ctx` are the forward pass's (the CUDA backend recomputes the probabilities from `qkv`,
     /// the mask and the saved log-sum-exp, and needs `ctx` for `rowsum(dctx ∘ ctx)`; the CPU reads
-    /// neither).
+    /// only the mask). A sequence with no real token attends uniformly whatever its scores, so its
+    /// queries and keys get no gradient.
     #[allow(clippy::too_many_arguments)]
     fn attention_bwd(
         &mut self,

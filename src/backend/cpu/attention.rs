@@ -20,7 +20,7 @@ fn head_layout(d: &AttentionDims, row_stride: usize, offset: usize) -> MatLayout
 
 /// Softmax of each row of `scores` after scaling, over the keys whose mask is 1; padding keys get
 /// probability 0. A sequence with no real token at all attends uniformly, as HF's additive mask of
-/// the most negative float makes it.
+/// the most negative float makes it (and the backward pass treats its scores as constant).
 fn masked_softmax(scores: &mut [f32], key_mask: &[u32], scale: f32) {
     let width = key_mask.len();
     if key_mask.iter().all(|&m| m == 0) {
@@ -102,6 +102,7 @@ pub fn forward(
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     qkv: &[f32],
+    key_mask: &[u32],
     probs: &[f32],
     dctx: &[f32],
     dqkv: &mut [f32],
@@ -111,7 +112,6 @@ pub fn backward(
     d: AttentionDims,
 ) {
     let (t, h) = (d.seq, d.hidden());
-    let scale = 1.0 / (d.head_dim as f32).sqrt();
     let per_seq = d.heads * t * t;
     dqkv[..d.batch * t * 3 * h]
         .par_chunks_mut(t * 3 * h)
@@ -121,6 +121,14 @@ pub fn backward(
         .for_each(|(b, ((dqkv, dscores), scratch))| {
             let qkv = &qkv[b * t * 3 * h..(b + 1) * t * 3 * h];
             let dctx = &dctx[b * t * h..(b + 1) * t * h];
+            // A sequence with no real token attends uniformly whatever its scores, so its
+            // queries and keys get no gradient: its scores count as scaled by 0.
+            let any_real = key_mask[b * t..(b + 1) * t].iter().any(|&m| m != 0);
+            let scale = if any_real {
+                1.0 / (d.head_dim as f32).sqrt()
+            } else {
+                0.0
+            };
             for head in 0..d.heads {
                 let p = &probs[(b * d.heads + head) * t * t..(b * d.heads + head + 1) * t * t];
                 let ds = &mut dscores[head * t * t..(head + 1) * t * t];

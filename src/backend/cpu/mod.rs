@@ -362,7 +362,7 @@ impl Backend for CpuBackend {
     fn attention_bwd(
         &mut self,
         qkv: Buf,
-        _key_mask: IBuf,
+        key_mask: IBuf,
         _ctx: Buf,
         probs: Buf,
         dctx: Buf,
@@ -374,7 +374,18 @@ impl Backend for CpuBackend {
         let f = self.frame();
         let [dqkv, dscores] = f.w([dqkv, probs.grad()], &[qkv, probs, dctx]);
         let (qkv, probs, dctx) = (f.r(qkv), f.r(probs), f.r(dctx));
-        attention::backward(qkv, probs, dctx, dqkv, dscores, &mut scratch, dropout, dims);
+        let mask = f.ri(key_mask);
+        attention::backward(
+            qkv,
+            mask,
+            probs,
+            dctx,
+            dqkv,
+            dscores,
+            &mut scratch,
+            dropout,
+            dims,
+        );
         self.scratch = scratch;
     }
 
