@@ -132,6 +132,7 @@ impl Tape {
         self.ops.clear();
     }
 
+    /// Switches recording on (training) or off (forward passes only).
     pub fn set_recording(&mut self, recording: bool) {
         self.recording = recording;
     }

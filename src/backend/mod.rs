@@ -119,7 +119,9 @@ impl Buf {
 /// A contiguous run of u32 values (token ids, masks, positions) in the backend's integer space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IBuf {
+    /// Index of the first value in the integer space.
     pub offset: usize,
+    /// Number of values.
     pub len: usize,
 }
 
@@ -138,29 +140,40 @@ impl IBuf {
 /// How many values each space must hold.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sizes {
+    /// Values in each parameter-shaped space (parameters, gradients, moments).
     pub params: usize,
+    /// Values in the activation space and in its gradient space.
     pub acts: usize,
+    /// Values in the integer space.
     pub ints: usize,
 }
 
 /// `y[rows, out] = x[rows, inp] · w[out, inp]ᵀ (+ b)`; weights use PyTorch's `[out, in]` layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinearDims {
+    /// Rows of `x` and `y` (tokens).
     pub rows: usize,
+    /// Input features.
     pub inp: usize,
+    /// Output features.
     pub out: usize,
 }
 
 /// Self-attention over `batch` sequences of `seq` tokens, `heads` heads of `head_dim` each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionDims {
+    /// Sequences.
     pub batch: usize,
+    /// Tokens per sequence.
     pub seq: usize,
+    /// Attention heads.
     pub heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
 }
 
 impl AttentionDims {
+    /// The model width, `heads · head_dim`.
     pub fn hidden(&self) -> usize {
         self.heads * self.head_dim
     }
@@ -169,8 +182,11 @@ impl AttentionDims {
 /// The parameters of a LayerNorm: gain and bias.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LayerNormParams {
+    /// The per-feature scale (HF `LayerNorm.weight`).
     pub gain: Buf,
+    /// The per-feature shift (HF `LayerNorm.bias`).
     pub bias: Buf,
+    /// Added to the variance (1e-12 in ELECTRA).
     pub eps: f32,
 }
 
@@ -186,19 +202,28 @@ pub struct LayerNormSaved {
 /// The shared embedding block: word, position and token-type tables, then a LayerNorm.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EmbeddingParams {
+    /// `[vocab, embedding]`, also the generator's tied output weight.
     pub word: Buf,
+    /// `[max_positions, embedding]`.
     pub position: Buf,
+    /// `[token_types, embedding]`.
     pub token_type: Buf,
+    /// The LayerNorm after the sum.
     pub norm: LayerNormParams,
 }
 
 /// Adam without bias correction and with decoupled weight decay (the original ELECTRA optimizer).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamW {
+    /// The learning rate of this step.
     pub lr: f32,
+    /// Decay of the first moment.
     pub beta1: f32,
+    /// Decay of the second moment.
     pub beta2: f32,
+    /// Added to √v.
     pub eps: f32,
+    /// Decoupled weight decay, times `lr`.
     pub weight_decay: f32,
 }
 
@@ -210,6 +235,7 @@ const DROPOUT_PURPOSE: u32 = 6;
 /// draws the same mask again instead of storing it, and the CUDA kernels draw the same numbers.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dropout {
+    /// The probability of dropping an element.
     pub p: f32,
     /// Changes every step.
     pub seed: u64,
@@ -247,7 +273,10 @@ pub enum Pick {
     /// The most likely token (sampling-free; the design's default).
     Argmax,
     /// Gumbel-max sampling at temperature 1, with noise from Philox keyed by this seed.
-    Gumbel { seed: u64 },
+    Gumbel {
+        /// Keys the noise of one step.
+        seed: u64,
+    },
 }
 
 /// The fused operations of an ELECTRA training step. Implemented by the CPU reference and by the

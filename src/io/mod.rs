@@ -13,13 +13,23 @@ use std::path::{Path, PathBuf};
 /// A problem with a file, naming the file and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
+    /// The operating system could not read or write the file.
     #[error("{path}: {source}")]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// What the system said.
         source: std::io::Error,
     },
+    /// The file was read but does not hold what was expected.
     #[error("{path}: {message}")]
-    Format { path: PathBuf, message: String },
+    Format {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong, and what was expected.
+        message: String,
+    },
+    /// A configuration (model sizes, HF `config.json`) does not fit.
     #[error(transparent)]
     Config(#[from] crate::model::config::ConfigError),
 }
