@@ -55,6 +55,7 @@
 pub mod backend;
 pub mod cli;
 pub mod data;
+pub mod finetune;
 pub mod io;
 pub mod model;
 pub mod profile;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod export;
+mod finetune;
 mod loss;
 mod plot;
 mod prepare;
@@ -37,6 +38,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Draws a run's loss and accuracy curves into RUN_DIR/curves.svg.
     Plot(plot::PlotArgs),
+    /// Fine-tunes a discriminator for classification or regression on GLUE-format data.
+    Finetune(finetune::FinetuneArgs),
+    /// Writes predictions of a fine-tuned model for a TSV/CSV file.
+    Predict(finetune::PredictArgs),
 }
 
 /// Parses the arguments and runs the command; errors are returned for `main` to print.
@@ -48,5 +53,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
         Command::Plot(args) => plot::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Export(args) => export::run(&args),
+        Command::Finetune(args) => finetune::run(&args),
+        Command::Predict(args) => finetune::run_predict(&args),
     }
 }

@@ -165,7 +165,13 @@ pub struct EncoderActs {
 }
 
 impl EncoderActs {
-    fn new(arena: &mut Arena, enc: &EncoderConfig, embedding: usize, shape: BatchShape) -> Self {
+    /// Plans the activations of `enc` over a batch of `shape` from `arena`.
+    pub fn new(
+        arena: &mut Arena,
+        enc: &EncoderConfig,
+        embedding: usize,
+        shape: BatchShape,
+    ) -> Self {
         let n = shape.tokens();
         let h = enc.hidden_size;
         let embedded = arena.acts(n * embedding);
