@@ -141,13 +141,13 @@ pub fn backward(
                 matmul(ds, pl, dctx, dc, qkv, v.t(), false, Threads::Caller);
                 match &dropout {
                     Some(drop) => {
-                        let first = b * per_seq + head * t * t;
+                        // The mask is drawn once into the scratch: dP ∘= mask/(1−p), then the
+                        // scratch becomes the dropped probabilities for dV.
                         let pd = &mut scratch[head * t * t..(head + 1) * t * t];
-                        drop_probs(p, pd, drop, first);
-                        matmul(dqkv, v, pd, pl.t(), dctx, dc, true, Threads::Caller);
-                        // The mask's multipliers, reusing the scratch: dP ∘= mask/(1−p).
-                        drop.scales(first, pd);
+                        drop.scales(b * per_seq + head * t * t, pd);
                         ds.iter_mut().zip(pd.iter()).for_each(|(g, &m)| *g *= m);
+                        pd.iter_mut().zip(p).for_each(|(m, &pv)| *m *= pv);
+                        matmul(dqkv, v, pd, pl.t(), dctx, dc, true, Threads::Caller);
                     }
                     None => matmul(dqkv, v, p, pl.t(), dctx, dc, true, Threads::Caller),
                 }
