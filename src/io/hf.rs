@@ -145,7 +145,10 @@ pub fn load_pretraining_pair(generator: &Path, discriminator: &Path) -> Result<L
 fn apply_vocab_specials(dir: &Path, config: &mut ElectraConfig) -> Result<(), IoError> {
     let vocab = dir.join("vocab.txt");
     if !vocab.is_file() {
-        return Ok(());
+        // BERT's special ids are assumed; they must fit the vocabulary.
+        return config
+            .validate()
+            .map_err(|e| IoError::format(dir, e.to_string()));
     }
     let t = WordPieceTokenizer::from_vocab_file(&vocab)
         .map_err(|e| IoError::format(&vocab, e.to_string()))?;

@@ -211,12 +211,33 @@ impl ElectraConfig {
             hidden_dropout_prob: d.hidden_dropout_prob.unwrap_or(0.1),
             attention_probs_dropout_prob: d.attention_probs_dropout_prob.unwrap_or(0.1),
         };
-        cfg.validate()?;
+        cfg.validate_sizes()?;
         Ok(cfg)
     }
 
-    /// Checks the sizes fit together.
+    /// Checks the sizes fit together and the special tokens lie inside the vocabulary.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_sizes()?;
+        let st = &self.special_tokens;
+        for (name, id) in [
+            ("pad", st.pad),
+            ("cls", st.cls),
+            ("sep", st.sep),
+            ("mask", st.mask),
+        ] {
+            if id as usize >= self.vocab_size {
+                return Err(ConfigError::Invalid(format!(
+                    "special token {name} = {id} is outside the vocabulary of {}",
+                    self.vocab_size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the sizes alone: a HF `config.json` names no special tokens but padding, so they are
+    /// checked once the vocabulary that defines them is known.
+    pub fn validate_sizes(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         for (name, enc) in [
             ("generator", &self.generator),
@@ -247,20 +268,6 @@ impl ElectraConfig {
         }
         if self.vocab_size == 0 || self.vocab_size > u32::MAX as usize {
             return bad(format!("vocab_size {} is out of range", self.vocab_size));
-        }
-        let st = &self.special_tokens;
-        for (name, id) in [
-            ("pad", st.pad),
-            ("cls", st.cls),
-            ("sep", st.sep),
-            ("mask", st.mask),
-        ] {
-            if id as usize >= self.vocab_size {
-                return bad(format!(
-                    "special token {name} = {id} is outside the vocabulary of {}",
-                    self.vocab_size
-                ));
-            }
         }
         if self.embedding_size == 0
             || self.max_position_embeddings == 0
