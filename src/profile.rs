@@ -48,7 +48,7 @@ impl Profiler {
     /// (name, calls, total time), slowest first.
     pub fn report(&self) -> Vec<(&'static str, u64, Duration)> {
         let mut rows: Vec<_> = self.times.iter().map(|(&n, &(c, t))| (n, c, t)).collect();
-        rows.sort_by(|a, b| b.2.cmp(&a.2));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.2));
         rows
     }
 }

@@ -5,7 +5,7 @@ use crate::data::{prepare, train_tokenizer, Batcher, Cursor, PrepareOptions, Wor
 use crate::io::checkpoint::{self, CheckpointData, TrainingState};
 use crate::io::hf::Loaded;
 use crate::io::run_dir::{self, Metrics, RunConfig};
-use crate::model::config::{ElectraConfig, SpecialTokens};
+use crate::model::config::ElectraConfig;
 use crate::model::Model;
 use crate::train::{Replacement, StepReport, TrainConfig, TrainError, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -114,16 +114,6 @@ fn default_data() -> CliResult<PathBuf> {
     Ok(shards)
 }
 
-fn special_tokens(t: &WordPieceTokenizer) -> SpecialTokens {
-    SpecialTokens {
-        pad: t.pad_id(),
-        unk: t.unk_id(),
-        cls: t.cls_id(),
-        sep: t.sep_id(),
-        mask: t.mask_id(),
-    }
-}
-
 /// Reads the pair of HF directories of `--init-from`: the model config and its values. The
 /// vocabulary must be the data's: the same `vocab.txt` when the directory ships one, else at
 /// least the same size.
@@ -191,7 +181,7 @@ fn new_run(args: &PretrainArgs) -> CliResult<(PathBuf, RunConfig, Option<Vec<f32
         model = model.with_generator_fraction(f)?;
     }
     model.vocab_size = tokenizer.vocab_size();
-    model.special_tokens = special_tokens(&tokenizer);
+    model.special_tokens = tokenizer.special_tokens();
     model.validate()?;
     let is_demo = args.data.is_none();
     let steps = args.steps.unwrap_or(if is_demo { 400 } else { 1_000_000 });

@@ -220,6 +220,17 @@ impl WordPieceTokenizer {
         self.pad_id
     }
 
+    /// The special ids a model trained on this vocabulary uses.
+    pub fn special_tokens(&self) -> crate::model::config::SpecialTokens {
+        crate::model::config::SpecialTokens {
+            pad: self.pad_id,
+            unk: self.unk_id,
+            cls: self.cls_id,
+            sep: self.sep_id,
+            mask: self.mask_id,
+        }
+    }
+
     /// Id of `[UNK]`, which stands for text the vocabulary cannot spell.
     pub fn unk_id(&self) -> u32 {
         self.unk_id

@@ -16,7 +16,7 @@ use crate::data::tokenizer::WordPieceTokenizer;
 use crate::io::export::{hf_config, Network};
 use crate::io::tensors::{read_tensors, write_f32_tensors};
 use crate::io::IoError;
-use crate::model::config::{ElectraConfig, EncoderConfig, SpecialTokens};
+use crate::model::config::{ElectraConfig, EncoderConfig};
 use crate::model::params::{Dense, DISCRIMINATOR, SHARED};
 use crate::model::{encoder_forward, BatchShape, DropoutPlan, EncoderActs, Model};
 use crate::rng::Stream;
@@ -672,13 +672,7 @@ pub fn load_model<B: Backend>(dir: &Path, backend: B) -> Result<Finetuned<B>, Fi
         .map_err(|e| bad(format!("not a fine-tuned model (electra_finetune: {e})")))?;
     let mut config = ElectraConfig::from_hf(&config_file, &config_file).map_err(IoError::from)?;
     let tokenizer = WordPieceTokenizer::from_vocab_file(&dir.join("vocab.txt"))?;
-    config.special_tokens = SpecialTokens {
-        pad: tokenizer.pad_id(),
-        unk: tokenizer.unk_id(),
-        cls: tokenizer.cls_id(),
-        sep: tokenizer.sep_id(),
-        mask: tokenizer.mask_id(),
-    };
+    config.special_tokens = tokenizer.special_tokens();
     let outputs = info.task.num_outputs();
     let model = Model::new(carrier_config(&config));
     let layout = FtLayout::new(&model, outputs);

@@ -4,7 +4,7 @@
 use super::tensors::{read_tensors, Tensor};
 use super::IoError;
 use crate::data::WordPieceTokenizer;
-use crate::model::config::{ElectraConfig, EncoderConfig, SpecialTokens};
+use crate::model::config::{ElectraConfig, EncoderConfig};
 use crate::model::params::{ParamLayout, DISCRIMINATOR, GENERATOR, SHARED};
 use crate::model::Model;
 use std::collections::BTreeMap;
@@ -152,13 +152,7 @@ fn apply_vocab_specials(dir: &Path, config: &mut ElectraConfig) -> Result<(), Io
     }
     let t = WordPieceTokenizer::from_vocab_file(&vocab)
         .map_err(|e| IoError::format(&vocab, e.to_string()))?;
-    config.special_tokens = SpecialTokens {
-        pad: t.pad_id(),
-        unk: t.unk_id(),
-        cls: t.cls_id(),
-        sep: t.sep_id(),
-        mask: t.mask_id(),
-    };
+    config.special_tokens = t.special_tokens();
     config
         .validate()
         .map_err(|e| IoError::format(&vocab, format!("does not fit the model: {e}")))
