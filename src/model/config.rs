@@ -106,7 +106,11 @@ pub enum ConfigError {
 /// allows (the original code's rule) and a single head otherwise.
 fn generator_of(disc: EncoderConfig, fraction: f64) -> EncoderConfig {
     let hidden = ((disc.hidden_size as f64) * fraction).round().max(1.0) as usize;
-    let heads = if hidden.is_multiple_of(64) { hidden / 64 } else { 1 };
+    let heads = if hidden.is_multiple_of(64) {
+        hidden / 64
+    } else {
+        1
+    };
     EncoderConfig {
         hidden_size: hidden,
         num_layers: disc.num_layers,
