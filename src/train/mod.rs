@@ -9,6 +9,7 @@ use crate::model::{self, BatchShape, DropoutPlan, Model, StepActs};
 use crate::rng::Stream;
 use crate::tape::Tape;
 pub use masking::{mask_batch, max_predictions, Batch, Masking};
+use std::sync::Arc;
 
 /// How the discriminator's input is corrupted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -163,7 +164,7 @@ pub struct Trainer<B: Backend> {
     /// Whether passes apply the configured dropout (training) or none (evaluation, comparisons).
     pub dropout: bool,
     tape: Tape,
-    acts: Option<StepActs>,
+    acts: Option<Arc<StepActs>>,
     masking: Masking,
     host: Vec<f32>,
     host_ints: Vec<u32>,
@@ -243,15 +244,17 @@ impl<B: Backend> Trainer<B> {
 
     /// The memory plan of the last pass.
     pub fn acts(&self) -> Option<&StepActs> {
-        self.acts.as_ref()
+        self.acts.as_deref()
     }
 
-    fn plan_for(&mut self, batch: &Batch, masked: usize) -> StepActs {
+    /// The memory plan for this batch shape, made (and the backend sized) only when the shape
+    /// changes; sharing it costs a reference count, not an allocation.
+    fn plan_for(&mut self, batch: &Batch, masked: usize) -> Arc<StepActs> {
         let max_pred = max_predictions(batch.seq, self.config.mask_prob).max(1);
         if let Some(a) = &self.acts {
             let s = a.shape;
             if s.batch == batch.batch && s.seq == batch.seq && s.max_masked >= masked {
-                return a.clone();
+                return Arc::clone(a);
             }
         }
         let shape = BatchShape {
@@ -259,13 +262,13 @@ impl<B: Backend> Trainer<B> {
             seq: batch.seq,
             max_masked: masked.max(batch.batch * max_pred),
         };
-        let acts = StepActs::new(&self.model.config, shape);
+        let acts = Arc::new(StepActs::new(&self.model.config, shape));
         self.backend.reserve(Sizes {
             params: self.model.layout.len(),
             acts: acts.sizes.0,
             ints: acts.sizes.1,
         });
-        self.acts = Some(acts.clone());
+        self.acts = Some(Arc::clone(&acts));
         acts
     }
 
