@@ -444,23 +444,10 @@ pub fn read_checkpoint_params(layout: &ParamLayout, dir: &Path) -> Result<Vec<f3
         }
     }
     let unknown: Vec<String> = tensors.into_keys().collect();
-    let mut problems = vec![];
-    for (what, list) in [
-        ("missing", missing),
-        ("unknown", unknown),
-        ("wrong shape", mismatched),
-    ] {
-        if !list.is_empty() {
-            problems.push(format!("{what} tensors:\n  {}", list.join("\n  ")));
-        }
-    }
-    if !problems.is_empty() {
+    if let Some(problems) = super::hf::tensor_problems(missing, unknown, mismatched) {
         return Err(IoError::format(
             &file,
-            format!(
-                "does not fit the run's model config:\n{}",
-                problems.join("\n")
-            ),
+            format!("does not fit the run's model config:\n{problems}"),
         ));
     }
     Ok(flat)

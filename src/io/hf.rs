@@ -121,18 +121,8 @@ pub fn load_pretraining_pair(generator: &Path, discriminator: &Path) -> Result<L
                 .map(move |k| format!("{}: {k}", f.display()))
         })
         .collect();
-    let mut problems = vec![];
-    for (what, list) in [
-        ("missing", missing),
-        ("unknown", unknown),
-        ("wrong shape", mismatched),
-    ] {
-        if !list.is_empty() {
-            problems.push(format!("{what} tensors:\n  {}", list.join("\n  ")));
-        }
-    }
-    if !problems.is_empty() {
-        return Err(IoError::format(discriminator, problems.join("\n")));
+    if let Some(problems) = tensor_problems(missing, unknown, mismatched) {
+        return Err(IoError::format(discriminator, problems));
     }
     Ok(Loaded {
         model,
@@ -156,6 +146,26 @@ fn apply_vocab_specials(dir: &Path, config: &mut ElectraConfig) -> Result<(), Io
     config
         .validate()
         .map_err(|e| IoError::format(&vocab, format!("does not fit the model: {e}")))
+}
+
+/// The missing, unknown and mis-shaped tensors of a weights file as one message listing them all,
+/// or None when there are none.
+pub(crate) fn tensor_problems(
+    missing: Vec<String>,
+    unknown: Vec<String>,
+    mismatched: Vec<String>,
+) -> Option<String> {
+    let lists = [
+        ("missing", missing),
+        ("unknown", unknown),
+        ("wrong shape", mismatched),
+    ];
+    let problems: Vec<String> = lists
+        .into_iter()
+        .filter(|(_, list)| !list.is_empty())
+        .map(|(what, list)| format!("{what} tensors:\n  {}", list.join("\n  ")))
+        .collect();
+    (!problems.is_empty()).then(|| problems.join("\n"))
 }
 
 /// The weights file of a HF directory, with an error that says what to do when the directory
@@ -359,18 +369,8 @@ pub fn load_discriminator(dir: &Path) -> Result<HfDiscriminator, IoError> {
         missing.extend(head_missing);
     }
     let unknown: Vec<String> = tensors.into_keys().filter(|k| !is_derived(k)).collect();
-    let mut problems = vec![];
-    for (what, list) in [
-        ("missing", missing),
-        ("unknown", unknown),
-        ("wrong shape", mismatched),
-    ] {
-        if !list.is_empty() {
-            problems.push(format!("{what} tensors:\n  {}", list.join("\n  ")));
-        }
-    }
-    if !problems.is_empty() {
-        return Err(IoError::format(&file, problems.join("\n")));
+    if let Some(problems) = tensor_problems(missing, unknown, mismatched) {
+        return Err(IoError::format(&file, problems));
     }
     Ok(HfDiscriminator {
         config,
