@@ -14,6 +14,9 @@ use electra::backend::{
 };
 use electra::tape::Arena;
 
+mod common;
+use common::Rng;
+
 /// The finite-difference step. The numeric gradient is the Richardson extrapolation
 /// `(4·D(h/2) − D(h)) / 3` of two central differences, whose error is O(h⁴): a plain `D(h)` is
 /// either off by up to 1% on a LayerNorm row of small variance (h = 1e-2, a truncation error of
@@ -24,34 +27,6 @@ const H: f32 = 3e-2;
 /// largest value of each tensor would not pass.
 const ATOL: f64 = 1e-4;
 const RTOL: f64 = 2e-3;
-
-/// splitmix64: a tiny deterministic generator, so the checks need no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[lo, hi)`.
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        lo + (hi - lo) * unit
-    }
-
-    /// Uniform in `0..n`.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    fn vec(&mut self, len: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..len).map(|_| self.uniform(lo, hi)).collect()
-    }
-}
 
 /// A CPU backend with room for one small problem, allocators over its spaces, and a generator.
 struct Lab {
