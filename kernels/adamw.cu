@@ -14,7 +14,7 @@
 //
 // Layout: w, g, m, v f32 [n] (views of the Param, Grad, AdamM, AdamV spaces at the same offset);
 // w_bf16 bf16 [n] (nullable; the same offset in the bf16 parameter copy).
-// scale = grad_scale * (*dev_clip if non-null): dev_clip is grad_norm's out + 1.
+// scale = grad_scale * (*dev_clip if non-null): dev_clip is grad_norm's out + 1 (NaN: no update).
 // lr = lr * (*dev_lr if non-null): a learning rate (or factor) written to the device each step.
 // Launch: 256 threads, any grid (a grid-stride loop; e.g. 4 * SMs blocks).
 #include "common.cuh"
@@ -34,7 +34,11 @@ adamw(float* __restrict__ w, const float* __restrict__ g, float* __restrict__ m,
       float beta2, float eps, float weight_decay, float grad_scale,
       const float* __restrict__ dev_lr, const float* __restrict__ dev_clip) {
     if (dev_lr) lr *= *dev_lr;
-    if (dev_clip) grad_scale *= *dev_clip;
+    if (dev_clip) {
+        // grad_norm's mark of a non-finite norm: the step is skipped, the model stays as it was.
+        if (isnan(*dev_clip)) return;
+        grad_scale *= *dev_clip;
+    }
     const size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     const size_t threads = (size_t)gridDim.x * blockDim.x;
     const bool vec = aligned16(w) && aligned16(g) && aligned16(m) && aligned16(v) &&

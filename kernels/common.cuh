@@ -278,10 +278,12 @@ __device__ __forceinline__ float dropout_one(const DropoutSite& d, unsigned long
     return dropout_scale_of(d, philox_word(dropout_words(d, (uint32_t)(index >> 2)), (int)(index & 3)));
 }
 
-__host__ __device__ __forceinline__ DropoutSite make_dropout(float p, unsigned long long seed,
-                                                             uint32_t site) {
+// `dev_seed`, when non-null, replaces `seed`: a recorded (graph) step reads each step's seed from
+// device memory, since the seed baked into a recorded launch never changes.
+__device__ __forceinline__ DropoutSite make_dropout(float p, unsigned long long seed, uint32_t site,
+                                                    const unsigned long long* dev_seed) {
     DropoutSite d;
-    d.seed = seed;
+    d.seed = dev_seed ? *dev_seed : seed;
     d.site = site;
     d.p = p;
     d.keep = 1.0f / (1.0f - p);

@@ -61,13 +61,13 @@ __device__ __forceinline__ void dropout_apply(const bf16* in, bf16* out, unsigne
 // y = x * mask / (1 - p).
 extern "C" __global__ void __launch_bounds__(256)
 dropout_fwd(const bf16* x, bf16* y, unsigned long long n, float p, unsigned long long seed,
-            unsigned site) {
-    dropout_apply(x, y, n, make_dropout(p, seed, site), false);
+            unsigned site, const unsigned long long* __restrict__ dev_seed) {
+    dropout_apply(x, y, n, make_dropout(p, seed, site, dev_seed), false);
 }
 
 // dx (+)= dy * mask / (1 - p), the forward's mask (same p, seed, site).
 extern "C" __global__ void __launch_bounds__(256)
 dropout_bwd(const bf16* dy, bf16* dx, unsigned long long n, float p, unsigned long long seed,
-            unsigned site, int accumulate) {
-    dropout_apply(dy, dx, n, make_dropout(p, seed, site), accumulate != 0);
+            unsigned site, int accumulate, const unsigned long long* __restrict__ dev_seed) {
+    dropout_apply(dy, dx, n, make_dropout(p, seed, site, dev_seed), accumulate != 0);
 }

@@ -5,7 +5,8 @@
 // fixed contiguous slice (f64, like the CPU's per-block f64 sums), writes one f64 partial, and the
 // last block to finish adds the partials in block order and writes
 //   out[0] = norm = sqrt(sum g^2)             (f32, as the CPU's global_norm returns it)
-//   out[1] = clip = max_norm / norm if norm > max_norm, else 1   (the trainer's rule, in f32)
+//   out[1] = clip = max_norm / norm if norm > max_norm, else 1   (the trainer's rule, in f32);
+//            NaN when the norm is not finite, which makes adamw skip the update
 // out[1] is what adamw reads as `dev_clip`, so clipping costs no host synchronisation; the host
 // reads out[0] only when it logs.
 //
@@ -51,7 +52,9 @@ grad_norm(const float* __restrict__ g, unsigned long long n, double* __restrict_
             for (int b = 0; b < (int)gridDim.x; ++b) t += __ldcg(partials + b);
             const float norm = (float)sqrt(t);
             out[0] = norm;
-            out[1] = norm > max_norm ? max_norm / norm : 1.0f;
+            // NaN marks a non-finite norm: adamw then leaves every weight and moment as it was.
+            out[1] = !isfinite(norm) ? __int_as_float(0x7fc00000)
+                     : norm > max_norm ? max_norm / norm : 1.0f;
         }
         reset_counter(counter);
     }

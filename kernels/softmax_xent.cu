@@ -60,7 +60,8 @@ __device__ __forceinline__ void block_argmax(float& v, int& i, float* sv, int* s
     }
 }
 
-// pick_mode: 0 = no pick (picks untouched), 1 = argmax, 2 = Gumbel-max with `seed`.
+// pick_mode: 0 = no pick (picks untouched), 1 = argmax, 2 = Gumbel-max with `seed` (or with
+// *dev_seed when dev_seed is non-null: a recorded step's seed lives in device memory).
 // grad_scale is multiplied by *dev_scale when dev_scale is non-null; dev_rows (nullable) caps
 // rows from the device (blocks past it exit).
 // Launch: SX_THREADS (512) threads, one block per row: grid = rows (the capacity, under graph
@@ -69,13 +70,15 @@ extern "C" __global__ void __launch_bounds__(SX_THREADS)
 softmax_xent_fwd_bwd(const bf16* logits, bf16* dlogits, int ld, const unsigned* __restrict__ targets,
                      float* __restrict__ row_loss, float grad_scale, int pick_mode,
                      unsigned long long seed, unsigned* __restrict__ picks, int rows, int vocab,
-                     const float* __restrict__ dev_scale, const unsigned* __restrict__ dev_rows) {
+                     const float* __restrict__ dev_scale, const unsigned* __restrict__ dev_rows,
+                     const unsigned long long* __restrict__ dev_seed) {
     __shared__ float sv[32];
     __shared__ int si[32];
     if (dev_rows) rows = min(rows, (int)*dev_rows);
     const int row = blockIdx.x;
     if (row >= rows) return;
     if (dev_scale) grad_scale *= *dev_scale;
+    if (dev_seed) seed = *dev_seed;
     const bf16* x = logits + (size_t)row * ld;
     bf16* dx = dlogits + (size_t)row * ld;
     const int target = (int)targets[row];

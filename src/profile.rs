@@ -19,6 +19,11 @@ impl Profiler {
         self.enabled = enabled;
     }
 
+    /// Whether operations are being timed (a timed step synchronises, so it cannot be recorded).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Runs `f` on the backend, charging its time to `name` when profiling. The backend is
     /// synchronised before the clock is read, so asynchronous backends charge the work itself.
     pub fn time<B: Backend, R>(

@@ -721,6 +721,52 @@ fn adamw_updates_weights_moments_and_the_bf16_copy() {
     }
 }
 
+#[test]
+fn optimizer_step_clips_on_the_device_and_skips_a_non_finite_norm() {
+    let Some(mut lab) = Lab::small() else { return };
+    let a = lab.param(3001, -1.0, 1.0);
+    let b = lab.param(5003, -1.0, 1.0);
+    for run in [a, b] {
+        // A norm far above 1, so the step is clipped.
+        lab.randomize(run.in_space(Space::Grad), -1.0, 1.0);
+        lab.randomize(run.in_space(Space::AdamM), -0.1, 0.1);
+        lab.randomize(run.in_space(Space::AdamV), 0.0, 0.01);
+    }
+    let hyper = |lr, weight_decay| AdamW {
+        lr,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay,
+    };
+    let groups = [(a, hyper(1e-2, 0.01)), (b, hyper(3e-3, 0.0))];
+    lab.both(|be| be.optimizer_step(&groups, 1.0));
+    let (c, g) = (lab.cpu.last_grad_norm(), lab.gpu.last_grad_norm());
+    assert!(c > 10.0 && ((g - c) / c).abs() < 1e-6, "norm {g} vs {c}");
+    for run in [a, b] {
+        for space in [Space::Param, Space::AdamM, Space::AdamV] {
+            lab.compare(&format!("optimizer {space:?}"), run.in_space(space), 1e-6);
+        }
+    }
+    // A NaN gradient: the GPU, like the CPU, leaves everything as it was.
+    let spaces = [Space::Param, Space::AdamM, Space::AdamV];
+    let span = |space| Buf {
+        space,
+        offset: a.offset,
+        len: a.len + b.len,
+    };
+    let before: Vec<_> = spaces.iter().map(|&s| lab.read(span(s))).collect();
+    lab.set(b.grad().prefix(1), &[f32::NAN]);
+    lab.both(|be| be.optimizer_step(&groups, 1.0));
+    assert!(lab.gpu.last_grad_norm().is_nan());
+    for (&space, before) in spaces.iter().zip(&before) {
+        assert!(
+            &lab.read(span(space)) == before,
+            "{space:?} moved on a NaN gradient"
+        );
+    }
+}
+
 // ---- the whole step -------------------------------------------------------------------------
 
 mod whole_step {
@@ -906,5 +952,56 @@ mod whole_step {
             same_picks.0 * 10 >= same_picks.1 * 9,
             "picks agree too rarely"
         );
+    }
+
+    /// A step replayed from its recording computes exactly what the same step issued launch by
+    /// launch computes: the same kernels with the same arguments, the per-step values (learning
+    /// rate, dropout and Gumbel seeds) read from device memory in both.
+    #[test]
+    fn recorded_steps_equal_issued_steps_bit_for_bit() {
+        let Some((cpu, mut recorded, b)) = trainers() else {
+            return;
+        };
+        let Some(mut issued_be) = device() else {
+            return;
+        };
+        issued_be.set_step_recording(false);
+        recorded.backend.set_step_recording(true);
+        recorded.config.replacement = electra::train::Replacement::Sample;
+        let values = cpu.flat(Space::Param);
+        let mut issued = Trainer::new(
+            issued_be,
+            recorded.model.clone(),
+            recorded.config.clone(),
+            &values,
+        );
+        for step in 0..5 {
+            let r = recorded.train_step(&b.batch).unwrap();
+            let i = issued.train_step(&b.batch).unwrap();
+            println!(
+                "step {step}: recorded gen {} disc {} norm {}; issued gen {} disc {} norm {}",
+                r.loss.gen_loss,
+                r.loss.disc_loss,
+                r.grad_norm,
+                i.loss.gen_loss,
+                i.loss.disc_loss,
+                i.grad_norm
+            );
+            assert_eq!(r.loss, i.loss, "step {step}: losses");
+            assert_eq!(
+                r.grad_norm.to_bits(),
+                i.grad_norm.to_bits(),
+                "step {step}: norm"
+            );
+            for space in [Space::Param, Space::AdamM, Space::AdamV] {
+                let (a, b) = (recorded.flat(space), issued.flat(space));
+                let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "step {step}: {space:?} differs");
+            }
+        }
+        // Step 0 ran as issued, step 1 was recorded, steps 2 to 4 replayed it.
+        assert_eq!(recorded.backend.recorded_steps(), 1);
+        assert_eq!(issued.backend.recorded_steps(), 0);
+        recorded.backend.check().unwrap();
     }
 }

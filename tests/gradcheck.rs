@@ -785,6 +785,59 @@ fn adamw_single_update() {
 }
 
 #[test]
+fn optimizer_step_clips_by_the_global_norm_and_skips_a_non_finite_step() {
+    let len = 3000;
+    let mut lab = Lab::with_capacity(15, len, 0);
+    let (a, b) = (lab.param(1000, -1.0, 1.0), lab.param(2000, -1.0, 1.0));
+    let all = Buf {
+        space: Space::Param,
+        offset: 0,
+        len,
+    };
+    // A norm of about 50: the step is clipped to 1.
+    lab.randomize(all.grad(), -1.6, 1.6);
+    lab.randomize(all.in_space(Space::AdamM), -1.0, 1.0);
+    lab.randomize(all.in_space(Space::AdamV), 0.0, 0.5);
+    let hyper = |lr, weight_decay| AdamW {
+        lr,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay,
+    };
+    let groups = [(a, hyper(0.01, 0.01)), (b, hyper(0.003, 0.0))];
+    let spaces = [Space::Param, Space::AdamM, Space::AdamV];
+    let before: Vec<Vec<f32>> = spaces.iter().map(|&s| lab.read(all.in_space(s))).collect();
+
+    // The same update by hand: the norm, then adamw with the clipping factor.
+    let norm = lab.be.grad_norm();
+    assert!(
+        norm > 10.0,
+        "the test needs a clipped step, the norm is {norm}"
+    );
+    for &(params, h) in &groups {
+        lab.be.adamw(params, 1.0 / norm, &h);
+    }
+    let want: Vec<Vec<f32>> = spaces.iter().map(|&s| lab.read(all.in_space(s))).collect();
+    for (&space, values) in spaces.iter().zip(&before) {
+        lab.be.write(all.in_space(space), values);
+    }
+    lab.be.optimizer_step(&groups, 1.0);
+    assert_eq!(lab.be.last_grad_norm(), norm);
+    for (&space, want) in spaces.iter().zip(&want) {
+        assert_eq!(&lab.read(all.in_space(space)), want, "{space:?}");
+    }
+
+    // One NaN gradient: nothing moves, and the norm says why.
+    lab.be.write(b.grad().prefix(1), &[f32::NAN]);
+    lab.be.optimizer_step(&groups, 1.0);
+    assert!(lab.be.last_grad_norm().is_nan());
+    for (&space, want) in spaces.iter().zip(&want) {
+        assert_eq!(&lab.read(all.in_space(space)), want, "{space:?} moved");
+    }
+}
+
+#[test]
 fn grad_norm_of_the_whole_gradient_space() {
     // More than one of the norm's 16384-value blocks.
     let len = 40_000;

@@ -279,6 +279,18 @@ pub enum Pick {
     },
 }
 
+/// What changes from one training step to the next besides the batch. A backend that replays a
+/// recorded step reads these from its own memory, so that one recording serves every step.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepScalars {
+    /// The learning rate of the step's AdamW updates ([`AdamW::lr`]).
+    pub lr: f32,
+    /// The seed of every dropout mask of the step ([`Dropout::seed`]).
+    pub dropout_seed: u64,
+    /// The seed of the generator's Gumbel noise ([`Pick::Gumbel`]).
+    pub sample_seed: u64,
+}
+
 /// The fused operations of an ELECTRA training step. Implemented by the CPU reference and by the
 /// CUDA backend; the CPU implementation is the specification the kernels are tested against.
 ///
@@ -477,6 +489,30 @@ pub trait Backend {
     /// One AdamW update of `params` (a run of [`Space::Param`]) from its gradient scaled by
     /// `grad_scale` (which folds in clipping) and its moments.
     fn adamw(&mut self, params: Buf, grad_scale: f32, hyper: &AdamW);
+
+    /// The optimizer step: measures the global gradient norm, clips to `max_norm` and applies
+    /// [`Backend::adamw`] to each group with the clipping folded in. A non-finite norm skips the
+    /// update, leaving the weights and moments as they were. The norm is read afterwards with
+    /// [`Backend::last_grad_norm`], so that a recorded step needs no host round trip.
+    fn optimizer_step(&mut self, groups: &[(Buf, AdamW)], max_norm: f32);
+
+    /// The norm the last [`Backend::optimizer_step`] measured (waiting for it).
+    fn last_grad_norm(&self) -> f32;
+
+    /// Begins a training step whose changing values are `scalars` (the operations that follow
+    /// pass the same values in their own arguments). `recording`, when given, fingerprints
+    /// everything else the step's operations depend on besides the memory plan (shapes, loss
+    /// scales, hyper-parameters). A backend that recorded a step with that fingerprint replays
+    /// it and returns true: the caller then issues nothing for this step. Otherwise the caller
+    /// issues the step's operations and then calls [`Backend::end_step`]. The default records
+    /// nothing.
+    fn begin_step(&mut self, scalars: StepScalars, recording: Option<u64>) -> bool {
+        let _ = (scalars, recording);
+        false
+    }
+
+    /// Ends the step [`Backend::begin_step`] began; a recording backend runs what it recorded.
+    fn end_step(&mut self) {}
 }
 
 #[cfg(test)]

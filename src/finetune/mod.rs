@@ -539,26 +539,26 @@ impl<B: Backend> Classifier<B> {
 
     /// Clips, then one AdamW update per tensor at its layer's learning rate.
     pub fn apply_gradients(&mut self) -> f32 {
-        let norm = self.backend.grad_norm();
-        let o = self.options.clone();
-        let scale = if norm > o.max_grad_norm {
-            o.max_grad_norm / norm
-        } else {
-            1.0
-        };
+        let o = &self.options;
         let lr = self.current_lr();
         let top = self.model.config.discriminator.num_layers + 1;
-        for t in &self.layout.tensors {
-            let mult = o.layer_decay.powi((top - t.depth) as i32);
-            let hyper = AdamW {
-                lr: lr * mult,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-6,
-                weight_decay: if t.decay { o.weight_decay } else { 0.0 },
-            };
-            self.backend.adamw(t.buf, scale, &hyper);
-        }
+        let groups: Vec<(Buf, AdamW)> = self
+            .layout
+            .tensors
+            .iter()
+            .map(|t| {
+                let hyper = AdamW {
+                    lr: lr * o.layer_decay.powi((top - t.depth) as i32),
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-6,
+                    weight_decay: if t.decay { o.weight_decay } else { 0.0 },
+                };
+                (t.buf, hyper)
+            })
+            .collect();
+        self.backend.optimizer_step(&groups, o.max_grad_norm);
+        let norm = self.backend.last_grad_norm();
         self.step += 1;
         self.last_grad_norm = norm;
         norm

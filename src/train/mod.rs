@@ -4,7 +4,7 @@
 pub mod masking;
 pub mod schedule;
 
-use crate::backend::{AdamW, Backend, Buf, Pick, Sizes, Space};
+use crate::backend::{AdamW, Backend, Buf, Pick, Sizes, Space, StepScalars};
 use crate::model::{self, BatchShape, DropoutPlan, Model, StepActs};
 use crate::rng::Stream;
 use crate::tape::Tape;
@@ -123,8 +123,10 @@ pub enum TrainError {
     /// vocabulary, no chosen position, …). No optimizer step was taken.
     #[error("bad batch: {0}")]
     Batch(String),
-    /// A loss came out NaN or infinite. The update was skipped and [`Trainer::step`] not advanced,
-    /// so the parameters are those before this step; usually a sign the learning rate is too high.
+    /// A loss came out NaN or infinite. [`Trainer::step`] was not advanced, and the update was
+    /// skipped (a non-finite loss makes the gradient norm non-finite, and the optimizer skips
+    /// such a step), so the parameters are those before this step; usually a sign the learning
+    /// rate is too high.
     #[error(
         "the loss is not finite at step {step} (generator {gen_loss}, discriminator {disc_loss})"
     )]
@@ -329,16 +331,53 @@ impl<B: Backend> Trainer<B> {
         corruption: Corruption,
     ) -> Result<LossReport, TrainError> {
         self.check_batch(batch, masking)?;
+        if let Corruption::Given(ids) = corruption {
+            self.check_given(batch, ids)?;
+        }
         let masked = masking.positions.len();
         let acts = self.plan_for(batch, masked);
-        let grads = self.all(Space::Grad);
+        self.load_inputs(batch, masking, &acts);
+        let dropout_seed = self.dropout_seed();
+        self.issue_passes(batch, &acts, masked, corruption, dropout_seed);
+        Ok(self.report(
+            batch,
+            &acts,
+            masked,
+            matches!(corruption, Corruption::Generator(_)),
+        ))
+    }
+
+    fn check_given(&self, batch: &Batch, ids: &[u32]) -> Result<(), TrainError> {
+        let vocab = self.model.config.vocab_size;
+        if ids.len() != batch.input_ids.len() {
+            return Err(TrainError::Batch(format!(
+                "given replacements have {} values, expected {}",
+                ids.len(),
+                batch.input_ids.len()
+            )));
+        }
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(TrainError::Batch(format!(
+                "replacement id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The seed of this step's dropout masks.
+    fn dropout_seed(&self) -> u64 {
+        step_seed(self.config.seed, DROPOUT_SEED_PURPOSE, self.step)
+    }
+
+    /// Writes the batch, its masking and the MLM targets into the plan's integer buffers.
+    fn load_inputs(&mut self, batch: &Batch, masking: &Masking, acts: &StepActs) {
+        let masked = masking.positions.len();
         let be = &mut self.backend;
         be.write_ints(acts.input_ids, &batch.input_ids);
         be.write_ints(acts.token_types, &batch.token_types);
         be.write_ints(acts.attention_mask, &batch.attention_mask);
         be.write_ints(acts.masked_ids, &masking.masked_ids);
-        let positions = acts.positions.prefix(masked);
-        be.write_ints(positions, &masking.positions);
+        be.write_ints(acts.positions.prefix(masked), &masking.positions);
         self.host_ints.clear();
         let targets = masking
             .positions
@@ -346,6 +385,22 @@ impl<B: Backend> Trainer<B> {
             .map(|&p| batch.input_ids[p as usize]);
         self.host_ints.extend(targets);
         be.write_ints(acts.targets.prefix(masked), &self.host_ints);
+    }
+
+    /// Issues the device work of both passes on the loaded inputs: zeroing the gradients, the
+    /// generator, its loss and the replacement, the discriminator, its loss, and the backward
+    /// pass. With [`Corruption::Generator`] it writes nothing from the host, so it can be
+    /// recorded; the given replacements must have passed `check_given`.
+    fn issue_passes(
+        &mut self,
+        batch: &Batch,
+        acts: &StepActs,
+        masked: usize,
+        corruption: Corruption,
+        dropout_seed: u64,
+    ) {
+        let grads = self.all(Space::Grad);
+        let be = &mut self.backend;
         let act_grads = Buf {
             space: Space::ActGrad,
             offset: 0,
@@ -359,21 +414,21 @@ impl<B: Backend> Trainer<B> {
         self.tape.clear();
         let cfg = &self.model.config;
         let mut drop = if self.dropout {
-            let seed = step_seed(self.config.seed, DROPOUT_SEED_PURPOSE, self.step);
             DropoutPlan::new(
                 cfg.hidden_dropout_prob,
                 cfg.attention_probs_dropout_prob,
-                seed,
+                dropout_seed,
             )
         } else {
             DropoutPlan::off()
         };
-        model::generator_forward(be, &mut self.tape, &self.model, &acts, masked, &mut drop);
+        model::generator_forward(be, &mut self.tape, &self.model, acts, masked, &mut drop);
         let vocab = self.model.config.vocab_size;
         let logits = acts.gen_logits.prefix(masked * vocab);
         let gen_loss = acts.gen_row_loss.prefix(masked);
         let targets = acts.targets.prefix(masked);
         let picks = acts.picks.prefix(masked);
+        let positions = acts.positions.prefix(masked);
         let pick = match corruption {
             Corruption::Generator(p) => Some((p, picks)),
             Corruption::Given(_) => None,
@@ -396,18 +451,6 @@ impl<B: Backend> Trainer<B> {
                 acts.is_replaced,
             ),
             Corruption::Given(ids) => {
-                if ids.len() != batch.input_ids.len() {
-                    return Err(TrainError::Batch(format!(
-                        "given replacements have {} values, expected {}",
-                        ids.len(),
-                        batch.input_ids.len()
-                    )));
-                }
-                if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-                    return Err(TrainError::Batch(format!(
-                        "replacement id {bad} is outside the vocabulary of {vocab}"
-                    )));
-                }
                 be.write_ints(acts.corrupted_ids, ids);
                 self.host.clear();
                 let labels = ids.iter().zip(&batch.input_ids);
@@ -416,9 +459,8 @@ impl<B: Backend> Trainer<B> {
                 be.write(acts.is_replaced, &self.host);
             }
         }
-        model::discriminator_forward(be, &mut self.tape, &self.model, &acts, &mut drop);
-        let real = batch.real_tokens();
-        let disc_scale = self.config.disc_weight / real as f32;
+        model::discriminator_forward(be, &mut self.tape, &self.model, acts, &mut drop);
+        let disc_scale = self.config.disc_weight / batch.real_tokens() as f32;
         self.tape.profiler.time("sigmoid_bce", be, |be| {
             be.sigmoid_bce(
                 acts.disc_logits,
@@ -429,12 +471,32 @@ impl<B: Backend> Trainer<B> {
             )
         });
         self.tape.backward(be);
-        Ok(self.report(
-            batch,
-            &acts,
-            masked,
-            matches!(corruption, Corruption::Generator(_)),
-        ))
+    }
+
+    /// What a recorded step depends on besides the memory plan's buffers and the
+    /// [`StepScalars`]: every other value the step's operations take from the host.
+    fn step_fingerprint(&self, batch: &Batch, masked: usize, pick: Pick) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        let c = &self.config;
+        let shape = self.acts.as_ref().map(|a| a.shape);
+        (shape.map(|s| (s.batch, s.seq, s.max_masked)), masked).hash(&mut h);
+        (
+            batch.real_tokens(),
+            self.dropout,
+            matches!(pick, Pick::Argmax),
+        )
+            .hash(&mut h);
+        let floats = [
+            c.disc_weight,
+            c.beta1,
+            c.beta2,
+            c.eps,
+            c.weight_decay,
+            c.max_grad_norm,
+        ];
+        floats.map(f32::to_bits).hash(&mut h);
+        h.finish()
     }
 
     fn report(&self, batch: &Batch, acts: &StepActs, masked: usize, picked: bool) -> LossReport {
@@ -476,13 +538,14 @@ impl<B: Backend> Trainer<B> {
         self.backend.grad_norm()
     }
 
-    /// Clips the gradients to the configured global norm and applies one AdamW update at `lr`.
-    /// Returns the norm before clipping.
+    /// Clips the gradients to the configured global norm and applies one AdamW update at `lr`
+    /// (none if the norm is not finite). Returns the norm before clipping.
     pub fn apply_gradients(&mut self, lr: f32) -> f32 {
-        let prof = &mut self.tape.profiler;
-        let norm = prof.time("grad_norm", &mut self.backend, |be| be.grad_norm());
-        let max = self.config.max_grad_norm;
-        let scale = if norm > max { max / norm } else { 1.0 };
+        self.issue_update(lr);
+        self.backend.last_grad_norm()
+    }
+
+    fn issue_update(&mut self, lr: f32) {
         let c = &self.config;
         let hyper = AdamW {
             lr,
@@ -491,16 +554,20 @@ impl<B: Backend> Trainer<B> {
             eps: c.eps,
             weight_decay: c.weight_decay,
         };
-        let layout = &self.model.layout;
         let no_decay = AdamW {
             weight_decay: 0.0,
             ..hyper
         };
-        self.tape.profiler.time("adamw", &mut self.backend, |be| {
-            be.adamw(layout.decayed, scale, &hyper);
-            be.adamw(layout.not_decayed, scale, &no_decay);
-        });
-        norm
+        let groups = [
+            (self.model.layout.decayed, hyper),
+            (self.model.layout.not_decayed, no_decay),
+        ];
+        let max = c.max_grad_norm;
+        self.tape
+            .profiler
+            .time("optimizer", &mut self.backend, |be| {
+                be.optimizer_step(&groups, max)
+            });
     }
 
     /// The learning rate of the next step.
@@ -509,7 +576,9 @@ impl<B: Backend> Trainer<B> {
         schedule::learning_rate(c.peak_lr, self.step, c.warmup_steps, c.total_steps)
     }
 
-    /// One whole training step: mask, corrupt, both losses, backward, clip, AdamW.
+    /// One whole training step: mask, corrupt, both losses, backward, clip, AdamW. On a backend
+    /// that records steps (CUDA graphs), the device work of a step whose shape was seen before is
+    /// replayed rather than issued again.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepReport, TrainError> {
         let c = &self.config;
         let mut masking = std::mem::take(&mut self.masking);
@@ -522,13 +591,31 @@ impl<B: Backend> Trainer<B> {
             self.step,
             &mut masking,
         );
+        let scalars = StepScalars {
+            lr: self.current_lr(),
+            dropout_seed: self.dropout_seed(),
+            sample_seed: step_seed(c.seed, SAMPLE_PURPOSE, self.step),
+        };
         let pick = match c.replacement {
             Replacement::Argmax => Pick::Argmax,
             Replacement::Sample => Pick::Gumbel {
-                seed: step_seed(c.seed, SAMPLE_PURPOSE, self.step),
+                seed: scalars.sample_seed,
             },
         };
-        let result = self.forward_backward(batch, &masking, Corruption::Generator(pick));
+        let result = self.check_batch(batch, &masking).map(|()| {
+            let masked = masking.positions.len();
+            let acts = self.plan_for(batch, masked);
+            self.load_inputs(batch, &masking, &acts);
+            let recording = (!self.tape.profiler.is_enabled())
+                .then(|| self.step_fingerprint(batch, masked, pick));
+            if !self.backend.begin_step(scalars, recording) {
+                let corruption = Corruption::Generator(pick);
+                self.issue_passes(batch, &acts, masked, corruption, scalars.dropout_seed);
+                self.issue_update(scalars.lr);
+                self.backend.end_step();
+            }
+            self.report(batch, &acts, masked, true)
+        });
         self.masking = masking;
         let loss = result?;
         if !loss.gen_loss.is_finite() || !loss.disc_loss.is_finite() {
@@ -538,13 +625,12 @@ impl<B: Backend> Trainer<B> {
                 disc_loss: loss.disc_loss,
             });
         }
-        let lr = self.current_lr();
-        let grad_norm = self.apply_gradients(lr);
+        let grad_norm = self.backend.last_grad_norm();
         self.step += 1;
         Ok(StepReport {
             step: self.step,
             loss,
-            lr,
+            lr: scalars.lr,
             grad_norm,
         })
     }

@@ -27,6 +27,8 @@ pub struct CpuBackend {
     ints: Vec<u32>,
     /// Room for one layer's dropped-out attention probabilities, rebuilt where they are needed.
     scratch: Vec<f32>,
+    /// What the last `optimizer_step` measured.
+    last_grad_norm: f32,
 }
 
 impl CpuBackend {
@@ -502,5 +504,24 @@ impl Backend for CpuBackend {
             &[g],
         );
         optim::adamw(w, f.r(g), m, v, grad_scale, hyper);
+    }
+
+    fn optimizer_step(&mut self, groups: &[(Buf, AdamW)], max_norm: f32) {
+        let norm = self.grad_norm();
+        self.last_grad_norm = norm;
+        if norm.is_finite() {
+            let scale = if norm > max_norm {
+                max_norm / norm
+            } else {
+                1.0
+            };
+            for (params, hyper) in groups {
+                self.adamw(*params, scale, hyper);
+            }
+        }
+    }
+
+    fn last_grad_norm(&self) -> f32 {
+        self.last_grad_norm
     }
 }

@@ -32,6 +32,36 @@ const MAX_ARGS: usize = 20;
 pub struct Kernel {
     pub f: sys::CUfunction,
     pub name: &'static str,
+    /// The byte size of each parameter as the driver reports it (None where the driver cannot
+    /// say): every launch checks its arguments against it, since a wrong count or size would
+    /// otherwise be read as garbage without any error.
+    params: Option<([u8; MAX_ARGS], usize)>,
+}
+
+impl Arg {
+    fn size(self) -> usize {
+        match self {
+            Arg::Ptr(_) | Arg::U64(_) => 8,
+            Arg::I32(_) | Arg::U32(_) | Arg::F32(_) => 4,
+        }
+    }
+}
+
+/// The sizes of `f`'s parameters, from cuFuncGetParamInfo (CUDA 12.4 and newer drivers).
+fn param_sizes(f: sys::CUfunction) -> Option<([u8; MAX_ARGS], usize)> {
+    let mut sizes = [0u8; MAX_ARGS];
+    for (i, size) in sizes.iter_mut().enumerate() {
+        let (mut offset, mut bytes) = (0usize, 0usize);
+        // SAFETY: `f` is a resolved function; the two outputs are valid for writes.
+        let r = unsafe { sys::cuFuncGetParamInfo(f, i, &mut offset, &mut bytes) };
+        match r {
+            sys::CUresult::CUDA_SUCCESS => *size = u8::try_from(bytes).ok()?,
+            // Past the last parameter.
+            sys::CUresult::CUDA_ERROR_INVALID_VALUE => return Some((sizes, i)),
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// The loaded modules, unloaded on drop.
@@ -82,7 +112,8 @@ macro_rules! kernel_table {
                         let c_name = CString::new(name).expect("kernel names have no NUL");
                         // SAFETY: `m` is a loaded module.
                         if let Ok(f) = unsafe { result::module::get_function(m, c_name) } {
-                            return Ok(Kernel { f, name });
+                            let params = param_sizes(f);
+                            return Ok(Kernel { f, name, params });
                         }
                     }
                     Err(CudaError::Unsupported(format!(
@@ -163,6 +194,20 @@ pub unsafe fn launch(
         return Ok(());
     }
     assert!(args.len() <= MAX_ARGS, "{}: too many arguments", k.name);
+    if let Some((sizes, count)) = k.params {
+        let matches = args.len() == count
+            && args
+                .iter()
+                .zip(&sizes)
+                .all(|(a, &b)| a.size() == b as usize);
+        assert!(
+            matches,
+            "{}: arguments of sizes {:?} passed to parameters of sizes {:?}",
+            k.name,
+            args.iter().map(|a| a.size()).collect::<Vec<_>>(),
+            &sizes[..count]
+        );
+    }
     let mut params = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
     for (p, a) in params.iter_mut().zip(args) {
         *p = match a {

@@ -44,13 +44,19 @@
 //! naming the last kernel launched, or as an `Err` from [`CudaBackend::check`]. Set
 //! `ELECTRA_CUDA_SYNC=1` to synchronise after every launch, which names the faulting kernel.
 //!
+//! # Recorded steps
+//! The trainer opens each training step with [`Backend::begin_step`]: the backend writes the
+//! step's learning rate and seeds to device memory, which the dropout, Gumbel and AdamW kernels
+//! read inside a step, and records the step as a CUDA graph the second time it sees its
+//! fingerprint, replaying it after that (`graph.rs`). `ELECTRA_CUDA_GRAPH=0` turns recording
+//! off; `ELECTRA_CUDA_SYNC=1` does too.
+//!
 //! # Not yet
-//! The step is not captured as a CUDA graph (the kernels take the device-side row counts and
-//! scales that a captured step needs, but the trainer still writes the batch and reads the
-//! losses from pageable host memory inside the step); and none of this has run on a GPU yet.
+//! None of this has run on a GPU yet.
 
 mod blas;
 mod error;
+mod graph;
 mod kernels;
 mod memory;
 
@@ -64,9 +70,10 @@ use half::bf16;
 
 use super::{
     AdamW, AttentionDims, Backend, Buf, Dropout, EmbeddingParams, IBuf, LayerNormParams,
-    LayerNormSaved, LinearDims, Pick, Sizes, Space,
+    LayerNormSaved, LinearDims, Pick, Sizes, Space, StepScalars,
 };
 use blas::{Blas, Gemm};
+use graph::{Plan, StepGraphs};
 use kernels::{launch, Arg, Kernel, Kernels};
 use memory::{DeviceBuf, Dtype, Tags};
 
@@ -111,16 +118,30 @@ struct Scratch {
     bias: DeviceBuf,
 }
 
+/// Byte offsets of the [`StepScalars`] in the backend's step memory.
+const STEP_DROPOUT_SEED: u64 = 0;
+const STEP_SAMPLE_SEED: u64 = 8;
+const STEP_LR: u64 = 16;
+const STEP_BYTES: usize = 32;
+
 /// The CUDA backend. See the [module documentation](self).
 pub struct CudaBackend {
-    // Dropped in this order: the library handles and modules, then the memory, then the stream
-    // and the context (`Drop` first waits for the stream).
+    // Dropped in this order: the recordings, the library handles and modules, then the memory,
+    // then the stream and the context (`Drop` first waits for the stream).
+    graphs: StepGraphs,
     blas: Blas,
     kernels: Kernels,
     spaces: Vec<DeviceBuf>,
     params_bf16: DeviceBuf,
     ints: DeviceBuf,
     scratch: Scratch,
+    /// The current step's [`StepScalars`] on the device (`STEP_*` offsets), which the kernels
+    /// read inside a step so that a recording of it serves every step.
+    step_memory: DeviceBuf,
+    /// The current step's values while a step is open (between `begin_step` and `end_step`).
+    step: Option<StepScalars>,
+    /// The fingerprint of the step being captured.
+    recording: Option<u64>,
     _workspace: DeviceBuf,
     tags: [Tags; 2],
     sizes: Sizes,
@@ -257,19 +278,26 @@ impl CudaBackend {
         let spaces = (0..6).map(|_| alloc(0)).collect::<Result<Vec<_>, _>>()?;
         let params_bf16 = alloc(0)?;
         let ints = alloc(0)?;
+        let step_memory = alloc(STEP_BYTES)?;
+        let sync_each_launch = std::env::var_os("ELECTRA_CUDA_SYNC").is_some_and(|v| v != "0");
+        let record = std::env::var_os("ELECTRA_CUDA_GRAPH").is_none_or(|v| v != "0");
         let mut be = CudaBackend {
+            graphs: StepGraphs::new(record && !sync_each_launch),
             blas,
             kernels,
             spaces,
             params_bf16,
             ints,
             scratch,
+            step_memory,
+            step: None,
+            recording: None,
             _workspace: workspace,
             tags: [Tags::default(), Tags::default()],
             sizes: Sizes::default(),
             sms,
             allocations,
-            sync_each_launch: std::env::var_os("ELECTRA_CUDA_SYNC").is_some_and(|v| v != "0"),
+            sync_each_launch,
             last_kernel: Cell::new("(none)"),
             host16: Vec::new(),
             device_name,
@@ -292,6 +320,19 @@ impl CudaBackend {
     /// shape after the first.
     pub fn allocations(&self) -> u64 {
         self.allocations
+    }
+
+    /// Turns the recording of training steps as CUDA graphs on (the default, unless
+    /// `ELECTRA_CUDA_GRAPH=0` or `ELECTRA_CUDA_SYNC=1`) or off; either way forgets what was
+    /// recorded.
+    pub fn set_step_recording(&mut self, on: bool) {
+        assert!(self.step.is_none(), "set_step_recording inside a step");
+        self.graphs = StepGraphs::new(on && !self.sync_each_launch);
+    }
+
+    /// How many recorded training steps the backend keeps (to replay).
+    pub fn recorded_steps(&self) -> usize {
+        self.graphs.len()
     }
 
     /// Waits for the queued work and returns the first error it raised, naming the last kernel
@@ -698,15 +739,6 @@ fn width_kernel(narrow: Kernel, wide: Kernel, width: usize, what: &str) -> Kerne
     }
 }
 
-fn drop_args(d: Option<Dropout>) -> [Arg; 3] {
-    let d = d.unwrap_or(Dropout {
-        p: 0.0,
-        seed: 0,
-        site: 0,
-    });
-    [Arg::F32(d.p), Arg::U64(d.seed), Arg::U32(d.site)]
-}
-
 impl Backend for CudaBackend {
     fn name(&self) -> &'static str {
         "cuda"
@@ -751,6 +783,9 @@ impl Backend for CudaBackend {
         }
         if sizes.ints != old.ints {
             resize(self, 7, 4 * sizes.ints, 4 * old.ints);
+        }
+        if sizes != old {
+            self.graphs.forget();
         }
         self.sizes = sizes;
         self.size_scratch();
@@ -1335,7 +1370,7 @@ impl Backend for CudaBackend {
             qkv_p.is_multiple_of(16) && ctx_p.is_multiple_of(16),
             "attention needs 16-byte aligned buffers"
         );
-        let [p, s, site] = drop_args(dropout);
+        let [p, s, site, dev_seed] = self.drop_args(dropout);
         let args = [
             Arg::Ptr(qkv_p),
             Arg::Ptr(self.iaddr(key_mask)),
@@ -1346,6 +1381,7 @@ impl Backend for CudaBackend {
             p,
             s,
             site,
+            dev_seed,
         ];
         self.run(
             k,
@@ -1392,7 +1428,7 @@ impl Backend for CudaBackend {
         );
         let mask = self.iaddr(key_mask);
         let (seq_i, heads_i) = (int(seq, "seq"), int(heads, "heads"));
-        let [p, s, site] = drop_args(dropout);
+        let [p, s, site, dev_seed] = self.drop_args(dropout);
         let grid = (seq.div_ceil(ATT_TILE), heads, batch);
         let args = [
             Arg::Ptr(qkv_p),
@@ -1408,6 +1444,7 @@ impl Backend for CudaBackend {
             p,
             s,
             site,
+            dev_seed,
         ];
         self.run(dq, grid, ATT_THREADS, &args);
         let args = [
@@ -1423,6 +1460,7 @@ impl Backend for CudaBackend {
             p,
             s,
             site,
+            dev_seed,
         ];
         self.run(dkdv, grid, ATT_THREADS, &args);
     }
@@ -1434,7 +1472,7 @@ impl Backend for CudaBackend {
         if n == 0 {
             return;
         }
-        let [p, s, site] = drop_args(Some(dropout));
+        let [p, s, site, dev_seed] = self.drop_args(Some(dropout));
         let args = [
             Arg::Ptr(self.input(x, Dtype::Bf16)),
             Arg::Ptr(self.output(y, Dtype::Bf16, false)),
@@ -1442,6 +1480,7 @@ impl Backend for CudaBackend {
             p,
             s,
             site,
+            dev_seed,
         ];
         let blocks = n.div_ceil(4).div_ceil(256).min(8 * self.sms);
         self.run(self.kernels.dropout_fwd, (blocks, 1, 1), 256, &args);
@@ -1454,7 +1493,7 @@ impl Backend for CudaBackend {
         if n == 0 {
             return;
         }
-        let [p, s, site] = drop_args(Some(dropout));
+        let [p, s, site, dev_seed] = self.drop_args(Some(dropout));
         let args = [
             Arg::Ptr(self.input(dy, Dtype::Bf16)),
             Arg::Ptr(self.output(dx, Dtype::Bf16, true)),
@@ -1463,6 +1502,7 @@ impl Backend for CudaBackend {
             s,
             site,
             Arg::I32(1),
+            dev_seed,
         ];
         let blocks = n.div_ceil(4).div_ceil(256).min(8 * self.sms);
         self.run(self.kernels.dropout_bwd, (blocks, 1, 1), 256, &args);
@@ -1540,6 +1580,16 @@ impl Backend for CudaBackend {
                 }
             }
         };
+        let dev_seed = match self.step {
+            Some(step) if mode == 2 => {
+                assert_eq!(
+                    seed, step.sample_seed,
+                    "softmax_xent: not the step's Gumbel seed"
+                );
+                self.step_memory.ptr + STEP_SAMPLE_SEED
+            }
+            _ => 0,
+        };
         let v = int(vocab, "vocab");
         let args = [
             Arg::Ptr(self.input(logits, Dtype::Bf16)),
@@ -1555,6 +1605,7 @@ impl Backend for CudaBackend {
             Arg::I32(v),
             Arg::Ptr(0),
             Arg::Ptr(0),
+            Arg::Ptr(dev_seed),
         ];
         self.run(
             self.kernels.softmax_xent_fwd_bwd,
@@ -1624,42 +1675,131 @@ impl Backend for CudaBackend {
 
     fn grad_norm(&mut self) -> f32 {
         self.bind();
-        let n = self.sizes.params;
-        if n == 0 {
+        if self.sizes.params == 0 {
             return 0.0;
         }
-        let blocks = 2 * self.sms;
-        let partials = self.scratch.norm.ptr;
-        let out = partials + (8 * blocks as u64).next_multiple_of(16);
-        let grads = Buf {
-            space: Space::Grad,
-            offset: 0,
-            len: n,
-        };
-        let args = [
-            Arg::Ptr(self.addr(grads)),
-            Arg::U64(n as u64),
-            Arg::Ptr(partials),
-            Arg::Ptr(self.scratch.counters.ptr),
-            Arg::F32(f32::INFINITY),
-            Arg::Ptr(out),
-        ];
-        self.run(self.kernels.grad_norm, (blocks, 1, 1), NORM_THREADS, &args);
-        let mut norm = [0.0f32];
-        // SAFETY: `out` holds the kernel's two f32 results; complete once `sync` returns.
-        unsafe { result::memcpy_dtoh_async(&mut norm[..], out, self.stream.cu_stream()) }
-            .unwrap_or_else(|e| panic!("CUDA: reading the gradient norm: {e}"));
-        self.sync();
-        norm[0]
+        self.launch_grad_norm(f32::INFINITY);
+        self.last_grad_norm()
     }
 
     fn adamw(&mut self, params: Buf, grad_scale: f32, h: &AdamW) {
         self.bind();
+        self.launch_adamw(params, grad_scale, h, 0);
+    }
+
+    fn optimizer_step(&mut self, groups: &[(Buf, AdamW)], max_norm: f32) {
+        self.bind();
+        if self.sizes.params == 0 {
+            return;
+        }
+        // The clipping factor stays on the device (NaN for a non-finite norm: no update).
+        let clip = self.launch_grad_norm(max_norm) + 4;
+        for (params, h) in groups {
+            self.launch_adamw(*params, 1.0, h, clip);
+        }
+    }
+
+    fn last_grad_norm(&self) -> f32 {
+        self.bind();
+        if self.sizes.params == 0 {
+            return 0.0;
+        }
+        let mut norm = [0.0f32];
+        // SAFETY: `norm_out` holds grad_norm's two f32 results; complete once `sync` returns.
+        unsafe {
+            result::memcpy_dtoh_async(&mut norm[..], self.norm_out(), self.stream.cu_stream())
+        }
+        .unwrap_or_else(|e| panic!("CUDA: reading the gradient norm: {e}"));
+        self.sync();
+        norm[0]
+    }
+
+    fn begin_step(&mut self, scalars: StepScalars, recording: Option<u64>) -> bool {
+        self.bind();
+        assert!(self.step.is_none(), "begin_step: a step is already open");
+        let mut host = [0u8; STEP_BYTES];
+        host[STEP_DROPOUT_SEED as usize..][..8]
+            .copy_from_slice(&scalars.dropout_seed.to_le_bytes());
+        host[STEP_SAMPLE_SEED as usize..][..8].copy_from_slice(&scalars.sample_seed.to_le_bytes());
+        host[STEP_LR as usize..][..4].copy_from_slice(&scalars.lr.to_le_bytes());
+        // SAFETY: the step memory holds STEP_BYTES; pageable copies are staged before returning.
+        unsafe {
+            result::memcpy_htod_async(self.step_memory.ptr, &host[..], self.stream.cu_stream())
+        }
+        .unwrap_or_else(|e| panic!("CUDA: writing the step's values: {e}"));
+        let plan = self.graphs.plan(recording);
+        match plan.unwrap_or_else(|e| panic!("CUDA: {e}")) {
+            Plan::Replay => return true,
+            Plan::Record(fp) => {
+                StepGraphs::begin_capture(&self.stream).unwrap_or_else(|e| panic!("CUDA: {e}"));
+                self.last_kernel.set("(recording the training step)");
+                self.recording = Some(fp);
+            }
+            Plan::Run => {}
+        }
+        self.step = Some(scalars);
+        false
+    }
+
+    fn end_step(&mut self) {
+        self.bind();
+        self.step = None;
+        if let Some(fp) = self.recording.take() {
+            self.graphs
+                .finish_capture(&self.stream, fp)
+                .unwrap_or_else(|e| panic!("CUDA: {e}"));
+            self.last_kernel.set("(the recorded training step)");
+        }
+    }
+}
+
+impl CudaBackend {
+    /// Where `grad_norm` leaves the norm and then the clipping factor (two f32).
+    fn norm_out(&self) -> u64 {
+        let blocks = 2 * self.sms;
+        self.scratch.norm.ptr + (8 * blocks as u64).next_multiple_of(16)
+    }
+
+    /// Launches `grad_norm` over the whole gradient space; returns where its results go.
+    fn launch_grad_norm(&mut self, max_norm: f32) -> u64 {
+        let out = self.norm_out();
+        let grads = Buf {
+            space: Space::Grad,
+            offset: 0,
+            len: self.sizes.params,
+        };
+        let args = [
+            Arg::Ptr(self.addr(grads)),
+            Arg::U64(grads.len as u64),
+            Arg::Ptr(self.scratch.norm.ptr),
+            Arg::Ptr(self.scratch.counters.ptr),
+            Arg::F32(max_norm),
+            Arg::Ptr(out),
+        ];
+        self.run(
+            self.kernels.grad_norm,
+            (2 * self.sms, 1, 1),
+            NORM_THREADS,
+            &args,
+        );
+        out
+    }
+
+    /// Launches `adamw` on `params`; `dev_clip` (0 for none) is a device factor on the gradient.
+    /// Inside a step the learning rate is read from the step memory.
+    fn launch_adamw(&mut self, params: Buf, grad_scale: f32, h: &AdamW, dev_clip: u64) {
         assert_eq!(params.space, Space::Param, "adamw updates parameters");
         let n = params.len;
         if n == 0 {
             return;
         }
+        let (lr, dev_lr) = match self.step {
+            Some(step) => {
+                assert_eq!(h.lr, step.lr, "adamw: not the step's learning rate");
+                (1.0, self.step_memory.ptr + STEP_LR)
+            }
+            None => (h.lr, 0),
+        };
         let args = [
             Arg::Ptr(self.addr(params)),
             Arg::Ptr(self.addr(params.in_space(Space::Grad))),
@@ -1667,21 +1807,42 @@ impl Backend for CudaBackend {
             Arg::Ptr(self.addr(params.in_space(Space::AdamV))),
             Arg::Ptr(self.bf16_param(params)),
             Arg::U64(n as u64),
-            Arg::F32(h.lr),
+            Arg::F32(lr),
             Arg::F32(h.beta1),
             Arg::F32(h.beta2),
             Arg::F32(h.eps),
             Arg::F32(h.weight_decay),
             Arg::F32(grad_scale),
-            Arg::Ptr(0),
-            Arg::Ptr(0),
+            Arg::Ptr(dev_lr),
+            Arg::Ptr(dev_clip),
         ];
         let blocks = n.div_ceil(4).div_ceil(256).clamp(1, 4 * self.sms);
         self.run(self.kernels.adamw, (blocks, 1, 1), 256, &args);
     }
-}
 
-impl CudaBackend {
+    /// A dropout's kernel arguments: p, seed, site and the device seed that replaces the seed
+    /// inside a step (null outside one).
+    fn drop_args(&self, d: Option<Dropout>) -> [Arg; 4] {
+        let d = d.unwrap_or(Dropout {
+            p: 0.0,
+            seed: 0,
+            site: 0,
+        });
+        let dev_seed = match self.step {
+            Some(step) if d.p > 0.0 => {
+                assert_eq!(d.seed, step.dropout_seed, "dropout: not the step's seed");
+                self.step_memory.ptr + STEP_DROPOUT_SEED
+            }
+            _ => 0,
+        };
+        [
+            Arg::F32(d.p),
+            Arg::U64(d.seed),
+            Arg::U32(d.site),
+            Arg::Ptr(dev_seed),
+        ]
+    }
+
     /// The forward, dq and dk/dv kernels for a head size.
     fn attention_kernels(&self, d: AttentionDims) -> (Kernel, Kernel, Kernel) {
         let k = &self.kernels;

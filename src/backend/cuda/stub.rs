@@ -45,6 +45,16 @@ impl CudaBackend {
     }
 
     /// Never reached (no value exists).
+    pub fn set_step_recording(&mut self, _on: bool) {
+        match self.never {}
+    }
+
+    /// Never reached (no value exists).
+    pub fn recorded_steps(&self) -> usize {
+        match self.never {}
+    }
+
+    /// Never reached (no value exists).
     pub fn matrix_rate(&mut self) -> Result<f64, CudaError> {
         match self.never {}
     }
@@ -203,6 +213,12 @@ impl Backend for CudaBackend {
         match self.never {}
     }
     fn adamw(&mut self, _: Buf, _: f32, _: &AdamW) {
+        match self.never {}
+    }
+    fn optimizer_step(&mut self, _: &[(Buf, AdamW)], _: f32) {
+        match self.never {}
+    }
+    fn last_grad_norm(&self) -> f32 {
         match self.never {}
     }
 }
