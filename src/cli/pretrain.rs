@@ -18,7 +18,8 @@ type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 #[derive(clap::Args)]
 pub struct PretrainArgs {
-    /// Model size: tiny, small, base or large.
+    /// Model size: tiny, small, base or large [default: tiny for the built-in default run, small
+    /// with --data]
     #[arg(long, conflicts_with = "config")]
     preset: Option<String>,
     /// A model config file (JSON, the format of a run's run.json `model` field).
