@@ -11,10 +11,10 @@
 // product would waste a whole matrix-product launch (and a [tokens] round trip through memory) on
 // a matrix with one column.
 //
-// sigmoid_bce_fwd_bwd is the loss alone on given f32 logits: the Backend trait's `sigmoid_bce`.
+// This is the Backend trait's `bce_head`.
 //
 // Layout: h, dh bf16 [tokens, H]; w, dw f32 [H]; b, db f32 [1]; labels f32 [tokens] (0 or 1);
-// mask u32 [tokens] (1 = real token); logits, row_loss, dlogits f32 [tokens].
+// mask u32 [tokens] (1 = real token); logits, row_loss f32 [tokens].
 // grad_scale (the caller's disc_weight / real_tokens) is multiplied by *dev_scale when dev_scale is
 // non-null, for a scale computed on the device.
 #include "common.cuh"
@@ -25,21 +25,6 @@
 __device__ __forceinline__ void bce_point(float x, float y, float scale, float* loss, float* d) {
     *loss = fmaxf(x, 0.f) - x * y + log1pf(expf(-fabsf(x)));
     *d = scale * (1.0f / (1.0f + expf(-x)) - y);
-}
-
-// Launch: 256 threads, grid ceil(tokens / 256).
-extern "C" __global__ void __launch_bounds__(256)
-sigmoid_bce_fwd_bwd(const float* __restrict__ logits, const float* __restrict__ labels,
-                    const unsigned* __restrict__ mask, float* __restrict__ row_loss,
-                    float* __restrict__ dlogits, float grad_scale, int tokens,
-                    const float* __restrict__ dev_scale) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= tokens) return;
-    if (dev_scale) grad_scale *= *dev_scale;
-    float loss = 0.f, d = 0.f;
-    if (mask[i] != 0) bce_point(logits[i], labels[i], grad_scale, &loss, &d);
-    row_loss[i] = loss;
-    dlogits[i] = d;
 }
 
 // `logits` (nullable) receives the logits, for metrics. `accumulate`: 0 overwrites dh, 1 adds.

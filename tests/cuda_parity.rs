@@ -314,7 +314,7 @@ fn linear_case(lab: &mut Lab, rows: usize, inp: usize, out: usize, gelu: bool, b
     }
 
     if out == 1 && !gelu {
-        // As sigmoid_bce leaves it: f32, written from the host here.
+        // As a loss computed on the host leaves it: f32.
         lab.randomize(y.grad(), -1.0, 1.0);
     } else {
         lab.by_kernel(y.grad(), -1.0, 1.0);
@@ -636,10 +636,15 @@ fn replace_tokens_labels_equal_picks_as_original() {
 }
 
 #[test]
-fn sigmoid_bce_over_real_tokens() {
+fn bce_head_over_real_tokens() {
     let Some(mut lab) = Lab::small() else { return };
-    for tokens in [1001, 256, 3] {
-        let logits = lab.act(tokens, -6.0, 6.0);
+    // Narrow and wide kernels, vector (width % 8 == 0) and scalar paths, odd token counts.
+    for (tokens, width) in [(1001, 256), (256, 128), (3, 201), (77, 1000)] {
+        lab.reset();
+        let h = lab.alloc(tokens * width);
+        lab.by_kernel(h, -1.0, 1.0);
+        let w = lab.param(width, -0.2, 0.2);
+        let b = lab.param(1, -0.5, 0.5);
         let labels: Vec<f32> = (0..tokens).map(|_| lab.rng.below(2) as f32).collect();
         let labels_buf = lab.alloc(tokens);
         lab.set(labels_buf, &labels);
@@ -647,15 +652,19 @@ fn sigmoid_bce_over_real_tokens() {
             .map(|_| u32::from(lab.rng.below(5) != 0))
             .collect();
         let mask = lab.ints(&mask);
-        let loss = lab.output(tokens);
-        lab.both(|be| be.fill(logits.grad(), f32::NAN));
-        lab.both(|be| be.sigmoid_bce(logits, labels_buf, mask, loss, 50.0 / tokens as f32));
-        lab.compare(&format!("sigmoid_bce n{tokens} loss"), loss, F32_TOL);
-        lab.compare(
-            &format!("sigmoid_bce n{tokens} dlogits"),
-            logits.grad(),
-            F32_TOL,
-        );
+        let (logits, loss) = (lab.output(tokens), lab.output(tokens));
+        lab.by_kernel(h.grad(), -1.0, 1.0);
+        let (dh_before, _) = lab.read(h.grad());
+        let dw_before = lab.randomize(w.grad(), -1.0, 1.0);
+        let db_before = lab.randomize(b.grad(), -1.0, 1.0);
+        let scale = 50.0 / tokens as f32;
+        lab.both(|be| be.bce_head(h, w, b, labels_buf, mask, logits, loss, scale));
+        let tag = format!("bce_head n{tokens} h{width}");
+        lab.compare(&format!("{tag} logits"), logits, F32_TOL);
+        lab.compare(&format!("{tag} loss"), loss, F32_TOL);
+        lab.compare_added(&format!("{tag} dh"), h.grad(), &dh_before, BF16_TOL);
+        lab.compare_added(&format!("{tag} dw"), w.grad(), &dw_before, F32_TOL);
+        lab.compare_added(&format!("{tag} db"), b.grad(), &db_before, F32_TOL);
     }
 }
 

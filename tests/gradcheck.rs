@@ -157,17 +157,27 @@ fn within(fd: f64, an: f64) -> bool {
 ///
 /// Besides every element passing, the largest analytic value of each tensor, off by 1%, must fail:
 /// the tolerance is tight enough to catch a small real bug, and no tensor is trivially zero.
+/// Where an operation's gradients come from.
+enum Grads<'a> {
+    /// A separate backward operation, which accumulates.
+    Backward(Op<'a>),
+    /// The forward operation writes them whole (a loss).
+    Written,
+    /// The forward operation adds them (a loss fused with the layer below it).
+    Accumulated,
+}
+
 fn gradcheck(
     lab: &mut Lab,
     forward: Op,
-    backward: Option<Op>,
+    grads: Grads,
     out: Buf,
     weights: &[f32],
     wrt: &[(&str, Buf)],
 ) -> Vec<Vec<f32>> {
     assert_eq!(weights.len(), out.len);
     lab.zero_grads();
-    if backward.is_none() {
+    if let Grads::Written = grads {
         // A loss writes its whole gradient: any element it skipped stays NaN and fails.
         for &(_, b) in wrt {
             lab.be.fill(b.grad(), f32::NAN);
@@ -177,24 +187,27 @@ fn gradcheck(
     lab.be.write(out.grad(), weights);
     let read_grads =
         |lab: &Lab| -> Vec<Vec<f32>> { wrt.iter().map(|&(_, b)| lab.read(b.grad())).collect() };
-    let analytic = match backward {
-        Some(backward) => {
+    let again = match grads {
+        Grads::Backward(backward) => {
             backward(&mut lab.be);
-            let once = read_grads(lab);
-            backward(&mut lab.be);
-            for ((name, _), (once, twice)) in wrt.iter().zip(once.iter().zip(read_grads(lab))) {
-                for (i, (&a, &b)) in once.iter().zip(&twice).enumerate() {
-                    let (a, b) = (a as f64, b as f64);
-                    assert!(
-                        (b - 2.0 * a).abs() <= 1e-5 * (1.0 + a.abs()),
-                        "d{name}[{i}] does not accumulate: {a} once, {b} twice"
-                    );
-                }
-            }
-            once
+            Some(backward)
         }
-        None => read_grads(lab),
+        Grads::Accumulated => Some(forward),
+        Grads::Written => None,
     };
+    let analytic = read_grads(lab);
+    if let Some(again) = again {
+        again(&mut lab.be);
+        for ((name, _), (once, twice)) in wrt.iter().zip(analytic.iter().zip(read_grads(lab))) {
+            for (i, (&a, &b)) in once.iter().zip(&twice).enumerate() {
+                let (a, b) = (a as f64, b as f64);
+                assert!(
+                    (b - 2.0 * a).abs() <= 1e-5 * (1.0 + a.abs()),
+                    "d{name}[{i}] does not accumulate: {a} once, {b} twice"
+                );
+            }
+        }
+    }
 
     let (mut failures, mut largest) = (vec![], vec![]);
     for (&(name, buf), an) in wrt.iter().zip(&analytic) {
@@ -268,7 +281,7 @@ fn check_linear(seed: u64, dims: LinearDims, bias: bool, gelu: bool, with_dx: bo
     gradcheck(
         &mut lab,
         &|be| be.linear_fwd(x, w, b, y, pre, dims),
-        Some(&|be| {
+        Grads::Backward(&|be| {
             let dx = with_dx.then(|| x.grad());
             be.linear_bwd(x, w, y.grad(), dx, w.grad(), b.map(Buf::grad), pre, dims)
         }),
@@ -331,7 +344,7 @@ fn check_layernorm(seed: u64, rows: usize, width: usize, residual: bool) {
     let grads = gradcheck(
         &mut lab,
         &|be| be.layernorm_fwd(x, res, &params, y, saved, rows, width),
-        Some(&|be| {
+        Grads::Backward(&|be| {
             let dres = res.map(Buf::grad);
             be.layernorm_bwd(y.grad(), &params, saved, x.grad(), dres, rows, width)
         }),
@@ -393,7 +406,9 @@ fn check_attention(seed: u64, dropout: Option<Dropout>) {
     let grads = gradcheck(
         &mut lab,
         &|be| be.attention_fwd(qkv, mask, ctx, probs, dims, dropout),
-        Some(&|be| be.attention_bwd(qkv, mask, ctx, probs, ctx.grad(), qkv.grad(), dims, dropout)),
+        Grads::Backward(&|be| {
+            be.attention_bwd(qkv, mask, ctx, probs, ctx.grad(), qkv.grad(), dims, dropout)
+        }),
         ctx,
         &r,
         &[("qkv", qkv)],
@@ -447,7 +462,9 @@ fn a_sequence_without_real_tokens_attends_uniformly_and_passes_no_score_gradient
     let grads = gradcheck(
         &mut lab,
         &|be| be.attention_fwd(qkv, mask, ctx, probs, dims, None),
-        Some(&|be| be.attention_bwd(qkv, mask, ctx, probs, ctx.grad(), qkv.grad(), dims, None)),
+        Grads::Backward(&|be| {
+            be.attention_bwd(qkv, mask, ctx, probs, ctx.grad(), qkv.grad(), dims, None)
+        }),
         ctx,
         &r,
         &[("qkv", qkv)],
@@ -480,7 +497,7 @@ fn dropout_masks_scales_and_its_gradient() {
     gradcheck(
         &mut lab,
         &|be| be.dropout_fwd(x, y, d),
-        Some(&|be| be.dropout_bwd(y.grad(), x.grad(), d)),
+        Grads::Backward(&|be| be.dropout_bwd(y.grad(), x.grad(), d)),
         y,
         &r,
         &[("x", x)],
@@ -531,7 +548,7 @@ fn embedding_block() {
     gradcheck(
         &mut lab,
         &|be| be.embedding_fwd(ids, token_types, seq, &params, out, saved),
-        Some(&|be| be.embedding_bwd(ids, token_types, seq, &params, out.grad(), saved)),
+        Grads::Backward(&|be| be.embedding_bwd(ids, token_types, seq, &params, out.grad(), saved)),
         out,
         &r,
         &[
@@ -555,7 +572,7 @@ fn gather_rows_with_repeats() {
     gradcheck(
         &mut lab,
         &|be| be.gather_rows(x, rows, out, width),
-        Some(&|be| be.gather_rows_bwd(out.grad(), rows, x.grad(), width)),
+        Grads::Backward(&|be| be.gather_rows_bwd(out.grad(), rows, x.grad(), width)),
         out,
         &r,
         &[("x", x)],
@@ -596,7 +613,7 @@ fn softmax_xent_mean_loss_and_argmax_picks() {
             let pick = Some((Pick::Argmax, picks));
             be.softmax_xent(logits, targets, row_loss, scale, pick, rows, vocab)
         },
-        None,
+        Grads::Written,
         row_loss,
         &vec![scale; rows],
         &[("logits", logits)],
@@ -662,32 +679,50 @@ fn softmax_xent_gumbel_picks() {
 }
 
 #[test]
-fn sigmoid_bce_masked_mean() {
+fn bce_head_projects_and_takes_the_masked_mean() {
     let mut lab = Lab::new(12);
-    let n = 13;
-    let logits = lab.act(n, -4.0, 4.0);
+    let (n, width) = (13, 11);
+    let h = lab.act(n * width, -1.0, 1.0);
+    let w = lab.param(width, -1.0, 1.0);
+    let b = lab.param(1, -0.5, 0.5);
     let label_values: Vec<f32> = (0..n).map(|_| lab.rng.below(2) as f32).collect();
     let labels = lab.act(n, 0.0, 0.0);
     lab.be.write(labels, &label_values);
     let mask_values = [1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 1, 1, 0];
     let mask = lab.ints(&mask_values);
+    let logits = lab.output(n);
     let row_loss = lab.output(n);
     let count = mask_values.iter().filter(|&&m| m == 1).count();
     let scale = 1.0 / count as f32;
     let grads = gradcheck(
         &mut lab,
-        &|be| be.sigmoid_bce(logits, labels, mask, row_loss, scale),
-        None,
+        &|be| be.bce_head(h, w, b, labels, mask, logits, row_loss, scale),
+        Grads::Accumulated,
         row_loss,
         &vec![scale; n],
-        &[("logits", logits)],
+        &[("h", h), ("w", w), ("b", b)],
     );
 
-    lab.be.sigmoid_bce(logits, labels, mask, row_loss, scale);
+    lab.be
+        .bce_head(h, w, b, labels, mask, logits, row_loss, scale);
+    let (hv, wv, bv) = (lab.read(h), lab.read(w), lab.read(b)[0]);
     let (x, losses) = (lab.read(logits), lab.read(row_loss));
     for i in 0..n {
+        let dot: f64 = (0..width)
+            .map(|j| hv[i * width + j] as f64 * wv[j] as f64)
+            .sum();
+        let logit = dot + bv as f64;
+        assert!(
+            (x[i] as f64 - logit).abs() < 1e-5,
+            "token {i}: logit {}",
+            x[i]
+        );
         if mask_values[i] == 0 {
-            assert_eq!(grads[0][i], 0.0, "masked token {i} has a gradient");
+            let dh = &grads[0][i * width..(i + 1) * width];
+            assert!(
+                dh.iter().all(|&g| g == 0.0),
+                "masked token {i} has a gradient"
+            );
             assert_eq!(losses[i], 0.0, "masked token {i} has a loss");
         } else {
             let (x, y) = (x[i] as f64, label_values[i] as f64);
@@ -701,16 +736,23 @@ fn sigmoid_bce_masked_mean() {
         }
     }
 
-    // Saturated logits keep a finite loss and the exact limit gradient.
-    lab.be.write(logits.prefix(2), &[100.0, -100.0]);
-    lab.be.write(labels.prefix(2), &[0.0, 0.0]);
-    lab.be.sigmoid_bce(logits, labels, mask, row_loss, scale);
-    let losses = lab.read(row_loss);
-    assert!(
-        losses[0] == 100.0 && (0.0..1e-30).contains(&losses[1]),
-        "{losses:?}"
-    );
-    assert_eq!(lab.read(logits.grad())[..2], [scale, 0.0]);
+    // Saturated logits keep a finite loss and the exact limit gradient: with w = 0 the logit is
+    // the bias, and db adds up (σ(x) − y)·scale over the real tokens.
+    lab.be.write(w, &vec![0.0; width]);
+    lab.be.write(labels, &vec![0.0; n]);
+    for (bias, loss, per_token) in [(100.0f32, 100.0f32, scale), (-100.0, 0.0, 0.0)] {
+        lab.be.write(b, &[bias]);
+        lab.be.fill(b.grad(), 0.0);
+        lab.be
+            .bce_head(h, w, b, labels, mask, logits, row_loss, scale);
+        let losses = lab.read(row_loss);
+        assert!(
+            losses[0] == loss || (loss == 0.0 && (0.0..1e-30).contains(&losses[0])),
+            "{losses:?}"
+        );
+        let db = lab.read(b.grad())[0];
+        assert!((db - per_token * count as f32).abs() < 1e-6, "db {db}");
+    }
 }
 
 #[test]

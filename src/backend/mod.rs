@@ -479,9 +479,24 @@ pub trait Backend {
         is_replaced: Buf,
     );
 
-    /// Per-token sigmoid binary cross-entropy over tokens whose `mask` is 1: the loss into
-    /// `row_loss` (0 elsewhere) and `grad_scale · (σ(x) − label)` into `logits.grad()`.
-    fn sigmoid_bce(&mut self, logits: Buf, labels: Buf, mask: IBuf, row_loss: Buf, grad_scale: f32);
+    /// The discriminator's last projection (H → 1) fused with its loss, forward and backward in
+    /// one pass over `h [tokens, H]`: `logits = h·w + b`; the per-token sigmoid binary
+    /// cross-entropy against `labels` over the tokens whose `mask` is 1 into `row_loss` (0
+    /// elsewhere); and, with `d = grad_scale · (σ(logit) − label)` (0 on padding),
+    /// `h.grad() += d·w`, `w.grad() += Σ d·h`, `b.grad() += Σ d`. The gradients are complete when
+    /// it returns, so the head needs no backward pass of its own.
+    #[allow(clippy::too_many_arguments)]
+    fn bce_head(
+        &mut self,
+        h: Buf,
+        w: Buf,
+        b: Buf,
+        labels: Buf,
+        mask: IBuf,
+        logits: Buf,
+        row_loss: Buf,
+        grad_scale: f32,
+    );
 
     /// The L2 norm of the whole gradient space.
     fn grad_norm(&mut self) -> f32;

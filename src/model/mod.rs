@@ -482,13 +482,17 @@ pub fn generator_forward<B: Backend>(
     );
 }
 
-/// The discriminator on `acts.corrupted_ids`: writes one logit per token to `acts.disc_logits`.
-pub fn discriminator_forward<B: Backend>(
+/// The discriminator on `acts.corrupted_ids` and its loss against `acts.is_replaced`: one logit
+/// per token into `acts.disc_logits`, per-token losses into `acts.disc_row_loss`. The head's last
+/// projection is fused with the loss ([`Backend::bce_head`]), which leaves the gradient of the
+/// loss times `loss_scale` at the head's input, so the tape's backward pass starts below it.
+pub fn discriminator_with_loss<B: Backend>(
     be: &mut B,
     tape: &mut Tape,
     model: &Model,
     acts: &StepActs,
     drop: &mut DropoutPlan,
+    loss_scale: f32,
 ) {
     let cfg = &model.config;
     let hidden = encoder_forward(
@@ -507,14 +511,25 @@ pub fn discriminator_forward<B: Backend>(
     let n = acts.shape.tokens();
     let h = cfg.discriminator.hidden_size;
     let head = &model.params.discriminator_head;
-    let dims = |out| LinearDims {
+    let dims = LinearDims {
         rows: n,
         inp: h,
-        out,
+        out: h,
     };
     let (w, b) = (head.dense.weight, head.dense.bias);
     let (pre, act) = (acts.disc_head_pre, acts.disc_head_act);
-    tape.linear(be, hidden, w, Some(b), act, Some(pre), dims(h));
+    tape.linear(be, hidden, w, Some(b), act, Some(pre), dims);
     let (w, b) = (head.prediction.weight, head.prediction.bias);
-    tape.linear(be, act, w, Some(b), acts.disc_logits, None, dims(1));
+    tape.profiler.time("bce_head", be, |be| {
+        be.bce_head(
+            act,
+            w,
+            b,
+            acts.is_replaced,
+            acts.attention_mask,
+            acts.disc_logits,
+            acts.disc_row_loss,
+            loss_scale,
+        )
+    });
 }

@@ -459,17 +459,9 @@ impl<B: Backend> Trainer<B> {
                 be.write(acts.is_replaced, &self.host);
             }
         }
-        model::discriminator_forward(be, &mut self.tape, &self.model, acts, &mut drop);
         let disc_scale = self.config.disc_weight / batch.real_tokens() as f32;
-        self.tape.profiler.time("sigmoid_bce", be, |be| {
-            be.sigmoid_bce(
-                acts.disc_logits,
-                acts.is_replaced,
-                acts.attention_mask,
-                acts.disc_row_loss,
-                disc_scale,
-            )
-        });
+        let (tape, model) = (&mut self.tape, &self.model);
+        model::discriminator_with_loss(be, tape, model, acts, &mut drop, disc_scale);
         self.tape.backward(be);
     }
 

@@ -468,22 +468,44 @@ impl Backend for CpuBackend {
         );
     }
 
-    fn sigmoid_bce(
+    fn bce_head(
         &mut self,
-        logits: Buf,
+        h: Buf,
+        w: Buf,
+        b: Buf,
         labels: Buf,
         mask: IBuf,
+        logits: Buf,
         row_loss: Buf,
         grad_scale: f32,
     ) {
+        let tokens = row_loss.len;
+        assert_eq!(b.len, 1, "bce_head: one bias");
+        assert!(h.len >= tokens * w.len && logits.len >= tokens);
+        assert!(labels.len >= tokens && mask.len >= tokens);
+        let h = h.prefix(tokens * w.len);
         let f = self.frame();
-        let [row_loss, dlogits] = f.w([row_loss, logits.grad()], &[logits, labels]);
-        losses::sigmoid_bce(
-            f.r(logits),
+        let [logits, row_loss, dh, dw, db] = f.w(
+            [
+                logits.prefix(tokens),
+                row_loss,
+                h.grad(),
+                w.grad(),
+                b.grad(),
+            ],
+            &[h, w, b, labels],
+        );
+        losses::bce_head(
+            f.r(h),
+            f.r(w),
+            f.r(b)[0],
             f.r(labels),
             f.ri(mask),
+            logits,
             row_loss,
-            dlogits,
+            dh,
+            dw,
+            &mut db[0],
             grad_scale,
         );
     }

@@ -164,7 +164,8 @@ kernel_table!(
     layernorm_residual_fwd_w1024,
     layernorm_residual_bwd_w256,
     layernorm_residual_bwd_w1024,
-    sigmoid_bce_fwd_bwd,
+    sigmoid_bce_head_fwd_bwd_w256,
+    sigmoid_bce_head_fwd_bwd_w1024,
     softmax_xent_fwd_bwd,
     replace_tokens,
 );

@@ -26,13 +26,12 @@
 //! | `gather_rows(_bwd)`  | `gather_rows_fwd/bwd` (the rows must be distinct in the backward) |
 //! | `softmax_xent`       | `softmax_xent_fwd_bwd` |
 //! | `replace_tokens`     | `replace_tokens` |
-//! | `sigmoid_bce`        | `sigmoid_bce_fwd_bwd` |
+//! | `bce_head`           | `sigmoid_bce_head_fwd_bwd_w{256,1024}` (the H → 1 projection, the loss and its backward in one pass) |
 //! | `grad_norm`          | `grad_norm` (deterministic, f64), one 4-byte read back |
 //! | `adamw`              | `adamw` (also refreshes the bf16 copy) |
 //!
-//! A linear layer with a single output column (the discriminator's last projection) writes f32,
-//! which `sigmoid_bce` reads; its backward rounds the f32 `dy` to bf16 (`params_to_bf16` into
-//! scratch) for the products.
+//! A linear layer with a single output column (a regression head's score) writes f32; its
+//! backward rounds the f32 `dy` to bf16 (`params_to_bf16` into scratch) for the products.
 //!
 //! Every kernel accumulates (`+=`) into gradients, as the trait specifies; reductions over rows
 //! use fixed grids, so results are bitwise reproducible run to run.
@@ -90,6 +89,8 @@ const MAX_TYPES: usize = 4;
 const ATT_TILE: usize = 64;
 const ATT_THREADS: u32 = 128;
 const SX_THREADS: u32 = 512;
+const BCE_WARPS: usize = 8;
+const BCE_THREADS: u32 = 256;
 const NORM_THREADS: u32 = 512;
 /// The widest row the LayerNorm, embedding and head kernels hold in registers.
 const MAX_WIDTH: usize = 1024;
@@ -112,7 +113,7 @@ struct Scratch {
     pieces: [DeviceBuf; 2],
     /// Per-position sums by token type: f32 `[seq, types, width]`.
     type_partials: DeviceBuf,
-    /// A bf16 copy of an f32 `dy` (the one-column discriminator logits' gradient).
+    /// A bf16 copy of an f32 `dy` (a one-column output's gradient).
     convert: DeviceBuf,
     /// A 256-byte aligned copy of a bias vector whose address is not 16-byte aligned.
     bias: DeviceBuf,
@@ -1143,7 +1144,7 @@ impl Backend for CudaBackend {
         };
         match gelu_pre {
             None => {
-                // A one-column output (a per-token score) is f32, as `sigmoid_bce` reads it.
+                // A one-column output (a score per row) stays f32, as a loss reads it.
                 g.out = if out == 1 { Dtype::F32 } else { Dtype::Bf16 };
                 let bias = b.map(|b| self.bias_operand(b.prefix(out), g.out));
                 g.bias = bias.is_some();
@@ -1209,7 +1210,7 @@ impl Backend for CudaBackend {
             }
             None => {
                 let dyp = if self.tag_of(dy) == Some(Dtype::F32) {
-                    // The one-column logits' f32 gradient, rounded to bf16 for the products.
+                    // A one-column output's f32 gradient, rounded to bf16 for the products.
                     let n = rows * out;
                     ensure!(self, convert)(2 * n);
                     let conv = self.scratch.convert.ptr;
@@ -1641,36 +1642,55 @@ impl Backend for CudaBackend {
         self.run(self.kernels.replace_tokens, (1, 1, 1), 1024, &args);
     }
 
-    fn sigmoid_bce(
+    fn bce_head(
         &mut self,
-        logits: Buf,
+        h: Buf,
+        w: Buf,
+        b: Buf,
         labels: Buf,
         mask: IBuf,
+        logits: Buf,
         row_loss: Buf,
         grad_scale: f32,
     ) {
         self.bind();
-        let tokens = row_loss.len;
+        let (tokens, width) = (row_loss.len, w.len);
+        let k = width_kernel(
+            self.kernels.sigmoid_bce_head_fwd_bwd_w256,
+            self.kernels.sigmoid_bce_head_fwd_bwd_w1024,
+            width,
+            "bce_head",
+        );
         if tokens == 0 {
             return;
         }
-        assert!(logits.len >= tokens && labels.len >= tokens && mask.len >= tokens);
+        assert_eq!(b.len, 1, "bce_head: one bias");
+        assert!(h.len >= tokens * width && logits.len >= tokens);
+        assert!(labels.len >= tokens && mask.len >= tokens);
+        int(tokens * width, "tokens·hidden");
+        let grid = tokens.div_ceil(BCE_WARPS).min(2 * self.sms);
+        ensure!(self, partials)(4 * grid * (width + 1));
+        let h = h.prefix(tokens * width);
         let args = [
-            Arg::Ptr(self.input(logits, Dtype::F32)),
+            Arg::Ptr(self.input(h, Dtype::Bf16)),
+            Arg::Ptr(self.input(w, Dtype::F32)),
+            Arg::Ptr(self.input(b, Dtype::F32)),
             Arg::Ptr(self.input(labels, Dtype::F32)),
             Arg::Ptr(self.iaddr(mask)),
+            Arg::Ptr(self.output(logits.prefix(tokens), Dtype::F32, false)),
             Arg::Ptr(self.output(row_loss, Dtype::F32, false)),
-            Arg::Ptr(self.output(logits.grad().prefix(tokens), Dtype::F32, false)),
+            Arg::Ptr(self.output(h.grad(), Dtype::Bf16, true)),
+            Arg::Ptr(self.output(w.grad(), Dtype::F32, true)),
+            Arg::Ptr(self.output(b.grad(), Dtype::F32, true)),
+            Arg::Ptr(self.scratch.partials.ptr),
+            Arg::Ptr(self.scratch.counters.ptr),
             Arg::F32(grad_scale),
             Arg::I32(int(tokens, "tokens")),
+            Arg::I32(int(width, "hidden")),
+            Arg::I32(1),
             Arg::Ptr(0),
         ];
-        self.run(
-            self.kernels.sigmoid_bce_fwd_bwd,
-            (tokens.div_ceil(256), 1, 1),
-            256,
-            &args,
-        );
+        self.run(k, (grid, 1, 1), BCE_THREADS, &args);
     }
 
     fn grad_norm(&mut self) -> f32 {

@@ -206,7 +206,7 @@ impl Backend for CudaBackend {
     fn replace_tokens(&mut self, _: IBuf, _: IBuf, _: IBuf, _: IBuf, _: Buf) {
         match self.never {}
     }
-    fn sigmoid_bce(&mut self, _: Buf, _: Buf, _: IBuf, _: Buf, _: f32) {
+    fn bce_head(&mut self, _: Buf, _: Buf, _: Buf, _: Buf, _: IBuf, _: Buf, _: Buf, _: f32) {
         match self.never {}
     }
     fn grad_norm(&mut self) -> f32 {
