@@ -21,7 +21,7 @@ use electra::backend::{
 use electra::tape::Arena;
 
 mod common;
-use common::Rng;
+use common::{electra_adamw, Rng};
 
 /// Tolerance of a bf16 result (an activation or activation gradient).
 const BF16_TOL: f64 = 1e-2;
@@ -741,14 +741,10 @@ fn optimizer_step_clips_on_the_device_and_skips_a_non_finite_norm() {
         lab.randomize(run.in_space(Space::AdamM), -0.1, 0.1);
         lab.randomize(run.in_space(Space::AdamV), 0.0, 0.01);
     }
-    let hyper = |lr, weight_decay| AdamW {
-        lr,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-6,
-        weight_decay,
-    };
-    let groups = [(a, hyper(1e-2, 0.01)), (b, hyper(3e-3, 0.0))];
+    let groups = [
+        (a, electra_adamw(1e-2, 0.01)),
+        (b, electra_adamw(3e-3, 0.0)),
+    ];
     lab.both(|be| be.optimizer_step(&groups, 1.0));
     let (c, g) = (lab.cpu.last_grad_norm(), lab.gpu.last_grad_norm());
     assert!(c > 10.0 && ((g - c) / c).abs() < 1e-6, "norm {g} vs {c}");

@@ -15,7 +15,7 @@ use electra::backend::{
 use electra::tape::Arena;
 
 mod common;
-use common::Rng;
+use common::{electra_adamw, Rng};
 
 /// The finite-difference step. The numeric gradient is the Richardson extrapolation
 /// `(4·D(h/2) − D(h)) / 3` of two central differences, whose error is O(h⁴): a plain `D(h)` is
@@ -840,14 +840,10 @@ fn optimizer_step_clips_by_the_global_norm_and_skips_a_non_finite_step() {
     lab.randomize(all.grad(), -1.6, 1.6);
     lab.randomize(all.in_space(Space::AdamM), -1.0, 1.0);
     lab.randomize(all.in_space(Space::AdamV), 0.0, 0.5);
-    let hyper = |lr, weight_decay| AdamW {
-        lr,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-6,
-        weight_decay,
-    };
-    let groups = [(a, hyper(0.01, 0.01)), (b, hyper(0.003, 0.0))];
+    let groups = [
+        (a, electra_adamw(0.01, 0.01)),
+        (b, electra_adamw(0.003, 0.0)),
+    ];
     let spaces = [Space::Param, Space::AdamM, Space::AdamV];
     let before: Vec<Vec<f32>> = spaces.iter().map(|&s| lab.read(all.in_space(s))).collect();
 

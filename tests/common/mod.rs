@@ -1,5 +1,5 @@
-//! What the end-to-end tests share: the fixture's folder, scratch folders, and running the
-//! `electra` binary as a user would, never accepting a panic.
+//! What the tests share: the fixture's folder, scratch folders, running the `electra` binary as a
+//! user would (never accepting a panic), a seeded generator, and ELECTRA's optimizer settings.
 
 #![allow(dead_code)] // each test file uses its own part
 
@@ -83,5 +83,16 @@ impl Rng {
     /// `len` values uniform in `[lo, hi)`.
     pub fn vec(&mut self, len: usize, lo: f32, hi: f32) -> Vec<f32> {
         (0..len).map(|_| self.uniform(lo, hi)).collect()
+    }
+}
+
+/// ELECTRA's AdamW (β1 0.9, β2 0.999, ε 1e-6) at a learning rate and weight decay.
+pub fn electra_adamw(lr: f32, weight_decay: f32) -> electra::backend::AdamW {
+    electra::backend::AdamW {
+        lr,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay,
     }
 }
