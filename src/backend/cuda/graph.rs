@@ -57,7 +57,8 @@ impl StepGraphs {
         self.seen.clear();
     }
 
-    /// Decides how to run a step with this fingerprint; a replay is launched here on `stream`.
+    /// Decides how to run a step with this fingerprint; a replay is launched here, on the stream
+    /// the recording was captured from.
     pub fn plan(&mut self, fingerprint: Option<u64>) -> Result<Plan, String> {
         let Some(fp) = fingerprint.filter(|_| self.enabled) else {
             return Ok(Plan::Run);
