@@ -330,15 +330,11 @@ impl<B: Backend> Trainer<B> {
         masking: &Masking,
         corruption: Corruption,
     ) -> Result<LossReport, TrainError> {
-        self.check_batch(batch, masking)?;
+        let (masked, acts) = self.load_inputs(batch, masking)?;
         if let Corruption::Given(ids) = corruption {
             self.check_given(batch, ids)?;
         }
-        let masked = masking.positions.len();
-        let acts = self.plan_for(batch, masked);
-        self.load_inputs(batch, masking, &acts);
-        let dropout_seed = self.dropout_seed();
-        self.issue_passes(batch, &acts, masked, corruption, dropout_seed);
+        self.issue_passes(batch, &acts, masked, corruption);
         Ok(self.report(
             batch,
             &acts,
@@ -369,9 +365,17 @@ impl<B: Backend> Trainer<B> {
         step_seed(self.config.seed, DROPOUT_SEED_PURPOSE, self.step)
     }
 
-    /// Writes the batch, its masking and the MLM targets into the plan's integer buffers.
-    fn load_inputs(&mut self, batch: &Batch, masking: &Masking, acts: &StepActs) {
+    /// Checks the batch and its masking, and writes them and the MLM targets into the integer
+    /// buffers of the memory plan for their shape. Returns the number of chosen positions and
+    /// the plan.
+    fn load_inputs(
+        &mut self,
+        batch: &Batch,
+        masking: &Masking,
+    ) -> Result<(usize, Arc<StepActs>), TrainError> {
+        self.check_batch(batch, masking)?;
         let masked = masking.positions.len();
+        let acts = self.plan_for(batch, masked);
         let be = &mut self.backend;
         be.write_ints(acts.input_ids, &batch.input_ids);
         be.write_ints(acts.token_types, &batch.token_types);
@@ -385,6 +389,7 @@ impl<B: Backend> Trainer<B> {
             .map(|&p| batch.input_ids[p as usize]);
         self.host_ints.extend(targets);
         be.write_ints(acts.targets.prefix(masked), &self.host_ints);
+        Ok((masked, acts))
     }
 
     /// Issues the device work of both passes on the loaded inputs: zeroing the gradients, the
@@ -397,9 +402,9 @@ impl<B: Backend> Trainer<B> {
         acts: &StepActs,
         masked: usize,
         corruption: Corruption,
-        dropout_seed: u64,
     ) {
         let grads = self.all(Space::Grad);
+        let dropout_seed = self.dropout_seed();
         let be = &mut self.backend;
         let act_grads = Buf {
             space: Space::ActGrad,
@@ -467,12 +472,12 @@ impl<B: Backend> Trainer<B> {
 
     /// What a recorded step depends on besides the memory plan's buffers and the
     /// [`StepScalars`]: every other value the step's operations take from the host.
-    fn step_fingerprint(&self, batch: &Batch, masked: usize, pick: Pick) -> u64 {
+    fn step_fingerprint(&self, batch: &Batch, acts: &StepActs, masked: usize, pick: Pick) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
         let c = &self.config;
-        let shape = self.acts.as_ref().map(|a| a.shape);
-        (shape.map(|s| (s.batch, s.seq, s.max_masked)), masked).hash(&mut h);
+        let s = acts.shape;
+        (s.batch, s.seq, s.max_masked, masked).hash(&mut h);
         (
             batch.real_tokens(),
             self.dropout,
@@ -594,15 +599,12 @@ impl<B: Backend> Trainer<B> {
                 seed: scalars.sample_seed,
             },
         };
-        let result = self.check_batch(batch, &masking).map(|()| {
-            let masked = masking.positions.len();
-            let acts = self.plan_for(batch, masked);
-            self.load_inputs(batch, &masking, &acts);
+        let result = self.load_inputs(batch, &masking).map(|(masked, acts)| {
             let recording = (!self.tape.profiler.is_enabled())
-                .then(|| self.step_fingerprint(batch, masked, pick));
+                .then(|| self.step_fingerprint(batch, &acts, masked, pick));
             if !self.backend.begin_step(scalars, recording) {
                 let corruption = Corruption::Generator(pick);
-                self.issue_passes(batch, &acts, masked, corruption, scalars.dropout_seed);
+                self.issue_passes(batch, &acts, masked, corruption);
                 self.issue_update(scalars.lr);
                 self.backend.end_step();
             }

@@ -98,52 +98,27 @@ pub fn replace_tokens(
     }
 }
 
-/// The discriminator's head projection fused with the per-token sigmoid BCE (see
-/// `Backend::bce_head`): logits, losses, and the gradients of `h` (accumulated), `w` and `b`
-/// (accumulated, summed over tokens in a fixed order).
-#[allow(clippy::too_many_arguments)]
-pub fn bce_head(
-    h: &[f32],
-    w: &[f32],
-    b: f32,
+/// Numerically stable sigmoid BCE with logits, and its gradient, over the unmasked tokens.
+pub fn sigmoid_bce(
+    logits: &[f32],
     labels: &[f32],
     mask: &[u32],
-    logits: &mut [f32],
     row_loss: &mut [f32],
-    dh: &mut [f32],
-    dw: &mut [f32],
-    db: &mut f32,
+    dlogits: &mut [f32],
     grad_scale: f32,
 ) {
-    let width = w.len();
-    let per_token = logits
+    row_loss
         .par_iter_mut()
-        .zip(row_loss.par_iter_mut())
-        .zip(dh.par_chunks_mut(width))
-        .zip(h.par_chunks(width))
-        .enumerate();
-    let d: Vec<f32> = per_token
-        .map(|(i, (((logit, loss), dh), h))| {
-            let x = h.iter().zip(w).map(|(a, b)| a * b).sum::<f32>() + b;
-            *logit = x;
+        .zip(dlogits.par_iter_mut())
+        .enumerate()
+        .for_each(|(i, (loss, d))| {
             if mask[i] == 0 {
                 *loss = 0.0;
-                return 0.0;
+                *d = 0.0;
+                return;
             }
-            let y = labels[i];
+            let (x, y) = (logits[i], labels[i]);
             *loss = x.max(0.0) - x * y + (-x.abs()).exp().ln_1p();
-            let d = grad_scale * (1.0 / (1.0 + (-x).exp()) - y);
-            dh.iter_mut().zip(w).for_each(|(g, w)| *g += d * w);
-            d
-        })
-        .collect();
-    // Σ_t d_t·h_t, column by column, each over the tokens in order (deterministic).
-    dw.par_iter_mut().enumerate().for_each(|(j, g)| {
-        *g += d
-            .iter()
-            .zip(h.chunks(width))
-            .map(|(d, h)| d * h[j])
-            .sum::<f32>();
-    });
-    *db += d.iter().sum::<f32>();
+            *d = grad_scale * (1.0 / (1.0 + (-x).exp()) - y);
+        });
 }

@@ -479,35 +479,35 @@ impl Backend for CpuBackend {
         row_loss: Buf,
         grad_scale: f32,
     ) {
-        let tokens = row_loss.len;
+        let (tokens, width) = (row_loss.len, w.len);
         assert_eq!(b.len, 1, "bce_head: one bias");
-        assert!(h.len >= tokens * w.len && logits.len >= tokens);
+        assert!(h.len >= tokens * width && logits.len >= tokens);
         assert!(labels.len >= tokens && mask.len >= tokens);
-        let h = h.prefix(tokens * w.len);
+        // The reference is the composition: the one-column linear layer, the loss into a
+        // per-token gradient, and the linear layer's backward.
+        let dims = LinearDims {
+            rows: tokens,
+            inp: width,
+            out: 1,
+        };
+        let (h, logits) = (h.prefix(tokens * width), logits.prefix(tokens));
+        let mut dlogits = self.scratch(tokens);
+        let dlogits_view = &mut dlogits[..tokens];
         let f = self.frame();
-        let [logits, row_loss, dh, dw, db] = f.w(
-            [
-                logits.prefix(tokens),
-                row_loss,
-                h.grad(),
-                w.grad(),
-                b.grad(),
-            ],
-            &[h, w, b, labels],
-        );
-        losses::bce_head(
-            f.r(h),
-            f.r(w),
-            f.r(b)[0],
-            f.r(labels),
-            f.ri(mask),
-            logits,
+        let [logits_view, row_loss] = f.w([logits, row_loss], &[h, w, b, labels]);
+        linear::forward(f.r(h), f.r(w), Some(f.r(b)), logits_view, None, dims);
+        let (labels, mask) = (f.r(labels), f.ri(mask));
+        losses::sigmoid_bce(
+            logits_view,
+            labels,
+            mask,
             row_loss,
-            dh,
-            dw,
-            &mut db[0],
+            dlogits_view,
             grad_scale,
         );
+        let [dh, dw, db] = f.w([h.grad(), w.grad(), b.grad()], &[h, w]);
+        linear::backward(f.r(h), f.r(w), dlogits_view, Some(dh), dw, Some(db), dims);
+        self.scratch = dlogits;
     }
 
     fn grad_norm(&mut self) -> f32 {
