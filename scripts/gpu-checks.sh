@@ -1,30 +1,96 @@
 #!/usr/bin/env bash
-# The GPU checks of the CUDA backend that the test executables do not cover, for a lent GPU
-# machine (no Rust, no network). Build here with ../shared/tools/device-bundle, then make one
-# device call with carry [".device", "data"] (data/ holds the prepared SOTU shards) and
-#   bash .device/run.sh bash scripts/gpu-checks.sh
-# It runs, after the runner's tests and default bench:
-#   1. a 300-step `tiny` pretraining on the GPU and on the CPU from the same seed, and compares
-#      the loss curves (means over 50-step windows);
-#   2. `electra bench --device cuda --preset small --batch 128 --seq 128`, recorded steps and,
-#      for comparison, issued launch by launch (ELECTRA_CUDA_GRAPH=0);
-#   3. the HF peer on the same card, eager and torch.compile.
-# Logs go to $OUT (curve-*.jsonl, bench-*.log, peer-*.log).
+# Every GPU check of the CUDA backend in one call, for a lent GPU machine (no Rust, no network),
+# ordered so that what matters most runs first and a short lease still returns it:
+#   1. each test of tests/cuda_parity.rs on its own (a hang or crash costs one test, not all);
+#      a failing test runs again synchronously (ELECTRA_CUDA_SYNC=1, which names the kernel) and,
+#      for the first two, under compute-sanitizer's memcheck;
+#   2. `electra bench --device cuda --preset small --batch 128 --seq 128`, recorded steps and
+#      issued launch by launch (ELECTRA_CUDA_GRAPH=0);
+#   3. the HF peer on the same card, eager;
+#   4. a 300-step `tiny` pretraining on the GPU, compared with the same run on the CPU (means over
+#      50-step windows within 5%); the CPU curve is read from data/curve-cpu.jsonl when present
+#      (make it here, where CPU time is free), else computed there;
+#   5. the HF peer with torch.compile, if the deadline leaves room.
+# Build here with ../shared/tools/device-bundle, then one device call with carry [".device", "data"]
+# and command `bash scripts/gpu-checks.sh`. DEADLINE (seconds, default 480) bounds the whole run.
+# Logs go to $OUT (at most 8 files come back from a device call); the summary is printed last.
 set -u
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+DEADLINE=${DEADLINE:-480}
 bin=.device/bin/electra
 peer=.device/hf_electra_step.py
-status=0
+summary=""
+note() { summary+="$*"$'\n'; echo "$*"; }
+left() { echo $((DEADLINE - SECONDS)); }
 
-echo "=== 1. 300 tiny steps, GPU against CPU"
-for dev in cuda cpu; do
-  rm -rf "/tmp/curve-$dev"
-  timeout 240 "$bin" pretrain --device "$dev" --data data/sotu-shards --preset tiny --steps 300 \
-    --batch 32 --seed 0 --log-every 10 --checkpoint-every 300 --out "/tmp/curve-$dev" \
-    >"$OUT/curve-$dev.log" 2>&1 || { echo "pretrain on $dev failed"; tail -n 5 "$OUT/curve-$dev.log"; status=1; }
-  cp "/tmp/curve-$dev/metrics.jsonl" "$OUT/curve-$dev.jsonl" 2>/dev/null
+# CUDA 13 libraries: the toolkit's and those inside the image's Python packages (as the runner does).
+libs=$(find /usr/local/cuda*/ /usr/lib/x86_64-linux-gnu /opt /usr/local/lib/python3* \
+  \( -name 'libcublasLt.so*' -o -name 'libnccl.so*' \) -printf '%h\n' 2>/dev/null | sort -u | tr '\n' :)
+export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:-}"
+note "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
+  --format=csv,noheader 2>&1)"
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+
+echo "=== 1. kernels against the CPU"
+parity=$(ls .device/bin/test-test-cuda_parity* | head -n 1)
+failed=()
+for name in $("$parity" --list --format terse 2>/dev/null | sed -n 's/: test$//p'); do
+  if timeout 60 "$parity" --exact "$name" --test-threads=1 --nocapture >"$OUT/one.log" 2>&1 \
+    && ! grep -q "skipped: no CUDA device" "$OUT/one.log"; then
+    r=ok
+  else
+    r=FAILED
+    failed+=("$name")
+  fi
+  { echo "=== $name: $r"; cat "$OUT/one.log"; } >>"$OUT/parity.log"
+  echo "$r $name"
 done
-python3 - "$OUT/curve-cuda.jsonl" "$OUT/curve-cpu.jsonl" <<'PY' || status=1
+rm -f "$OUT/one.log"
+note "parity: $(( $(grep -c ': ok$' "$OUT/parity.log") )) ok, ${#failed[@]} failed ${failed[*]}"
+checked=0
+for name in "${failed[@]}"; do
+  [ "$(left)" -gt 180 ] || break
+  { echo "=== $name, synchronous"; ELECTRA_CUDA_SYNC=1 timeout 60 "$parity" --exact "$name" \
+      --test-threads=1 --nocapture 2>&1 | tail -n 25; } >>"$OUT/failures.log"
+  if [ -n "$sanitizer" ] && [ $checked -lt 2 ]; then
+    checked=$((checked + 1))
+    { echo "=== $name, memcheck"; ELECTRA_CUDA_GRAPH=0 timeout 60 "$sanitizer" --tool memcheck \
+        --print-limit 8 "$parity" --exact "$name" --test-threads=1 2>&1 | tail -n 60; } >>"$OUT/failures.log"
+  fi
+done
+
+echo "=== 2. electra bench, small, 128 x 128"
+for mode in recorded issued; do
+  [ "$(left)" -gt 120 ] || { note "bench $mode: skipped, deadline"; continue; }
+  graph=1; [ $mode = issued ] && graph=0
+  ELECTRA_CUDA_GRAPH=$graph timeout 90 "$bin" bench --device cuda --preset small --batch 128 --seq 128 \
+    --steps 30 >"$OUT/bench-$mode.log" 2>&1 || note "bench $mode: FAILED (rc $?)"
+  note "bench $mode: $(grep -E 'median|tokens/s' "$OUT/bench-$mode.log" | tr '\n' ' ' | cut -c1-300)"
+done
+
+echo "=== 3. the HF peer, eager"
+if [ -f "$peer" ] && [ "$(left)" -gt 100 ]; then
+  timeout 100 python3 "$peer" --device cuda --batch 128 --seq 128 --steps 30 --bf16 --gather \
+    >"$OUT/peer.log" 2>&1 || note "peer eager: FAILED"
+  note "peer eager: $(tail -n 1 "$OUT/peer.log" | cut -c1-300)"
+fi
+
+echo "=== 4. 300 tiny steps, GPU against CPU"
+if [ "$(left)" -gt 90 ]; then
+  rm -rf /tmp/curve-cuda
+  timeout 80 "$bin" pretrain --device cuda --data data/sotu-shards --preset tiny --steps 300 \
+    --batch 32 --seed 0 --log-every 10 --checkpoint-every 300 --out /tmp/curve-cuda \
+    >"$OUT/curve.log" 2>&1 || note "pretrain on cuda: FAILED ($(tail -n 2 "$OUT/curve.log"))"
+  cp /tmp/curve-cuda/metrics.jsonl "$OUT/curve-cuda.jsonl" 2>/dev/null
+  cpu=data/curve-cpu.jsonl
+  if [ ! -f $cpu ]; then
+    rm -rf /tmp/curve-cpu
+    timeout 200 "$bin" pretrain --device cpu --data data/sotu-shards --preset tiny --steps 300 \
+      --batch 32 --seed 0 --log-every 10 --checkpoint-every 300 --out /tmp/curve-cpu >/dev/null 2>&1
+    cpu=/tmp/curve-cpu/metrics.jsonl
+  fi
+  python3 - "$OUT/curve-cuda.jsonl" "$cpu" >>"$OUT/curve.log" 2>&1 <<'PY'
 import json, sys
 gpu, cpu = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
 assert len(gpu) == len(cpu) and gpu, "the runs logged different numbers of lines"
@@ -37,23 +103,21 @@ for w in range(0, len(cpu), 5):
         worst = max(worst, rel)
         print(f"steps {cpu[w]['step']:>3}-{cpu[min(w + 4, len(cpu) - 1)]['step']:>3} {key:<9} "
               f"gpu {g:.4f} cpu {c:.4f} rel {rel:.3f}")
-print(f"worst window difference {worst:.3f}")
-assert worst < 0.05, "the GPU curve leaves the CPU's by more than 5%"
+print(f"worst window difference {worst:.3f}: " + ("ok" if worst < 0.05 else "FAILED, over 5%"))
 PY
-
-echo "=== 2. electra bench, small, 128 x 128"
-timeout 150 "$bin" bench --device cuda --preset small --batch 128 --seq 128 --steps 30 \
-  >"$OUT/bench-recorded.log" 2>&1 || status=1
-ELECTRA_CUDA_GRAPH=0 timeout 150 "$bin" bench --device cuda --preset small --batch 128 --seq 128 \
-  --steps 30 >"$OUT/bench-issued.log" 2>&1 || status=1
-grep -E "median|tokens/s|MFU|matrix peak" "$OUT/bench-recorded.log" "$OUT/bench-issued.log"
-
-echo "=== 3. the HF peer"
-if [ -f "$peer" ]; then
-  timeout 150 python3 "$peer" --device cuda --batch 128 --seq 128 --steps 30 --bf16 --gather \
-    >"$OUT/peer-eager.log" 2>&1 || status=1
-  timeout 240 python3 "$peer" --device cuda --batch 128 --seq 128 --steps 30 --bf16 --gather \
-    --compile >"$OUT/peer-compile.log" 2>&1 || status=1
-  tail -n 3 "$OUT/peer-eager.log" "$OUT/peer-compile.log"
+  note "curve: $(tail -n 1 "$OUT/curve.log")"
+  note "curve speed, last window: $(tail -n 1 "$OUT/curve-cuda.jsonl" | grep -o '"tokens_per_s":[0-9.]*')"
 fi
-exit $status
+
+echo "=== 5. the HF peer, torch.compile"
+if [ -f "$peer" ] && [ "$(left)" -gt 150 ]; then
+  timeout $(( $(left) - 20 )) python3 "$peer" --device cuda --batch 128 --seq 128 --steps 30 --bf16 \
+    --gather --compile >>"$OUT/peer.log" 2>&1 || note "peer compile: FAILED or out of time"
+  note "peer compile: $(tail -n 1 "$OUT/peer.log" | cut -c1-300)"
+else
+  note "peer compile: skipped, deadline"
+fi
+
+echo "--- summary ($SECONDS s)"
+printf '%s' "$summary" | tee "$OUT/summary.txt"
+grep -E 'panicked|error' "$OUT/parity.log" | sort | uniq -c | sort -rn | head -n 15
