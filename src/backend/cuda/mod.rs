@@ -213,6 +213,15 @@ impl CudaBackend {
         let count = CudaContext::device_count().map_err(|e| {
             if e.0 == sys::CUresult::CUDA_ERROR_NO_DEVICE {
                 CudaError::NoDevice(format!("the CUDA driver reports {e}"))
+            } else if e.0 == sys::CUresult::CUDA_ERROR_STUB_LIBRARY {
+                // cudarc opens `libcuda.so` before `libcuda.so.1`, and toolkits ship a stub under
+                // the first name: a library path that lists the stub's folder hides the driver.
+                CudaError::NoDevice(
+                    "the libcuda.so found first is the CUDA toolkit's stub, not the driver: put the \
+                     folder of the driver's libcuda.so.1 (see `ldconfig -p | grep libcuda`) before \
+                     any toolkit folder in LD_LIBRARY_PATH, with a libcuda.so link to it"
+                        .into(),
+                )
             } else {
                 driver_err("initialising the driver", e)
             }
