@@ -7,9 +7,10 @@
 #   2. `electra bench --device cuda --preset small --batch 128 --seq 128`, recorded steps and
 #      issued launch by launch (ELECTRA_CUDA_GRAPH=0);
 #   3. the HF peer on the same card, eager;
-#   4. a 300-step `tiny` pretraining on the GPU, compared with the same run on the CPU (means over
-#      50-step windows within 5%); the CPU curve is read from data/curve-cpu.jsonl when present
-#      (make it here, where CPU time is free), else computed there;
+#   4. 300-step `tiny` pretrainings on the GPU, argmax and sampled replacement, each compared with
+#      the same run on the CPU (means over 50-step windows within 5%); the CPU curves are read from
+#      data/curve-cpu-{argmax,sample}.jsonl when present (make them here, where CPU time is free),
+#      else computed there;
 #   5. the HF peer with torch.compile, if the deadline leaves room.
 # Build here with ../shared/tools/device-bundle, then one device call with carry [".device", "data"]
 # and command `bash scripts/gpu-checks.sh`. DEADLINE (seconds, default 480) bounds the whole run.
@@ -73,9 +74,11 @@ for mode in recorded issued; do
   [ "$(left)" -gt 120 ] || { note "bench $mode: skipped, deadline"; continue; }
   graph=1; [ $mode = issued ] && graph=0
   ELECTRA_CUDA_GRAPH=$graph timeout 90 "$bin" bench --device cuda --preset small --batch 128 --seq 128 \
-    --steps 30 >"$OUT/bench-$mode.log" 2>&1 || note "bench $mode: FAILED (rc $?)"
-  note "bench $mode: $(grep -E 'median|tokens/s' "$OUT/bench-$mode.log" | tr '\n' ' ' | cut -c1-300)"
+    --steps 30 >"$OUT/one.log" 2>&1 || note "bench $mode: FAILED (rc $?)"
+  note "bench $mode: $(grep -E 'median|tokens/s' "$OUT/one.log" | head -n 2 | tr '\n' ' ')"
+  { echo "=== $mode"; cat "$OUT/one.log"; } >>"$OUT/bench.log"
 done
+rm -f "$OUT/one.log"
 
 echo "=== 3. the HF peer, eager"
 if [ -f "$peer" ] && [ "$(left)" -gt 100 ]; then
@@ -84,21 +87,24 @@ if [ -f "$peer" ] && [ "$(left)" -gt 100 ]; then
   note "peer eager: $(tail -n 1 "$OUT/peer.log" | cut -c1-300)"
 fi
 
-echo "=== 4. 300 tiny steps, GPU against CPU"
-if [ "$(left)" -gt 90 ]; then
+echo "=== 4. 300 tiny steps, GPU against CPU, with each replacement"
+for mode in argmax sample; do
+  [ "$(left)" -gt 90 ] || { note "curve $mode: skipped, deadline"; continue; }
   rm -rf /tmp/curve-cuda
   timeout 80 "$bin" pretrain --device cuda --data data/sotu-shards --preset tiny --steps 300 \
-    --batch 32 --seed 0 --log-every 10 --checkpoint-every 300 --out /tmp/curve-cuda \
-    >"$OUT/curve.log" 2>&1 || note "pretrain on cuda: FAILED ($(tail -n 2 "$OUT/curve.log"))"
-  cp /tmp/curve-cuda/metrics.jsonl "$OUT/curve-cuda.jsonl" 2>/dev/null
-  cpu=data/curve-cpu.jsonl
+    --batch 32 --seed 0 --log-every 10 --checkpoint-every 300 --replacement $mode --out /tmp/curve-cuda \
+    >>"$OUT/curve.log" 2>&1 || note "pretrain on cuda: FAILED ($(tail -n 2 "$OUT/curve.log"))"
+  cp /tmp/curve-cuda/metrics.jsonl "$OUT/curve-$mode.jsonl" 2>/dev/null
+  cpu=data/curve-cpu-$mode.jsonl
   if [ ! -f $cpu ]; then
     rm -rf /tmp/curve-cpu
     timeout 200 "$bin" pretrain --device cpu --data data/sotu-shards --preset tiny --steps 300 \
-      --batch 32 --seed 0 --log-every 10 --checkpoint-every 300 --out /tmp/curve-cpu >/dev/null 2>&1
+      --batch 32 --seed 0 --log-every 10 --checkpoint-every 300 --replacement $mode \
+      --out /tmp/curve-cpu >/dev/null 2>&1
     cpu=/tmp/curve-cpu/metrics.jsonl
   fi
-  python3 - "$OUT/curve-cuda.jsonl" "$cpu" >>"$OUT/curve.log" 2>&1 <<'PY'
+  echo "=== $mode" >>"$OUT/curve.log"
+  python3 - "$OUT/curve-$mode.jsonl" "$cpu" >>"$OUT/curve.log" 2>&1 <<'PY'
 import json, sys
 gpu, cpu = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
 assert len(gpu) == len(cpu) and gpu, "the runs logged different numbers of lines"
@@ -113,9 +119,9 @@ for w in range(0, len(cpu), 5):
               f"gpu {g:.4f} cpu {c:.4f} rel {rel:.3f}")
 print(f"worst window difference {worst:.3f}: " + ("ok" if worst < 0.05 else "FAILED, over 5%"))
 PY
-  note "curve: $(tail -n 1 "$OUT/curve.log")"
-  note "curve speed, last window: $(tail -n 1 "$OUT/curve-cuda.jsonl" | grep -o '"tokens_per_s":[0-9.]*')"
-fi
+  note "curve $mode: $(tail -n 1 "$OUT/curve.log")"
+done
+note "curve speed, last window: $(tail -n 1 "$OUT/curve-argmax.jsonl" | grep -o '"tokens_per_s":[0-9.]*')"
 
 echo "=== 5. the HF peer, torch.compile"
 if [ -f "$peer" ] && [ "$(left)" -gt 150 ]; then

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Default)]
 pub struct Profiler {
     enabled: bool,
-    times: BTreeMap<&'static str, (u64, Duration)>,
+    times: BTreeMap<String, (u64, Duration)>,
 }
 
 impl Profiler {
@@ -32,6 +32,17 @@ impl Profiler {
         be: &mut B,
         f: impl FnOnce(&mut B) -> R,
     ) -> R {
+        self.time_labelled(|| name.to_string(), be, f)
+    }
+
+    /// [`Profiler::time`] under a label made only when profiling (an operation's name with its
+    /// shape, say: one kind of operation can cost very differently at different shapes).
+    pub fn time_labelled<B: Backend, R>(
+        &mut self,
+        label: impl FnOnce() -> String,
+        be: &mut B,
+        f: impl FnOnce(&mut B) -> R,
+    ) -> R {
         if !self.enabled {
             return f(be);
         }
@@ -39,7 +50,7 @@ impl Profiler {
         let start = Instant::now();
         let r = f(be);
         be.synchronize();
-        let entry = self.times.entry(name).or_default();
+        let entry = self.times.entry(label()).or_default();
         entry.0 += 1;
         entry.1 += start.elapsed();
         r
@@ -50,9 +61,13 @@ impl Profiler {
         self.times.clear();
     }
 
-    /// (name, calls, total time), slowest first.
-    pub fn report(&self) -> Vec<(&'static str, u64, Duration)> {
-        let mut rows: Vec<_> = self.times.iter().map(|(&n, &(c, t))| (n, c, t)).collect();
+    /// (label, calls, total time), slowest first.
+    pub fn report(&self) -> Vec<(&str, u64, Duration)> {
+        let mut rows: Vec<_> = self
+            .times
+            .iter()
+            .map(|(n, &(c, t))| (n.as_str(), c, t))
+            .collect();
         rows.sort_by_key(|r| std::cmp::Reverse(r.2));
         rows
     }

@@ -185,8 +185,11 @@ impl Tape {
         } else {
             "linear_fwd"
         };
-        self.profiler
-            .time(name, be, |be| be.linear_fwd(x, w, b, y, gelu_pre, dims));
+        self.profiler.time_labelled(
+            || format!("{name} {dims}"),
+            be,
+            |be| be.linear_fwd(x, w, b, y, gelu_pre, dims),
+        );
         self.push(Op::Linear {
             x,
             w,
@@ -279,12 +282,20 @@ impl Tape {
     pub fn backward<B: Backend>(&mut self, be: &mut B) {
         for op in self.ops.iter().rev() {
             self.profiler
-                .time(op.backward_name(), be, |be| op.backward(be));
+                .time_labelled(|| op.backward_label(), be, |be| op.backward(be));
         }
     }
 }
 
 impl Op {
+    /// The profiler's label: the operation's name, with the shape for the matrix products.
+    fn backward_label(&self) -> String {
+        match self {
+            Op::Linear { dims, .. } => format!("{} {dims}", self.backward_name()),
+            _ => self.backward_name().to_string(),
+        }
+    }
+
     fn backward_name(&self) -> &'static str {
         match self {
             Op::Embedding { .. } => "embedding_bwd",

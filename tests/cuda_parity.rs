@@ -653,11 +653,13 @@ fn bce_head_over_real_tokens() {
             .collect();
         let mask = lab.ints(&mask);
         let (logits, loss) = (lab.output(tokens), lab.output(tokens));
-        lab.by_kernel(h.grad(), -1.0, 1.0);
+        let scale = 50.0 / tokens as f32;
+        // dh = scale·(σ(x) − y)·w: what is already in dh is of that size, so that the addition
+        // is not lost in the rounding of a much larger bf16 value.
+        lab.by_kernel(h.grad(), -0.2 * scale, 0.2 * scale);
         let (dh_before, _) = lab.read(h.grad());
         let dw_before = lab.randomize(w.grad(), -1.0, 1.0);
         let db_before = lab.randomize(b.grad(), -1.0, 1.0);
-        let scale = 50.0 / tokens as f32;
         lab.both(|be| be.bce_head(h, w, b, labels_buf, mask, logits, loss, scale));
         let tag = format!("bce_head n{tokens} h{width}");
         lab.compare(&format!("{tag} logits"), logits, F32_TOL);
@@ -857,7 +859,7 @@ mod whole_step {
         let norm_g = gpu.grad_norm();
         println!("grad norm: cpu {norm_c} gpu {norm_g}");
         assert!(rel(norm_g, norm_c) < 2e-2, "grad norm {norm_g} vs {norm_c}");
-        let mut worst = (0.0f64, String::new());
+        let mut errors = vec![];
         for p in &cpu.model.layout.params {
             let c = cpu.tensor(Space::Grad, &p.name).unwrap();
             let g = gpu.tensor(Space::Grad, &p.name).unwrap();
@@ -876,12 +878,14 @@ mod whole_step {
             } else {
                 diff / size
             };
-            if err > worst.0 {
-                worst = (err, p.name.clone());
-            }
-            assert!(err < 5e-2, "{}: gradient rel err {err:e}", p.name);
+            errors.push((err, p.name.clone()));
         }
-        println!("worst gradient: {} at {:.2e}", worst.1, worst.0);
+        errors.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (err, name) in errors.iter().take(12) {
+            println!("gradient rel err {err:.2e} {name}");
+        }
+        let (worst, name) = &errors[0];
+        assert!(*worst < 5e-2, "{name}: gradient rel err {worst:e}");
 
         let before = cpu.flat(Space::Param);
         cpu.apply_gradients(1e-3);

@@ -159,6 +159,13 @@ pub struct LinearDims {
     pub out: usize,
 }
 
+impl std::fmt::Display for LinearDims {
+    /// `rows×inp→out`, as the profiler labels a product.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}×{}→{}", self.rows, self.inp, self.out)
+    }
+}
+
 /// Self-attention over `batch` sequences of `seq` tokens, `heads` heads of `head_dim` each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionDims {

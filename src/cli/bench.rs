@@ -154,13 +154,13 @@ fn run_on<B: Backend>(
         profiled * 1e3
     );
     println!(
-        "{:<18} {:>6} {:>10} {:>7}",
+        "{:<36} {:>6} {:>10} {:>7}",
         "operation", "calls", "ms", "share"
     );
     for (name, calls, time) in trainer.profiler().report() {
         let ms = time.as_secs_f64() * 1e3;
         println!(
-            "{name:<18} {calls:>6} {ms:>10.2} {:>6.1}%",
+            "{name:<36} {calls:>6} {ms:>10.2} {:>6.1}%",
             100.0 * ms / (profiled * 1e3)
         );
     }
