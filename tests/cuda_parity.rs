@@ -365,15 +365,6 @@ fn linear_without_bias_and_odd_shapes() {
 }
 
 #[test]
-fn linear_weight_gradient_split_over_tokens() {
-    // Few output tiles and many tokens: dw is summed from chunks of tokens (16 chunks of 256;
-    // 8 of 325, whose batch strides are only 2-byte aligned).
-    let Some(mut lab) = Lab::small() else { return };
-    linear_case(&mut lab, 4096, 64, 96, false, true);
-    linear_case(&mut lab, 2600, 65, 96, true, true);
-}
-
-#[test]
 fn linear_one_column_is_f32() {
     let Some(mut lab) = Lab::small() else { return };
     linear_case(&mut lab, 50, 64, 1, false, true);
@@ -893,9 +884,9 @@ mod whole_step {
         for (err, name) in errors.iter().take(12) {
             println!("gradient rel err {err:.2e} {name}");
         }
-        // bf16 activations: the error grows from the loss toward the input. On an H200 (commit
-        // 43f3d58) the largest were the first attention layer's query/key weights and the
-        // embeddings (4.2-5.0%), then the second layer's query/key (3.4-3.5%), while every
+        // bf16 activations: the error grows from the loss toward the input. On an H200 (commits
+        // 43f3d58 and a747164) the largest were the first attention layer's query/key weights and
+        // the embeddings (4.2-5.0%), then the second layer's query/key (3.4-3.5%), while every
         // kernel alone is within 2e-3 and 300 training steps follow the CPU's loss curve to 0.2%.
         let (worst, name) = &errors[0];
         assert!(*worst < 8e-2, "{name}: gradient rel err {worst:e}");

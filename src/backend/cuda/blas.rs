@@ -17,8 +17,7 @@ use cudarc::cublaslt::sys;
 use super::memory::Dtype;
 use super::CudaError;
 
-/// `D[m × n] = op(A)·op(B) (+ bias) + beta·D`, all column-major, A and B bf16, D f32 or bf16;
-/// or a strided batch of such products.
+/// `D[m × n] = op(A)·op(B) (+ bias) + beta·D`, all column-major, A and B bf16, D f32 or bf16.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Gemm {
     pub m: u64,
@@ -35,39 +34,6 @@ pub struct Gemm {
     pub out: Dtype,
     /// Adds a bias vector of length `m` (the bias epilogue); the bias has D's type.
     pub bias: bool,
-    /// A strided batch of this many products (1: a single product).
-    pub batch: u64,
-    /// Elements between consecutive batch members' A, B and D.
-    pub batch_strides: [u64; 3],
-}
-
-impl Gemm {
-    /// A single product (no batch).
-    #[allow(clippy::too_many_arguments)]
-    pub fn single(
-        m: u64,
-        n: u64,
-        k: u64,
-        (trans_a, trans_b): (bool, bool),
-        (lda, ldb, ldd): (u64, u64, u64),
-        out: Dtype,
-        bias: bool,
-    ) -> Self {
-        Gemm {
-            m,
-            n,
-            k,
-            trans_a,
-            trans_b,
-            lda,
-            ldb,
-            ldd,
-            out,
-            bias,
-            batch: 1,
-            batch_strides: [0; 3],
-        }
-    }
 }
 
 /// What a plan depends on besides the shape: the operands' alignment, which decides which
@@ -166,15 +132,10 @@ impl Blas {
         );
         let key = PlanKey {
             gemm: g,
-            // A batch member starts a whole number of strides after the first.
             align: [
-                alignment(a | (g.batch_strides[0] * 2), g.lda, 2),
-                alignment(b | (g.batch_strides[1] * 2), g.ldb, 2),
-                alignment(
-                    d | (g.batch_strides[2] * g.out.bytes() as u64),
-                    g.ldd,
-                    g.out.bytes(),
-                ),
+                alignment(a, g.lda, 2),
+                alignment(b, g.ldb, 2),
+                alignment(d, g.ldd, g.out.bytes()),
             ],
         };
         if !self.plans.contains_key(&key) {
@@ -247,27 +208,6 @@ impl Blas {
             lt::create_matrix_layout(bf16, b_rows, b_cols, g.ldb as i64).map_err(err)?;
         plan.layouts[2] =
             lt::create_matrix_layout(dtype(g.out), g.m, g.n, g.ldd as i64).map_err(err)?;
-        if g.batch > 1 {
-            use sys::cublasLtMatrixLayoutAttribute_t as L;
-            let count = i32::try_from(g.batch).expect("batch count fits in i32");
-            for (&layout, &stride) in plan.layouts.iter().zip(&g.batch_strides) {
-                let stride = stride as i64;
-                lt::set_matrix_layout_attribute(
-                    layout,
-                    L::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                    &count as *const i32 as *const c_void,
-                    size_of::<i32>(),
-                )
-                .map_err(err)?;
-                lt::set_matrix_layout_attribute(
-                    layout,
-                    L::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                    &stride as *const i64 as *const c_void,
-                    size_of::<i64>(),
-                )
-                .map_err(err)?;
-            }
-        }
 
         let pref = lt::create_matmul_pref().map_err(err)?;
         let chosen = (|| {

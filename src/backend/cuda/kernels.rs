@@ -157,7 +157,6 @@ kernel_table!(
     embedding_bwd_word_combine,
     embedding_bwd_pos_type,
     embedding_bwd_type_reduce,
-    sum_splits,
     gather_rows_fwd,
     gather_rows_bwd,
     grad_norm,

@@ -18,7 +18,7 @@
 //! | `embedding_fwd`      | `embedding_fwd_w{256,1024}` |
 //! | `embedding_bwd`      | `embedding_bwd_layernorm_w*` (f32 `dsum` in `saved.xhat.grad()`), radix sort of the ids (`embedding_sort_hist/scan/scatter`, 1 or 2 passes), `embedding_bwd_word_pieces` + `_combine`, `embedding_bwd_pos_type` + `embedding_bwd_type_reduce` |
 //! | `linear_fwd`         | cuBLASLt `y = x·wᵀ` with the bias epilogue (bf16 bias from the parameter copy); with GELU, cuBLASLt into `pre`, then `bias_gelu_fwd` (f32 bias, exact erf GELU: cuBLASLt's GELU epilogues use the tanh form) |
-//! | `linear_bwd`         | `bias_gelu_bwd` (dpre and dbias) or `bias_bwd` (dbias), cuBLASLt `dx += dy·w` (bf16, β = 1) and `dw += dyᵀ·x` (f32, β = 1; with few output tiles, split over the tokens as one strided batch, then `sum_splits`) |
+//! | `linear_bwd`         | `bias_gelu_bwd` (dpre and dbias) or `bias_bwd` (dbias), cuBLASLt `dx += dy·w` (bf16, β = 1) and `dw += dyᵀ·x` (f32, β = 1) |
 //! | `layernorm_fwd/bwd`  | `layernorm_residual_fwd/bwd_w{256,1024}` |
 //! | `attention_fwd`      | `attention_fwd_d{16,32,64}` (saves the log-sum-exp in `probs`) |
 //! | `attention_bwd`      | `attention_bwd_dq_d*` (also writes `delta` to `probs.grad()`), then `attention_bwd_dkdv_d*` |
@@ -117,8 +117,6 @@ struct Scratch {
     convert: DeviceBuf,
     /// A 256-byte aligned copy of a bias vector whose address is not 16-byte aligned.
     bias: DeviceBuf,
-    /// The f32 chunk products of a split weight gradient, `[splits, out, inp]`.
-    splits: DeviceBuf,
 }
 
 /// Byte offsets of the [`StepScalars`] in the backend's step memory.
@@ -196,18 +194,6 @@ macro_rules! ensure {
     ($be:expr, $($field:tt)+) => {
         |bytes: usize| grow(&$be.stream, &mut $be.allocations, &mut $be.scratch.$($field)+, bytes)
     };
-}
-
-/// How many chunks of tokens a weight gradient is split into: enough for its output tiles (about
-/// 128 × 128 each) to fill every SM twice, in powers of two that divide the tokens, keeping at
-/// least 256 tokens per chunk; 1 where the product alone fills the GPU.
-fn weight_grad_splits(rows: usize, inp: usize, out: usize, sms: usize) -> usize {
-    let tiles = inp.div_ceil(128) * out.div_ceil(128);
-    let mut splits = 1;
-    while tiles * splits * 2 <= 2 * sms && rows % (splits * 2) == 0 && rows / (splits * 2) >= 256 {
-        splits *= 2;
-    }
-    splits
 }
 
 fn grid_dim(v: usize) -> u32 {
@@ -298,7 +284,6 @@ impl CudaBackend {
             type_partials: alloc(0)?,
             convert: alloc(0)?,
             bias: alloc(0)?,
-            splits: alloc(0)?,
         };
         let spaces = (0..6).map(|_| alloc(0)).collect::<Result<Vec<_>, _>>()?;
         let params_bf16 = alloc(0)?;
@@ -400,8 +385,18 @@ impl CudaBackend {
             unsafe { result::memcpy_htod_async(b.ptr, &host, cu) }
                 .map_err(|e| driver_err("uploading the operands", e))?;
         }
-        let n = N as u64;
-        let g = Gemm::single(n, n, n, (false, false), (n, n, n), Dtype::Bf16, false);
+        let g = Gemm {
+            m: N as u64,
+            n: N as u64,
+            k: N as u64,
+            trans_a: false,
+            trans_b: false,
+            lda: N as u64,
+            ldb: N as u64,
+            ldd: N as u64,
+            out: Dtype::Bf16,
+            bias: false,
+        };
         let (a, b, d) = (bufs[0].ptr, bufs[1].ptr, bufs[2].ptr);
         let mut times = Vec::new();
         for i in 0..13 {
@@ -686,44 +681,6 @@ impl CudaBackend {
 
     /// `bias_gelu_bwd` (with `pre`) or `bias_bwd`: `dpre = dy·gelu'(pre)` and `dbias += Σ dpre`.
     #[allow(clippy::too_many_arguments)]
-    /// `dw[out, inp] += dyᵀ·x` over `rows` tokens (x, dy bf16; dw f32). With few output tiles and
-    /// many tokens, the tokens are split into chunks whose products run side by side as one
-    /// strided batch into scratch, then `sum_splits` adds them in order (see its kernel file).
-    fn weight_grad(&mut self, x: u64, dy: u64, dw: u64, dims: LinearDims) {
-        let LinearDims { rows, inp, out } = dims;
-        let splits = weight_grad_splits(rows, inp, out, self.sms);
-        let (rows, inp, out) = (rows as u64, inp as u64, out as u64);
-        let mut g = Gemm::single(
-            inp,
-            out,
-            rows,
-            (false, true),
-            (inp, out, inp),
-            Dtype::F32,
-            false,
-        );
-        if splits == 1 {
-            self.gemm(g, x, dy, dw, 1.0, None);
-            return;
-        }
-        let n = inp * out;
-        ensure!(self, splits)(4 * splits * n as usize);
-        let parts = self.scratch.splits.ptr;
-        let chunk = rows / splits as u64;
-        g.k = chunk;
-        g.batch = splits as u64;
-        g.batch_strides = [chunk * inp, chunk * out, n];
-        self.gemm(g, x, dy, parts, 0.0, None);
-        let args = [
-            Arg::Ptr(parts),
-            Arg::Ptr(dw),
-            Arg::I32(splits as i32),
-            Arg::U64(n),
-        ];
-        let blocks = (n as usize).div_ceil(256).min(4 * self.sms);
-        self.run(self.kernels.sum_splits, (blocks, 1, 1), 256, &args);
-    }
-
     fn bias_grad(&mut self, dy: u64, pre: u64, dpre: u64, dbias: u64, rows: usize, width: usize) {
         let col_blocks = width.div_ceil(BG_COLS);
         let groups = (2 * self.sms / col_blocks).clamp(1, rows.min(MAX_GRID_YZ));
@@ -1182,16 +1139,18 @@ impl Backend for CudaBackend {
         );
         let wa = self.input(w, Dtype::Bf16);
         let xb = self.input(x, Dtype::Bf16);
-        let (rows_, inp_, out_) = (rows as u64, inp as u64, out as u64);
-        let mut g = Gemm::single(
-            out_,
-            rows_,
-            inp_,
-            (true, false),
-            (inp_, inp_, out_),
-            Dtype::Bf16,
-            false,
-        );
+        let mut g = Gemm {
+            m: out as u64,
+            n: rows as u64,
+            k: inp as u64,
+            trans_a: true,
+            trans_b: false,
+            lda: inp as u64,
+            ldb: inp as u64,
+            ldd: out as u64,
+            out: Dtype::Bf16,
+            bias: false,
+        };
         match gelu_pre {
             None => {
                 // A one-column output (a score per row) stays f32, as a loss reads it.
@@ -1278,21 +1237,35 @@ impl Backend for CudaBackend {
         if let Some(dx) = dx {
             let wa = self.input(w, Dtype::Bf16);
             let d = self.output(dx, Dtype::Bf16, true);
-            let (rows, inp, out) = (rows as u64, inp as u64, out as u64);
-            let g = Gemm::single(
-                inp,
-                rows,
-                out,
-                (false, false),
-                (inp, out, inp),
-                Dtype::Bf16,
-                false,
-            );
+            let g = Gemm {
+                m: inp as u64,
+                n: rows as u64,
+                k: out as u64,
+                trans_a: false,
+                trans_b: false,
+                lda: inp as u64,
+                ldb: out as u64,
+                ldd: inp as u64,
+                out: Dtype::Bf16,
+                bias: false,
+            };
             self.gemm(g, wa, dy_b, d, 1.0, None);
         }
         let xa = self.input(x, Dtype::Bf16);
         let d = self.output(dw, Dtype::F32, true);
-        self.weight_grad(xa, dy_b, d, dims);
+        let g = Gemm {
+            m: inp as u64,
+            n: out as u64,
+            k: rows as u64,
+            trans_a: false,
+            trans_b: true,
+            lda: inp as u64,
+            ldb: out as u64,
+            ldd: inp as u64,
+            out: Dtype::F32,
+            bias: false,
+        };
+        self.gemm(g, xa, dy_b, d, 1.0, None);
     }
 
     fn layernorm_fwd(
