@@ -11,9 +11,13 @@
 #      the same run on the CPU (means over 50-step windows within 5%); the CPU curves are read from
 #      data/curve-cpu-{argmax,sample}.jsonl when present (make them here, where CPU time is free),
 #      else computed there;
-#   5. the HF peer with torch.compile, if the deadline leaves room.
-# Build here with ../shared/tools/device-bundle, then one device call with carry [".device", "data"]
-# and command `bash scripts/gpu-checks.sh`. DEADLINE (seconds, default 480) bounds the whole run.
+#   5. the time of every kernel over three steps of that bench, by ncu (gpu__time_duration), if
+#      the deadline leaves room;
+#   6. the HF peer with torch.compile, if the deadline leaves room.
+# Build here with ../shared/tools/device-bundle, then one device call with carry [".device",
+# "data/sotu-shards", "data/curve-cpu-argmax.jsonl", "data/curve-cpu-sample.jsonl"] and command
+# `bash scripts/gpu-checks.sh` (BENCHMARKS.md, "GPU", says how to make the CPU curves).
+# DEADLINE (seconds, default 480) bounds the whole run.
 # Logs go to $OUT (at most 8 files come back from a device call); the summary is printed last.
 set -u
 OUT=${OUT:-$(mktemp -d)}
@@ -94,7 +98,7 @@ for mode in argmax sample; do
   timeout 80 "$bin" pretrain --device cuda --data data/sotu-shards --preset tiny --steps 300 \
     --batch 32 --seed 0 --log-every 10 --checkpoint-every 300 --replacement $mode --out /tmp/curve-cuda \
     >>"$OUT/curve.log" 2>&1 || note "pretrain on cuda: FAILED ($(tail -n 2 "$OUT/curve.log"))"
-  cp /tmp/curve-cuda/metrics.jsonl "$OUT/curve-$mode.jsonl" 2>/dev/null
+  cp /tmp/curve-cuda/metrics.jsonl "$OUT/curve-$mode.jsonl" 2>/dev/null || : >"$OUT/curve-$mode.jsonl"
   cpu=data/curve-cpu-$mode.jsonl
   if [ ! -f $cpu ]; then
     rm -rf /tmp/curve-cpu
@@ -120,10 +124,24 @@ for w in range(0, len(cpu), 5):
 print(f"worst window difference {worst:.3f}: " + ("ok" if worst < 0.05 else "FAILED, over 5%"))
 PY
   note "curve $mode: $(tail -n 1 "$OUT/curve.log")"
+  note "curve $mode speed, last window: $(tail -n 1 "$OUT/curve-$mode.jsonl" | grep -o '"tokens_per_s":[0-9.]*')"
+  # The GPU's metrics lines go into the log too: at most 8 files come back.
+  { echo "=== $mode, the GPU's metrics.jsonl"; cat "$OUT/curve-$mode.jsonl"; } >>"$OUT/curve.log"
+  rm -f "$OUT/curve-$mode.jsonl"
 done
-note "curve speed, last window: $(tail -n 1 "$OUT/curve-argmax.jsonl" | grep -o '"tokens_per_s":[0-9.]*')"
 
-echo "=== 5. the HF peer, torch.compile"
+echo "=== 5. time per kernel (ncu), 3 steps of the small bench"
+ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+if [ -n "$ncu" ] && [ "$(left)" -gt 150 ]; then
+  ELECTRA_CUDA_GRAPH=0 timeout 100 "$ncu" --metrics gpu__time_duration.sum --print-summary per-kernel \
+    "$bin" bench --device cuda --preset small --batch 128 --seq 128 --steps 3 >"$OUT/ncu.log" 2>&1 \
+    || note "ncu: FAILED or out of time (rc $?)"
+  note "ncu: $(grep -c 'gpu__time_duration' "$OUT/ncu.log") kernels summarised in ncu.log"
+else
+  note "ncu: skipped (${ncu:-not found}, $(left) s left)"
+fi
+
+echo "=== 6. the HF peer, torch.compile"
 if [ -f "$peer" ] && [ "$(left)" -gt 150 ]; then
   timeout $(( $(left) - 20 )) python3 "$peer" --device cuda --batch 128 --seq 128 --steps 30 --bf16 \
     --gather --compile >>"$OUT/peer.log" 2>&1 || note "peer compile: FAILED or out of time"
