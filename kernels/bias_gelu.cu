@@ -58,6 +58,19 @@ bias_gelu_fwd(const bf16* x, const float* __restrict__ bias, bf16* pre, bf16* y,
     }
 }
 
+// One row of the backward: d *= gelu'(p) when `gelu`, stored to dpre + at when dpre is non-null,
+// and added to the column sums.
+__device__ __forceinline__ void bias_grad_row(float d[8], const float p[8], bool gelu, bf16* dpre,
+                                              size_t at, int n, bool vec, float sum[8]) {
+    if (gelu) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) d[i] *= gelu_erf_grad(p[i]);
+    }
+    if (dpre) store8(dpre + at, n, vec, d, false);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sum[i] += d[i];
+}
+
 // dpre = dy * gelu'(pre) (GELU skipped when `pre` is null; dpre skipped when null; it may alias
 // dy), dbias += sum over rows of dpre (skipped when null).
 // Launch: BG_THREADS threads, grid (ceil(width / BG_COLS), G) for any G, e.g. enough blocks for
@@ -74,20 +87,31 @@ __device__ __forceinline__ void bias_gelu_bwd_body(const bf16* dy, const bf16* _
                      (!dpre || aligned16(dpre));
     float sum[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     if (n > 0) {
-        for (int r = blockIdx.y; r < rows; r += gridDim.y) {
-            const size_t at = (size_t)r * width + col0;
-            float d[8];
-            load8(dy + at, n, vec, d);
-            if (pre) {
-                float p[8];
-                load8(pre + at, n, vec, p);
-                // Unrolled by 2, not 8: fully unrolled, ptxas (13.0, sm_90) spills 4 bytes here.
-#pragma unroll 2
-                for (int i = 0; i < 8; ++i) d[i] *= gelu_erf_grad(p[i]);
-            }
-            if (dpre) store8(dpre + at, n, vec, d, false);
+        const int step = gridDim.y;
+        int r = blockIdx.y;
+        // Four rows at a time, every load issued before any is used: with one load in flight per
+        // thread this pass would wait on memory latency, not bandwidth. Rows are still summed in
+        // order. (When dpre aliases dy, each row is read before it is overwritten.)
+        for (; r + 3 * step < rows; r += 4 * step) {
+            float d[4][8], p[4][8];
 #pragma unroll
-            for (int i = 0; i < 8; ++i) sum[i] += d[i];
+            for (int u = 0; u < 4; ++u) load8(dy + (size_t)(r + u * step) * width + col0, n, vec, d[u]);
+            if (pre) {
+#pragma unroll
+                for (int u = 0; u < 4; ++u)
+                    load8(pre + (size_t)(r + u * step) * width + col0, n, vec, p[u]);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u)
+                bias_grad_row(d[u], p[u], pre != nullptr, dpre, (size_t)(r + u * step) * width + col0,
+                              n, vec, sum);
+        }
+        for (; r < rows; r += step) {
+            const size_t at = (size_t)r * width + col0;
+            float d[8], p[8];
+            load8(dy + at, n, vec, d);
+            if (pre) load8(pre + at, n, vec, p);
+            bias_grad_row(d, p, pre != nullptr, dpre, at, n, vec, sum);
         }
     }
     if (!dbias) return;
@@ -96,17 +120,18 @@ __device__ __forceinline__ void bias_gelu_bwd_body(const bf16* dy, const bf16* _
     for (int i = 0; i < 8; ++i)
         if (i < n) mine[col0 + i] = sum[i];
     if (last_block_arrives(&counters[blockIdx.x], gridDim.y)) {
-        if (n > 0) {
-            float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-            for (int p = 0; p < (int)gridDim.y; ++p) {
-                const float* part = partials + (size_t)p * width + col0;
-#pragma unroll
-                for (int i = 0; i < 8; ++i)
-                    if (i < n) s[i] += __ldcg(part + i);
-            }
-#pragma unroll
-            for (int i = 0; i < 8; ++i)
-                if (i < n) dbias[col0 + i] += s[i];
+        // This loop over gridDim.y partial rows is latency-bound: each of its rounds waits on
+        // the L2. So every thread takes whole columns of the block's range (all of them work,
+        // even for a 64-wide layer, whose columns belong to 8 threads above), with eight partial
+        // rows' loads in flight. The sum's order (partial 0, 1, ...) is unchanged.
+        const int first = blockIdx.x * BG_COLS;
+        const int count = min(BG_COLS, width - first);
+        for (int c = threadIdx.x; c < count; c += blockDim.x) {
+            const float* part = partials + first + c;
+            float s = 0.f;
+#pragma unroll 8
+            for (int p = 0; p < (int)gridDim.y; ++p) s += __ldcg(part + (size_t)p * width);
+            dbias[first + c] += s;
         }
         reset_counter(&counters[blockIdx.x]);
     }

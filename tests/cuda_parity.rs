@@ -365,6 +365,15 @@ fn linear_without_bias_and_odd_shapes() {
 }
 
 #[test]
+fn linear_many_rows() {
+    // More rows than the bias kernels' row groups (2 per SM): each thread sums several rows,
+    // four at a time and then the rest, and the last block adds many partial rows.
+    let Some(mut lab) = Lab::small() else { return };
+    linear_case(&mut lab, 3001, 64, 96, true, true);
+    linear_case(&mut lab, 2100, 200, 256, false, true);
+}
+
+#[test]
 fn linear_one_column_is_f32() {
     let Some(mut lab) = Lab::small() else { return };
     linear_case(&mut lab, 50, 64, 1, false, true);
