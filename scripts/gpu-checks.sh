@@ -11,6 +11,8 @@
 #      the same run on the CPU (means over 50-step windows within 5%); the CPU curves are read from
 #      data/curve-cpu-{argmax,sample}.jsonl when present (make them here, where CPU time is free),
 #      else computed there;
+#   4b. ELECTRA-Small on the SOTU shards for 150 steps, recorded and issued: tokens/s on real
+#      batches (whose counts vary, so recordings may not be reused);
 #   5. the time of every kernel over three steps of that bench, by ncu (gpu__time_duration), if
 #      the deadline leaves room;
 #   6. the HF peer with torch.compile, if the deadline leaves room.
@@ -128,6 +130,19 @@ PY
   # The GPU's metrics lines go into the log too: at most 8 files come back.
   { echo "=== $mode, the GPU's metrics.jsonl"; cat "$OUT/curve-$mode.jsonl"; } >>"$OUT/curve.log"
   rm -f "$OUT/curve-$mode.jsonl"
+done
+
+echo "=== 4b. ELECTRA-Small on the SOTU shards, batch 128: recorded against issued steps"
+# Real batches differ in their masked and real-token counts, which are part of a recording's
+# fingerprint: this shows whether recording still pays when the batches vary.
+for graph in 1 0; do
+  [ "$(left)" -gt 120 ] || { note "small on SOTU (graph=$graph): skipped, deadline"; continue; }
+  rm -rf /tmp/small-sotu
+  ELECTRA_CUDA_GRAPH=$graph timeout 60 "$bin" pretrain --device cuda --data data/sotu-shards --preset small \
+    --steps 150 --batch 128 --seed 0 --log-every 50 --checkpoint-every 150 --out /tmp/small-sotu \
+    >>"$OUT/curve.log" 2>&1 || note "small on SOTU (graph=$graph): FAILED"
+  note "small on SOTU (graph=$graph), tokens/s of the windows: $(grep -o '"tokens_per_s":[0-9]*' \
+    /tmp/small-sotu/metrics.jsonl 2>/dev/null | cut -d: -f2 | tr '\n' ' ')"
 done
 
 echo "=== 5. time per kernel (ncu), 3 steps of the small bench"
