@@ -146,17 +146,6 @@ fn within(fd: f64, an: f64) -> bool {
     (fd - an).abs() <= ATOL + RTOL * an.abs()
 }
 
-/// Checks the gradient of `L = Σ weights·out` with respect to every element of every buffer of
-/// `wrt` (found in `buf.grad()`) against central differences, and returns the analytic gradients.
-/// The problems are small enough (at most a few hundred values) to check every element.
-///
-/// `backward` runs after `out.grad()` is seeded with the weights; it is run a second time to check
-/// that it accumulates. `None` means the forward operation writes the gradients itself (the
-/// losses, whose `out` is the per-row loss and whose weights must then match its `grad_scale`);
-/// those gradients start as NaN, so every element must be written.
-///
-/// Besides every element passing, the largest analytic value of each tensor, off by 1%, must fail:
-/// the tolerance is tight enough to catch a small real bug, and no tensor is trivially zero.
 /// Where an operation's gradients come from.
 enum Grads<'a> {
     /// A separate backward operation, which accumulates.
@@ -167,6 +156,18 @@ enum Grads<'a> {
     Accumulated,
 }
 
+/// Checks the gradient of `L = Σ weights·out` with respect to every element of every buffer of
+/// `wrt` (found in `buf.grad()`) against central differences, and returns the analytic gradients.
+/// The problems are small enough (at most a few hundred values) to check every element.
+///
+/// With `Grads::Backward`, the backward runs after `out.grad()` is seeded with the weights. With
+/// `Written` or `Accumulated`, the forward operation makes the gradients itself (the losses, whose
+/// `out` is the per-row loss and whose weights must then match its `grad_scale`); `Written` ones
+/// start as NaN, so every element must be written. Whatever makes the gradients (the backward, or
+/// an `Accumulated` forward) is run a second time to check that it accumulates.
+///
+/// Besides every element passing, the largest analytic value of each tensor, off by 1%, must fail:
+/// the tolerance is tight enough to catch a small real bug, and no tensor is trivially zero.
 fn gradcheck(
     lab: &mut Lab,
     forward: Op,
