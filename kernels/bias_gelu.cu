@@ -93,18 +93,20 @@ __device__ __forceinline__ void bias_gelu_bwd_body(const bf16* dy, const bf16* _
         // thread this pass would wait on memory latency, not bandwidth. Rows are still summed in
         // order. (When dpre aliases dy, each row is read before it is overwritten.)
         for (; r + 3 * step < rows; r += 4 * step) {
+            size_t at[4];
             float d[4][8], p[4][8];
 #pragma unroll
-            for (int u = 0; u < 4; ++u) load8(dy + (size_t)(r + u * step) * width + col0, n, vec, d[u]);
+            for (int u = 0; u < 4; ++u) {
+                at[u] = (size_t)(r + u * step) * width + col0;
+                load8(dy + at[u], n, vec, d[u]);
+            }
             if (pre) {
 #pragma unroll
-                for (int u = 0; u < 4; ++u)
-                    load8(pre + (size_t)(r + u * step) * width + col0, n, vec, p[u]);
+                for (int u = 0; u < 4; ++u) load8(pre + at[u], n, vec, p[u]);
             }
 #pragma unroll
             for (int u = 0; u < 4; ++u)
-                bias_grad_row(d[u], p[u], pre != nullptr, dpre, (size_t)(r + u * step) * width + col0,
-                              n, vec, sum);
+                bias_grad_row(d[u], p[u], pre != nullptr, dpre, at[u], n, vec, sum);
         }
         for (; r < rows; r += step) {
             const size_t at = (size_t)r * width + col0;
