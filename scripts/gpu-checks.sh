@@ -31,16 +31,7 @@ summary=""
 note() { summary+="$*"$'\n'; echo "$*"; }
 left() { echo $((DEADLINE - SECONDS)); }
 
-# CUDA 13 libraries: the toolkit's and those inside the image's Python packages (as the runner does).
-libs=$(find /usr/local/cuda*/ /usr/lib/x86_64-linux-gnu /opt /usr/local/lib/python3* \
-  \( -name 'libcublasLt.so*' -o -name 'libnccl.so*' \) -printf '%h\n' 2>/dev/null | sort -u | tr '\n' :)
-# cudarc opens libcuda.so before libcuda.so.1, and a toolkit folder may hold a stub under that name:
-# a folder with only a libcuda.so link to the driver goes first.
-driver=$(ldconfig -p | awk '/libcuda\.so\.1 / && !/stubs/ {print $NF; exit}')
-[ -n "$driver" ] || driver=$(find /usr/local/nvidia /usr/lib/x86_64-linux-gnu /usr/lib64 -name libcuda.so.1 \
-  -not -path '*stubs*' 2>/dev/null | head -n 1)
-[ -n "$driver" ] && mkdir -p /tmp/cuda-driver && ln -sf "$driver" /tmp/cuda-driver/libcuda.so
-export LD_LIBRARY_PATH="/tmp/cuda-driver:${libs}${LD_LIBRARY_PATH:-}"
+. "$(dirname "$0")/gpu-env.sh"
 note "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
   --format=csv,noheader 2>&1)"
 note "driver: $driver; libcuda.so elsewhere: $(find ${libs//:/ } /usr/local/cuda*/lib64/stubs -maxdepth 1 \

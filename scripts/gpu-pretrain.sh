@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Pretrains the `tiny` preset on the SOTU shards on a lent GPU and brings back the exported
+# discriminator, to be fine-tuned on the CPU against random initialisation ("Pretraining helps
+# downstream" in BENCHMARKS.md). Build and carry as for gpu-checks.sh: carry [".device",
+# "data/sotu-shards"], command `bash scripts/gpu-pretrain.sh`.
+# STEPS, BATCH, LR, WARMUP, GEN_FRACTION and REPLACEMENT set the recipe; DEADLINE (seconds,
+# default 420) stops the run early with its newest checkpoint, which is then exported.
+# Back under $OUT: discriminator/ (config, weights, tokenizer: 5 files), metrics.jsonl, pretrain.log.
+set -u
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+DEADLINE=${DEADLINE:-420}
+STEPS=${STEPS:-10000}
+BATCH=${BATCH:-128}
+LR=${LR:-2e-3}
+WARMUP=${WARMUP:-1000}
+GEN_FRACTION=${GEN_FRACTION:-0.5}
+REPLACEMENT=${REPLACEMENT:-sample}
+bin=.device/bin/electra
+. "$(dirname "$0")/gpu-env.sh"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+
+run=/tmp/gpu-pretrain
+rm -rf "$run" /tmp/gpu-export
+# Keep 40 s for the export and the copy; a run cut short keeps the checkpoints written so far.
+timeout $((DEADLINE - 40)) "$bin" pretrain --device cuda --preset tiny --data data/sotu-shards \
+  --steps "$STEPS" --batch "$BATCH" --lr "$LR" --warmup "$WARMUP" --gen-fraction "$GEN_FRACTION" \
+  --replacement "$REPLACEMENT" --seed 0 --log-every 100 --checkpoint-every 1000 --keep 1 \
+  --out "$run" >"$OUT/pretrain.log" 2>&1
+echo "pretrain exit status $? after $SECONDS s"
+cp "$run/metrics.jsonl" "$OUT/"
+tail -n 1 "$OUT/metrics.jsonl"
+"$bin" export "$run" --out /tmp/gpu-export >>"$OUT/pretrain.log" 2>&1 \
+  && cp -r /tmp/gpu-export/discriminator "$OUT/" && ls "$OUT/discriminator"
