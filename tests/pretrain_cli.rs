@@ -127,6 +127,44 @@ fn tiny_learns_on_real_text() {
     );
 }
 
+#[test]
+fn a_disc_weight_of_zero_trains_the_generator_alone() {
+    let data = need_corpus!();
+    let run = scratch("disc-weight").join("run");
+    pretrain(
+        data,
+        &run,
+        &["--steps", "3", "--batch", "2", "--disc-weight", "0"],
+    );
+    let rc = read_config(&run).unwrap();
+    assert_eq!(rc.train.disc_weight, 0.0);
+    let layout = Model::new(rc.model).layout;
+    let ckpt = checkpoint::load(&run, &layout, 3).unwrap();
+    let moments = |prefix: &str| -> f32 {
+        layout
+            .params
+            .iter()
+            .filter(|p| p.name.starts_with(prefix))
+            .flat_map(|p| &ckpt.adam_v[p.buf.offset..p.buf.offset + p.buf.len])
+            .sum()
+    };
+    // No gradient reaches the discriminator's own tensors, so Adam has seen nothing there.
+    assert_eq!(moments("discriminator."), 0.0);
+    assert!(moments("generator.") > 0.0);
+    assert!(moments("shared.") > 0.0);
+
+    let err = fails(&[
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--data",
+        s(data),
+        "--disc-weight",
+        "-1",
+    ]);
+    assert!(err.contains("expected a finite number >= 0"), "{err}");
+}
+
 /// The figures of a metrics line that do not depend on the clock.
 fn deterministic(m: &Metrics) -> [u64; 7] {
     [

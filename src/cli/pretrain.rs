@@ -61,6 +61,10 @@ pub struct PretrainArgs {
     /// Generator hidden size as a fraction of the discriminator's.
     #[arg(long)]
     gen_fraction: Option<f64>,
+    /// Weight of the discriminator's loss against the generator's (50 in the paper); 0 trains the
+    /// generator alone.
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_disc_weight)]
+    disc_weight: Option<f32>,
     /// cpu, or cuda[:N] where the CUDA backend is built in.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -232,12 +236,22 @@ fn apply_overrides(args: &PretrainArgs, train: &mut TrainConfig) {
     if let Some(s) = args.seed {
         train.seed = s;
     }
+    if let Some(w) = args.disc_weight {
+        train.disc_weight = w;
+    }
     if let Some(r) = &args.replacement {
         train.replacement = if r == "sample" {
             Replacement::Sample
         } else {
             Replacement::Argmax
         };
+    }
+}
+
+fn parse_disc_weight(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(w) if w.is_finite() && w >= 0.0 => Ok(w),
+        _ => Err(format!("expected a finite number >= 0, got `{text}`")),
     }
 }
 
