@@ -61,8 +61,9 @@ pub struct PretrainArgs {
     /// Generator hidden size as a fraction of the discriminator's.
     #[arg(long)]
     gen_fraction: Option<f64>,
-    /// Weight of the discriminator's loss against the generator's (50 in the paper); 0 trains the
-    /// generator alone.
+    /// Weight of the discriminator's loss against the generator's (50 in the paper); 0 takes the
+    /// discriminator out of the gradients, so the generator learns alone (weight decay still
+    /// shrinks the discriminator's weights).
     #[arg(long, allow_negative_numbers = true, value_parser = parse_disc_weight)]
     disc_weight: Option<f32>,
     /// cpu, or cuda[:N] where the CUDA backend is built in.
