@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Pretrains the `tiny` preset on the SOTU shards on a lent GPU and brings back the exported
-# discriminator, to be fine-tuned on the CPU against random initialisation ("Pretraining helps
+# Pretrains the `tiny` preset on the SOTU shards on a lent GPU and brings back its HF export,
+# whose discriminator is fine-tuned on the CPU against random initialisation ("Pretraining helps
 # downstream" in BENCHMARKS.md). Build and carry as for gpu-checks.sh: carry [".device",
 # "data/sotu-shards"], command `bash scripts/gpu-pretrain.sh`.
 # STEPS, BATCH, LR, WARMUP, GEN_FRACTION and REPLACEMENT set the recipe; DEADLINE (seconds,
 # default 420) stops the run early with its newest checkpoint, which is then exported.
-# Back under $OUT: discriminator/ (config, weights, tokenizer: 5 files), metrics.jsonl, pretrain.log.
+# Back under $OUT: hf-export.tar (generator/ and discriminator/ as `electra export` writes them; a
+# device call returns at most 8 files), metrics.jsonl, pretrain.log.
 set -u
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
@@ -31,4 +32,4 @@ echo "pretrain exit status $? after $SECONDS s"
 cp "$run/metrics.jsonl" "$OUT/"
 tail -n 1 "$OUT/metrics.jsonl"
 "$bin" export "$run" --out /tmp/gpu-export >>"$OUT/pretrain.log" 2>&1 \
-  && cp -r /tmp/gpu-export/discriminator "$OUT/" && ls "$OUT/discriminator"
+  && tar -C /tmp/gpu-export -cf "$OUT/hf-export.tar" generator discriminator && tar -tvf "$OUT/hf-export.tar"
