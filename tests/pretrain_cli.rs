@@ -63,18 +63,15 @@ macro_rules! need_corpus {
     };
 }
 
-fn pretrain(data: &Path, out: &Path, extra: &[&str]) -> String {
-    let mut args = vec![
-        "pretrain",
-        "--preset",
-        "tiny",
-        "--data",
-        s(data),
-        "--out",
-        s(out),
-    ];
+/// `electra pretrain --preset tiny --data DATA` followed by `extra`.
+fn tiny_args<'a>(data: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["pretrain", "--preset", "tiny", "--data", s(data)];
     args.extend_from_slice(extra);
-    ok(&args)
+    args
+}
+
+fn pretrain(data: &Path, out: &Path, extra: &[&str]) -> String {
+    ok(&tiny_args(data, &[&["--out", s(out)], extra].concat()))
 }
 
 #[test]
@@ -153,15 +150,7 @@ fn a_disc_weight_of_zero_trains_the_generator_alone() {
     assert!(moments("generator.") > 0.0);
     assert!(moments("shared.") > 0.0);
 
-    let err = fails(&[
-        "pretrain",
-        "--preset",
-        "tiny",
-        "--data",
-        s(data),
-        "--disc-weight",
-        "-1",
-    ]);
+    let err = fails(&tiny_args(data, &["--disc-weight", "-1"]));
     assert!(err.contains("expected a finite number >= 0"), "{err}");
 }
 
@@ -226,23 +215,21 @@ fn resuming_gives_the_same_bits_as_running_straight() {
 fn a_kill_during_checkpoint_writes_leaves_the_previous_checkpoint_loadable() {
     let data = need_corpus!();
     let run = scratch("kill").join("run");
-    let args = [
-        "pretrain",
-        "--preset",
-        "tiny",
-        "--data",
-        s(data),
-        "--out",
-        s(&run),
-        "--steps",
-        "100000",
-        "--batch",
-        "2",
-        "--checkpoint-every",
-        "1",
-        "--keep",
-        "2",
-    ];
+    let args = tiny_args(
+        data,
+        &[
+            "--out",
+            s(&run),
+            "--steps",
+            "100000",
+            "--batch",
+            "2",
+            "--checkpoint-every",
+            "1",
+            "--keep",
+            "2",
+        ],
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_electra"))
         .args(args)
         .spawn()
@@ -292,15 +279,7 @@ fn bad_runs_and_checkpoints_get_clear_errors_and_lose_nothing() {
         &run,
         &["--steps", "4", "--batch", "2", "--checkpoint-every", "2"],
     );
-    let err = fails(&[
-        "pretrain",
-        "--preset",
-        "tiny",
-        "--data",
-        s(data),
-        "--out",
-        s(&run),
-    ]);
+    let err = fails(&tiny_args(data, &["--out", s(&run)]));
     assert!(err.contains("already holds a run"), "{err}");
 
     // A torn model file in the newest checkpoint is named, and the checkpoint is left as it was.
@@ -321,25 +300,23 @@ fn bad_runs_and_checkpoints_get_clear_errors_and_lose_nothing() {
 
     // A learning rate that blows the model up stops the run with the step named.
     let nan = root.join("nan");
-    let out = electra(&[
-        "pretrain",
-        "--preset",
-        "tiny",
-        "--data",
-        s(data),
-        "--out",
-        s(&nan),
-        "--steps",
-        "50",
-        "--batch",
-        "2",
-        "--lr",
-        "1e30",
-        "--warmup",
-        "0",
-        "--checkpoint-every",
-        "1",
-    ]);
+    let out = electra(&tiny_args(
+        data,
+        &[
+            "--out",
+            s(&nan),
+            "--steps",
+            "50",
+            "--batch",
+            "2",
+            "--lr",
+            "1e30",
+            "--warmup",
+            "0",
+            "--checkpoint-every",
+            "1",
+        ],
+    ));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the loss is not finite at step"), "{err}");
