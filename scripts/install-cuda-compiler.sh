@@ -41,7 +41,7 @@ else
     echo "install-cuda-compiler: installing ${PACKAGES[*]} into $SITE"
     rm -rf "$SITE" "$STAMP"
     mkdir -p "$SITE"
-    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --quiet --no-deps \
+    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --quiet --no-deps --no-cache-dir \
         --no-warn-script-location --disable-pip-version-check --target "$SITE" "${PACKAGES[@]}"
     if [[ ! -x "$NVCC" ]]; then
         echo "install-cuda-compiler: pip finished but $NVCC is missing" >&2
