@@ -23,13 +23,14 @@ import argparse
 import json
 import math
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
+from pretraining_inputs import mask_like_pretraining, read_shard, special_ids
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -54,16 +55,6 @@ def init(args):
     print(f"wrote {out}/generator and {out}/discriminator")
 
 
-def read_shards(folder):
-    rows = []
-    for shard in sorted(Path(folder).glob("shard-*.bin")):
-        raw = shard.read_bytes()
-        seq, = struct.unpack("<I", raw[24:28])
-        count, = struct.unpack("<Q", raw[32:40])
-        rows.append(np.frombuffer(raw[64:], dtype=np.uint16).reshape(count, seq).astype(np.int64))
-    return np.concatenate(rows)
-
-
 def train(args):
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -73,8 +64,7 @@ def train(args):
     gen = ElectraForMaskedLM.from_pretrained(init_dir / "generator")
     tie(gen, disc)
     disc.train(), gen.train()
-    words = [l.rstrip("\n") for l in open(init_dir / "discriminator" / "vocab.txt", encoding="utf-8")]
-    cls_id, sep_id, mask_id = (words.index(t) for t in ("[CLS]", "[SEP]", "[MASK]"))
+    cls_id, sep_id, mask_id = special_ids(init_dir / "discriminator" / "vocab.txt")
 
     named = {}
     for prefix, model in (("disc", disc), ("gen", gen)):
@@ -85,9 +75,7 @@ def train(args):
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
 
-    data = read_shards(args.data)
-    seq = data.shape[1]
-    max_pred = int((0.15 + 0.005) * seq)
+    data = np.concatenate([read_shard(f)[0] for f in sorted(Path(args.data).glob("shard-*.bin"))])
     order, cursor = rng.permutation(len(data)), 0
     sums, count = np.zeros(4), 0
     out = open(args.out, "w")
@@ -96,16 +84,7 @@ def train(args):
             order, cursor = rng.permutation(len(data)), 0
         ids = data[order[cursor:cursor + args.batch]]
         cursor += args.batch
-        real = ids != 0
-        types = (np.cumsum(ids == sep_id, axis=1) - (ids == sep_id)) >= 1
-        chosen = np.zeros_like(real)
-        masked = ids.copy()
-        for b in range(len(ids)):
-            cand = np.flatnonzero(real[b] & ~np.isin(ids[b], [cls_id, sep_id, mask_id]))
-            k = min(max(1, round(0.15 * real[b].sum())), max_pred, len(cand))
-            pick = rng.choice(cand, k, replace=False)
-            chosen[b, pick] = True
-            masked[b, pick[rng.random(k) < 0.85]] = mask_id
+        masked, chosen, real, types = mask_like_pretraining(ids, rng, cls_id, sep_id, mask_id)
         ids_t, chosen_t, real_t = torch.tensor(ids), torch.tensor(chosen), torch.tensor(real)
         attn, types_t = real_t.long(), torch.tensor(types).long()
 

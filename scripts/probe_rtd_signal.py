@@ -18,12 +18,13 @@ It also prints how much the generator uses context: its cross-entropy at the [MA
 the second half, against a unigram model counted on the first half.
 """
 import math
-import struct
 import sys
 
 import numpy as np
 import torch
 from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+from pretraining_inputs import mask_like_pretraining, read_shard, special_ids
 
 torch.set_num_threads(2)
 torch.manual_seed(0)
@@ -31,14 +32,9 @@ rng = np.random.default_rng(0)
 export, shard = sys.argv[1], sys.argv[2]
 count = int(sys.argv[3]) if len(sys.argv) > 3 else 2048
 
-raw = open(shard, "rb").read()
-vocab, = struct.unpack("<I", raw[12:16])
-seq, = struct.unpack("<I", raw[24:28])
-examples, = struct.unpack("<Q", raw[32:40])
-ids = np.frombuffer(raw[64:], dtype=np.uint16).reshape(examples, seq).astype(np.int64)
-ids = ids[rng.permutation(examples)[:count]]
-words = [line.rstrip("\n") for line in open(f"{export}/discriminator/vocab.txt", encoding="utf-8")]
-CLS, SEP, MASK = (words.index(t) for t in ("[CLS]", "[SEP]", "[MASK]"))
+ids, vocab = read_shard(shard)
+ids = ids[rng.permutation(len(ids))[:count]]
+CLS, SEP, MASK = special_ids(f"{export}/discriminator/vocab.txt")
 gen = ElectraForMaskedLM.from_pretrained(f"{export}/generator").eval()
 disc = ElectraForPreTraining.from_pretrained(f"{export}/discriminator").eval()
 
@@ -46,16 +42,7 @@ disc = ElectraForPreTraining.from_pretrained(f"{export}/discriminator").eval()
 def mask_and_predict(batch):
     """Chosen positions (bool [n, seq]), the generator's softmax there, which of them are [MASK]ed,
     the real-token mask and the token types."""
-    real = batch != 0
-    types = (np.cumsum(batch == SEP, axis=1) - (batch == SEP)) >= 1
-    chosen = np.zeros_like(real)
-    masked = batch.copy()
-    for b in range(len(batch)):
-        cand = np.flatnonzero(real[b] & ~np.isin(batch[b], [CLS, SEP, MASK]))
-        k = min(max(1, round(0.15 * real[b].sum())), int(0.155 * seq), len(cand))
-        pick = rng.choice(cand, k, replace=False)
-        chosen[b, pick] = True
-        masked[b, pick[rng.random(k) < 0.85]] = MASK
+    masked, chosen, real, types = mask_like_pretraining(batch, rng, CLS, SEP, MASK)
     with torch.no_grad():
         logits = gen(input_ids=torch.tensor(masked), attention_mask=torch.tensor(real.astype(np.int64)),
                      token_type_ids=torch.tensor(types.astype(np.int64))).logits
