@@ -114,6 +114,16 @@ fn tiny_learns_on_real_text() {
         accuracy > originals + 0.03,
         "disc accuracy {accuracy} vs share of originals {originals}"
     );
+    // disc_gain is a mean of per-step gains; the gain of the window's means differs by Jensen's gap only.
+    let p = last.replaced_fraction;
+    let label_entropy = -(p * p.ln() + (1.0 - p) * (1.0 - p).ln());
+    let gain = label_entropy - last.disc_loss;
+    assert!(
+        (last.disc_gain - gain).abs() < 0.02 && last.disc_gain > 0.1,
+        "disc gain {} vs label entropy {label_entropy} - BCE {}",
+        last.disc_gain,
+        last.disc_loss
+    );
 
     ok(&["plot", s(&run)]);
     let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();

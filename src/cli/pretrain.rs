@@ -261,7 +261,7 @@ fn parse_disc_weight(text: &str) -> Result<f32, String> {
 struct Window {
     steps: u64,
     tokens: u64,
-    sums: [f64; 6],
+    sums: [f64; 7],
     started: Option<Instant>,
 }
 
@@ -278,6 +278,7 @@ impl Window {
             l.disc_accuracy as f64,
             l.replaced_fraction as f64,
             r.grad_norm as f64,
+            l.disc_gain() as f64,
         ];
         self.sums.iter_mut().zip(figures).for_each(|(s, f)| *s += f);
     }
@@ -295,6 +296,7 @@ impl Window {
             mlm_accuracy: self.sums[2] / n,
             disc_accuracy: self.sums[3] / n,
             replaced_fraction: self.sums[4] / n,
+            disc_gain: self.sums[6] / n,
             lr: lr as f64,
             grad_norm: self.sums[5] / n,
             tokens_per_s: self.tokens as f64 / secs.max(1e-9),
@@ -445,8 +447,8 @@ fn train_loop<B: Backend>(
         if step.is_multiple_of(rc.log_every.max(1)) || checkpoint_due || stop {
             if let Some(m) = window.take(step, report.lr, elapsed(&clock)) {
                 bar.set_message(format!(
-                    "gen {:.3} disc {:.4} {:.0} tok/s",
-                    m.gen_loss, m.disc_loss, m.tokens_per_s
+                    "gen {:.3} disc {:.4} (gain {:+.4}) {:.0} tok/s",
+                    m.gen_loss, m.disc_loss, m.disc_gain, m.tokens_per_s
                 ));
                 run_dir::append_metrics(out, &m)?;
             }

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub disc_accuracy: f64,
     /// Share of real tokens that differed from the original in the discriminator's input.
     pub replaced_fraction: f64,
+    /// The label entropy of the replaced share minus `disc_loss` (see `LossReport::disc_gain`);
+    /// NaN in lines written before it was recorded.
+    #[serde(default = "not_recorded")]
+    pub disc_gain: f64,
     /// The learning rate of the last step of the window (not a mean).
     pub lr: f64,
     /// Global gradient norm before clipping.
@@ -49,6 +53,10 @@ pub struct Metrics {
     pub tokens_per_s: f64,
     /// Training time since the run began, in seconds, carried across resumes.
     pub elapsed_s: f64,
+}
+
+fn not_recorded() -> f64 {
+    f64::NAN
 }
 
 /// `RUN_DIR/run.json`.
