@@ -292,6 +292,21 @@ fn bad_runs_and_checkpoints_get_clear_errors_and_lose_nothing() {
     let err = fails(&tiny_args(data, &["--out", s(&run)]));
     assert!(err.contains("already holds a run"), "{err}");
 
+    // A resume while another process trains the run is refused before anything is touched.
+    let config = std::fs::read(run.join("run.json")).unwrap();
+    let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    let held = std::fs::File::open(run.join("train.lock")).unwrap();
+    held.lock().unwrap();
+    let err = fails(&["pretrain", "--resume", s(&run), "--steps", "6"]);
+    assert!(
+        err.contains("train.lock") && err.contains("another process"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.join("run.json")).unwrap(), config);
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
+    assert_eq!(checkpoint::list(&run).unwrap(), [2, 4]);
+    drop(held);
+
     // A torn model file in the newest checkpoint is named, and the checkpoint is left as it was.
     let model = checkpoint::step_dir(&run, 4).join("model.safetensors");
     let bytes = std::fs::read(&model).unwrap();

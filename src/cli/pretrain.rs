@@ -316,9 +316,10 @@ pub fn run(args: &PretrainArgs) -> CliResult<()> {
 
 fn run_on<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<()> {
     let mut init = None;
-    let (out, rc, start) = match &args.resume {
+    let (out, rc, start, _lock) = match &args.resume {
         Some(dir) => {
             let mut rc = run_dir::read_config(dir)?;
+            let lock = run_dir::lock_for_training(dir)?;
             let Some(&last) = checkpoint::list(dir)?.last() else {
                 return Err(format!("{}: has no checkpoint to resume from", dir.display()).into());
             };
@@ -329,12 +330,13 @@ fn run_on<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<()> {
             let layout = Model::new(rc.model.clone()).layout;
             let ckpt = checkpoint::load(dir, &layout, last)?;
             run_dir::write_config(dir, &rc)?;
-            (dir.clone(), rc, Some(ckpt))
+            (dir.clone(), rc, Some(ckpt), lock)
         }
         None => {
             let (out, rc, initial) = new_run(args)?;
+            let lock = run_dir::lock_for_training(&out)?;
             init = initial;
-            (out, rc, None)
+            (out, rc, None, lock)
         }
     };
     let mut batcher = Batcher::open(&rc.data, rc.batch_size, rc.train.seed)?;

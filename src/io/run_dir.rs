@@ -1,9 +1,11 @@
-//! A run directory: `run.json` (the model and recipe), `metrics.jsonl` and `checkpoints/`.
+//! A run directory: `run.json` (the model and recipe), `metrics.jsonl`, `checkpoints/` and
+//! `train.lock`, which the process training the run holds.
 
 use super::{write_atomic, IoError};
 use crate::model::config::ElectraConfig;
 use crate::train::TrainConfig;
 use serde::{Deserialize, Serialize};
+use std::fs::{File, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -67,6 +69,35 @@ pub fn config_path(run_dir: &Path) -> PathBuf {
 /// `RUN_DIR/metrics.jsonl`.
 pub fn metrics_path(run_dir: &Path) -> PathBuf {
     run_dir.join("metrics.jsonl")
+}
+
+/// Proof that this process alone trains a run; the lock goes when this value is dropped or the
+/// process ends, however it ends, so a crash leaves nothing to clean up.
+#[derive(Debug)]
+pub struct TrainingLock {
+    _held: File,
+}
+
+/// Takes `RUN_DIR/train.lock`. A second `pretrain` on a run that is still training (a `--resume`
+/// typed while the first runs) would rewrite its config and metrics and race its checkpoints; it
+/// gets this error instead and changes nothing.
+pub fn lock_for_training(run_dir: &Path) -> Result<TrainingLock, IoError> {
+    let path = run_dir.join("train.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| IoError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(TrainingLock { _held: file }),
+        Err(TryLockError::WouldBlock) => Err(IoError::format(
+            &path,
+            "held by another process that is training this run; stop it (Ctrl-C writes a \
+             checkpoint) before resuming",
+        )),
+        Err(TryLockError::Error(e)) => Err(IoError::io(&path, e)),
+    }
 }
 
 /// Writes `run.json` atomically.
