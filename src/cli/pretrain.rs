@@ -296,7 +296,7 @@ impl Window {
             mlm_accuracy: self.sums[2] / n,
             disc_accuracy: self.sums[3] / n,
             replaced_fraction: self.sums[4] / n,
-            disc_gain: self.sums[6] / n,
+            disc_gain: Some(self.sums[6] / n),
             lr: lr as f64,
             grad_norm: self.sums[5] / n,
             tokens_per_s: self.tokens as f64 / secs.max(1e-9),
@@ -450,7 +450,10 @@ fn train_loop<B: Backend>(
             if let Some(m) = window.take(step, report.lr, elapsed(&clock)) {
                 bar.set_message(format!(
                     "gen {:.3} disc {:.4} (gain {:+.4}) {:.0} tok/s",
-                    m.gen_loss, m.disc_loss, m.disc_gain, m.tokens_per_s
+                    m.gen_loss,
+                    m.disc_loss,
+                    m.disc_gain.unwrap_or(f64::NAN),
+                    m.tokens_per_s
                 ));
                 run_dir::append_metrics(out, &m)?;
             }

@@ -44,9 +44,9 @@ pub struct Metrics {
     /// Share of real tokens that differed from the original in the discriminator's input.
     pub replaced_fraction: f64,
     /// The label entropy of the replaced share minus `disc_loss` (see `LossReport::disc_gain`);
-    /// NaN in lines written before it was recorded.
-    #[serde(default = "not_recorded")]
-    pub disc_gain: f64,
+    /// absent from lines written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disc_gain: Option<f64>,
     /// The learning rate of the last step of the window (not a mean).
     pub lr: f64,
     /// Global gradient norm before clipping.
@@ -55,10 +55,6 @@ pub struct Metrics {
     pub tokens_per_s: f64,
     /// Training time since the run began, in seconds, carried across resumes.
     pub elapsed_s: f64,
-}
-
-fn not_recorded() -> f64 {
-    f64::NAN
 }
 
 /// `RUN_DIR/run.json`.
