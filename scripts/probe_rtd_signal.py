@@ -24,7 +24,6 @@ A discriminator at the context-free line has learned the token-identity signal a
 It also prints how much the generator uses context: its cross-entropy at the [MASK]ed positions of
 the second half, against a unigram model counted on the first half.
 """
-import math
 import sys
 
 import numpy as np
