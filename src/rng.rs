@@ -71,6 +71,21 @@ impl Stream {
     pub fn uniform(&self, index: u32) -> f32 {
         unit_f32(self.words(index)[0])
     }
+
+    /// A standard normal draw truncated to [−2, 2] (the weight initialisation of BERT and ELECTRA),
+    /// by Box–Muller and rejection; `counter` is the next index and advances past every rejected draw.
+    pub fn truncated_normal(&self, counter: &mut u32) -> f32 {
+        loop {
+            let w = self.words(*counter);
+            *counter += 1;
+            let u1 = (unit_f32(w[0]) as f64).max(1e-12);
+            let u2 = unit_f32(w[1]) as f64;
+            let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+            if z.abs() <= 2.0 {
+                return z as f32;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -253,19 +253,6 @@ pub struct Classifier<B: Backend> {
     reserved: (usize, usize),
 }
 
-fn truncated_normal(stream: &Stream, counter: &mut u32) -> f32 {
-    loop {
-        let w = stream.words(*counter);
-        *counter += 1;
-        let u1 = (crate::rng::unit_f32(w[0]) as f64).max(1e-12);
-        let u2 = crate::rng::unit_f32(w[1]) as f64;
-        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-        if z.abs() <= 2.0 {
-            return z as f32;
-        }
-    }
-}
-
 impl<B: Backend> Classifier<B> {
     /// Puts a model of `config`'s discriminator with `outputs` head outputs on `backend`, with
     /// parameter `values` laid out by [`FtLayout`] (see [`Classifier::initial_values`]).
@@ -340,7 +327,7 @@ impl<B: Backend> Classifier<B> {
                 let stream = Stream::new(seed, HEAD_INIT_PURPOSE, i as u64);
                 let mut counter = 0;
                 for v in &mut values[t.buf.offset..t.buf.end()] {
-                    *v = 0.02 * truncated_normal(&stream, &mut counter);
+                    *v = 0.02 * stream.truncated_normal(&mut counter);
                 }
             }
         }

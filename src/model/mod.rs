@@ -50,25 +50,11 @@ impl Model {
                 let stream = Stream::new(seed, INIT_PURPOSE, t as u64);
                 let mut counter = 0u32;
                 for v in dst.iter_mut() {
-                    *v = 0.02 * truncated_normal(&stream, &mut counter);
+                    *v = 0.02 * stream.truncated_normal(&mut counter);
                 }
             }
         }
         values
-    }
-}
-
-/// A standard normal draw truncated to [−2, 2], by Box–Muller and rejection.
-fn truncated_normal(stream: &Stream, counter: &mut u32) -> f32 {
-    loop {
-        let w = stream.words(*counter);
-        *counter += 1;
-        let u1 = (crate::rng::unit_f32(w[0]) as f64).max(1e-12);
-        let u2 = crate::rng::unit_f32(w[1]) as f64;
-        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-        if z.abs() <= 2.0 {
-            return z as f32;
-        }
     }
 }
 
