@@ -19,7 +19,9 @@ every real token:
   - the discriminator itself, and the spread of its logits over the real tokens (near 0: its output
     no longer depends on the input).
 Last, for each network, the largest mean attention weight that any head puts on the previous or the next
-token (1/seq for uniform attention): whether word order is used at all, which every bigram needs.
+token (1/seq for uniform attention): whether word order is used at all, which every bigram needs; and
+the mean cosine of adjacent position embeddings (rows 0..seq-1, centred): near 0 while the positions are
+noise, rising as they take on an order (0.2 in a run that has left the plateau, BENCHMARKS.md).
 A discriminator at the context-free line has learned the token-identity signal and no context.
 It also prints how much the generator uses context: its cross-entropy at the [MASK]ed positions of
 the second half, against a unigram model counted on the first half.
@@ -164,3 +166,10 @@ def neighbour_attention(model, batch):
 sample = ids[:16]
 print(f"largest mean attention on a neighbour (uniform {1 / ids.shape[1]:.4f}): discriminator "
       f"{neighbour_attention(disc, sample):.4f}, generator {neighbour_attention(gen, sample):.4f}")
+
+
+positions = disc.electra.embeddings.position_embeddings.weight.detach()[: ids.shape[1]].double()
+positions = positions - positions.mean(0)
+positions = positions / positions.norm(dim=1, keepdim=True)
+print(f"position embeddings, mean cosine of adjacent rows (centred): "
+      f"{float((positions[1:] * positions[:-1]).sum(1).mean()):.3f}")
