@@ -72,18 +72,22 @@ impl Stream {
         unit_f32(self.words(index)[0])
     }
 
-    /// A standard normal draw truncated to [−2, 2] (the weight initialisation of BERT and ELECTRA),
-    /// by Box–Muller and rejection; `counter` is the next index and advances past every rejected draw.
-    pub fn truncated_normal(&self, counter: &mut u32) -> f32 {
-        loop {
-            let w = self.words(*counter);
-            *counter += 1;
-            let u1 = (unit_f32(w[0]) as f64).max(1e-12);
-            let u2 = unit_f32(w[1]) as f64;
-            let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-            if z.abs() <= 2.0 {
-                return z as f32;
-            }
+    /// Fills `dst` with draws of N(0, std²) truncated at 2σ (the weight initialisation of BERT and
+    /// ELECTRA), by Box–Muller and rejection; a rejected draw consumes its index, so each value
+    /// depends only on the stream and its position in `dst`.
+    pub fn fill_truncated_normal(&self, dst: &mut [f32], std: f32) {
+        let mut index = 0u32;
+        for v in dst {
+            *v = loop {
+                let w = self.words(index);
+                index += 1;
+                let u1 = (unit_f32(w[0]) as f64).max(1e-12);
+                let u2 = unit_f32(w[1]) as f64;
+                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                if z.abs() <= 2.0 {
+                    break std * z as f32;
+                }
+            };
         }
     }
 }
@@ -119,5 +123,23 @@ mod tests {
         assert!(draws.iter().all(|&u| (0.0..1.0).contains(&u)));
         let mean = draws.iter().sum::<f32>() / draws.len() as f32;
         assert!((mean - 0.5).abs() < 0.01, "mean {mean}");
+    }
+
+    #[test]
+    fn truncated_normal_draws_have_the_truncated_moments() {
+        let mut draws = vec![0.0f32; 20_000];
+        Stream::new(3, 2, 5).fill_truncated_normal(&mut draws, 0.02);
+        assert!(draws.iter().all(|v| v.abs() <= 0.04));
+        let n = draws.len() as f64;
+        let mean = draws.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let std = (draws
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        // N(0, 1) truncated to [-2, 2] has standard deviation 0.8796.
+        assert!(mean.abs() < 0.0005, "mean {mean}");
+        assert!((std / 0.02 - 0.8796).abs() < 0.01, "std {std}");
     }
 }

@@ -324,11 +324,8 @@ impl<B: Backend> Classifier<B> {
         values.resize(layout.len, 0.0);
         for (i, t) in layout.tensors.iter().enumerate() {
             if t.name.starts_with("classifier.") && t.decay {
-                let stream = Stream::new(seed, HEAD_INIT_PURPOSE, i as u64);
-                let mut counter = 0;
-                for v in &mut values[t.buf.offset..t.buf.end()] {
-                    *v = 0.02 * stream.truncated_normal(&mut counter);
-                }
+                Stream::new(seed, HEAD_INIT_PURPOSE, i as u64)
+                    .fill_truncated_normal(&mut values[t.buf.offset..t.buf.end()], 0.02);
             }
         }
         Ok(values)

@@ -47,11 +47,7 @@ impl Model {
             if p.name.ends_with("LayerNorm.weight") {
                 dst.fill(1.0);
             } else if p.decay {
-                let stream = Stream::new(seed, INIT_PURPOSE, t as u64);
-                let mut counter = 0u32;
-                for v in dst.iter_mut() {
-                    *v = 0.02 * stream.truncated_normal(&mut counter);
-                }
+                Stream::new(seed, INIT_PURPOSE, t as u64).fill_truncated_normal(dst, 0.02);
             }
         }
         values
