@@ -18,7 +18,7 @@ use crate::io::tensors::{read_tensors, write_f32_tensors};
 use crate::io::IoError;
 use crate::model::config::{ElectraConfig, EncoderConfig};
 use crate::model::params::{Dense, DISCRIMINATOR, SHARED};
-use crate::model::{encoder_forward, BatchShape, DropoutPlan, EncoderActs, Model};
+use crate::model::{encoder_forward, BatchShape, DropoutPlan, EncoderActs, Model, INIT_STD};
 use crate::rng::Stream;
 use crate::tape::{Arena, Tape};
 use crate::train::schedule::learning_rate;
@@ -325,7 +325,7 @@ impl<B: Backend> Classifier<B> {
         for (i, t) in layout.tensors.iter().enumerate() {
             if t.name.starts_with("classifier.") && t.decay {
                 Stream::new(seed, HEAD_INIT_PURPOSE, i as u64)
-                    .fill_truncated_normal(&mut values[t.buf.offset..t.buf.end()], 0.02);
+                    .fill_truncated_normal(&mut values[t.buf.offset..t.buf.end()], INIT_STD);
             }
         }
         Ok(values)

@@ -14,7 +14,7 @@ use super::{write_atomic, IoError};
 use crate::data::WordPieceTokenizer;
 use crate::model::config::{ElectraConfig, EncoderConfig};
 use crate::model::params::{ParamLayout, DISCRIMINATOR, GENERATOR, SHARED};
-use crate::model::Model;
+use crate::model::{Model, INIT_STD};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -83,7 +83,7 @@ pub fn hf_config(cfg: &ElectraConfig, network: Network) -> serde_json::Value {
         "attention_probs_dropout_prob": json_f32(cfg.attention_probs_dropout_prob),
         "max_position_embeddings": cfg.max_position_embeddings,
         "type_vocab_size": cfg.type_vocab_size,
-        "initializer_range": 0.02,
+        "initializer_range": json_f32(INIT_STD),
         "layer_norm_eps": json_f32(cfg.layer_norm_eps),
         "pad_token_id": cfg.special_tokens.pad,
         "bos_token_id": null,

@@ -24,6 +24,10 @@ pub struct Model {
 /// Purpose tag of the initialisation stream.
 const INIT_PURPOSE: u32 = 1;
 
+/// The standard deviation of the original weight initialisation (BERT's and ELECTRA's; the
+/// `initializer_range` of an exported config).
+pub const INIT_STD: f32 = 0.02;
+
 impl Model {
     /// Lays out the parameters of `config`. Holds no values: pass [`Model::initial_values`] (or a
     /// checkpoint's) to [`crate::train::Trainer::new`]. Expects a config that passes
@@ -47,7 +51,7 @@ impl Model {
             if p.name.ends_with("LayerNorm.weight") {
                 dst.fill(1.0);
             } else if p.decay {
-                Stream::new(seed, INIT_PURPOSE, t as u64).fill_truncated_normal(dst, 0.02);
+                Stream::new(seed, INIT_PURPOSE, t as u64).fill_truncated_normal(dst, INIT_STD);
             }
         }
         values
