@@ -21,9 +21,15 @@ from safetensors.numpy import load_file, save_file
 if len(sys.argv) != 4:
     sys.exit(__doc__)
 export, out, pattern = sys.argv[1:]
-shutil.copytree(f"{export}/discriminator", f"{out}/discriminator")
-path = f"{out}/discriminator/model.safetensors"
-tensors = load_file(path)
+source = f"{export}/discriminator/model.safetensors"
+tensors = load_file(source)
+redrawn = [
+    name
+    for name in tensors
+    if not name.startswith("discriminator_predictions.") and re.search(pattern, name)
+]
+if not redrawn:
+    sys.exit(f"reinit_tensors: no tensor of {source} matches {pattern!r}")
 rng = np.random.default_rng(7)
 
 
@@ -34,19 +40,14 @@ def truncated_normal(shape):
     return (0.02 * z).astype(np.float32)
 
 
-redrawn = []
-for name, value in tensors.items():
-    if name.startswith("discriminator_predictions.") or not re.search(pattern, name):
-        continue
-    redrawn.append(name)
+for name in redrawn:
+    value = tensors[name]
     if name.endswith("LayerNorm.weight"):
         tensors[name] = np.ones_like(value)
     elif name.endswith(".bias"):
         tensors[name] = np.zeros_like(value)
     else:
         tensors[name] = truncated_normal(value.shape)
-if not redrawn:
-    shutil.rmtree(out)
-    sys.exit(f"reinit_tensors: no tensor of {path} matches {pattern!r}")
-save_file(tensors, path, metadata={"format": "pt"})
+shutil.copytree(f"{export}/discriminator", f"{out}/discriminator")
+save_file(tensors, f"{out}/discriminator/model.safetensors", metadata={"format": "pt"})
 print(f"{out}: {len(redrawn)} tensors drawn afresh: {', '.join(redrawn)}")
