@@ -22,7 +22,10 @@ Last, for each network, the largest mean attention weight that any head puts on 
 token (1/seq for uniform attention): whether word order is used at all, which every bigram needs; and
 the mean cosine of adjacent position embeddings (rows 0..seq-1, centred): near 0 while the positions are
 noise, rising as they take on an order (the synthetic run in BENCHMARKS.md went 0.32 → 0.57 as it left
-its plateau; compare runs over the same number of rows).
+its plateau; compare runs over the same number of rows), and the effective rank of the discriminator's
+embedding projection (E -> H, when E < H): the context-free stage narrows it (49 at init for `tiny`, about
+22 by step 2000 in BENCHMARKS.md's session 8), which weakens most directions of the word vectors for
+fine-tuning; it widens again as the discriminator takes on context.
 A discriminator at the context-free line has learned the token-identity signal and no context.
 It also prints how much the generator uses context: its cross-entropy at the [MASK]ed positions of
 the second half, against a unigram model counted on the first half.
@@ -174,3 +177,10 @@ positions = positions - positions.mean(0)
 positions = positions / positions.norm(dim=1, keepdim=True)
 print(f"position embeddings, mean cosine of adjacent rows (centred): "
       f"{float((positions[1:] * positions[:-1]).sum(1).mean()):.3f}")
+
+if hasattr(disc.electra, "embeddings_project"):
+    singular = torch.linalg.svdvals(disc.electra.embeddings_project.weight.detach().double())
+    energy = singular**2 / (singular**2).sum()
+    print(f"embedding projection: effective rank {float(torch.exp(-(energy * energy.log()).sum())):.1f} of "
+          f"{len(singular)} (exp of the entropy of its normalised squared singular values); the top 8 hold "
+          f"{float(energy[:8].sum()):.0%} of its energy")
