@@ -7,12 +7,13 @@
 #   bash scripts/compare-init.sh EXPORT OUT
 #
 # EXPORT is what `electra export` wrote; OUT receives pretrained-sN/, random-sN/, their logs and
-# summary.txt. ELECTRA names the binary (default: target/release/electra); EPOCHS (default 2, the
-# protocol's) can be lowered for a quick check; LAYER_DECAY (default 0.8, the protocol's) is passed to both
-# arms. Needs data/polarity (`bash scripts/fetch-data.sh polarity`).
+# summary.txt. ELECTRA names the binary (default: target/release/electra); EPOCHS (default 5, the
+# protocol's since session 9: with 2, the earlier protocol, both arms are still improving when it ends) can
+# be lowered for a quick check; LAYER_DECAY (default 0.8, the protocol's) is passed to both arms. Needs
+# data/polarity (`bash scripts/fetch-data.sh polarity`).
 set -euo pipefail
 if [ $# -ne 2 ]; then
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 fi
 export_dir=$1 out=$2
@@ -27,7 +28,7 @@ for seed in 1 2 3; do
         extra=()
         [ "$arm" = random ] && extra=(--init-from-scratch)
         RAYON_NUM_THREADS=1 "$electra" finetune --task sst2 --data data/polarity --model "$export_dir" \
-            --out "$out/$arm-s$seed" --epochs "${EPOCHS:-2}" --max-seq 64 --batch 32 --lr 3e-4 --seed "$seed" \
+            --out "$out/$arm-s$seed" --epochs "${EPOCHS:-5}" --max-seq 64 --batch 32 --lr 3e-4 --seed "$seed" \
             --layer-decay "${LAYER_DECAY:-0.8}" --log-every 100 "${extra[@]}" >"$out/$arm-s$seed.log" 2>&1 &
         pids+=($!)
     done
