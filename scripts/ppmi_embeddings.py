@@ -9,9 +9,11 @@ The vectors are the classic positive-PMI factorisation: co-occurrences within tw
 (within one example, [PAD]/[CLS]/[SEP] left out), context counts smoothed by the power 0.75, the PPMI
 matrix's top E left singular vectors scaled by the square roots of their singular values (randomised
 SVD, seeded). They are centred and scaled to the standard deviation `electra` draws embeddings with
-(0.02), so that only their directions differ from a random initialisation; tokens the shard never holds
-keep their random draw. OUT's discriminator/model.safetensors is replaced atomically.
+(the config's `initializer_range`), so that only their directions differ from a random initialisation;
+tokens the shard never holds keep their random draw. OUT's discriminator/model.safetensors is replaced
+atomically.
 """
+import json
 import os
 import sys
 
@@ -19,24 +21,25 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from pretraining_inputs import read_shard
+from pretraining_inputs import read_shard, special_ids
 
 WINDOW = 2
 CONTEXT_POWER = 0.75
-INIT_STD = 0.02
 NAME = "electra.embeddings.word_embeddings.weight"
 
 if len(sys.argv) != 3:
     sys.exit(__doc__)
 shard, out = sys.argv[1:]
 path = f"{out}/discriminator/model.safetensors"
+init_std = json.load(open(f"{out}/discriminator/config.json"))["initializer_range"]
+cls_id, sep_id, _ = special_ids(f"{out}/discriminator/vocab.txt")
 tensors = load_file(path)
 vocab_size, width = tensors[NAME].shape
 ids, shard_vocab = read_shard(shard)
 if shard_vocab != vocab_size:
     sys.exit(f"{shard}: vocabulary of {shard_vocab} tokens, but {path} has {vocab_size} word embeddings")
 
-left_out = np.isin(ids, [0, 2, 3])
+left_out = np.isin(ids, [0, cls_id, sep_id])  # [PAD] is 0 in every shard
 pairs = np.zeros(vocab_size * vocab_size, dtype=np.int64)
 for offset in range(1, WINDOW + 1):
     keep = ~(left_out[:, :-offset] | left_out[:, offset:])
@@ -55,7 +58,7 @@ torch.manual_seed(0)
 u, s, _ = torch.svd_lowrank(ppmi, q=width + 16, niter=4)
 vectors = (u[:, :width] * s[:width].sqrt()).numpy().astype(np.float64)
 vectors -= vectors.mean(0)
-vectors *= INIT_STD / vectors.std()
+vectors *= init_std / vectors.std()
 seen = counts.sum(1).numpy() > 0
 vectors[~seen] = tensors[NAME][~seen]
 tensors[NAME] = vectors.astype(np.float32)

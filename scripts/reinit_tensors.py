@@ -5,12 +5,14 @@ helps or hinders fine-tuning (BENCHMARKS.md, "Pretraining helps downstream"): fi
   python3 scripts/reinit_tensors.py EXPORT OUT REGEX
 
 Every discriminator tensor whose HF name matches REGEX (Python `re.search`) is re-initialised the way
-`electra` initialises a model: weights from N(0, 0.02²) truncated at 2σ, biases 0, LayerNorm gains 1. The
-replaced-token head (`discriminator_predictions.*`) is left alone, since fine-tuning drops it. Examples:
+`electra` initialises a model: weights from N(0, σ²) truncated at 2σ (σ: the config's
+`initializer_range`), biases 0, LayerNorm gains 1. The replaced-token head (`discriminator_predictions.*`)
+is left alone, since fine-tuning drops it. Examples:
 `embeddings_project` (the 64→128 projection), `word_embeddings`, `attention\\.self\\.(query|key)`,
 `LayerNorm`, `^electra\\.(?!embeddings\\.)` (everything but the embedding block). Needs numpy and
 safetensors; not in CI.
 """
+import json
 import re
 import shutil
 import sys
@@ -30,6 +32,7 @@ redrawn = [
 ]
 if not redrawn:
     sys.exit(f"reinit_tensors: no tensor of {source} matches {pattern!r}")
+init_std = json.load(open(f"{export}/discriminator/config.json"))["initializer_range"]
 rng = np.random.default_rng(7)
 
 
@@ -37,7 +40,7 @@ def truncated_normal(shape):
     z = rng.standard_normal(shape)
     while (outside := np.abs(z) > 2).any():
         z[outside] = rng.standard_normal(outside.sum())
-    return (0.02 * z).astype(np.float32)
+    return (init_std * z).astype(np.float32)
 
 
 for name in redrawn:
