@@ -315,6 +315,40 @@ fn finetune_and_predict_end_to_end() {
     assert_eq!(cfg["num_labels"], 2);
     assert_eq!(cfg["electra_finetune"]["task"]["name"], "sst2");
 
+    // Numbers no run can train with are refused before anything is written.
+    for (flag, value, expected) in [
+        ("--lr", "-1", "--lr must be a finite number > 0, got -1"),
+        ("--lr", "nan", "--lr must be a finite number > 0, got NaN"),
+        (
+            "--layer-decay",
+            "0",
+            "--layer-decay must be in (0, 1], got 0",
+        ),
+        (
+            "--warmup-fraction",
+            "1",
+            "--warmup-fraction must be in [0, 1), got 1",
+        ),
+        ("--epochs", "0", "--epochs must be positive, got 0"),
+    ] {
+        let refused = dir.join("refused");
+        let err = fails(&[
+            "finetune",
+            "--task",
+            "sst2",
+            "--data",
+            s(&data),
+            "--model",
+            s(&model),
+            "--out",
+            s(&refused),
+            flag,
+            value,
+        ]);
+        assert!(err.contains(expected), "{flag} {value}: {err}");
+        assert!(!refused.exists(), "{flag} {value} left an output folder");
+    }
+
     let pred = dir.join("pred.tsv");
     ok(&[
         "predict",

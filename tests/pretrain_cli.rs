@@ -161,7 +161,10 @@ fn a_disc_weight_of_zero_trains_the_generator_alone() {
     assert!(moments("shared.") > 0.0);
 
     let err = fails(&tiny_args(data, &["--disc-weight", "-1"]));
-    assert!(err.contains("expected a finite number >= 0"), "{err}");
+    assert!(
+        err.contains("--disc-weight must be a finite number >= 0, got -1"),
+        "{err}"
+    );
 }
 
 /// The figures of a metrics line that do not depend on the clock.
@@ -321,6 +324,34 @@ fn bad_runs_and_checkpoints_get_clear_errors_and_lose_nothing() {
         bytes.len() / 2,
         "the bad file is not overwritten"
     );
+    assert_eq!(checkpoint::list(&run).unwrap(), [2, 4]);
+
+    // Settings no run can train with are refused before a run folder exists, on the command line
+    // and in a run.json edited by hand.
+    let refused = root.join("refused");
+    for (flag, value, expected) in [
+        ("--lr", "-1", "--lr must be a finite number > 0, got -1"),
+        ("--lr", "inf", "--lr must be a finite number > 0, got inf"),
+        ("--steps", "0", "invalid value '0' for '--steps"),
+        ("--keep", "0", "invalid value '0' for '--keep"),
+    ] {
+        let err = fails(&tiny_args(data, &["--out", s(&refused), flag, value]));
+        assert!(err.contains(expected), "{flag} {value}: {err}");
+        assert!(!refused.exists(), "{flag} {value} left a run folder");
+    }
+    let config_text = String::from_utf8(config.clone()).unwrap();
+    let lr_line = config_text
+        .lines()
+        .find(|l| l.contains("\"peak_lr\""))
+        .unwrap();
+    let edited = config_text.replace(lr_line, "    \"peak_lr\": -0.5,");
+    std::fs::write(run.join("run.json"), edited).unwrap();
+    let err = fails(&["pretrain", "--resume", s(&run), "--steps", "6"]);
+    assert!(
+        err.contains("run.json: train.peak_lr must be a finite number > 0, got -0.5"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
     assert_eq!(checkpoint::list(&run).unwrap(), [2, 4]);
 
     // A learning rate that blows the model up stops the run with the step named.

@@ -38,12 +38,12 @@ pub struct FinetuneArgs {
     #[arg(long, default_value_t = 3)]
     epochs: usize,
     /// Peak learning rate (3e-4 for Small, 1e-4 for Base).
-    #[arg(long, default_value_t = 3e-4)]
+    #[arg(long, default_value_t = 3e-4, allow_negative_numbers = true)]
     lr: f32,
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Layer-wise learning-rate decay: layer d gets lr · decay^(L+1−d).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     layer_decay: f32,
     /// Share of the steps spent in linear warmup.
     #[arg(long, default_value_t = 0.1)]
@@ -78,9 +78,6 @@ pub fn run(args: &FinetuneArgs) -> Result<(), Box<dyn std::error::Error>> {
             .into())
         }
     };
-    if args.batch == 0 || args.epochs == 0 {
-        return Err(FinetuneError::Usage("--batch and --epochs must be positive".into()).into());
-    }
     let opts = RunOptions {
         task,
         data: args.data.clone(),

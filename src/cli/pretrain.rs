@@ -41,7 +41,7 @@ pub struct PretrainArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["preset", "config", "gen_fraction", "resume"])]
     init_from: Option<PathBuf>,
     /// The total number of steps to reach (the schedule decays to zero there).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     steps: Option<u64>,
     /// Stops (with a checkpoint) after this step, leaving the rest for --resume.
     #[arg(long)]
@@ -49,7 +49,7 @@ pub struct PretrainArgs {
     #[arg(long)]
     batch: Option<usize>,
     /// Peak learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
     #[arg(long)]
     warmup: Option<u64>,
@@ -64,19 +64,19 @@ pub struct PretrainArgs {
     /// Weight of the discriminator's loss against the generator's (50 in the paper); 0 takes the
     /// discriminator out of the gradients, so the generator learns alone (weight decay still
     /// shrinks the discriminator's weights).
-    #[arg(long, allow_negative_numbers = true, value_parser = parse_disc_weight)]
+    #[arg(long, allow_negative_numbers = true)]
     disc_weight: Option<f32>,
     /// cpu, or cuda[:N] where the CUDA backend is built in.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Steps between metrics lines.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     log_every: Option<u64>,
     /// Steps between checkpoints.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     checkpoint_every: Option<u64>,
     /// Checkpoints to keep.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     keep: Option<usize>,
 }
 
@@ -197,6 +197,11 @@ fn new_run(args: &PretrainArgs) -> CliResult<(PathBuf, RunConfig, Option<Vec<f32
         ..TrainConfig::default()
     };
     apply_overrides(args, &mut train);
+    train.validate().map_err(|e| {
+        // Name the flag the user typed rather than the run.json field it sets.
+        let e = e.replacen("peak_lr", "--lr", 1);
+        e.replacen("disc_weight", "--disc-weight", 1)
+    })?;
     let rc = RunConfig {
         model,
         train,
@@ -246,13 +251,6 @@ fn apply_overrides(args: &PretrainArgs, train: &mut TrainConfig) {
         } else {
             Replacement::Argmax
         };
-    }
-}
-
-fn parse_disc_weight(text: &str) -> Result<f32, String> {
-    match text.parse::<f32>() {
-        Ok(w) if w.is_finite() && w >= 0.0 => Ok(w),
-        _ => Err(format!("expected a finite number >= 0, got `{text}`")),
     }
 }
 

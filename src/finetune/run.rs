@@ -6,6 +6,7 @@ use crate::backend::Backend;
 use crate::data::tokenizer::WordPieceTokenizer;
 use crate::io::hf::load_discriminator;
 use crate::rng::Stream;
+use crate::train::{require, require_positive};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,30 @@ pub struct RunOptions {
     pub random_init: bool,
     /// Print a progress line every this many steps (0: only per epoch).
     pub log_every: u64,
+}
+
+impl RunOptions {
+    /// Checks the numbers a run needs before any file is read: a negative learning rate or a layer
+    /// decay of 0 would otherwise train to garbage, or not at all, without a word.
+    pub fn validate(&self) -> Result<(), FinetuneError> {
+        let positive = |name: &str, n: usize| require(n > 0, name, "positive", n);
+        positive("--epochs", self.epochs)
+            .and(positive("--batch", self.batch))
+            .and(require_positive("--lr", self.lr))
+            .and(require(
+                self.layer_decay > 0.0 && self.layer_decay <= 1.0,
+                "--layer-decay",
+                "in (0, 1]",
+                self.layer_decay,
+            ))
+            .and(require(
+                (0.0..1.0).contains(&self.warmup_fraction),
+                "--warmup-fraction",
+                "in [0, 1)",
+                self.warmup_fraction,
+            ))
+            .map_err(FinetuneError::Usage)
+    }
 }
 
 /// How a run ended.
@@ -129,6 +154,7 @@ fn outputs_of<B: Backend>(
 /// Fine-tunes and evaluates: after each epoch the dev metrics go to `out/metrics.jsonl`, and the
 /// best epoch (by the task's main metric) is saved in `out/best/`.
 pub fn finetune<B: Backend>(backend: B, opts: &RunOptions) -> Result<RunSummary, FinetuneError> {
+    opts.validate()?;
     let disc = load_discriminator(&opts.model)?;
     let vocab = disc.source.join("vocab.txt");
     let tok = WordPieceTokenizer::from_vocab_file(&vocab)?;

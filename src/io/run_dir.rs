@@ -110,8 +110,12 @@ pub fn read_config(run_dir: &Path) -> Result<RunConfig, IoError> {
     }
     let path = config_path(run_dir);
     let text = std::fs::read(&path).map_err(|e| IoError::io(&path, e))?;
-    serde_json::from_slice(&text)
-        .map_err(|e| IoError::format(&path, format!("not a valid run config: {e}")))
+    let cfg: RunConfig = serde_json::from_slice(&text)
+        .map_err(|e| IoError::format(&path, format!("not a valid run config: {e}")))?;
+    cfg.train
+        .validate()
+        .map_err(|e| IoError::format(&path, format!("train.{e}")))?;
+    Ok(cfg)
 }
 
 /// Appends one metrics line.

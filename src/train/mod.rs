@@ -72,6 +72,60 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// Checks that every number of the recipe is one training can run with: a negative or NaN
+    /// learning rate, say, would otherwise train to garbage without a word. The error names the
+    /// field as `run.json` spells it.
+    pub fn validate(&self) -> Result<(), String> {
+        require_positive("peak_lr", self.peak_lr)?;
+        require_non_negative("disc_weight", self.disc_weight)?;
+        require(
+            self.mask_prob > 0.0 && self.mask_prob < 1.0,
+            "mask_prob",
+            "in (0, 1)",
+            self.mask_prob,
+        )?;
+        require_non_negative("weight_decay", self.weight_decay)?;
+        for (name, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            require((0.0..1.0).contains(&beta), name, "in [0, 1)", beta)?;
+        }
+        require_positive("eps", self.eps)?;
+        require_positive("max_grad_norm", self.max_grad_norm)
+    }
+}
+
+/// `Ok` when `ok`; else an error that names the setting, what it must be and what it was.
+pub(crate) fn require(
+    ok: bool,
+    name: &str,
+    expected: &str,
+    value: impl std::fmt::Display,
+) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name} must be {expected}, got {value}"))
+    }
+}
+
+pub(crate) fn require_positive(name: &str, value: f32) -> Result<(), String> {
+    require(
+        value.is_finite() && value > 0.0,
+        name,
+        "a finite number > 0",
+        value,
+    )
+}
+
+fn require_non_negative(name: &str, value: f32) -> Result<(), String> {
+    require(
+        value.is_finite() && value >= 0.0,
+        name,
+        "a finite number >= 0",
+        value,
+    )
+}
+
 /// Where the discriminator's replacements come from in [`Trainer::forward_backward`].
 #[derive(Clone, Copy, Debug)]
 pub enum Corruption<'a> {
@@ -643,5 +697,39 @@ impl<B: Backend> Trainer<B> {
             lr: scalars.lr,
             grad_norm,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrainConfig;
+
+    #[test]
+    fn the_recipe_validates_and_each_bad_number_is_named() {
+        assert_eq!(TrainConfig::default().validate(), Ok(()));
+        type Spoil = fn(&mut TrainConfig);
+        let bad: [(&str, Spoil); 7] = [
+            ("peak_lr must be a finite number > 0, got 0", |c| {
+                c.peak_lr = 0.0
+            }),
+            ("disc_weight must be a finite number >= 0, got NaN", |c| {
+                c.disc_weight = f32::NAN
+            }),
+            ("mask_prob must be in (0, 1), got 1", |c| c.mask_prob = 1.0),
+            (
+                "weight_decay must be a finite number >= 0, got -0.01",
+                |c| c.weight_decay = -0.01,
+            ),
+            ("beta2 must be in [0, 1), got 1", |c| c.beta2 = 1.0),
+            ("eps must be a finite number > 0, got 0", |c| c.eps = 0.0),
+            ("max_grad_norm must be a finite number > 0, got inf", |c| {
+                c.max_grad_norm = f32::INFINITY
+            }),
+        ];
+        for (expected, spoil) in bad {
+            let mut config = TrainConfig::default();
+            spoil(&mut config);
+            assert_eq!(config.validate(), Err(expected.to_string()));
+        }
     }
 }
