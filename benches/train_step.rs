@@ -11,7 +11,8 @@ fn small_step(c: &mut Criterion) {
     let config = ElectraConfig::preset("small").unwrap();
     let model = Model::new(config);
     let values = model.initial_values(0);
-    let mut trainer = Trainer::new(CpuBackend::new(), model, TrainConfig::default(), &values);
+    let mut trainer =
+        Trainer::new(CpuBackend::new(), model, TrainConfig::default(), &values).unwrap();
     let special = trainer.model.config.special_tokens;
     let data = Batch::random(batch, seq, 30522, 7, &special);
     let mut group = c.benchmark_group("cpu_train_step");

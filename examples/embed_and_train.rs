@@ -28,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         total_steps: steps as u64,
         ..TrainConfig::default()
     };
-    let mut trainer = Trainer::new(CpuBackend::new(), model, recipe, &values);
+    let mut trainer = Trainer::new(CpuBackend::new(), model, recipe, &values)?;
     let special = trainer.model.config.special_tokens;
     let vocab = trainer.model.config.vocab_size;
     let started = std::time::Instant::now();

@@ -40,7 +40,7 @@
 //!     total_steps: 100,
 //!     ..TrainConfig::default()
 //! };
-//! let mut trainer = Trainer::new(CpuBackend::new(), model, recipe, &values);
+//! let mut trainer = Trainer::new(CpuBackend::new(), model, recipe, &values)?;
 //!
 //! // 2 sequences of 32 tokens, `[CLS] A [SEP] B [SEP]`, ids drawn from seed 0.
 //! let special = trainer.model.config.special_tokens;

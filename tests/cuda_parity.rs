@@ -84,8 +84,8 @@ impl Lab {
         let mut gpu = device()?;
         let sizes = Sizes { params, acts, ints };
         let mut cpu = CpuBackend::new();
-        cpu.reserve(sizes);
-        gpu.reserve(sizes);
+        cpu.reserve(sizes).unwrap();
+        gpu.reserve(sizes).unwrap();
         let seed = fresh_seed();
         Some(Lab {
             cpu,
@@ -821,8 +821,9 @@ mod whole_step {
             loaded.model.clone(),
             config.clone(),
             &loaded.values,
-        );
-        let gpu = Trainer::new(gpu, loaded.model, config, &loaded.values);
+        )
+        .unwrap();
+        let gpu = Trainer::new(gpu, loaded.model, config, &loaded.values).unwrap();
         let batch = read_batch_file(&fixture().join("batch.safetensors")).unwrap();
         Some((cpu, gpu, batch))
     }
@@ -996,7 +997,8 @@ mod whole_step {
             recorded.model.clone(),
             recorded.config.clone(),
             &values,
-        );
+        )
+        .unwrap();
         for step in 0..5 {
             let r = recorded.train_step(&b.batch).unwrap();
             let i = issued.train_step(&b.batch).unwrap();

@@ -175,7 +175,8 @@ fn train_losses(model: &Path, spec: &TaskSpec, file: &Path, steps: usize) -> (f3
         spec.regression,
         options,
         &values,
-    );
+    )
+    .unwrap();
     let losses: Vec<f32> = (0..steps)
         .map(|_| clf.train_step(&batch, &t).unwrap())
         .collect();
@@ -317,8 +318,8 @@ fn finetune_and_predict_end_to_end() {
 
     // Numbers no run can train with are refused before anything is written.
     for (flag, value, expected) in [
-        ("--lr", "-1", "--lr must be a finite number > 0, got -1"),
-        ("--lr", "nan", "--lr must be a finite number > 0, got NaN"),
+        ("--lr", "-1", "--lr must be a finite number >= 0, got -1"),
+        ("--lr", "nan", "--lr must be a finite number >= 0, got NaN"),
         (
             "--layer-decay",
             "0",

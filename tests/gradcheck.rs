@@ -49,7 +49,7 @@ impl Lab {
             ints,
         };
         let mut be = CpuBackend::new();
-        be.reserve(capacity);
+        be.reserve(capacity).unwrap();
         Lab {
             be,
             rng: Rng(seed),

@@ -58,7 +58,7 @@ fn trainer() -> (Trainer<CpuBackend>, electra::io::batch_file::BatchFile) {
         weight_decay: 0.01,
         ..TrainConfig::default()
     };
-    let t = Trainer::new(CpuBackend::new(), loaded.model, config, &loaded.values);
+    let t = Trainer::new(CpuBackend::new(), loaded.model, config, &loaded.values).unwrap();
     let batch = read_batch_file(&fixture().join("batch.safetensors")).unwrap();
     (t, batch)
 }

@@ -167,6 +167,40 @@ fn a_disc_weight_of_zero_trains_the_generator_alone() {
     );
 }
 
+/// A batch whose activations do not fit in memory is an error that says what to change, not an
+/// abort: under a 2 GB address-space limit, batch 2048 needs several GB and batch 8 trains.
+#[test]
+fn a_batch_too_large_for_memory_is_a_clear_error() {
+    let data = need_corpus!();
+    let root = scratch("oom");
+    let limited = |batch: &str, out: &Path| {
+        let command = format!(
+            "ulimit -v 2000000; exec '{}' pretrain --preset tiny --data '{}' --out '{}' --steps 2 --batch {batch}",
+            env!("CARGO_BIN_EXE_electra"),
+            s(data),
+            s(out)
+        );
+        Command::new("bash")
+            .arg("-c")
+            .arg(command)
+            .output()
+            .unwrap()
+    };
+    let out = limited("2048", &root.join("big"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the cpu backend could not allocate") && err.contains("lower the batch size"),
+        "{err}"
+    );
+    let out = limited("8", &root.join("small"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The figures of a metrics line that do not depend on the clock.
 fn deterministic(m: &Metrics) -> [u64; 7] {
     [
@@ -330,8 +364,8 @@ fn bad_runs_and_checkpoints_get_clear_errors_and_lose_nothing() {
     // and in a run.json edited by hand.
     let refused = root.join("refused");
     for (flag, value, expected) in [
-        ("--lr", "-1", "--lr must be a finite number > 0, got -1"),
-        ("--lr", "inf", "--lr must be a finite number > 0, got inf"),
+        ("--lr", "-1", "--lr must be a finite number >= 0, got -1"),
+        ("--lr", "inf", "--lr must be a finite number >= 0, got inf"),
         ("--steps", "0", "invalid value '0' for '--steps"),
         ("--keep", "0", "invalid value '0' for '--keep"),
     ] {
@@ -348,7 +382,7 @@ fn bad_runs_and_checkpoints_get_clear_errors_and_lose_nothing() {
     std::fs::write(run.join("run.json"), edited).unwrap();
     let err = fails(&["pretrain", "--resume", s(&run), "--steps", "6"]);
     assert!(
-        err.contains("run.json: train.peak_lr must be a finite number > 0, got -0.5"),
+        err.contains("run.json: train.peak_lr must be a finite number >= 0, got -0.5"),
         "{err}"
     );
     assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics);

@@ -137,6 +137,18 @@ impl IBuf {
     }
 }
 
+/// A backend could not allocate the memory that [`Backend::reserve`] asked for.
+#[derive(Debug, thiserror::Error)]
+#[error("the {backend} backend could not allocate {:.2} GB for the model and its activations ({detail}); lower the batch size or the sequence length", *bytes as f64 / 1e9)]
+pub struct OutOfMemory {
+    /// The backend's name.
+    pub backend: &'static str,
+    /// Bytes in the allocation that failed.
+    pub bytes: usize,
+    /// What the allocator said.
+    pub detail: String,
+}
+
 /// How many values each space must hold.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sizes {
@@ -308,8 +320,9 @@ pub trait Backend {
     fn name(&self) -> &'static str;
 
     /// Sizes every memory space. The parameter spaces keep their values when only the activation
-    /// or integer sizes change; new memory is zero.
-    fn reserve(&mut self, sizes: Sizes);
+    /// or integer sizes change; new memory is zero. Memory that cannot be had is an error, not an
+    /// abort: a batch too large for the machine is a user's mistake to report.
+    fn reserve(&mut self, sizes: Sizes) -> Result<(), OutOfMemory>;
 
     /// The current sizes.
     fn sizes(&self) -> Sizes;

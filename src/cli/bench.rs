@@ -107,7 +107,7 @@ fn run_on<B: Backend>(
     }
     let model = Model::new(config.clone());
     let values = model.initial_values(0);
-    let mut trainer = Trainer::new(backend, model, TrainConfig::default(), &values);
+    let mut trainer = Trainer::new(backend, model, TrainConfig::default(), &values)?;
     let special = config.special_tokens;
     let batch = Batch::random(args.batch, args.seq, config.vocab_size, 1, &special);
     let mut masked = 0;

@@ -94,7 +94,7 @@ pub fn run(args: &LossArgs) -> Result<(), Box<dyn std::error::Error>> {
         loaded.model,
         TrainConfig::default(),
         &loaded.values,
-    );
+    )?;
     // Comparisons with another implementation run without dropout, as its evaluation mode does.
     trainer.dropout = false;
     let mode = args.replacement.clone().unwrap_or_else(|| {

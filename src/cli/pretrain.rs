@@ -196,12 +196,7 @@ fn new_run(args: &PretrainArgs) -> CliResult<(PathBuf, RunConfig, Option<Vec<f32
         warmup_steps: (steps / 10).min(10_000),
         ..TrainConfig::default()
     };
-    apply_overrides(args, &mut train);
-    train.validate().map_err(|e| {
-        // Name the flag the user typed rather than the run.json field it sets.
-        let e = e.replacen("peak_lr", "--lr", 1);
-        e.replacen("disc_weight", "--disc-weight", 1)
-    })?;
+    apply_overrides(args, &mut train)?;
     let rc = RunConfig {
         model,
         train,
@@ -218,11 +213,13 @@ fn new_run(args: &PretrainArgs) -> CliResult<(PathBuf, RunConfig, Option<Vec<f32
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/tiny-sotu"));
     if run_dir::config_path(&out).exists() {
-        return Err(format!(
-            "{}: already holds a run; continue it with --resume {} or choose another --out",
-            out.display(),
-            out.display()
-        )
+        let d = out.display();
+        return Err(if checkpoint::list(&out)?.is_empty() {
+            // A run that failed before its first checkpoint cannot be resumed.
+            format!("{d}: already holds a run that never wrote a checkpoint; delete it or choose another --out")
+        } else {
+            format!("{d}: already holds a run; continue it with --resume {d} or choose another --out")
+        }
         .into());
     }
     run_dir::write_config(&out, &rc)?;
@@ -232,7 +229,8 @@ fn new_run(args: &PretrainArgs) -> CliResult<(PathBuf, RunConfig, Option<Vec<f32
     Ok((out, rc, initial))
 }
 
-fn apply_overrides(args: &PretrainArgs, train: &mut TrainConfig) {
+/// Applies the recipe flags, new run or resume alike, and checks the result.
+fn apply_overrides(args: &PretrainArgs, train: &mut TrainConfig) -> CliResult<()> {
     if let Some(lr) = args.lr {
         train.peak_lr = lr;
     }
@@ -252,6 +250,11 @@ fn apply_overrides(args: &PretrainArgs, train: &mut TrainConfig) {
             Replacement::Argmax
         };
     }
+    train.validate().map_err(|e| {
+        // Name the flag the user typed rather than the run.json field it sets.
+        let e = e.replacen("peak_lr", "--lr", 1);
+        e.replacen("disc_weight", "--disc-weight", 1).into()
+    })
 }
 
 /// Means of the step figures since the last metrics line.
@@ -324,7 +327,7 @@ fn run_on<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<()> {
             if let Some(steps) = args.steps {
                 rc.train.total_steps = steps;
             }
-            apply_overrides(args, &mut rc.train);
+            apply_overrides(args, &mut rc.train)?;
             let layout = Model::new(rc.model.clone()).layout;
             let ckpt = checkpoint::load(dir, &layout, last)?;
             run_dir::write_config(dir, &rc)?;
@@ -353,7 +356,7 @@ fn run_on<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<()> {
         (None, Some(values)) => values,
         (None, None) => model.initial_values(rc.train.seed),
     };
-    let mut trainer = Trainer::new(backend, model, rc.train.clone(), &initial);
+    let mut trainer = Trainer::new(backend, model, rc.train.clone(), &initial)?;
     let mut elapsed_before = 0.0;
     if let Some(c) = &start {
         trainer.set_flat(Space::AdamM, &c.adam_m);

@@ -58,6 +58,9 @@ pub enum FinetuneError {
     /// Tokenizing.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    /// The backend has no room for the model or for the activations of a batch.
+    #[error(transparent)]
+    Memory(#[from] crate::backend::OutOfMemory),
 }
 
 /// One trained tensor: its name in saved files (HF's), where it lives, and its optimizer group.
@@ -263,7 +266,7 @@ impl<B: Backend> Classifier<B> {
         regression: bool,
         options: FtOptions,
         values: &[f32],
-    ) -> Self {
+    ) -> Result<Self, FinetuneError> {
         let model = Model::new(carrier_config(config));
         let layout = FtLayout::new(&model, outputs);
         assert_eq!(values.len(), layout.len, "parameter count");
@@ -271,7 +274,7 @@ impl<B: Backend> Classifier<B> {
             params: layout.len,
             acts: 0,
             ints: 0,
-        });
+        })?;
         let all = Buf {
             space: Space::Param,
             offset: 0,
@@ -281,7 +284,7 @@ impl<B: Backend> Classifier<B> {
         for space in [Space::Grad, Space::AdamM, Space::AdamV] {
             backend.fill(all.in_space(space), 0.0);
         }
-        Classifier {
+        Ok(Classifier {
             backend,
             model,
             layout,
@@ -293,7 +296,7 @@ impl<B: Backend> Classifier<B> {
             tape: Tape::new(true),
             acts: None,
             reserved: (0, 0),
-        }
+        })
     }
 
     /// Random values for the whole model (the original init: N(0, 0.02) truncated at 2σ, zero
@@ -331,10 +334,10 @@ impl<B: Backend> Classifier<B> {
         Ok(values)
     }
 
-    fn plan(&mut self, batch: usize, seq: usize) -> Acts {
+    fn plan(&mut self, batch: usize, seq: usize) -> Result<Acts, FinetuneError> {
         if let Some(a) = &self.acts {
             if a.shape.batch == batch && a.shape.seq == seq {
-                return a.clone();
+                return Ok(a.clone());
             }
         }
         let shape = BatchShape {
@@ -373,16 +376,16 @@ impl<B: Backend> Classifier<B> {
                 params: self.layout.len,
                 acts: need.0,
                 ints: need.1,
-            });
+            })?;
             self.reserved = need;
         }
         self.acts = Some(acts.clone());
-        acts
+        Ok(acts)
     }
 
     /// The forward pass; records it for backward when `train` (which also turns dropout on).
-    fn forward(&mut self, batch: &Batch, train: bool) -> Acts {
-        let acts = self.plan(batch.batch, batch.seq);
+    fn forward(&mut self, batch: &Batch, train: bool) -> Result<Acts, FinetuneError> {
+        let acts = self.plan(batch.batch, batch.seq)?;
         let cfg = self.model.config.clone();
         let h = cfg.discriminator.hidden_size;
         let be = &mut self.backend;
@@ -462,21 +465,25 @@ impl<B: Backend> Classifier<B> {
             None,
             dims(h, self.outputs),
         );
-        acts
+        Ok(acts)
     }
 
     /// The head's outputs for `batch` without dropout: `[batch, outputs]` row-major.
-    pub fn predict(&mut self, batch: &Batch) -> Vec<f32> {
-        let acts = self.forward(batch, false);
+    pub fn predict(&mut self, batch: &Batch) -> Result<Vec<f32>, FinetuneError> {
+        let acts = self.forward(batch, false)?;
         let mut out = vec![0.0; acts.logits.len];
         self.backend.read(acts.logits, &mut out);
-        out
+        Ok(out)
     }
 
     /// Forward and backward on one batch with dropout; returns the mean loss. Takes no step.
-    pub fn forward_backward(&mut self, batch: &Batch, targets: &[Target]) -> f32 {
+    pub fn forward_backward(
+        &mut self,
+        batch: &Batch,
+        targets: &[Target],
+    ) -> Result<f32, FinetuneError> {
         assert_eq!(targets.len(), batch.batch);
-        let acts = self.forward(batch, true);
+        let acts = self.forward(batch, true)?;
         let b = batch.batch;
         let be = &mut self.backend;
         let loss = if self.regression {
@@ -512,7 +519,7 @@ impl<B: Backend> Classifier<B> {
             (rows.iter().map(|&v| v as f64).sum::<f64>() / b as f64) as f32
         };
         self.tape.backward(&mut self.backend);
-        loss
+        Ok(loss)
     }
 
     /// The learning rate of the head at the next step (layers get less, see [`FtOptions`]).
@@ -550,7 +557,7 @@ impl<B: Backend> Classifier<B> {
 
     /// One training step: forward, loss, backward, clip, AdamW. Returns the loss.
     pub fn train_step(&mut self, batch: &Batch, targets: &[Target]) -> Result<f32, FinetuneError> {
-        let loss = self.forward_backward(batch, targets);
+        let loss = self.forward_backward(batch, targets)?;
         if !loss.is_finite() {
             return Err(FinetuneError::NonFinite(self.step));
         }
@@ -686,7 +693,7 @@ pub fn load_model<B: Backend>(dir: &Path, backend: B) -> Result<Finetuned<B>, Fi
     }
     let regression = info.task.regression;
     let options = FtOptions::default();
-    let classifier = Classifier::new(backend, &config, outputs, regression, options, &values);
+    let classifier = Classifier::new(backend, &config, outputs, regression, options, &values)?;
     Ok(Finetuned {
         classifier,
         info,

@@ -6,7 +6,7 @@ use crate::backend::Backend;
 use crate::data::tokenizer::WordPieceTokenizer;
 use crate::io::hf::load_discriminator;
 use crate::rng::Stream;
-use crate::train::{require, require_positive};
+use crate::train::{require, require_non_negative};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -48,7 +48,7 @@ impl RunOptions {
         let positive = |name: &str, n: usize| require(n > 0, name, "positive", n);
         positive("--epochs", self.epochs)
             .and(positive("--batch", self.batch))
-            .and(require_positive("--lr", self.lr))
+            .and(require_non_negative("--lr", self.lr))
             .and(require(
                 self.layer_decay > 0.0 && self.layer_decay <= 1.0,
                 "--layer-decay",
@@ -142,13 +142,13 @@ fn outputs_of<B: Backend>(
     examples: &[Encoded],
     batch: usize,
     pad: u32,
-) -> Vec<f32> {
+) -> Result<Vec<f32>, FinetuneError> {
     let mut out = Vec::with_capacity(examples.len() * clf.outputs);
     for chunk in examples.chunks(batch.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
-        out.extend(clf.predict(&data::pad_batch(&refs, pad)));
+        out.extend(clf.predict(&data::pad_batch(&refs, pad))?);
     }
-    out
+    Ok(out)
 }
 
 /// Fine-tunes and evaluates: after each epoch the dev metrics go to `out/metrics.jsonl`, and the
@@ -216,7 +216,7 @@ pub fn finetune<B: Backend>(backend: B, opts: &RunOptions) -> Result<RunSummary,
         spec.regression,
         options,
         &values,
-    );
+    )?;
     let io = |p: &Path, e: std::io::Error| FinetuneError::File {
         path: p.to_path_buf(),
         message: e.to_string(),
@@ -270,7 +270,7 @@ pub fn finetune<B: Backend>(backend: B, opts: &RunOptions) -> Result<RunSummary,
         }
         let train_loss = (sum / per_epoch as f64) as f32;
         epoch_losses.push(train_loss);
-        let out = outputs_of(&mut clf, &dev.encoded, opts.batch.max(64), pad);
+        let out = outputs_of(&mut clf, &dev.encoded, opts.batch.max(64), pad)?;
         let dev_metrics = evaluate(&spec, &out, &dev.targets);
         let main = dev_metrics[spec.main_metric.as_str()]
             .as_f64()
@@ -335,7 +335,7 @@ pub fn predict<B: Backend>(
         .map(|r| data::encode(&m.tokenizer, &r.texts, m.info.max_seq))
         .collect::<Result<_, _>>()?;
     let pad = m.tokenizer.pad_id();
-    let outputs = outputs_of(&mut m.classifier, &encoded, batch, pad);
+    let outputs = outputs_of(&mut m.classifier, &encoded, batch, pad)?;
     let mut text = String::from("index\tprediction\n");
     if spec.regression {
         for (i, v) in outputs.iter().enumerate() {

@@ -4,7 +4,7 @@
 pub mod masking;
 pub mod schedule;
 
-use crate::backend::{AdamW, Backend, Buf, Pick, Sizes, Space, StepScalars};
+use crate::backend::{AdamW, Backend, Buf, OutOfMemory, Pick, Sizes, Space, StepScalars};
 use crate::model::{self, BatchShape, DropoutPlan, Model, StepActs};
 use crate::rng::Stream;
 use crate::tape::Tape;
@@ -77,7 +77,8 @@ impl TrainConfig {
     /// learning rate, say, would otherwise train to garbage without a word. The error names the
     /// field as `run.json` spells it.
     pub fn validate(&self) -> Result<(), String> {
-        require_positive("peak_lr", self.peak_lr)?;
+        // 0 is allowed: steps that change nothing still report the losses of given weights.
+        require_non_negative("peak_lr", self.peak_lr)?;
         require_non_negative("disc_weight", self.disc_weight)?;
         require(
             self.mask_prob > 0.0 && self.mask_prob < 1.0,
@@ -108,7 +109,7 @@ pub(crate) fn require(
     }
 }
 
-pub(crate) fn require_positive(name: &str, value: f32) -> Result<(), String> {
+fn require_positive(name: &str, value: f32) -> Result<(), String> {
     require(
         value.is_finite() && value > 0.0,
         name,
@@ -117,7 +118,7 @@ pub(crate) fn require_positive(name: &str, value: f32) -> Result<(), String> {
     )
 }
 
-fn require_non_negative(name: &str, value: f32) -> Result<(), String> {
+pub(crate) fn require_non_negative(name: &str, value: f32) -> Result<(), String> {
     require(
         value.is_finite() && value >= 0.0,
         name,
@@ -208,6 +209,9 @@ pub enum TrainError {
         /// The discriminator's loss at that step (unweighted).
         disc_loss: f32,
     },
+    /// The backend has no room for the model or for the activations of this batch shape.
+    #[error(transparent)]
+    Memory(#[from] OutOfMemory),
 }
 
 /// Purpose tag of the per-step Gumbel seeds.
@@ -243,14 +247,20 @@ pub struct Trainer<B: Backend> {
 }
 
 impl<B: Backend> Trainer<B> {
-    /// Puts `model` on `backend` with the given parameter values and zero Adam moments.
-    pub fn new(mut backend: B, model: Model, config: TrainConfig, values: &[f32]) -> Self {
+    /// Puts `model` on `backend` with the given parameter values and zero Adam moments; fails
+    /// only when the backend has no room for them.
+    pub fn new(
+        mut backend: B,
+        model: Model,
+        config: TrainConfig,
+        values: &[f32],
+    ) -> Result<Self, TrainError> {
         assert_eq!(values.len(), model.layout.len(), "parameter count");
         backend.reserve(Sizes {
             params: model.layout.len(),
             acts: 0,
             ints: 0,
-        });
+        })?;
         let all = Buf {
             space: Space::Param,
             offset: 0,
@@ -260,7 +270,7 @@ impl<B: Backend> Trainer<B> {
         for space in [Space::Grad, Space::AdamM, Space::AdamV] {
             backend.fill(all.in_space(space), 0.0);
         }
-        Trainer {
+        Ok(Trainer {
             model,
             backend,
             config,
@@ -271,7 +281,7 @@ impl<B: Backend> Trainer<B> {
             masking: Masking::default(),
             host: vec![],
             host_ints: vec![],
-        }
+        })
     }
 
     fn all(&self, space: Space) -> Buf {
@@ -321,12 +331,12 @@ impl<B: Backend> Trainer<B> {
 
     /// The memory plan for this batch shape, made (and the backend sized) only when the shape
     /// changes; sharing it costs a reference count, not an allocation.
-    fn plan_for(&mut self, batch: &Batch, masked: usize) -> Arc<StepActs> {
+    fn plan_for(&mut self, batch: &Batch, masked: usize) -> Result<Arc<StepActs>, TrainError> {
         let max_pred = max_predictions(batch.seq, self.config.mask_prob).max(1);
         if let Some(a) = &self.acts {
             let s = a.shape;
             if s.batch == batch.batch && s.seq == batch.seq && s.max_masked >= masked {
-                return Arc::clone(a);
+                return Ok(Arc::clone(a));
             }
         }
         let shape = BatchShape {
@@ -339,9 +349,9 @@ impl<B: Backend> Trainer<B> {
             params: self.model.layout.len(),
             acts: acts.sizes.0,
             ints: acts.sizes.1,
-        });
+        })?;
         self.acts = Some(Arc::clone(&acts));
-        acts
+        Ok(acts)
     }
 
     fn check_batch(&self, batch: &Batch, masking: &Masking) -> Result<(), TrainError> {
@@ -445,7 +455,7 @@ impl<B: Backend> Trainer<B> {
     ) -> Result<(usize, Arc<StepActs>), TrainError> {
         self.check_batch(batch, masking)?;
         let masked = masking.positions.len();
-        let acts = self.plan_for(batch, masked);
+        let acts = self.plan_for(batch, masked)?;
         let be = &mut self.backend;
         be.write_ints(acts.input_ids, &batch.input_ids);
         be.write_ints(acts.token_types, &batch.token_types);
@@ -709,8 +719,8 @@ mod tests {
         assert_eq!(TrainConfig::default().validate(), Ok(()));
         type Spoil = fn(&mut TrainConfig);
         let bad: [(&str, Spoil); 7] = [
-            ("peak_lr must be a finite number > 0, got 0", |c| {
-                c.peak_lr = 0.0
+            ("peak_lr must be a finite number >= 0, got -0.0001", |c| {
+                c.peak_lr = -1e-4
             }),
             ("disc_weight must be a finite number >= 0, got NaN", |c| {
                 c.disc_weight = f32::NAN

@@ -17,7 +17,7 @@ use std::marker::PhantomData;
 
 use super::{
     AdamW, AttentionDims, Backend, Buf, Dropout, EmbeddingParams, IBuf, LayerNormParams,
-    LayerNormSaved, LinearDims, Pick, Sizes, Space,
+    LayerNormSaved, LinearDims, OutOfMemory, Pick, Sizes, Space,
 };
 
 /// The CPU backend. Memory is one `Vec` per space.
@@ -127,15 +127,25 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn reserve(&mut self, sizes: Sizes) {
+    fn reserve(&mut self, sizes: Sizes) -> Result<(), OutOfMemory> {
+        fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) -> Result<(), OutOfMemory> {
+            v.try_reserve_exact(len.saturating_sub(v.len()))
+                .map_err(|e| OutOfMemory {
+                    backend: "cpu",
+                    bytes: len * std::mem::size_of::<T>(),
+                    detail: e.to_string(),
+                })?;
+            v.resize(len, T::default());
+            Ok(())
+        }
         for space in Space::ALL {
             let len = match space {
                 Space::Act | Space::ActGrad => sizes.acts,
                 _ => sizes.params,
             };
-            self.spaces[space.index()].resize(len, 0.0);
+            grow(&mut self.spaces[space.index()], len)?;
         }
-        self.ints.resize(sizes.ints, 0);
+        grow(&mut self.ints, sizes.ints)
     }
 
     fn sizes(&self) -> Sizes {
@@ -545,5 +555,30 @@ impl Backend for CpuBackend {
 
     fn last_grad_norm(&self) -> f32 {
         self.last_grad_norm
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_that_cannot_be_had_is_an_error_and_the_old_sizes_stay() {
+        let mut be = CpuBackend::new();
+        let fits = Sizes {
+            params: 16,
+            acts: 32,
+            ints: 8,
+        };
+        be.reserve(fits).unwrap();
+        let huge = Sizes {
+            acts: usize::MAX / 8,
+            ..fits
+        };
+        let err = be.reserve(huge).unwrap_err();
+        assert_eq!(err.backend, "cpu");
+        assert_eq!(err.bytes, huge.acts * 4);
+        assert!(err.to_string().contains("lower the batch size"), "{err}");
+        assert_eq!(be.sizes(), fits);
     }
 }

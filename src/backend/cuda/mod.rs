@@ -69,7 +69,7 @@ use half::bf16;
 
 use super::{
     AdamW, AttentionDims, Backend, Buf, Dropout, EmbeddingParams, IBuf, LayerNormParams,
-    LayerNormSaved, LinearDims, Pick, Sizes, Space, StepScalars,
+    LayerNormSaved, LinearDims, OutOfMemory, Pick, Sizes, Space, StepScalars,
 };
 use blas::{Blas, Gemm};
 use graph::{Plan, StepGraphs};
@@ -181,18 +181,35 @@ fn int(v: usize, what: &str) -> i32 {
 }
 
 /// Grows a scratch buffer to at least `bytes` (new memory is zero; the old is not kept).
-fn grow(stream: &Arc<CudaStream>, allocations: &mut u64, buf: &mut DeviceBuf, bytes: usize) {
+fn grow(
+    stream: &Arc<CudaStream>,
+    allocations: &mut u64,
+    buf: &mut DeviceBuf,
+    bytes: usize,
+) -> Result<(), OutOfMemory> {
     if buf.bytes < bytes {
         *allocations += 1;
-        *buf = DeviceBuf::zeroed(stream, bytes)
-            .unwrap_or_else(|e| panic!("CUDA: allocating {bytes} bytes of scratch: {e}"));
+        *buf = DeviceBuf::zeroed(stream, bytes).map_err(|e| OutOfMemory {
+            backend: "cuda",
+            bytes,
+            detail: format!("scratch: {e}"),
+        })?;
     }
+    Ok(())
 }
 
 /// `grow(self.scratch.$field, bytes)`, borrowing only the fields it needs.
-macro_rules! ensure {
+macro_rules! try_ensure {
     ($be:expr, $($field:tt)+) => {
         |bytes: usize| grow(&$be.stream, &mut $be.allocations, &mut $be.scratch.$($field)+, bytes)
+    };
+}
+
+/// `try_ensure!` inside an operation, which returns nothing: `reserve` has sized the scratch for
+/// the spaces already, so a growth here is rare, and a failure as fatal as a failed launch.
+macro_rules! ensure {
+    ($be:expr, $($field:tt)+) => {
+        |bytes: usize| try_ensure!($be, $($field)+)(bytes).unwrap_or_else(|e| panic!("CUDA: {e}"))
     };
 }
 
@@ -314,7 +331,10 @@ impl CudaBackend {
             stream,
             ctx,
         };
-        be.size_scratch();
+        be.size_scratch().map_err(|e| CudaError::Driver {
+            what: "allocating scratch memory".into(),
+            message: e.to_string(),
+        })?;
         be.stream
             .synchronize()
             .map_err(|e| driver_err("initialising the device memory", e))?;
@@ -435,27 +455,28 @@ impl CudaBackend {
     }
 
     /// Sizes the scratch for the current spaces (see [`Scratch`]).
-    fn size_scratch(&mut self) {
+    fn size_scratch(&mut self) -> Result<(), OutOfMemory> {
         let Sizes { acts, ints, .. } = self.sizes;
         let sms = self.sms;
         // LayerNorm backward: a grid of at most 2·SMs blocks, 2·width partials each; the bias
         // reductions stay under 2·SMs·1024 values by their choice of grid.
-        ensure!(self, partials)(4 * 2 * sms * 2 * MAX_WIDTH);
-        ensure!(self, counters)(4 * 4096);
-        ensure!(self, norm)(16 * 2 * sms + 16);
+        try_ensure!(self, partials)(4 * 2 * sms * 2 * MAX_WIDTH)?;
+        try_ensure!(self, counters)(4 * 4096)?;
+        try_ensure!(self, norm)(16 * 2 * sms + 16)?;
         for i in 0..4 {
-            ensure!(self, sort[i])(4 * ints);
+            try_ensure!(self, sort[i])(4 * ints)?;
         }
-        ensure!(self, tile_hist)(4 * SORT_RADIX * ints.div_ceil(SORT_TILE));
+        try_ensure!(self, tile_hist)(4 * SORT_RADIX * ints.div_ceil(SORT_TILE))?;
         // ceil(tokens / 16) rows of the embedding width: tokens ≤ ints, width ≤ 1024, and
         // tokens · width ≤ acts (the saved xhat).
         let pieces = (ints.div_ceil(EMB_CHUNK) * MAX_WIDTH).min(acts / EMB_CHUNK + MAX_WIDTH);
-        ensure!(self, pieces[0])(4 * pieces);
-        ensure!(self, pieces[1])(4 * pieces);
+        try_ensure!(self, pieces[0])(4 * pieces)?;
+        try_ensure!(self, pieces[1])(4 * pieces)?;
         // 512 positions, 2 token types and a width of 1024 at most in the presets.
-        ensure!(self, type_partials)(4 * (512 * 2 * MAX_WIDTH).min(acts.max(1)));
-        ensure!(self, convert)(2 * ints);
-        ensure!(self, bias)(4 * 32_768);
+        try_ensure!(self, type_partials)(4 * (512 * 2 * MAX_WIDTH).min(acts.max(1)))?;
+        try_ensure!(self, convert)(2 * ints)?;
+        try_ensure!(self, bias)(4 * 32_768)?;
+        Ok(())
     }
 
     /// Launches `k`; panics with its name if the launch fails (or, with `ELECTRA_CUDA_SYNC`, if
@@ -754,14 +775,16 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
-    fn reserve(&mut self, sizes: Sizes) {
+    fn reserve(&mut self, sizes: Sizes) -> Result<(), OutOfMemory> {
         self.bind();
         let old = self.sizes;
         let cu = self.stream.cu_stream();
         let resize = |be: &mut Self, which: usize, bytes: usize, old_bytes: usize| {
-            let new = be
-                .alloc(bytes)
-                .unwrap_or_else(|e| panic!("CUDA: reserving {bytes} bytes: {e}"));
+            let new = be.alloc(bytes).map_err(|e| OutOfMemory {
+                backend: "cuda",
+                bytes,
+                detail: e.to_string(),
+            })?;
             let keep = bytes.min(old_bytes);
             let old_buf = match which {
                 6 => &be.params_bf16,
@@ -778,27 +801,32 @@ impl Backend for CudaBackend {
                 7 => be.ints = new,
                 i => be.spaces[i] = new,
             }
+            Ok(())
         };
+        // Recorded steps hold the addresses of the buffers about to be replaced, so they go first,
+        // even if a later allocation fails. Such a failure leaves the spaces resized so far at their
+        // new size and `self.sizes` at the old one, which every space still holds: a caller can go
+        // on with its previous plan.
+        if sizes != old {
+            self.graphs.forget();
+        }
         if sizes.params != old.params {
             for space in [Space::Param, Space::Grad, Space::AdamM, Space::AdamV] {
-                resize(self, space.index(), 4 * sizes.params, 4 * old.params);
+                resize(self, space.index(), 4 * sizes.params, 4 * old.params)?;
             }
-            resize(self, 6, 2 * sizes.params, 2 * old.params);
+            resize(self, 6, 2 * sizes.params, 2 * old.params)?;
         }
         if sizes.acts != old.acts {
             for space in [Space::Act, Space::ActGrad] {
-                resize(self, space.index(), 4 * sizes.acts, 4 * old.acts);
+                resize(self, space.index(), 4 * sizes.acts, 4 * old.acts)?;
             }
             self.tags.iter_mut().for_each(|t| t.truncate(sizes.acts));
         }
         if sizes.ints != old.ints {
-            resize(self, 7, 4 * sizes.ints, 4 * old.ints);
-        }
-        if sizes != old {
-            self.graphs.forget();
+            resize(self, 7, 4 * sizes.ints, 4 * old.ints)?;
         }
         self.sizes = sizes;
-        self.size_scratch();
+        self.size_scratch()
     }
 
     fn sizes(&self) -> Sizes {

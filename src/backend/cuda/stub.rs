@@ -5,7 +5,7 @@
 
 use super::{
     AdamW, AttentionDims, Backend, Buf, Dropout, EmbeddingParams, IBuf, LayerNormParams,
-    LayerNormSaved, LinearDims, Pick, Sizes,
+    LayerNormSaved, LinearDims, OutOfMemory, Pick, Sizes,
 };
 
 #[path = "error.rs"]
@@ -64,7 +64,7 @@ impl Backend for CudaBackend {
     fn name(&self) -> &'static str {
         match self.never {}
     }
-    fn reserve(&mut self, _: Sizes) {
+    fn reserve(&mut self, _: Sizes) -> Result<(), OutOfMemory> {
         match self.never {}
     }
     fn sizes(&self) -> Sizes {
