@@ -670,6 +670,22 @@ fn exporting_bad_runs_and_checkpoints_gives_clear_errors() {
     let err = fails(&["export", s(&moved), "--out", s(&out)]);
     assert!(err.contains("gone/vocab.txt: absent"), "{err}");
     assert!(err.contains("--vocab"), "{err}");
+    // A --vocab of another size is named, with the size the run was trained with.
+    let short = dir.join("short-vocab.txt");
+    let lines: Vec<String> = std::fs::read_to_string(&vocab)
+        .unwrap()
+        .lines()
+        .take(100)
+        .map(String::from)
+        .collect();
+    std::fs::write(&short, lines.join("\n")).unwrap();
+    let err = fails(&["export", s(&moved), "--out", s(&out), "--vocab", s(&short)]);
+    assert!(
+        err.contains("short-vocab.txt: 100 tokens, but")
+            && err.contains("was trained with a vocabulary of"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused export writes nothing");
     ok(&["export", s(&moved), "--out", s(&out), "--vocab", s(&vocab)]);
 
     // An existing export is replaced only with --force.

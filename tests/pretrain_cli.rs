@@ -126,6 +126,8 @@ fn tiny_learns_on_real_text() {
     );
 
     ok(&["plot", s(&run)]);
+    let err = fails(&["plot", s(&run.join("nowhere"))]);
+    assert!(err.contains("nowhere: no such run directory"), "{err}");
     let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();
     assert_eq!(
         svg.matches("<polyline").count(),

@@ -94,8 +94,8 @@ fn run_on<B: Backend>(
     args: &BenchArgs,
     matrix_peak: Peak<B>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    if args.steps == 0 {
-        return Err("--steps must be at least 1".into());
+    if args.steps == 0 || args.batch == 0 {
+        return Err("--steps and --batch must be at least 1".into());
     }
     let config = ElectraConfig::preset(&args.preset)?;
     if args.seq > config.max_position_embeddings || args.seq < 3 {

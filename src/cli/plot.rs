@@ -69,6 +69,9 @@ fn panel(svg: &mut String, x0: f64, title: &str, metrics: &[Metrics], series: &[
 }
 
 pub fn run(args: &PlotArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if !args.run_dir.is_dir() {
+        return Err(format!("{}: no such run directory", args.run_dir.display()).into());
+    }
     let metrics = read_metrics(&args.run_dir)?;
     if metrics.is_empty() {
         return Err(format!(

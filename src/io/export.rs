@@ -479,6 +479,18 @@ pub fn export_run(
     let tokenizer = WordPieceTokenizer::from_vocab_file(&vocab_file)
         .map_err(|e| IoError::format(&vocab_file, e.to_string()))?;
     let model = Model::new(src.run.model.clone());
+    if tokenizer.vocab_size() != model.config.vocab_size {
+        // Named here, where the file is known: export_model can only name the destination.
+        return Err(IoError::format(
+            &vocab_file,
+            format!(
+                "{} tokens, but {} was trained with a vocabulary of {}",
+                tokenizer.vocab_size(),
+                src.run_dir.display(),
+                model.config.vocab_size
+            ),
+        ));
+    }
     let values = read_checkpoint_params(&model.layout, &src.checkpoint)?;
     let mut summary = export_model(&model, &values, &tokenizer, out, replace)?;
     summary.step = Some(src.step);
