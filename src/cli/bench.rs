@@ -15,13 +15,18 @@ pub struct BenchArgs {
     device: String,
     #[arg(long, default_value = "small")]
     preset: String,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one())]
     batch: usize,
     #[arg(long, default_value_t = 128)]
     seq: usize,
     /// Timed steps, after two untimed ones.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one())]
     steps: usize,
+}
+
+/// Counts of 0 are refused by clap, as `pretrain` refuses its own.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 /// Matrix-product FLOPs of one encoder's forward pass over `n` tokens in sequences of `seq`.
@@ -94,9 +99,6 @@ fn run_on<B: Backend>(
     args: &BenchArgs,
     matrix_peak: Peak<B>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    if args.steps == 0 || args.batch == 0 {
-        return Err("--steps and --batch must be at least 1".into());
-    }
     let config = ElectraConfig::preset(&args.preset)?;
     if args.seq > config.max_position_embeddings || args.seq < 3 {
         return Err(format!(

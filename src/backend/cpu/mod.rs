@@ -132,7 +132,7 @@ impl Backend for CpuBackend {
             v.try_reserve_exact(len.saturating_sub(v.len()))
                 .map_err(|e| OutOfMemory {
                     backend: "cpu",
-                    bytes: len * std::mem::size_of::<T>(),
+                    bytes: len.saturating_mul(std::mem::size_of::<T>()),
                     detail: e.to_string(),
                 })?;
             v.resize(len, T::default());
