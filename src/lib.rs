@@ -12,8 +12,8 @@
 //! Each layer uses only the ones listed before it:
 //! 1. [`backend`]: the [`Backend`](backend::Backend) trait, whose fused operations work on
 //!    handles into a few flat memory spaces, and the f32 CPU reference
-//!    [`CpuBackend`](backend::cpu::CpuBackend). [`rng`] (Philox) and [`profile`] (time per
-//!    operation) serve it.
+//!    [`CpuBackend`](backend::cpu::CpuBackend), and [`Profiled`](backend::Profiled), which times
+//!    the operations of any backend. [`rng`] (Philox) serves it.
 //! 2. [`tape`]: records the fused operations of a forward pass and walks them back.
 //! 3. [`model`]: configuration and presets, the flat parameter layout with HF names, and the
 //!    forward passes of the generator and the discriminator.
@@ -58,7 +58,6 @@ pub mod data;
 pub mod finetune;
 pub mod io;
 pub mod model;
-pub mod profile;
 pub mod rng;
 pub mod tape;
 pub mod train;

@@ -6,10 +6,9 @@
 //! With recording off (inference), the forward operations run and nothing is kept.
 
 use crate::backend::{
-    AttentionDims, Backend, Buf, Dropout, EmbeddingParams, IBuf, LayerNormParams, LayerNormSaved,
-    LinearDims, Space,
+    AttentionOp, Backend, Buf, DropoutOp, EmbeddingOp, GatherRowsOp, IBuf, LayerNormOp,
+    LayerNormSaved, LinearOp, Space,
 };
-use crate::profile::Profiler;
 
 /// Activation buffers start at multiples of this many values: 16 bytes in the CUDA backend's
 /// 4-byte activation slots, which its vector loads, its attention kernels and cuBLASLt's fast
@@ -59,53 +58,64 @@ impl Arena {
     }
 }
 
-/// One recorded operation and the handles its backward pass needs.
-#[derive(Clone, Debug)]
-enum Op {
-    Embedding {
-        ids: IBuf,
-        token_types: IBuf,
-        seq: usize,
-        params: EmbeddingParams,
-        out: Buf,
-        saved: LayerNormSaved,
-    },
-    Linear {
-        x: Buf,
-        w: Buf,
-        b: Option<Buf>,
-        y: Buf,
-        gelu_pre: Option<Buf>,
-        dims: LinearDims,
-    },
-    LayerNorm {
-        residual: Option<Buf>,
-        x: Buf,
-        params: LayerNormParams,
-        y: Buf,
-        saved: LayerNormSaved,
-        rows: usize,
-        width: usize,
-    },
-    Attention {
-        qkv: Buf,
-        key_mask: IBuf,
-        ctx: Buf,
-        probs: Buf,
-        dims: AttentionDims,
-        dropout: Option<Dropout>,
-    },
-    Dropout {
-        x: Buf,
-        y: Buf,
-        dropout: Dropout,
-    },
-    GatherRows {
-        x: Buf,
-        rows: IBuf,
-        out: Buf,
-        width: usize,
-    },
+/// One recorded operation: the parameters its forward pass ran with, which are all its backward
+/// pass needs.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    /// The embedding block.
+    Embedding(EmbeddingOp),
+    /// A linear layer, with GELU or without.
+    Linear(LinearOp),
+    /// LayerNorm, with a residual or without.
+    LayerNorm(LayerNormOp),
+    /// Self-attention.
+    Attention(AttentionOp),
+    /// Dropout.
+    Dropout(DropoutOp),
+    /// Picking rows.
+    GatherRows(GatherRowsOp),
+}
+
+macro_rules! op_from {
+    ($($variant:ident($op:ty)),*) => {$(
+        impl From<$op> for Op {
+            fn from(op: $op) -> Op {
+                Op::$variant(op)
+            }
+        }
+    )*};
+}
+op_from!(
+    Embedding(EmbeddingOp),
+    Linear(LinearOp),
+    LayerNorm(LayerNormOp),
+    Attention(AttentionOp),
+    Dropout(DropoutOp),
+    GatherRows(GatherRowsOp)
+);
+
+impl Op {
+    fn forward<B: Backend>(&self, be: &mut B) {
+        match self {
+            Op::Embedding(op) => be.embedding_fwd(op),
+            Op::Linear(op) => be.linear_fwd(op),
+            Op::LayerNorm(op) => be.layernorm_fwd(op),
+            Op::Attention(op) => be.attention_fwd(op),
+            Op::Dropout(op) => be.dropout_fwd(op),
+            Op::GatherRows(op) => be.gather_rows(op),
+        }
+    }
+
+    fn backward<B: Backend>(&self, be: &mut B) {
+        match self {
+            Op::Embedding(op) => be.embedding_bwd(op),
+            Op::Linear(op) => be.linear_bwd(op),
+            Op::LayerNorm(op) => be.layernorm_bwd(op),
+            Op::Attention(op) => be.attention_bwd(op),
+            Op::Dropout(op) => be.dropout_bwd(op),
+            Op::GatherRows(op) => be.gather_rows_bwd(op),
+        }
+    }
 }
 
 /// The record of one forward pass.
@@ -113,8 +123,6 @@ enum Op {
 pub struct Tape {
     ops: Vec<Op>,
     recording: bool,
-    /// Times each operation when enabled (for `electra bench`).
-    pub profiler: Profiler,
 }
 
 impl Tape {
@@ -123,7 +131,6 @@ impl Tape {
         Tape {
             ops: vec![],
             recording,
-            profiler: Profiler::default(),
         }
     }
 
@@ -137,247 +144,19 @@ impl Tape {
         self.recording = recording;
     }
 
-    fn push(&mut self, op: Op) {
+    /// Runs an operation's forward pass and, when recording, keeps it for the backward pass.
+    pub fn run<B: Backend>(&mut self, be: &mut B, op: impl Into<Op>) {
+        let op = op.into();
+        op.forward(be);
         if self.recording {
             self.ops.push(op);
         }
     }
 
-    /// The embedding block for `ids.len` tokens in sequences of `seq`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn embedding<B: Backend>(
-        &mut self,
-        be: &mut B,
-        ids: IBuf,
-        token_types: IBuf,
-        seq: usize,
-        params: &EmbeddingParams,
-        out: Buf,
-        saved: LayerNormSaved,
-    ) {
-        self.profiler.time("embedding_fwd", be, |be| {
-            be.embedding_fwd(ids, token_types, seq, params, out, saved)
-        });
-        self.push(Op::Embedding {
-            ids,
-            token_types,
-            seq,
-            params: *params,
-            out,
-            saved,
-        });
-    }
-
-    /// A linear layer, with GELU when `gelu_pre` is given.
-    #[allow(clippy::too_many_arguments)]
-    pub fn linear<B: Backend>(
-        &mut self,
-        be: &mut B,
-        x: Buf,
-        w: Buf,
-        b: Option<Buf>,
-        y: Buf,
-        gelu_pre: Option<Buf>,
-        dims: LinearDims,
-    ) {
-        let name = if gelu_pre.is_some() {
-            "linear_gelu_fwd"
-        } else {
-            "linear_fwd"
-        };
-        self.profiler.time_labelled(
-            || format!("{name} {dims}"),
-            be,
-            |be| be.linear_fwd(x, w, b, y, gelu_pre, dims),
-        );
-        self.push(Op::Linear {
-            x,
-            w,
-            b,
-            y,
-            gelu_pre,
-            dims,
-        });
-    }
-
-    /// LayerNorm of `x + residual`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn layernorm<B: Backend>(
-        &mut self,
-        be: &mut B,
-        x: Buf,
-        residual: Option<Buf>,
-        params: &LayerNormParams,
-        y: Buf,
-        saved: LayerNormSaved,
-        rows: usize,
-        width: usize,
-    ) {
-        self.profiler.time("layernorm_fwd", be, |be| {
-            be.layernorm_fwd(x, residual, params, y, saved, rows, width)
-        });
-        self.push(Op::LayerNorm {
-            residual,
-            x,
-            params: *params,
-            y,
-            saved,
-            rows,
-            width,
-        });
-    }
-
-    /// Self-attention with a key-padding mask, and dropout on the probabilities.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention<B: Backend>(
-        &mut self,
-        be: &mut B,
-        qkv: Buf,
-        key_mask: IBuf,
-        ctx: Buf,
-        probs: Buf,
-        dims: AttentionDims,
-        dropout: Option<Dropout>,
-    ) {
-        self.profiler.time("attention_fwd", be, |be| {
-            be.attention_fwd(qkv, key_mask, ctx, probs, dims, dropout)
-        });
-        self.push(Op::Attention {
-            qkv,
-            key_mask,
-            ctx,
-            probs,
-            dims,
-            dropout,
-        });
-    }
-
-    /// Inverted dropout of `x` into `y`.
-    pub fn dropout<B: Backend>(&mut self, be: &mut B, x: Buf, y: Buf, dropout: Dropout) {
-        self.profiler
-            .time("dropout_fwd", be, |be| be.dropout_fwd(x, y, dropout));
-        self.push(Op::Dropout { x, y, dropout });
-    }
-
-    /// Picks rows of `x`.
-    pub fn gather_rows<B: Backend>(
-        &mut self,
-        be: &mut B,
-        x: Buf,
-        rows: IBuf,
-        out: Buf,
-        width: usize,
-    ) {
-        self.profiler
-            .time("gather_rows", be, |be| be.gather_rows(x, rows, out, width));
-        self.push(Op::GatherRows {
-            x,
-            rows,
-            out,
-            width,
-        });
-    }
-
     /// Propagates the gradients already seeded in the loss outputs back to every parameter.
     pub fn backward<B: Backend>(&mut self, be: &mut B) {
         for op in self.ops.iter().rev() {
-            self.profiler
-                .time_labelled(|| op.backward_label(), be, |be| op.backward(be));
-        }
-    }
-}
-
-impl Op {
-    /// The profiler's label: the operation's name, with the shape for the matrix products.
-    fn backward_label(&self) -> String {
-        match self {
-            Op::Linear { dims, .. } => format!("{} {dims}", self.backward_name()),
-            _ => self.backward_name().to_string(),
-        }
-    }
-
-    fn backward_name(&self) -> &'static str {
-        match self {
-            Op::Embedding { .. } => "embedding_bwd",
-            Op::Linear {
-                gelu_pre: Some(_), ..
-            } => "linear_gelu_bwd",
-            Op::Linear { .. } => "linear_bwd",
-            Op::LayerNorm { .. } => "layernorm_bwd",
-            Op::Attention { .. } => "attention_bwd",
-            Op::Dropout { .. } => "dropout_bwd",
-            Op::GatherRows { .. } => "gather_rows_bwd",
-        }
-    }
-
-    fn backward<B: Backend>(&self, be: &mut B) {
-        match *self {
-            Op::Embedding {
-                ids,
-                token_types,
-                seq,
-                ref params,
-                out,
-                saved,
-            } => be.embedding_bwd(ids, token_types, seq, params, out.grad(), saved),
-            Op::Linear {
-                x,
-                w,
-                b,
-                y,
-                gelu_pre,
-                dims,
-            } => be.linear_bwd(
-                x,
-                w,
-                y.grad(),
-                Some(x.grad()),
-                w.grad(),
-                b.map(Buf::grad),
-                gelu_pre,
-                dims,
-            ),
-            Op::LayerNorm {
-                residual,
-                x,
-                ref params,
-                y,
-                saved,
-                rows,
-                width,
-            } => be.layernorm_bwd(
-                y.grad(),
-                params,
-                saved,
-                x.grad(),
-                residual.map(Buf::grad),
-                rows,
-                width,
-            ),
-            Op::Attention {
-                qkv,
-                key_mask,
-                ctx,
-                probs,
-                dims,
-                dropout,
-            } => be.attention_bwd(
-                qkv,
-                key_mask,
-                ctx,
-                probs,
-                ctx.grad(),
-                qkv.grad(),
-                dims,
-                dropout,
-            ),
-            Op::Dropout { x, y, dropout } => be.dropout_bwd(y.grad(), x.grad(), dropout),
-            Op::GatherRows {
-                x,
-                rows,
-                out,
-                width,
-            } => be.gather_rows_bwd(out.grad(), rows, x.grad(), width),
+            op.backward(be);
         }
     }
 }

@@ -15,13 +15,14 @@
 use electra::backend::cpu::CpuBackend;
 use electra::backend::cuda::CudaBackend;
 use electra::backend::{
-    AdamW, AttentionDims, Backend, Buf, Dropout, EmbeddingParams, IBuf, LayerNormParams,
-    LayerNormSaved, LinearDims, Pick, Sizes, Space,
+    AttentionDims, AttentionOp, Backend, BceHeadOp, Buf, Dropout, DropoutOp, EmbeddingOp,
+    EmbeddingParams, GatherRowsOp, IBuf, LayerNormOp, LayerNormParams, LayerNormSaved, LinearDims,
+    LinearOp, OptimizerStep, Pick, ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars,
 };
 use electra::tape::Arena;
 
 mod common;
-use common::{electra_adamw, Rng};
+use common::{electra_group, Rng};
 
 /// Tolerance of a bf16 result (an activation or activation gradient).
 const BF16_TOL: f64 = 1e-2;
@@ -114,6 +115,16 @@ impl Lab {
         f(&mut self.gpu);
     }
 
+    /// Sets the learning rate and seeds the operations of both backends read.
+    fn begin_step(&mut self, lr: f32, dropout_seed: u64, sample_seed: u64) {
+        let scalars = StepScalars {
+            lr,
+            dropout_seed,
+            sample_seed,
+        };
+        self.both(|be| assert!(!be.begin_step(scalars, None)));
+    }
+
     fn values(&mut self, len: usize, lo: f32, hi: f32) -> Vec<f32> {
         (0..len)
             .map(|_| bf16_round(self.rng.uniform(lo, hi)))
@@ -160,12 +171,12 @@ impl Lab {
     /// holds bf16 as a kernel's output would.
     fn by_kernel(&mut self, dst: Buf, lo: f32, hi: f32) {
         let src = self.act(dst.len, lo, hi);
-        let identity = Dropout {
-            p: 0.0,
-            seed: 0,
-            site: 0,
+        let identity = DropoutOp {
+            x: src,
+            y: dst,
+            dropout: Dropout { p: 0.0, site: 0 },
         };
-        self.both(|be| be.dropout_fwd(src, dst, identity));
+        self.both(|be| be.dropout_fwd(&identity));
     }
 
     /// An output an operation must overwrite: NaN in either element type.
@@ -252,7 +263,15 @@ fn embedding_case(lab: &mut Lab, width: usize, vocab: usize, batch: usize, seq: 
         xhat: lab.output(rows * width),
         rstd: lab.output(rows),
     };
-    lab.both(|be| be.embedding_fwd(ids, tt, seq, &p, out, saved));
+    let op = EmbeddingOp {
+        ids,
+        token_types: tt,
+        seq,
+        params: p,
+        out,
+        saved,
+    };
+    lab.both(|be| be.embedding_fwd(&op));
     let tag = format!("embedding w{width} v{vocab}");
     lab.compare(&format!("{tag} out"), out, BF16_TOL);
     lab.compare(&format!("{tag} xhat"), saved.xhat, BF16_TOL);
@@ -270,7 +289,7 @@ fn embedding_case(lab: &mut Lab, width: usize, vocab: usize, batch: usize, seq: 
         .iter()
         .map(|&(_, t)| lab.randomize(t.grad(), -1.0, 1.0))
         .collect();
-    lab.both(|be| be.embedding_bwd(ids, tt, seq, &p, out.grad(), saved));
+    lab.both(|be| be.embedding_bwd(&op));
     for ((name, t), before) in tables.iter().zip(&before) {
         lab.compare_added(&format!("{tag} d{name}"), t.grad(), before, BF16_TOL);
     }
@@ -304,7 +323,15 @@ fn linear_case(lab: &mut Lab, rows: usize, inp: usize, out: usize, gelu: bool, b
     let b = bias.then(|| lab.param(out, -0.5, 0.5));
     let y = lab.output(rows * out);
     let pre = gelu.then(|| lab.output(rows * out));
-    lab.both(|be| be.linear_fwd(x, w, b, y, pre, dims));
+    let op = LinearOp {
+        x,
+        w,
+        b,
+        y,
+        gelu_pre: pre,
+        dims,
+    };
+    lab.both(|be| be.linear_fwd(&op));
     let tag = format!("linear {rows}x{inp}->{out} gelu={gelu} bias={bias}");
     // A one-column output is f32 on the GPU.
     let tol = if out == 1 && !gelu { F32_TOL } else { BF16_TOL };
@@ -322,18 +349,7 @@ fn linear_case(lab: &mut Lab, rows: usize, inp: usize, out: usize, gelu: bool, b
     lab.randomize(x.grad(), -1.0, 1.0);
     let dw_before = lab.randomize(w.grad(), -1.0, 1.0);
     let db_before = b.map(|b| lab.randomize(b.grad(), -1.0, 1.0));
-    lab.both(|be| {
-        be.linear_bwd(
-            x,
-            w,
-            y.grad(),
-            Some(x.grad()),
-            w.grad(),
-            b.map(Buf::grad),
-            pre,
-            dims,
-        )
-    });
+    lab.both(|be| be.linear_bwd(&op));
     lab.compare(&format!("{tag} dx"), x.grad(), BF16_TOL);
     lab.compare_added(&format!("{tag} dw"), w.grad(), &dw_before, BF16_TOL);
     if let (Some(b), Some(before)) = (b, db_before) {
@@ -396,7 +412,16 @@ fn layernorm_case(lab: &mut Lab, rows: usize, width: usize, residual: bool) {
         xhat: lab.output(rows * width),
         rstd: lab.output(rows),
     };
-    lab.both(|be| be.layernorm_fwd(x, res, &p, y, saved, rows, width));
+    let op = LayerNormOp {
+        x,
+        residual: res,
+        params: p,
+        y,
+        saved,
+        rows,
+        width,
+    };
+    lab.both(|be| be.layernorm_fwd(&op));
     let tag = format!("layernorm {rows}x{width} residual={residual}");
     lab.compare(&format!("{tag} y"), y, BF16_TOL);
     lab.compare(&format!("{tag} xhat"), saved.xhat, BF16_TOL);
@@ -409,17 +434,7 @@ fn layernorm_case(lab: &mut Lab, rows: usize, width: usize, residual: bool) {
     }
     let dg = lab.randomize(p.gain.grad(), -1.0, 1.0);
     let db = lab.randomize(p.bias.grad(), -1.0, 1.0);
-    lab.both(|be| {
-        be.layernorm_bwd(
-            y.grad(),
-            &p,
-            saved,
-            x.grad(),
-            res.map(Buf::grad),
-            rows,
-            width,
-        )
-    });
+    lab.both(|be| be.layernorm_bwd(&op));
     lab.compare(&format!("{tag} dx"), x.grad(), BF16_TOL);
     if let Some(r) = res {
         lab.compare(&format!("{tag} dresidual"), r.grad(), BF16_TOL);
@@ -475,18 +490,23 @@ fn attention_case(
     let qkv = lab.act(tokens * 3 * h, -1.5, 1.5);
     let ctx = lab.output(tokens * h);
     let probs = lab.output(batch * heads * seq * seq);
-    let dropout = drop.then(|| Dropout {
-        p: 0.1,
-        seed: lab.rng.next_u64(),
-        site: 3,
-    });
-    lab.both(|be| be.attention_fwd(qkv, mask, ctx, probs, dims, dropout));
+    let dropout_seed = lab.rng.next_u64();
+    lab.begin_step(0.0, dropout_seed, 0);
+    let op = AttentionOp {
+        qkv,
+        key_mask: mask,
+        ctx,
+        probs,
+        dims,
+        dropout: drop.then_some(Dropout { p: 0.1, site: 3 }),
+    };
+    lab.both(|be| be.attention_fwd(&op));
     let tag = format!("attention b{batch} t{seq} h{heads} d{head_dim} dropout={drop}");
     lab.compare(&format!("{tag} ctx"), ctx, BF16_TOL);
 
     lab.by_kernel(ctx.grad(), -1.0, 1.0);
     lab.randomize(qkv.grad(), -0.5, 0.5);
-    lab.both(|be| be.attention_bwd(qkv, mask, ctx, probs, ctx.grad(), qkv.grad(), dims, dropout));
+    lab.both(|be| be.attention_bwd(&op));
     // P is recomputed and dS rounded to bf16 before its two products: one rounding more.
     lab.compare(&format!("{tag} dqkv"), qkv.grad(), 2.0 * BF16_TOL);
 }
@@ -519,18 +539,20 @@ fn attention_with_dropout() {
 fn dropout_forward_and_backward() {
     let Some(mut lab) = Lab::small() else { return };
     for n in [1001, 4096, 7] {
-        let d = Dropout {
-            p: 0.1,
-            seed: lab.rng.next_u64(),
-            site: 5,
-        };
+        let dropout_seed = lab.rng.next_u64();
+        lab.begin_step(0.0, dropout_seed, 0);
         let x = lab.act(n, -1.0, 1.0);
         let y = lab.output(n);
-        lab.both(|be| be.dropout_fwd(x, y, d));
+        let op = DropoutOp {
+            x,
+            y,
+            dropout: Dropout { p: 0.1, site: 5 },
+        };
+        lab.both(|be| be.dropout_fwd(&op));
         lab.compare(&format!("dropout n{n} y"), y, BF16_TOL);
         lab.by_kernel(y.grad(), -1.0, 1.0);
         lab.randomize(x.grad(), -1.0, 1.0);
-        lab.both(|be| be.dropout_bwd(y.grad(), x.grad(), d));
+        lab.both(|be| be.dropout_bwd(&op));
         lab.compare(&format!("dropout n{n} dx"), x.grad(), BF16_TOL);
     }
 }
@@ -549,17 +571,24 @@ fn gather_rows_forward_and_backward() {
         }
         let rows = lab.ints(&all[..19]);
         let out = lab.output(19 * width);
-        lab.both(|be| be.gather_rows(x, rows, out, width));
+        let op = GatherRowsOp {
+            x,
+            rows,
+            out,
+            width,
+        };
+        lab.both(|be| be.gather_rows(&op));
         lab.compare(&format!("gather w{width} out"), out, BF16_TOL);
         lab.by_kernel(out.grad(), -1.0, 1.0);
         lab.randomize(x.grad(), -1.0, 1.0);
-        lab.both(|be| be.gather_rows_bwd(out.grad(), rows, x.grad(), width));
+        lab.both(|be| be.gather_rows_bwd(&op));
         lab.compare(&format!("gather w{width} dx"), x.grad(), BF16_TOL);
     }
 }
 
 // ---- losses ---------------------------------------------------------------------------------
 
+/// With `Pick::Gumbel`, the noise is that of the step the lab is in.
 fn softmax_case(lab: &mut Lab, rows: usize, vocab: usize, pick: Option<Pick>) {
     lab.reset();
     let logits = lab.alloc(rows * vocab);
@@ -569,9 +598,17 @@ fn softmax_case(lab: &mut Lab, rows: usize, vocab: usize, pick: Option<Pick>) {
     let picks = lab.ints(&vec![u32::MAX; rows]);
     let row_loss = lab.output(rows);
     lab.both(|be| be.fill(logits.grad(), f32::NAN));
-    let scale = 1.0 / rows as f32;
     let pick = pick.map(|p| (p, picks));
-    lab.both(|be| be.softmax_xent(logits, targets, row_loss, scale, pick, rows, vocab));
+    let op = SoftmaxXentOp {
+        logits,
+        targets,
+        row_loss,
+        grad_scale: 1.0 / rows as f32,
+        pick,
+        rows,
+        vocab,
+    };
+    lab.both(|be| be.softmax_xent(&op));
     let tag = format!("softmax_xent {rows}x{vocab} {pick:?}");
     lab.compare(&format!("{tag} loss"), row_loss, F32_TOL);
     lab.compare(&format!("{tag} dlogits"), logits.grad(), BF16_TOL);
@@ -582,7 +619,7 @@ fn softmax_case(lab: &mut Lab, rows: usize, vocab: usize, pick: Option<Pick>) {
         // a pick can differ only where the two best noisy logits are within an ulp.
         let need = match mode {
             Pick::Argmax => rows,
-            Pick::Gumbel { .. } => rows - 1,
+            Pick::Gumbel => rows - 1,
         };
         assert!(
             same >= need,
@@ -609,9 +646,9 @@ fn softmax_xent_bert_vocab_and_odd_vocab() {
 #[test]
 fn softmax_xent_gumbel() {
     let Some(mut lab) = Lab::small() else { return };
-    let seed = fresh_seed();
-    softmax_case(&mut lab, 19, 1000, Some(Pick::Gumbel { seed }));
-    softmax_case(&mut lab, 7, 30522, Some(Pick::Gumbel { seed }));
+    lab.begin_step(0.0, 0, fresh_seed());
+    softmax_case(&mut lab, 19, 1000, Some(Pick::Gumbel));
+    softmax_case(&mut lab, 7, 30522, Some(Pick::Gumbel));
 }
 
 #[test]
@@ -637,7 +674,14 @@ fn replace_tokens_labels_equal_picks_as_original() {
         (lab.ints(&original), lab.ints(&positions), lab.ints(&picks));
     let corrupted = lab.ints(&vec![u32::MAX; tokens]);
     let labels = lab.output(tokens);
-    lab.both(|be| be.replace_tokens(original, positions, picks, corrupted, labels));
+    let op = ReplaceTokensOp {
+        original,
+        positions,
+        picks,
+        corrupted,
+        is_replaced: labels,
+    };
+    lab.both(|be| be.replace_tokens(&op));
     let (c, g) = lab.read_ints(corrupted);
     assert_eq!(c, g, "corrupted ids (seed {})", lab.seed);
     let (c, g) = lab.read(labels);
@@ -669,7 +713,17 @@ fn bce_head_over_real_tokens() {
         let (dh_before, _) = lab.read(h.grad());
         let dw_before = lab.randomize(w.grad(), -1.0, 1.0);
         let db_before = lab.randomize(b.grad(), -1.0, 1.0);
-        lab.both(|be| be.bce_head(h, w, b, labels_buf, mask, logits, loss, scale));
+        let op = BceHeadOp {
+            h,
+            w,
+            b,
+            labels: labels_buf,
+            mask,
+            logits,
+            row_loss: loss,
+            grad_scale: scale,
+        };
+        lab.both(|be| be.bce_head(&op));
         let tag = format!("bce_head n{tokens} h{width}");
         lab.compare(&format!("{tag} logits"), logits, F32_TOL);
         lab.compare(&format!("{tag} loss"), loss, F32_TOL);
@@ -709,14 +763,10 @@ fn adamw_updates_weights_moments_and_the_bf16_copy() {
     lab.randomize(run.in_space(Space::Grad), -1.0, 1.0);
     lab.randomize(run.in_space(Space::AdamM), -0.1, 0.1);
     lab.randomize(run.in_space(Space::AdamV), 0.0, 0.01);
-    let hyper = AdamW {
-        lr: 1e-2,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-6,
-        weight_decay: 0.01,
-    };
-    lab.both(|be| be.adamw(run, 0.7, &hyper));
+    // The step's learning rate times the group's scale, as the fine-tuning layers have it.
+    lab.begin_step(2e-2, 0, 0);
+    let group = electra_group(run, 0.5, 0.01);
+    lab.both(|be| be.adamw(&group, 0.7));
     for space in [Space::Param, Space::AdamM, Space::AdamV] {
         lab.compare(&format!("adamw {space:?}"), run.in_space(space), 1e-6);
     }
@@ -735,7 +785,15 @@ fn adamw_updates_weights_moments_and_the_bf16_copy() {
         let (cw, _) = lab.read(w);
         let rounded: Vec<f32> = cw.iter().map(|&v| bf16_round(v)).collect();
         lab.cpu.write(w, &rounded);
-        lab.both(|be| be.linear_fwd(x, w, None, y, None, dims));
+        let op = LinearOp {
+            x,
+            w,
+            b: None,
+            y,
+            gelu_pre: None,
+            dims,
+        };
+        lab.both(|be| be.linear_fwd(&op));
         lab.compare(&format!("linear after adamw at +{first}"), y, BF16_TOL);
         lab.cpu.write(w, &cw);
     }
@@ -752,11 +810,13 @@ fn optimizer_step_clips_on_the_device_and_skips_a_non_finite_norm() {
         lab.randomize(run.in_space(Space::AdamM), -0.1, 0.1);
         lab.randomize(run.in_space(Space::AdamV), 0.0, 0.01);
     }
-    let groups = [
-        (a, electra_adamw(1e-2, 0.01)),
-        (b, electra_adamw(3e-3, 0.0)),
-    ];
-    lab.both(|be| be.optimizer_step(&groups, 1.0));
+    let groups = [electra_group(a, 1.0, 0.01), electra_group(b, 0.3, 0.0)];
+    let step = OptimizerStep {
+        groups: &groups,
+        max_norm: 1.0,
+    };
+    lab.begin_step(1e-2, 0, 0);
+    lab.both(|be| be.optimizer_step(&step));
     let (c, g) = (lab.cpu.last_grad_norm(), lab.gpu.last_grad_norm());
     assert!(c > 10.0 && ((g - c) / c).abs() < 1e-6, "norm {g} vs {c}");
     for run in [a, b] {
@@ -773,7 +833,7 @@ fn optimizer_step_clips_on_the_device_and_skips_a_non_finite_norm() {
     };
     let before: Vec<_> = spaces.iter().map(|&s| lab.read(span(s))).collect();
     lab.set(b.grad().prefix(1), &[f32::NAN]);
-    lab.both(|be| be.optimizer_step(&groups, 1.0));
+    lab.both(|be| be.optimizer_step(&step));
     assert!(lab.gpu.last_grad_norm().is_nan());
     for (&space, before) in spaces.iter().zip(&before) {
         assert!(

@@ -9,13 +9,14 @@
 
 use electra::backend::cpu::CpuBackend;
 use electra::backend::{
-    AdamW, AttentionDims, Backend, Buf, Dropout, EmbeddingParams, IBuf, LayerNormParams,
-    LinearDims, Pick, Sizes, Space,
+    AttentionDims, AttentionOp, Backend, BceHeadOp, Buf, Dropout, DropoutOp, EmbeddingOp,
+    EmbeddingParams, GatherRowsOp, IBuf, LayerNormOp, LayerNormParams, LinearDims, LinearOp,
+    OptimizerStep, Pick, Sizes, SoftmaxXentOp, Space, StepScalars,
 };
 use electra::tape::Arena;
 
 mod common;
-use common::{electra_adamw, Rng};
+use common::{electra_group, Rng};
 
 /// The finite-difference step. The numeric gradient is the Richardson extrapolation
 /// `(4·D(h/2) − D(h)) / 3` of two central differences, whose error is O(h⁴): a plain `D(h)` is
@@ -98,6 +99,16 @@ impl Lab {
     fn randomize(&mut self, b: Buf, lo: f32, hi: f32) {
         let values = self.rng.vec(b.len, lo, hi);
         self.be.write(b, &values);
+    }
+
+    /// Sets the learning rate and seeds the operations read.
+    fn begin_step(&mut self, lr: f32, dropout_seed: u64, sample_seed: u64) {
+        let scalars = StepScalars {
+            lr,
+            dropout_seed,
+            sample_seed,
+        };
+        assert!(!self.be.begin_step(scalars, None));
     }
 
     fn read(&self, b: Buf) -> Vec<f32> {
@@ -266,7 +277,7 @@ fn weights(lab: &mut Lab, out: Buf) -> Vec<f32> {
     lab.rng.vec(out.len, -1.0, 1.0)
 }
 
-fn check_linear(seed: u64, dims: LinearDims, bias: bool, gelu: bool, with_dx: bool) {
+fn check_linear(seed: u64, dims: LinearDims, bias: bool, gelu: bool) {
     let mut lab = Lab::new(seed);
     let x = lab.act(dims.rows * dims.inp, -1.0, 1.0);
     let w = lab.param(dims.out * dims.inp, -0.6, 0.6);
@@ -274,28 +285,24 @@ fn check_linear(seed: u64, dims: LinearDims, bias: bool, gelu: bool, with_dx: bo
     let pre = gelu.then(|| lab.output(dims.rows * dims.out));
     let y = lab.output(dims.rows * dims.out);
     let r = weights(&mut lab, y);
-    let mut wrt = vec![("w", w)];
+    let mut wrt = vec![("w", w), ("x", x)];
     wrt.extend(b.map(|b| ("b", b)));
-    if with_dx {
-        wrt.push(("x", x));
-    }
+    let op = LinearOp {
+        x,
+        w,
+        b,
+        y,
+        gelu_pre: pre,
+        dims,
+    };
     gradcheck(
         &mut lab,
-        &|be| be.linear_fwd(x, w, b, y, pre, dims),
-        Grads::Backward(&|be| {
-            let dx = with_dx.then(|| x.grad());
-            be.linear_bwd(x, w, y.grad(), dx, w.grad(), b.map(Buf::grad), pre, dims)
-        }),
+        &|be| be.linear_fwd(&op),
+        Grads::Backward(&|be| be.linear_bwd(&op)),
         y,
         &r,
         &wrt,
     );
-    if !with_dx {
-        assert!(
-            lab.read(x.grad()).iter().all(|&g| g == 0.0),
-            "dx = None still wrote the input's gradient"
-        );
-    }
 }
 
 #[test]
@@ -305,7 +312,7 @@ fn linear_with_bias() {
         inp: 5,
         out: 13,
     };
-    check_linear(1, dims, true, false, true);
+    check_linear(1, dims, true, false);
 }
 
 #[test]
@@ -315,17 +322,17 @@ fn linear_with_bias_and_gelu() {
         inp: 13,
         out: 7,
     };
-    check_linear(2, dims, true, true, true);
+    check_linear(2, dims, true, true);
 }
 
 #[test]
-fn linear_without_bias_or_input_gradient() {
+fn linear_without_bias() {
     let dims = LinearDims {
         rows: 3,
         inp: 7,
         out: 5,
     };
-    check_linear(3, dims, false, false, false);
+    check_linear(3, dims, false, false);
 }
 
 fn check_layernorm(seed: u64, rows: usize, width: usize, residual: bool) {
@@ -342,13 +349,19 @@ fn check_layernorm(seed: u64, rows: usize, width: usize, residual: bool) {
     let r = weights(&mut lab, y);
     let mut wrt = vec![("x", x), ("gain", params.gain), ("bias", params.bias)];
     wrt.extend(res.map(|res| ("residual", res)));
+    let op = LayerNormOp {
+        x,
+        residual: res,
+        params,
+        y,
+        saved,
+        rows,
+        width,
+    };
     let grads = gradcheck(
         &mut lab,
-        &|be| be.layernorm_fwd(x, res, &params, y, saved, rows, width),
-        Grads::Backward(&|be| {
-            let dres = res.map(Buf::grad);
-            be.layernorm_bwd(y.grad(), &params, saved, x.grad(), dres, rows, width)
-        }),
+        &|be| be.layernorm_fwd(&op),
+        Grads::Backward(&|be| be.layernorm_bwd(&op)),
         y,
         &r,
         &wrt,
@@ -380,11 +393,7 @@ fn attention_with_key_padding() {
 
 #[test]
 fn attention_with_key_padding_and_dropout() {
-    let dropout = Dropout {
-        p: 0.3,
-        seed: 11,
-        site: 2,
-    };
+    let dropout = Dropout { p: 0.3, site: 2 };
     check_attention(8, Some(dropout));
 }
 
@@ -404,19 +413,26 @@ fn check_attention(seed: u64, dropout: Option<Dropout>) {
     let ctx = lab.output(tokens * h);
     let probs = lab.output(dims.batch * dims.heads * t * t);
     let r = weights(&mut lab, ctx);
+    lab.begin_step(0.0, 11, 0);
+    let op = AttentionOp {
+        qkv,
+        key_mask: mask,
+        ctx,
+        probs,
+        dims,
+        dropout,
+    };
     let grads = gradcheck(
         &mut lab,
-        &|be| be.attention_fwd(qkv, mask, ctx, probs, dims, dropout),
-        Grads::Backward(&|be| {
-            be.attention_bwd(qkv, mask, ctx, probs, ctx.grad(), qkv.grad(), dims, dropout)
-        }),
+        &|be| be.attention_fwd(&op),
+        Grads::Backward(&|be| be.attention_bwd(&op)),
         ctx,
         &r,
         &[("qkv", qkv)],
     );
 
     // Padding keys get no probability and no key or value gradient.
-    lab.be.attention_fwd(qkv, mask, ctx, probs, dims, dropout);
+    lab.be.attention_fwd(&op);
     let p = lab.read(probs);
     for (i, row) in p.chunks(t).enumerate() {
         let b = i / (dims.heads * t);
@@ -460,12 +476,18 @@ fn a_sequence_without_real_tokens_attends_uniformly_and_passes_no_score_gradient
     let probs = lab.output(dims.batch * dims.heads * t * t);
     let r = weights(&mut lab, ctx);
     // The finite differences agree with a zero gradient for the second sequence's q and k.
+    let op = AttentionOp {
+        qkv,
+        key_mask: mask,
+        ctx,
+        probs,
+        dims,
+        dropout: None,
+    };
     let grads = gradcheck(
         &mut lab,
-        &|be| be.attention_fwd(qkv, mask, ctx, probs, dims, None),
-        Grads::Backward(&|be| {
-            be.attention_bwd(qkv, mask, ctx, probs, ctx.grad(), qkv.grad(), dims, None)
-        }),
+        &|be| be.attention_fwd(&op),
+        Grads::Backward(&|be| be.attention_bwd(&op)),
         ctx,
         &r,
         &[("qkv", qkv)],
@@ -487,23 +509,21 @@ fn a_sequence_without_real_tokens_attends_uniformly_and_passes_no_score_gradient
 #[test]
 fn dropout_masks_scales_and_its_gradient() {
     let mut lab = Lab::with_capacity(13, 40_000, 0);
-    let d = Dropout {
-        p: 0.25,
-        seed: 99,
-        site: 3,
-    };
+    let d = Dropout { p: 0.25, site: 3 };
     let x = lab.act(4099, 0.5, 1.5);
     let y = lab.output(4099);
     let r = weights(&mut lab, y);
+    lab.begin_step(0.0, 99, 0);
+    let op = DropoutOp { x, y, dropout: d };
     gradcheck(
         &mut lab,
-        &|be| be.dropout_fwd(x, y, d),
-        Grads::Backward(&|be| be.dropout_bwd(y.grad(), x.grad(), d)),
+        &|be| be.dropout_fwd(&op),
+        Grads::Backward(&|be| be.dropout_bwd(&op)),
         y,
         &r,
         &[("x", x)],
     );
-    lab.be.dropout_fwd(x, y, d);
+    lab.be.dropout_fwd(&op);
     let (xs, ys) = (lab.read(x), lab.read(y));
     let dropped = ys.iter().filter(|&&v| v == 0.0).count() as f64 / ys.len() as f64;
     assert!((dropped - 0.25).abs() < 0.03, "dropped share {dropped}");
@@ -514,15 +534,18 @@ fn dropout_masks_scales_and_its_gradient() {
         );
     }
     // The mask is a function of (seed, site, index): another site or seed draws another one.
-    let mask = |d: Dropout| (0..4099).map(|i| d.scale_at(i)).collect::<Vec<f32>>();
-    let expected = mask(d);
+    let mask = |d: Dropout, seed| {
+        let mask = d.mask(seed);
+        (0..4099).map(|i| mask.scale_at(i)).collect::<Vec<f32>>()
+    };
+    let expected = mask(d, 99);
     assert!(xs
         .iter()
         .zip(&ys)
         .zip(&expected)
         .all(|((&a, &b), &m)| (a * m - b).abs() < 1e-6));
-    assert_ne!(mask(d), mask(Dropout { site: 4, ..d }));
-    assert_ne!(mask(d), mask(Dropout { seed: 100, ..d }));
+    assert_ne!(expected, mask(Dropout { site: 4, ..d }, 99));
+    assert_ne!(expected, mask(d, 100));
 }
 
 #[test]
@@ -546,10 +569,18 @@ fn embedding_block() {
     let out = lab.output(batch * seq * width);
     let saved = lab.arena.layernorm(batch * seq, width);
     let r = weights(&mut lab, out);
+    let op = EmbeddingOp {
+        ids,
+        token_types,
+        seq,
+        params,
+        out,
+        saved,
+    };
     gradcheck(
         &mut lab,
-        &|be| be.embedding_fwd(ids, token_types, seq, &params, out, saved),
-        Grads::Backward(&|be| be.embedding_bwd(ids, token_types, seq, &params, out.grad(), saved)),
+        &|be| be.embedding_fwd(&op),
+        Grads::Backward(&|be| be.embedding_bwd(&op)),
         out,
         &r,
         &[
@@ -570,10 +601,16 @@ fn gather_rows_with_repeats() {
     let rows = lab.ints(&[0, 3, 3, 6, 3]);
     let out = lab.output(rows.len * width);
     let r = weights(&mut lab, out);
+    let op = GatherRowsOp {
+        x,
+        rows,
+        out,
+        width,
+    };
     gradcheck(
         &mut lab,
-        &|be| be.gather_rows(x, rows, out, width),
-        Grads::Backward(&|be| be.gather_rows_bwd(out.grad(), rows, x.grad(), width)),
+        &|be| be.gather_rows(&op),
+        Grads::Backward(&|be| be.gather_rows_bwd(&op)),
         out,
         &r,
         &[("x", x)],
@@ -608,12 +645,18 @@ fn softmax_xent_mean_loss_and_argmax_picks() {
     let row_loss = lab.output(rows);
     // The mean loss: grad_scale = 1/rows, and L = Σ row_loss / rows.
     let scale = 1.0 / rows as f32;
+    let op = SoftmaxXentOp {
+        logits,
+        targets,
+        row_loss,
+        grad_scale: scale,
+        pick: Some((Pick::Argmax, picks)),
+        rows,
+        vocab,
+    };
     gradcheck(
         &mut lab,
-        &|be| {
-            let pick = Some((Pick::Argmax, picks));
-            be.softmax_xent(logits, targets, row_loss, scale, pick, rows, vocab)
-        },
+        &|be| be.softmax_xent(&op),
         Grads::Written,
         row_loss,
         &vec![scale; rows],
@@ -621,15 +664,7 @@ fn softmax_xent_mean_loss_and_argmax_picks() {
     );
 
     // The loss itself, against log-sum-exp in f64, and the picks against the argmax.
-    lab.be.softmax_xent(
-        logits,
-        targets,
-        row_loss,
-        scale,
-        Some((Pick::Argmax, picks)),
-        rows,
-        vocab,
-    );
+    lab.be.softmax_xent(&op);
     let (x, losses, picked) = (lab.read(logits), lab.read(row_loss), lab.read_ints(picks));
     for (r, row) in x.chunks(vocab).enumerate() {
         let log_z = row.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
@@ -657,9 +692,16 @@ fn softmax_xent_gumbel_picks() {
     let row_loss = lab.output(rows);
     let sample = |lab: &mut Lab, seed: u64, n: usize| {
         let picks = picks.prefix(n);
-        let pick = Some((Pick::Gumbel { seed }, picks));
-        lab.be
-            .softmax_xent(logits, targets, row_loss, 1.0, pick, n, vocab);
+        lab.begin_step(0.0, 0, seed);
+        lab.be.softmax_xent(&SoftmaxXentOp {
+            logits,
+            targets,
+            row_loss,
+            grad_scale: 1.0,
+            pick: Some((Pick::Gumbel, picks)),
+            rows: n,
+            vocab,
+        });
         lab.read_ints(picks)
     };
 
@@ -695,17 +737,26 @@ fn bce_head_projects_and_takes_the_masked_mean() {
     let row_loss = lab.output(n);
     let count = mask_values.iter().filter(|&&m| m == 1).count();
     let scale = 1.0 / count as f32;
+    let op = BceHeadOp {
+        h,
+        w,
+        b,
+        labels,
+        mask,
+        logits,
+        row_loss,
+        grad_scale: scale,
+    };
     let grads = gradcheck(
         &mut lab,
-        &|be| be.bce_head(h, w, b, labels, mask, logits, row_loss, scale),
+        &|be| be.bce_head(&op),
         Grads::Accumulated,
         row_loss,
         &vec![scale; n],
         &[("h", h), ("w", w), ("b", b)],
     );
 
-    lab.be
-        .bce_head(h, w, b, labels, mask, logits, row_loss, scale);
+    lab.be.bce_head(&op);
     let (hv, wv, bv) = (lab.read(h), lab.read(w), lab.read(b)[0]);
     let (x, losses) = (lab.read(logits), lab.read(row_loss));
     for i in 0..n {
@@ -744,8 +795,7 @@ fn bce_head_projects_and_takes_the_masked_mean() {
     for (bias, loss, per_token) in [(100.0f32, 100.0f32, scale), (-100.0, 0.0, 0.0)] {
         lab.be.write(b, &[bias]);
         lab.be.fill(b.grad(), 0.0);
-        lab.be
-            .bce_head(h, w, b, labels, mask, logits, row_loss, scale);
+        lab.be.bce_head(&op);
         let losses = lab.read(row_loss);
         assert!(
             losses[0] == loss || (loss == 0.0 && (0.0..1e-30).contains(&losses[0])),
@@ -777,13 +827,10 @@ fn adamw_single_update() {
     for space in [Space::Grad, Space::AdamM, Space::AdamV] {
         lab.be.write(w.in_space(space).prefix(1), &[0.0]);
     }
-    let hyper = AdamW {
-        lr: 0.05,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-6,
-        weight_decay: 0.01,
-    };
+    // The step's learning rate times the group's scale.
+    let (step_lr, lr_scale) = (0.1, 0.5);
+    let group = electra_group(w, lr_scale, 0.01);
+    let hyper = group.adamw;
     let grad_scale = 0.5;
     let read = |lab: &Lab, space| lab.read(all.in_space(space));
     let (w0, g, m0, v0) = (
@@ -793,7 +840,8 @@ fn adamw_single_update() {
         read(&lab, Space::AdamV),
     );
 
-    lab.be.adamw(w, grad_scale, &hyper);
+    lab.begin_step(step_lr, 0, 0);
+    lab.be.adamw(&group, grad_scale);
 
     let (w1, m1, v1) = (
         read(&lab, Space::Param),
@@ -817,7 +865,7 @@ fn adamw_single_update() {
         let v = beta2 * v0[i] as f64 + (1.0 - beta2) * g * g;
         let w = w0[i] as f64;
         let update = m / (v.sqrt() + hyper.eps as f64) + hyper.weight_decay as f64 * w;
-        let w = w - hyper.lr as f64 * update;
+        let w = w - (step_lr * lr_scale) as f64 * update;
         for (what, got, want) in [("w", w1[i], w), ("m", m1[i], m), ("v", v1[i], v)] {
             assert!(
                 (got as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
@@ -841,10 +889,12 @@ fn optimizer_step_clips_by_the_global_norm_and_skips_a_non_finite_step() {
     lab.randomize(all.grad(), -1.6, 1.6);
     lab.randomize(all.in_space(Space::AdamM), -1.0, 1.0);
     lab.randomize(all.in_space(Space::AdamV), 0.0, 0.5);
-    let groups = [
-        (a, electra_adamw(0.01, 0.01)),
-        (b, electra_adamw(0.003, 0.0)),
-    ];
+    let groups = [electra_group(a, 1.0, 0.01), electra_group(b, 0.3, 0.0)];
+    let step = OptimizerStep {
+        groups: &groups,
+        max_norm: 1.0,
+    };
+    lab.begin_step(0.01, 0, 0);
     let spaces = [Space::Param, Space::AdamM, Space::AdamV];
     let before: Vec<Vec<f32>> = spaces.iter().map(|&s| lab.read(all.in_space(s))).collect();
 
@@ -854,14 +904,14 @@ fn optimizer_step_clips_by_the_global_norm_and_skips_a_non_finite_step() {
         norm > 10.0,
         "the test needs a clipped step, the norm is {norm}"
     );
-    for &(params, h) in &groups {
-        lab.be.adamw(params, 1.0 / norm, &h);
+    for group in &groups {
+        lab.be.adamw(group, 1.0 / norm);
     }
     let want: Vec<Vec<f32>> = spaces.iter().map(|&s| lab.read(all.in_space(s))).collect();
     for (&space, values) in spaces.iter().zip(&before) {
         lab.be.write(all.in_space(space), values);
     }
-    lab.be.optimizer_step(&groups, 1.0);
+    lab.be.optimizer_step(&step);
     assert_eq!(lab.be.last_grad_norm(), norm);
     for (&space, want) in spaces.iter().zip(&want) {
         assert_eq!(&lab.read(all.in_space(space)), want, "{space:?}");
@@ -869,7 +919,7 @@ fn optimizer_step_clips_by_the_global_norm_and_skips_a_non_finite_step() {
 
     // One NaN gradient: nothing moves, and the norm says why.
     lab.be.write(b.grad().prefix(1), &[f32::NAN]);
-    lab.be.optimizer_step(&groups, 1.0);
+    lab.be.optimizer_step(&step);
     assert!(lab.be.last_grad_norm().is_nan());
     for (&space, want) in spaces.iter().zip(&want) {
         assert_eq!(&lab.read(all.in_space(space)), want, "{space:?} moved");

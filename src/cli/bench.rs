@@ -2,7 +2,7 @@
 //! FLOP rate, the utilisation of the matrix rate measured on the same machine, and a table of time
 //! per fused operation.
 
-use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend, Device};
+use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend, Device, Profiled};
 use crate::model::config::{ElectraConfig, EncoderConfig};
 use crate::model::Model;
 use crate::train::{max_predictions, Batch, TrainConfig, Trainer};
@@ -109,6 +109,7 @@ fn run_on<B: Backend>(
     }
     let model = Model::new(config.clone());
     let values = model.initial_values(0);
+    let backend = Profiled::new(backend);
     let mut trainer = Trainer::new(backend, model, TrainConfig::default(), &values)?;
     let special = config.special_tokens;
     let batch = Batch::random(args.batch, args.seq, config.vocab_size, 1, &special);
@@ -123,7 +124,7 @@ fn run_on<B: Backend>(
         times.push(t.elapsed().as_secs_f64());
     }
     // One more, profiled, step for the table: timing each operation adds synchronisation.
-    trainer.profiler().set_enabled(true);
+    trainer.backend.set_enabled(true);
     let t = Instant::now();
     trainer.train_step(&batch)?;
     let profiled = t.elapsed().as_secs_f64();
@@ -131,7 +132,7 @@ fn run_on<B: Backend>(
     let median = times[times.len() / 2];
     let tokens = (args.batch * args.seq) as f64;
     let flops = step_flops(&config, args.batch, args.seq, masked);
-    let (peak, peak_how) = matrix_peak(&mut trainer.backend)?;
+    let (peak, peak_how) = matrix_peak(trainer.backend.inner_mut())?;
     let achieved = flops / median;
     println!(
         "electra bench: {} backend, preset {}, batch {} × seq {}, {} timed steps ({} threads)",
@@ -159,7 +160,7 @@ fn run_on<B: Backend>(
         "{:<36} {:>6} {:>10} {:>7}",
         "operation", "calls", "ms", "share"
     );
-    for (name, calls, time) in trainer.profiler().report() {
+    for (name, calls, time) in trainer.backend.report() {
         let ms = time.as_secs_f64() * 1e3;
         println!(
             "{name:<36} {calls:>6} {ms:>10.2} {:>6.1}%",

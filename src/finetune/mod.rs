@@ -11,7 +11,10 @@ pub mod data;
 pub mod metrics;
 pub mod run;
 
-use crate::backend::{AdamW, Backend, Buf, Dropout, IBuf, LinearDims, Sizes, Space};
+use crate::backend::{
+    AdamW, Backend, Buf, Dropout, DropoutOp, GatherRowsOp, IBuf, LinearDims, OptimizerStep,
+    ParamGroup, Sizes, SoftmaxXentOp, Space, StepScalars,
+};
 use crate::data::tokenizer::WordPieceTokenizer;
 use crate::io::export::{hf_config, Network};
 use crate::io::tensors::{read_tensors, write_f32_tensors};
@@ -410,13 +413,9 @@ impl<B: Backend> Classifier<B> {
         }
         self.tape.clear();
         self.tape.set_recording(train);
-        let seed = {
-            let w = Stream::new(self.options.seed, DROPOUT_SEED_PURPOSE, self.step).words(0);
-            (w[0] as u64) | ((w[1] as u64) << 32)
-        };
         let mut drop = if train {
             let (hp, ap) = (cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob);
-            DropoutPlan::new(hp, ap, seed)
+            DropoutPlan::new(hp, ap)
         } else {
             DropoutPlan::off()
         };
@@ -435,36 +434,29 @@ impl<B: Backend> Classifier<B> {
             &mut drop,
         );
         let b = batch.batch;
-        tape.gather_rows(be, hidden, acts.cls_rows, acts.cls, h);
+        let cls = GatherRowsOp {
+            x: hidden,
+            rows: acts.cls_rows,
+            out: acts.cls,
+            width: h,
+        };
+        tape.run(be, cls);
         let dims = |inp, out| LinearDims { rows: b, inp, out };
         let (d, o) = (self.layout.dense, self.layout.out);
-        tape.linear(
-            be,
-            acts.cls,
-            d.weight,
-            Some(d.bias),
-            acts.act,
-            Some(acts.pre),
-            dims(h, h),
-        );
+        tape.run(be, d.linear_gelu(acts.cls, acts.pre, acts.act, dims(h, h)));
         let p = cfg.hidden_dropout_prob;
         let x = if train && p > 0.0 {
-            let site = HEAD_DROPOUT_SITE;
-            tape.dropout(be, acts.act, acts.dropped, Dropout { p, seed, site });
+            let dropout = Dropout {
+                p,
+                site: HEAD_DROPOUT_SITE,
+            };
+            let (x, y) = (acts.act, acts.dropped);
+            tape.run(be, DropoutOp { x, y, dropout });
             acts.dropped
         } else {
             acts.act
         };
-        let logits = acts.logits;
-        tape.linear(
-            be,
-            x,
-            o.weight,
-            Some(o.bias),
-            logits,
-            None,
-            dims(h, self.outputs),
-        );
+        tape.run(be, o.linear(x, acts.logits, dims(h, self.outputs)));
         Ok(acts)
     }
 
@@ -476,6 +468,17 @@ impl<B: Backend> Classifier<B> {
         Ok(out)
     }
 
+    /// What the current step's operations read from the backend: the head's learning rate and
+    /// the step's dropout seed.
+    fn step_scalars(&self) -> StepScalars {
+        let w = Stream::new(self.options.seed, DROPOUT_SEED_PURPOSE, self.step).words(0);
+        StepScalars {
+            lr: self.current_lr(),
+            dropout_seed: (w[0] as u64) | ((w[1] as u64) << 32),
+            sample_seed: 0,
+        }
+    }
+
     /// Forward and backward on one batch with dropout; returns the mean loss. Takes no step.
     pub fn forward_backward(
         &mut self,
@@ -483,6 +486,13 @@ impl<B: Backend> Classifier<B> {
         targets: &[Target],
     ) -> Result<f32, FinetuneError> {
         assert_eq!(targets.len(), batch.batch);
+        self.backend.begin_step(self.step_scalars(), None);
+        let loss = self.issue_passes(batch, targets);
+        self.backend.end_step();
+        loss
+    }
+
+    fn issue_passes(&mut self, batch: &Batch, targets: &[Target]) -> Result<f32, FinetuneError> {
         let acts = self.forward(batch, true)?;
         let b = batch.batch;
         let be = &mut self.backend;
@@ -511,9 +521,15 @@ impl<B: Backend> Classifier<B> {
                 })
                 .collect();
             be.write_ints(acts.targets, &ids);
-            let scale = 1.0 / b as f32;
-            let k = self.outputs;
-            be.softmax_xent(acts.logits, acts.targets, acts.row_loss, scale, None, b, k);
+            be.softmax_xent(&SoftmaxXentOp {
+                logits: acts.logits,
+                targets: acts.targets,
+                row_loss: acts.row_loss,
+                grad_scale: 1.0 / b as f32,
+                pick: None,
+                rows: b,
+                vocab: self.outputs,
+            });
             let mut rows = vec![0.0; b];
             be.read(acts.row_loss, &mut rows);
             (rows.iter().map(|&v| v as f64).sum::<f64>() / b as f64) as f32
@@ -531,24 +547,28 @@ impl<B: Backend> Classifier<B> {
     /// Clips, then one AdamW update per tensor at its layer's learning rate.
     pub fn apply_gradients(&mut self) -> f32 {
         let o = &self.options;
-        let lr = self.current_lr();
         let top = self.model.config.discriminator.num_layers + 1;
-        let groups: Vec<(Buf, AdamW)> = self
+        let groups: Vec<ParamGroup> = self
             .layout
             .tensors
             .iter()
-            .map(|t| {
-                let hyper = AdamW {
-                    lr: lr * o.layer_decay.powi((top - t.depth) as i32),
+            .map(|t| ParamGroup {
+                params: t.buf,
+                lr_scale: o.layer_decay.powi((top - t.depth) as i32),
+                adamw: AdamW {
                     beta1: 0.9,
                     beta2: 0.999,
                     eps: 1e-6,
                     weight_decay: if t.decay { o.weight_decay } else { 0.0 },
-                };
-                (t.buf, hyper)
+                },
             })
             .collect();
-        self.backend.optimizer_step(&groups, o.max_grad_norm);
+        self.backend.begin_step(self.step_scalars(), None);
+        self.backend.optimizer_step(&OptimizerStep {
+            groups: &groups,
+            max_norm: o.max_grad_norm,
+        });
+        self.backend.end_step();
         let norm = self.backend.last_grad_norm();
         self.step += 1;
         self.last_grad_norm = norm;

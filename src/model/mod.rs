@@ -4,7 +4,10 @@
 pub mod config;
 pub mod params;
 
-use crate::backend::{AttentionDims, Backend, Buf, Dropout, IBuf, LayerNormSaved, LinearDims};
+use crate::backend::{
+    AttentionDims, AttentionOp, Backend, BceHeadOp, Buf, Dropout, DropoutOp, EmbeddingOp,
+    GatherRowsOp, IBuf, LayerNormOp, LayerNormSaved, LinearDims, LinearOp,
+};
 use crate::rng::Stream;
 use crate::tape::{Arena, Tape};
 use config::{ElectraConfig, EncoderConfig};
@@ -58,28 +61,27 @@ impl Model {
     }
 }
 
-/// The dropout of one pass: the probabilities and the pass's seed, numbering the places dropout
-/// is applied in the order the forward pass meets them.
+/// The dropout of one pass: the probabilities, numbering the places dropout is applied in the
+/// order the forward pass meets them (the step's seed comes from the backend's
+/// [`StepScalars`](crate::backend::StepScalars)).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DropoutPlan {
     hidden: f32,
     attention: f32,
-    seed: u64,
     next_site: u32,
 }
 
 impl DropoutPlan {
     /// No dropout (evaluation, or comparing with another implementation).
     pub fn off() -> Self {
-        Self::new(0.0, 0.0, 0)
+        Self::new(0.0, 0.0)
     }
 
-    /// The configured dropout for a pass whose masks derive from `seed`.
-    pub fn new(hidden: f32, attention: f32, seed: u64) -> Self {
+    /// The configured dropout of a pass.
+    pub fn new(hidden: f32, attention: f32) -> Self {
         DropoutPlan {
             hidden,
             attention,
-            seed,
             next_site: 0,
         }
     }
@@ -89,7 +91,6 @@ impl DropoutPlan {
             self.next_site += 1;
             Dropout {
                 p,
-                seed: self.seed,
                 site: self.next_site,
             }
         })
@@ -299,8 +300,8 @@ impl StepActs {
 /// `x` after dropout into `out`, or `x` itself when there is no dropout.
 fn dropped<B: Backend>(be: &mut B, tape: &mut Tape, d: Option<Dropout>, x: Buf, out: Buf) -> Buf {
     match d {
-        Some(d) => {
-            tape.dropout(be, x, out, d);
+        Some(dropout) => {
+            tape.run(be, DropoutOp { x, y: out, dropout });
             out
         }
         None => x,
@@ -326,15 +327,15 @@ pub fn encoder_forward<B: Backend>(
     let e = model.config.embedding_size;
     let h = enc.hidden_size;
     let emb = &model.params.embeddings;
-    tape.embedding(
-        be,
+    let embedding = EmbeddingOp {
         ids,
         token_types,
-        shape.seq,
-        emb,
-        acts.embedded,
-        acts.embedding_norm,
-    );
+        seq: shape.seq,
+        params: *emb,
+        out: acts.embedded,
+        saved: acts.embedding_norm,
+    };
+    tape.run(be, embedding);
     let mut x = dropped(
         be,
         tape,
@@ -348,7 +349,7 @@ pub fn encoder_forward<B: Backend>(
             inp: e,
             out: h,
         };
-        tape.linear(be, x, project.weight, Some(project.bias), out, None, dims);
+        tape.run(be, project.linear(x, out, dims));
         x = out;
     }
     let attention = AttentionDims {
@@ -359,12 +360,18 @@ pub fn encoder_forward<B: Backend>(
     };
     let dims = |inp, out| LinearDims { rows: n, inp, out };
     for (l, a) in p.layers.iter().zip(&acts.layers) {
-        let (wq, bq) = (l.qkv.weight, l.qkv.bias);
-        tape.linear(be, x, wq, Some(bq), a.qkv, None, dims(h, 3 * h));
-        let p_drop = drop.attention();
-        tape.attention(be, a.qkv, attention_mask, a.ctx, a.probs, attention, p_drop);
-        let (wo, bo) = (l.attention_out.weight, l.attention_out.bias);
-        tape.linear(be, a.ctx, wo, Some(bo), a.attention_out, None, dims(h, h));
+        tape.run(be, l.qkv.linear(x, a.qkv, dims(h, 3 * h)));
+        let self_attention = AttentionOp {
+            qkv: a.qkv,
+            key_mask: attention_mask,
+            ctx: a.ctx,
+            probs: a.probs,
+            dims: attention,
+            dropout: drop.attention(),
+        };
+        tape.run(be, self_attention);
+        let out = l.attention_out.linear(a.ctx, a.attention_out, dims(h, h));
+        tape.run(be, out);
         let branch = dropped(
             be,
             tape,
@@ -372,24 +379,24 @@ pub fn encoder_forward<B: Backend>(
             a.attention_out,
             a.attention_dropped,
         );
-        let (ln1, ln1_out) = (&l.attention_norm, a.attention_norm_out);
-        tape.layernorm(be, branch, Some(x), ln1, ln1_out, a.attention_norm, n, h);
+        let ln1_out = a.attention_norm_out;
+        let norm = |x, residual, params, y, saved| LayerNormOp {
+            x,
+            residual: Some(residual),
+            params,
+            y,
+            saved,
+            rows: n,
+            width: h,
+        };
+        tape.run(be, norm(branch, x, l.attention_norm, ln1_out, a.attention_norm));
         let f = enc.intermediate_size;
-        let (wi, bi) = (l.ffn_in.weight, l.ffn_in.bias);
-        tape.linear(
-            be,
-            ln1_out,
-            wi,
-            Some(bi),
-            a.ffn_act,
-            Some(a.ffn_pre),
-            dims(h, f),
-        );
-        let (wf, bf) = (l.ffn_out.weight, l.ffn_out.bias);
-        tape.linear(be, a.ffn_act, wf, Some(bf), a.ffn_out, None, dims(f, h));
+        let ffn_in = l.ffn_in.linear_gelu(ln1_out, a.ffn_pre, a.ffn_act, dims(h, f));
+        tape.run(be, ffn_in);
+        tape.run(be, l.ffn_out.linear(a.ffn_act, a.ffn_out, dims(f, h)));
         let branch = dropped(be, tape, drop.hidden(), a.ffn_out, a.ffn_dropped);
-        let (ln2, ln2_out) = (&l.ffn_norm, a.ffn_norm_out);
-        tape.layernorm(be, branch, Some(ln1_out), ln2, ln2_out, a.ffn_norm, n, h);
+        let ln2_out = a.ffn_norm_out;
+        tape.run(be, norm(branch, ln1_out, l.ffn_norm, ln2_out, a.ffn_norm));
         x = ln2_out;
     }
     x
@@ -426,7 +433,13 @@ pub fn generator_forward<B: Backend>(
     );
     let head = &model.params.generator_head;
     let gathered = acts.gathered.prefix(masked * hg);
-    tape.gather_rows(be, hidden, acts.positions.prefix(masked), gathered, hg);
+    let gather = GatherRowsOp {
+        x: hidden,
+        rows: acts.positions.prefix(masked),
+        out: gathered,
+        width: hg,
+    };
+    tape.run(be, gather);
     let dims = |inp, out| LinearDims {
         rows: masked,
         inp,
@@ -434,38 +447,29 @@ pub fn generator_forward<B: Backend>(
     };
     let head_act = acts.head_act.prefix(masked * e);
     let head_pre = acts.head_pre.prefix(masked * e);
-    let (w, b) = (head.dense.weight, head.dense.bias);
-    tape.linear(
-        be,
-        gathered,
-        w,
-        Some(b),
-        head_act,
-        Some(head_pre),
-        dims(hg, e),
-    );
+    let dense = head.dense.linear_gelu(gathered, head_pre, head_act, dims(hg, e));
+    tape.run(be, dense);
     let head_out = acts.head_out.prefix(masked * e);
-    tape.layernorm(
-        be,
-        head_act,
-        None,
-        &head.norm,
-        head_out,
-        acts.head_norm,
-        masked,
-        e,
-    );
-    let logits = acts.gen_logits.prefix(masked * v);
-    let word = model.params.embeddings.word;
-    tape.linear(
-        be,
-        head_out,
-        word,
-        Some(head.lm_bias),
-        logits,
-        None,
-        dims(e, v),
-    );
+    let norm = LayerNormOp {
+        x: head_act,
+        residual: None,
+        params: head.norm,
+        y: head_out,
+        saved: acts.head_norm,
+        rows: masked,
+        width: e,
+    };
+    tape.run(be, norm);
+    // The output layer is tied to the word embeddings.
+    let lm = LinearOp {
+        x: head_out,
+        w: model.params.embeddings.word,
+        b: Some(head.lm_bias),
+        y: acts.gen_logits.prefix(masked * v),
+        gelu_pre: None,
+        dims: dims(e, v),
+    };
+    tape.run(be, lm);
 }
 
 /// The discriminator on `acts.corrupted_ids` and its loss against `acts.is_replaced`: one logit
@@ -502,20 +506,17 @@ pub fn discriminator_with_loss<B: Backend>(
         inp: h,
         out: h,
     };
-    let (w, b) = (head.dense.weight, head.dense.bias);
-    let (pre, act) = (acts.disc_head_pre, acts.disc_head_act);
-    tape.linear(be, hidden, w, Some(b), act, Some(pre), dims);
-    let (w, b) = (head.prediction.weight, head.prediction.bias);
-    tape.profiler.time("bce_head", be, |be| {
-        be.bce_head(
-            act,
-            w,
-            b,
-            acts.is_replaced,
-            acts.attention_mask,
-            acts.disc_logits,
-            acts.disc_row_loss,
-            loss_scale,
-        )
+    let act = acts.disc_head_act;
+    let dense = head.dense.linear_gelu(hidden, acts.disc_head_pre, act, dims);
+    tape.run(be, dense);
+    be.bce_head(&BceHeadOp {
+        h: act,
+        w: head.prediction.weight,
+        b: head.prediction.bias,
+        labels: acts.is_replaced,
+        mask: acts.attention_mask,
+        logits: acts.disc_logits,
+        row_loss: acts.disc_row_loss,
+        grad_scale: loss_scale,
     });
 }

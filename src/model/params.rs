@@ -5,7 +5,7 @@
 //! layer's query, key and value tensors are adjacent, which makes them one fused `[3H, H]`
 //! projection and one `[3H]` bias without any copy.
 
-use crate::backend::{Buf, EmbeddingParams, LayerNormParams, Space};
+use crate::backend::{Buf, EmbeddingParams, LayerNormParams, LinearDims, LinearOp, Space};
 use crate::model::config::{ElectraConfig, EncoderConfig};
 use std::collections::HashMap;
 
@@ -292,6 +292,28 @@ pub struct Dense {
     pub weight: Buf,
     /// `[out]`.
     pub bias: Buf,
+}
+
+impl Dense {
+    /// This layer applied to `x` into `y`.
+    pub fn linear(&self, x: Buf, y: Buf, dims: LinearDims) -> LinearOp {
+        LinearOp {
+            x,
+            w: self.weight,
+            b: Some(self.bias),
+            y,
+            gelu_pre: None,
+            dims,
+        }
+    }
+
+    /// This layer then GELU: the pre-activation into `pre`, the activation into `y`.
+    pub fn linear_gelu(&self, x: Buf, pre: Buf, y: Buf, dims: LinearDims) -> LinearOp {
+        LinearOp {
+            gelu_pre: Some(pre),
+            ..self.linear(x, y, dims)
+        }
+    }
 }
 
 /// One post-LN transformer block.

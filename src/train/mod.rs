@@ -4,7 +4,10 @@
 pub mod masking;
 pub mod schedule;
 
-use crate::backend::{AdamW, Backend, Buf, OutOfMemory, Pick, Sizes, Space, StepScalars};
+use crate::backend::{
+    AdamW, Backend, Buf, OptimizerStep, OutOfMemory, ParamGroup, Pick, ReplaceTokensOp, Sizes,
+    SoftmaxXentOp, Space, StepScalars,
+};
 use crate::model::{self, BatchShape, DropoutPlan, Model, StepActs};
 use crate::rng::Stream;
 use crate::tape::Tape;
@@ -319,11 +322,6 @@ impl<B: Backend> Trainer<B> {
         out
     }
 
-    /// Per-operation timing (see [`crate::profile::Profiler`]).
-    pub fn profiler(&mut self) -> &mut crate::profile::Profiler {
-        &mut self.tape.profiler
-    }
-
     /// The memory plan of the last pass.
     pub fn acts(&self) -> Option<&StepActs> {
         self.acts.as_deref()
@@ -403,7 +401,8 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// The forward and backward passes of both networks on one batch with a given masking.
-    /// Leaves the gradients in the backend; takes no optimizer step.
+    /// Leaves the gradients in the backend; takes no optimizer step. Dropout and Gumbel noise
+    /// are those of the current step.
     pub fn forward_backward(
         &mut self,
         batch: &Batch,
@@ -414,7 +413,10 @@ impl<B: Backend> Trainer<B> {
         if let Corruption::Given(ids) = corruption {
             self.check_given(batch, ids)?;
         }
+        self.backend
+            .begin_step(self.step_scalars(self.current_lr()), None);
         self.issue_passes(batch, &acts, masked, corruption);
+        self.backend.end_step();
         Ok(self.report(
             batch,
             &acts,
@@ -440,9 +442,14 @@ impl<B: Backend> Trainer<B> {
         Ok(())
     }
 
-    /// The seed of this step's dropout masks.
-    fn dropout_seed(&self) -> u64 {
-        step_seed(self.config.seed, DROPOUT_SEED_PURPOSE, self.step)
+    /// What the current step's operations read from the backend: `lr` and the step's seeds.
+    fn step_scalars(&self, lr: f32) -> StepScalars {
+        let seed = self.config.seed;
+        StepScalars {
+            lr,
+            dropout_seed: step_seed(seed, DROPOUT_SEED_PURPOSE, self.step),
+            sample_seed: step_seed(seed, SAMPLE_PURPOSE, self.step),
+        }
     }
 
     /// Checks the batch and its masking, and writes them and the MLM targets into the integer
@@ -484,57 +491,46 @@ impl<B: Backend> Trainer<B> {
         corruption: Corruption,
     ) {
         let grads = self.all(Space::Grad);
-        let dropout_seed = self.dropout_seed();
         let be = &mut self.backend;
         let act_grads = Buf {
             space: Space::ActGrad,
             offset: 0,
             len: acts.sizes.0,
         };
-        self.tape.profiler.time("zero_grads", be, |be| {
-            be.fill(grads, 0.0);
-            be.fill(act_grads, 0.0);
-        });
+        be.fill(grads, 0.0);
+        be.fill(act_grads, 0.0);
 
         self.tape.clear();
         let cfg = &self.model.config;
         let mut drop = if self.dropout {
-            DropoutPlan::new(
-                cfg.hidden_dropout_prob,
-                cfg.attention_probs_dropout_prob,
-                dropout_seed,
-            )
+            DropoutPlan::new(cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob)
         } else {
             DropoutPlan::off()
         };
         model::generator_forward(be, &mut self.tape, &self.model, acts, masked, &mut drop);
         let vocab = self.model.config.vocab_size;
-        let logits = acts.gen_logits.prefix(masked * vocab);
-        let gen_loss = acts.gen_row_loss.prefix(masked);
-        let targets = acts.targets.prefix(masked);
         let picks = acts.picks.prefix(masked);
-        let positions = acts.positions.prefix(masked);
         let pick = match corruption {
             Corruption::Generator(p) => Some((p, picks)),
             Corruption::Given(_) => None,
         };
-        be.softmax_xent(
-            logits,
-            targets,
-            gen_loss,
-            1.0 / masked as f32,
+        be.softmax_xent(&SoftmaxXentOp {
+            logits: acts.gen_logits.prefix(masked * vocab),
+            targets: acts.targets.prefix(masked),
+            row_loss: acts.gen_row_loss.prefix(masked),
+            grad_scale: 1.0 / masked as f32,
             pick,
-            masked,
+            rows: masked,
             vocab,
-        );
+        });
         match corruption {
-            Corruption::Generator(_) => be.replace_tokens(
-                acts.input_ids,
-                positions,
+            Corruption::Generator(_) => be.replace_tokens(&ReplaceTokensOp {
+                original: acts.input_ids,
+                positions: acts.positions.prefix(masked),
                 picks,
-                acts.corrupted_ids,
-                acts.is_replaced,
-            ),
+                corrupted: acts.corrupted_ids,
+                is_replaced: acts.is_replaced,
+            }),
             Corruption::Given(ids) => {
                 be.write_ints(acts.corrupted_ids, ids);
                 self.host.clear();
@@ -618,33 +614,41 @@ impl<B: Backend> Trainer<B> {
     /// Clips the gradients to the configured global norm and applies one AdamW update at `lr`
     /// (none if the norm is not finite). Returns the norm before clipping.
     pub fn apply_gradients(&mut self, lr: f32) -> f32 {
-        self.issue_update(lr);
+        self.backend.begin_step(self.step_scalars(lr), None);
+        self.issue_update();
+        self.backend.end_step();
         self.backend.last_grad_norm()
     }
 
-    fn issue_update(&mut self, lr: f32) {
+    /// The optimizer step at the learning rate of the step the backend is in.
+    fn issue_update(&mut self) {
         let c = &self.config;
-        let hyper = AdamW {
-            lr,
+        let adamw = AdamW {
             beta1: c.beta1,
             beta2: c.beta2,
             eps: c.eps,
             weight_decay: c.weight_decay,
         };
-        let no_decay = AdamW {
-            weight_decay: 0.0,
-            ..hyper
-        };
+        let layout = &self.model.layout;
         let groups = [
-            (self.model.layout.decayed, hyper),
-            (self.model.layout.not_decayed, no_decay),
+            ParamGroup {
+                params: layout.decayed,
+                lr_scale: 1.0,
+                adamw,
+            },
+            ParamGroup {
+                params: layout.not_decayed,
+                lr_scale: 1.0,
+                adamw: AdamW {
+                    weight_decay: 0.0,
+                    ..adamw
+                },
+            },
         ];
-        let max = c.max_grad_norm;
-        self.tape
-            .profiler
-            .time("optimizer", &mut self.backend, |be| {
-                be.optimizer_step(&groups, max)
-            });
+        self.backend.optimizer_step(&OptimizerStep {
+            groups: &groups,
+            max_norm: c.max_grad_norm,
+        });
     }
 
     /// The learning rate of the next step.
@@ -668,24 +672,17 @@ impl<B: Backend> Trainer<B> {
             self.step,
             &mut masking,
         );
-        let scalars = StepScalars {
-            lr: self.current_lr(),
-            dropout_seed: self.dropout_seed(),
-            sample_seed: step_seed(c.seed, SAMPLE_PURPOSE, self.step),
-        };
         let pick = match c.replacement {
             Replacement::Argmax => Pick::Argmax,
-            Replacement::Sample => Pick::Gumbel {
-                seed: scalars.sample_seed,
-            },
+            Replacement::Sample => Pick::Gumbel,
         };
+        let scalars = self.step_scalars(self.current_lr());
         let result = self.load_inputs(batch, &masking).map(|(masked, acts)| {
-            let recording = (!self.tape.profiler.is_enabled())
-                .then(|| self.step_fingerprint(batch, &acts, masked, pick));
+            let recording = Some(self.step_fingerprint(batch, &acts, masked, pick));
             if !self.backend.begin_step(scalars, recording) {
                 let corruption = Corruption::Generator(pick);
                 self.issue_passes(batch, &acts, masked, corruption);
-                self.issue_update(scalars.lr);
+                self.issue_update();
                 self.backend.end_step();
             }
             self.report(batch, &acts, masked, true)

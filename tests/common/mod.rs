@@ -86,10 +86,23 @@ impl Rng {
     }
 }
 
-/// ELECTRA's AdamW (β1 0.9, β2 0.999, ε 1e-6) at a learning rate and weight decay.
-pub fn electra_adamw(lr: f32, weight_decay: f32) -> electra::backend::AdamW {
+/// A parameter group with ELECTRA's AdamW (β1 0.9, β2 0.999, ε 1e-6) at a share of the step's
+/// learning rate and a weight decay.
+pub fn electra_group(
+    params: electra::backend::Buf,
+    lr_scale: f32,
+    weight_decay: f32,
+) -> electra::backend::ParamGroup {
+    electra::backend::ParamGroup {
+        params,
+        lr_scale,
+        adamw: electra_adamw(weight_decay),
+    }
+}
+
+/// ELECTRA's AdamW (β1 0.9, β2 0.999, ε 1e-6) at a weight decay.
+pub fn electra_adamw(weight_decay: f32) -> electra::backend::AdamW {
     electra::backend::AdamW {
-        lr,
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-6,

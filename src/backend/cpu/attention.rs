@@ -5,7 +5,7 @@
 //! pass (the CPU has the memory; the CUDA kernel recomputes them from the log-sum-exp instead).
 
 use super::matmul::{matmul, MatLayout, Threads};
-use crate::backend::{AttentionDims, Dropout};
+use crate::backend::{AttentionDims, DropoutMask};
 use rayon::prelude::*;
 
 fn head_layout(d: &AttentionDims, row_stride: usize, offset: usize) -> MatLayout {
@@ -50,7 +50,7 @@ fn masked_softmax(scores: &mut [f32], key_mask: &[u32], scale: f32) {
 
 /// The dropped-out probabilities of one head: `out = p ∘ mask/(1−p)`, where `first` is the index
 /// of `p[0]` in the whole probability buffer.
-fn drop_probs(p: &[f32], out: &mut [f32], dropout: &Dropout, first: usize) {
+fn drop_probs(p: &[f32], out: &mut [f32], dropout: &DropoutMask, first: usize) {
     dropout.scales(first, out);
     out.iter_mut().zip(p).for_each(|(o, &v)| *o *= v);
 }
@@ -63,7 +63,7 @@ pub fn forward(
     ctx: &mut [f32],
     probs: &mut [f32],
     scratch: &mut [f32],
-    dropout: Option<Dropout>,
+    dropout: Option<DropoutMask>,
     d: AttentionDims,
 ) {
     let (t, h) = (d.seq, d.hidden());
@@ -108,7 +108,7 @@ pub fn backward(
     dqkv: &mut [f32],
     dscores: &mut [f32],
     scratch: &mut [f32],
-    dropout: Option<Dropout>,
+    dropout: Option<DropoutMask>,
     d: AttentionDims,
 ) {
     let (t, h) = (d.seq, d.hidden());

@@ -1,13 +1,13 @@
-//! Inverted dropout with a recomputed mask (see [`crate::backend::Dropout`]).
+//! Inverted dropout with a recomputed mask (see [`crate::backend::DropoutMask`]).
 
-use crate::backend::Dropout;
+use crate::backend::DropoutMask;
 use rayon::prelude::*;
 
 /// Elements per rayon task: whole Philox blocks of four, and enough work to amortise a task.
 const CHUNK: usize = 4096;
 
 /// `out[i] = a[i] · scale(i)`, or `out[i] += …` with `accumulate`.
-fn masked(a: &[f32], out: &mut [f32], d: Dropout, accumulate: bool) {
+fn masked(a: &[f32], out: &mut [f32], d: DropoutMask, accumulate: bool) {
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
         let mut scales = [0.0f32; CHUNK];
         let scales = &mut scales[..out.len()];
@@ -21,11 +21,11 @@ fn masked(a: &[f32], out: &mut [f32], d: Dropout, accumulate: bool) {
 
 /// `y = x · scale(i)`: each element is zeroed with probability `p` or scaled by 1/(1−p).
 /// `x` and `y` have the same length; the mask at `i` is a pure function of `(seed, site, i)`.
-pub fn forward(x: &[f32], y: &mut [f32], d: Dropout) {
+pub fn forward(x: &[f32], y: &mut [f32], d: DropoutMask) {
     masked(x, y, d, false);
 }
 
 /// `dx += dy · scale(i)`, with the mask [`forward`] used for the same `d` (recomputed, not stored).
-pub fn backward(dy: &[f32], dx: &mut [f32], d: Dropout) {
+pub fn backward(dy: &[f32], dx: &mut [f32], d: DropoutMask) {
     masked(dy, dx, d, true);
 }

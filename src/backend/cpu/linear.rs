@@ -69,23 +69,21 @@ pub fn backward(
     x: &[f32],
     w: &[f32],
     dy: &[f32],
-    dx: Option<&mut [f32]>,
+    dx: &mut [f32],
     dw: &mut [f32],
     db: Option<&mut [f32]>,
     d: LinearDims,
 ) {
-    if let Some(dx) = dx {
-        matmul(
-            dx,
-            MatLayout::row_major(d.rows, d.inp),
-            dy,
-            MatLayout::row_major(d.rows, d.out),
-            w,
-            MatLayout::row_major(d.out, d.inp),
-            true,
-            Threads::Pool,
-        );
-    }
+    matmul(
+        dx,
+        MatLayout::row_major(d.rows, d.inp),
+        dy,
+        MatLayout::row_major(d.rows, d.out),
+        w,
+        MatLayout::row_major(d.out, d.inp),
+        true,
+        Threads::Pool,
+    );
     matmul(
         dw,
         MatLayout::row_major(d.out, d.inp),

@@ -28,6 +28,7 @@ pub fn softmax_xent(
     dlogits: &mut [f32],
     grad_scale: f32,
     pick: Option<(Pick, &mut [u32])>,
+    sample_seed: u64,
     vocab: usize,
 ) {
     let rows = targets.len();
@@ -48,10 +49,10 @@ pub fn softmax_xent(
         }
         match mode {
             Some(Pick::Argmax) => argmax(row.iter().copied()),
-            Some(Pick::Gumbel { seed }) => argmax(
+            Some(Pick::Gumbel) => argmax(
                 row.iter()
                     .enumerate()
-                    .map(|(j, &x)| x + gumbel_noise(seed, r, j)),
+                    .map(|(j, &x)| x + gumbel_noise(sample_seed, r, j)),
             ),
             None => 0,
         }

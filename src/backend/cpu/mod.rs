@@ -16,8 +16,9 @@ pub mod optim;
 use std::marker::PhantomData;
 
 use super::{
-    AdamW, AttentionDims, Backend, Buf, Dropout, EmbeddingParams, IBuf, LayerNormParams,
-    LayerNormSaved, LinearDims, OutOfMemory, Pick, Sizes, Space,
+    AttentionOp, Backend, BceHeadOp, Buf, Dropout, DropoutMask, DropoutOp, EmbeddingOp,
+    GatherRowsOp, IBuf, LayerNormOp, LinearDims, LinearOp, OptimizerStep, OutOfMemory,
+    ParamGroup, ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars,
 };
 
 /// The CPU backend. Memory is one `Vec` per space.
@@ -29,6 +30,8 @@ pub struct CpuBackend {
     scratch: Vec<f32>,
     /// What the last `optimizer_step` measured.
     last_grad_norm: f32,
+    /// The learning rate and seeds of the current step.
+    scalars: StepScalars,
 }
 
 impl CpuBackend {
@@ -44,6 +47,11 @@ impl CpuBackend {
             s.resize(len, 0.0);
         }
         s
+    }
+
+    /// The mask of `dropout` in the current step.
+    fn mask(&self, dropout: Option<Dropout>) -> Option<DropoutMask> {
+        dropout.map(|d| d.mask(self.scalars.dropout_seed))
     }
 
     fn frame(&mut self) -> Frame<'_> {
@@ -176,18 +184,11 @@ impl Backend for CpuBackend {
         self.spaces[dst.space.index()][dst.offset..dst.end()].fill(value);
     }
 
-    fn embedding_fwd(
-        &mut self,
-        ids: IBuf,
-        token_types: IBuf,
-        seq: usize,
-        p: &EmbeddingParams,
-        out: Buf,
-        saved: LayerNormSaved,
-    ) {
+    fn embedding_fwd(&mut self, op: &EmbeddingOp) {
+        let (p, saved) = (&op.params, op.saved);
         let f = self.frame();
         let reads = [p.word, p.position, p.token_type, p.norm.gain, p.norm.bias];
-        let [out, xhat, rstd] = f.w([out, saved.xhat, saved.rstd], &reads);
+        let [out, xhat, rstd] = f.w([op.out, saved.xhat, saved.rstd], &reads);
         let tables = embedding::Tables {
             word: f.r(p.word),
             position: f.r(p.position),
@@ -196,22 +197,15 @@ impl Backend for CpuBackend {
             bias: f.r(p.norm.bias),
             eps: p.norm.eps,
         };
-        let (ids, types) = (f.ri(ids), f.ri(token_types));
-        embedding::forward(ids, types, seq, &tables, p.norm.gain.len, out, xhat, rstd);
+        let (ids, types) = (f.ri(op.ids), f.ri(op.token_types));
+        embedding::forward(ids, types, op.seq, &tables, p.norm.gain.len, out, xhat, rstd);
     }
 
-    fn embedding_bwd(
-        &mut self,
-        ids: IBuf,
-        token_types: IBuf,
-        seq: usize,
-        p: &EmbeddingParams,
-        dout: Buf,
-        saved: LayerNormSaved,
-    ) {
+    fn embedding_bwd(&mut self, op: &EmbeddingOp) {
+        let (p, saved, dout) = (&op.params, op.saved, op.out.grad());
         let f = self.frame();
         let width = p.norm.gain.len;
-        let rows = ids.len;
+        let rows = op.ids.len;
         let writes = [
             saved.xhat.grad().prefix(rows * width),
             p.norm.gain.grad(),
@@ -239,18 +233,19 @@ impl Backend for CpuBackend {
             position: dpos,
             token_type: dtype,
         };
-        embedding::scatter_backward(f.ri(ids), f.ri(token_types), seq, dsum, grads, width);
+        let (ids, types) = (f.ri(op.ids), f.ri(op.token_types));
+        embedding::scatter_backward(ids, types, op.seq, dsum, grads, width);
     }
 
-    fn linear_fwd(
-        &mut self,
-        x: Buf,
-        w: Buf,
-        b: Option<Buf>,
-        y: Buf,
-        gelu_pre: Option<Buf>,
-        dims: LinearDims,
-    ) {
+    fn linear_fwd(&mut self, op: &LinearOp) {
+        let LinearOp {
+            x,
+            w,
+            b,
+            y,
+            gelu_pre,
+            dims,
+        } = *op;
         let f = self.frame();
         let reads = [x, w, b.unwrap_or(x)];
         let bias = b.map(|b| f.r(b));
@@ -266,51 +261,34 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn linear_bwd(
-        &mut self,
-        x: Buf,
-        w: Buf,
-        dy: Buf,
-        dx: Option<Buf>,
-        dw: Buf,
-        db: Option<Buf>,
-        gelu_pre: Option<Buf>,
-        dims: LinearDims,
-    ) {
+    fn linear_bwd(&mut self, op: &LinearOp) {
+        let LinearOp { x, w, b, y, .. } = *op;
         let f = self.frame();
-        let dy = match gelu_pre {
+        let dy = match op.gelu_pre {
             Some(pre) => {
-                let [dpre] = f.w([pre.grad()], &[pre, dy]);
-                linear::gelu_backward(f.r(pre), f.r(dy), dpre);
+                let [dpre] = f.w([pre.grad()], &[pre, y.grad()]);
+                linear::gelu_backward(f.r(pre), f.r(y.grad()), dpre);
                 pre.grad()
             }
-            None => dy,
+            None => y.grad(),
         };
-        // An absent output is an empty view, which overlaps nothing.
-        let empty = Buf { len: 0, ..dw };
-        let [dw_view, dx_view, db_view] =
-            f.w([dw, dx.unwrap_or(empty), db.unwrap_or(empty)], &[x, w, dy]);
-        linear::backward(
-            f.r(x),
-            f.r(w),
-            f.r(dy),
-            dx.map(|_| dx_view),
-            dw_view,
-            db.map(|_| db_view),
-            dims,
-        );
+        // An absent bias is an empty view, which overlaps nothing.
+        let db = b.map_or(Buf { len: 0, ..w }, Buf::grad);
+        let [dx, dw, db_view] = f.w([x.grad(), w.grad(), db], &[x, w, dy]);
+        let db = b.map(|_| db_view);
+        linear::backward(f.r(x), f.r(w), f.r(dy), dx, dw, db, op.dims);
     }
 
-    fn layernorm_fwd(
-        &mut self,
-        x: Buf,
-        residual: Option<Buf>,
-        p: &LayerNormParams,
-        y: Buf,
-        saved: LayerNormSaved,
-        rows: usize,
-        width: usize,
-    ) {
+    fn layernorm_fwd(&mut self, op: &LayerNormOp) {
+        let LayerNormOp {
+            x,
+            residual,
+            params: p,
+            y,
+            saved,
+            rows,
+            width,
+        } = *op;
         let f = self.frame();
         let reads = [x, residual.unwrap_or(x), p.gain, p.bias];
         let [y, xhat, rstd] = f.w([y, saved.xhat, saved.rstd], &reads);
@@ -327,19 +305,20 @@ impl Backend for CpuBackend {
         );
     }
 
-    fn layernorm_bwd(
-        &mut self,
-        dy: Buf,
-        p: &LayerNormParams,
-        saved: LayerNormSaved,
-        dx: Buf,
-        dresidual: Option<Buf>,
-        rows: usize,
-        width: usize,
-    ) {
+    fn layernorm_bwd(&mut self, op: &LayerNormOp) {
+        let LayerNormOp {
+            x,
+            residual,
+            params: p,
+            y,
+            saved,
+            rows,
+            width,
+        } = *op;
         let f = self.frame();
-        let empty = Buf { len: 0, ..dx };
-        let writes = [dx, dresidual.unwrap_or(empty), p.gain.grad(), p.bias.grad()];
+        let dresidual = residual.map_or(Buf { len: 0, ..x }, Buf::grad);
+        let writes = [x.grad(), dresidual, p.gain.grad(), p.bias.grad()];
+        let dy = y.grad();
         let [dx, dres, dgain, dbias] = f.w(writes, &[dy, p.gain, saved.xhat, saved.rstd]);
         layernorm::backward(
             f.r(dy),
@@ -347,85 +326,75 @@ impl Backend for CpuBackend {
             f.r(saved.xhat),
             &f.r(saved.rstd)[..rows],
             dx,
-            dresidual.map(|_| dres),
+            residual.map(|_| dres),
             dgain,
             dbias,
             width,
         );
     }
 
-    fn attention_fwd(
-        &mut self,
-        qkv: Buf,
-        key_mask: IBuf,
-        ctx: Buf,
-        probs: Buf,
-        dims: AttentionDims,
-        dropout: Option<Dropout>,
-    ) {
-        let mut scratch = self.scratch(probs.len);
+    fn attention_fwd(&mut self, op: &AttentionOp) {
+        let mask = self.mask(op.dropout);
+        let mut scratch = self.scratch(op.probs.len);
         let f = self.frame();
-        let [ctx, probs] = f.w([ctx, probs], &[qkv]);
-        let mask = f.ri(key_mask);
-        attention::forward(f.r(qkv), mask, ctx, probs, &mut scratch, dropout, dims);
+        let [ctx, probs] = f.w([op.ctx, op.probs], &[op.qkv]);
+        let (qkv, key_mask) = (f.r(op.qkv), f.ri(op.key_mask));
+        attention::forward(qkv, key_mask, ctx, probs, &mut scratch, mask, op.dims);
         self.scratch = scratch;
     }
 
-    fn attention_bwd(
-        &mut self,
-        qkv: Buf,
-        key_mask: IBuf,
-        _ctx: Buf,
-        probs: Buf,
-        dctx: Buf,
-        dqkv: Buf,
-        dims: AttentionDims,
-        dropout: Option<Dropout>,
-    ) {
+    fn attention_bwd(&mut self, op: &AttentionOp) {
+        let AttentionOp { qkv, ctx, probs, .. } = *op;
+        let mask = self.mask(op.dropout);
         let mut scratch = self.scratch(probs.len);
         let f = self.frame();
-        let [dqkv, dscores] = f.w([dqkv, probs.grad()], &[qkv, probs, dctx]);
-        let (qkv, probs, dctx) = (f.r(qkv), f.r(probs), f.r(dctx));
-        let mask = f.ri(key_mask);
+        let [dqkv, dscores] = f.w([qkv.grad(), probs.grad()], &[qkv, probs, ctx.grad()]);
+        let (qkv, probs, dctx) = (f.r(qkv), f.r(probs), f.r(ctx.grad()));
+        let key_mask = f.ri(op.key_mask);
         attention::backward(
             qkv,
-            mask,
+            key_mask,
             probs,
             dctx,
             dqkv,
             dscores,
             &mut scratch,
-            dropout,
-            dims,
+            mask,
+            op.dims,
         );
         self.scratch = scratch;
     }
 
-    fn dropout_fwd(&mut self, x: Buf, y: Buf, dropout: Dropout) {
+    fn dropout_fwd(&mut self, op: &DropoutOp) {
+        let mask = op.dropout.mask(self.scalars.dropout_seed);
         let f = self.frame();
-        let [y] = f.w([y], &[x]);
-        dropout::forward(f.r(x), y, dropout);
+        let [y] = f.w([op.y], &[op.x]);
+        dropout::forward(f.r(op.x), y, mask);
     }
 
-    fn dropout_bwd(&mut self, dy: Buf, dx: Buf, dropout: Dropout) {
+    fn dropout_bwd(&mut self, op: &DropoutOp) {
+        let mask = op.dropout.mask(self.scalars.dropout_seed);
+        let (dx, dy) = (op.x.grad(), op.y.grad());
         let f = self.frame();
         let [dx] = f.w([dx], &[dy]);
-        dropout::backward(f.r(dy), dx, dropout);
+        dropout::backward(f.r(dy), dx, mask);
     }
 
-    fn gather_rows(&mut self, x: Buf, rows: IBuf, out: Buf, width: usize) {
+    fn gather_rows(&mut self, op: &GatherRowsOp) {
+        let width = op.width;
         let f = self.frame();
-        let [out] = f.w([out], &[x]);
-        let x = f.r(x);
-        for (dst, &r) in out.chunks_mut(width).zip(f.ri(rows)) {
+        let [out] = f.w([op.out], &[op.x]);
+        let x = f.r(op.x);
+        for (dst, &r) in out.chunks_mut(width).zip(f.ri(op.rows)) {
             dst.copy_from_slice(&x[r as usize * width..(r as usize + 1) * width]);
         }
     }
 
-    fn gather_rows_bwd(&mut self, dout: Buf, rows: IBuf, dx: Buf, width: usize) {
+    fn gather_rows_bwd(&mut self, op: &GatherRowsOp) {
+        let width = op.width;
         let f = self.frame();
-        let [dx] = f.w([dx], &[dout]);
-        for (src, &r) in f.r(dout).chunks(width).zip(f.ri(rows)) {
+        let [dx] = f.w([op.x.grad()], &[op.out.grad()]);
+        for (src, &r) in f.r(op.out.grad()).chunks(width).zip(f.ri(op.rows)) {
             dx[r as usize * width..(r as usize + 1) * width]
                 .iter_mut()
                 .zip(src)
@@ -433,66 +402,45 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn softmax_xent(
-        &mut self,
-        logits: Buf,
-        targets: IBuf,
-        row_loss: Buf,
-        grad_scale: f32,
-        pick: Option<(Pick, IBuf)>,
-        rows: usize,
-        vocab: usize,
-    ) {
+    fn softmax_xent(&mut self, op: &SoftmaxXentOp) {
+        let sample_seed = self.scalars.sample_seed;
         let f = self.frame();
-        let [row_loss, dlogits] = f.w([row_loss, logits.grad()], &[logits]);
-        let targets = targets.prefix(rows);
-        let pick = pick.map(|(mode, picks)| (mode, f.wi(picks.prefix(rows), &[targets])));
+        let [row_loss, dlogits] = f.w([op.row_loss, op.logits.grad()], &[op.logits]);
+        let targets = op.targets.prefix(op.rows);
+        let pick = op
+            .pick
+            .map(|(mode, picks)| (mode, f.wi(picks.prefix(op.rows), &[targets])));
         losses::softmax_xent(
-            f.r(logits),
+            f.r(op.logits),
             f.ri(targets),
             row_loss,
             dlogits,
-            grad_scale,
+            op.grad_scale,
             pick,
-            vocab,
+            sample_seed,
+            op.vocab,
         );
     }
 
-    fn replace_tokens(
-        &mut self,
-        original: IBuf,
-        positions: IBuf,
-        picks: IBuf,
-        corrupted: IBuf,
-        is_replaced: Buf,
-    ) {
+    fn replace_tokens(&mut self, op: &ReplaceTokensOp) {
         let f = self.frame();
-        let [is_replaced] = f.w([is_replaced], &[]);
-        let corrupted = f.wi(corrupted, &[original, positions, picks]);
+        let [is_replaced] = f.w([op.is_replaced], &[]);
+        let corrupted = f.wi(op.corrupted, &[op.original, op.positions, op.picks]);
         losses::replace_tokens(
-            f.ri(original),
-            f.ri(positions),
-            f.ri(picks),
+            f.ri(op.original),
+            f.ri(op.positions),
+            f.ri(op.picks),
             corrupted,
             is_replaced,
         );
     }
 
-    fn bce_head(
-        &mut self,
-        h: Buf,
-        w: Buf,
-        b: Buf,
-        labels: Buf,
-        mask: IBuf,
-        logits: Buf,
-        row_loss: Buf,
-        grad_scale: f32,
-    ) {
-        let (tokens, width) = (row_loss.len, w.len);
+    fn bce_head(&mut self, op: &BceHeadOp) {
+        let BceHeadOp { h, w, b, labels, .. } = *op;
+        let (tokens, width) = (op.row_loss.len, w.len);
         assert_eq!(b.len, 1, "bce_head: one bias");
-        assert!(h.len >= tokens * width && logits.len >= tokens);
-        assert!(labels.len >= tokens && mask.len >= tokens);
+        assert!(h.len >= tokens * width && op.logits.len >= tokens);
+        assert!(labels.len >= tokens && op.mask.len >= tokens);
         // The reference is the composition: the one-column linear layer, the loss into a
         // per-token gradient, and the linear layer's backward.
         let dims = LinearDims {
@@ -500,23 +448,23 @@ impl Backend for CpuBackend {
             inp: width,
             out: 1,
         };
-        let (h, logits) = (h.prefix(tokens * width), logits.prefix(tokens));
+        let (h, logits) = (h.prefix(tokens * width), op.logits.prefix(tokens));
         let mut dlogits = self.scratch(tokens);
         let dlogits_view = &mut dlogits[..tokens];
         let f = self.frame();
-        let [logits_view, row_loss] = f.w([logits, row_loss], &[h, w, b, labels]);
+        let [logits_view, row_loss] = f.w([logits, op.row_loss], &[h, w, b, labels]);
         linear::forward(f.r(h), f.r(w), Some(f.r(b)), logits_view, None, dims);
-        let (labels, mask) = (f.r(labels), f.ri(mask));
+        let (labels, mask) = (f.r(labels), f.ri(op.mask));
         losses::sigmoid_bce(
             logits_view,
             labels,
             mask,
             row_loss,
             dlogits_view,
-            grad_scale,
+            op.grad_scale,
         );
         let [dh, dw, db] = f.w([h.grad(), w.grad(), b.grad()], &[h, w]);
-        linear::backward(f.r(h), f.r(w), dlogits_view, Some(dh), dw, Some(db), dims);
+        linear::backward(f.r(h), f.r(w), dlogits_view, dh, dw, Some(db), dims);
         self.scratch = dlogits;
     }
 
@@ -524,7 +472,9 @@ impl Backend for CpuBackend {
         optim::global_norm(&self.spaces[Space::Grad.index()])
     }
 
-    fn adamw(&mut self, params: Buf, grad_scale: f32, hyper: &AdamW) {
+    fn adamw(&mut self, group: &ParamGroup, grad_scale: f32) {
+        let lr = self.scalars.lr * group.lr_scale;
+        let params = group.params;
         let f = self.frame();
         let g = params.in_space(Space::Grad);
         let [w, m, v] = f.w(
@@ -535,26 +485,31 @@ impl Backend for CpuBackend {
             ],
             &[g],
         );
-        optim::adamw(w, f.r(g), m, v, grad_scale, hyper);
+        optim::adamw(w, f.r(g), m, v, grad_scale, lr, &group.adamw);
     }
 
-    fn optimizer_step(&mut self, groups: &[(Buf, AdamW)], max_norm: f32) {
+    fn optimizer_step(&mut self, op: &OptimizerStep) {
         let norm = self.grad_norm();
         self.last_grad_norm = norm;
         if norm.is_finite() {
-            let scale = if norm > max_norm {
-                max_norm / norm
+            let scale = if norm > op.max_norm {
+                op.max_norm / norm
             } else {
                 1.0
             };
-            for (params, hyper) in groups {
-                self.adamw(*params, scale, hyper);
+            for group in op.groups {
+                self.adamw(group, scale);
             }
         }
     }
 
     fn last_grad_norm(&self) -> f32 {
         self.last_grad_norm
+    }
+
+    fn begin_step(&mut self, scalars: StepScalars, _recording: Option<u64>) -> bool {
+        self.scalars = scalars;
+        false
     }
 }
 

@@ -17,7 +17,15 @@ pub fn global_norm(grads: &[f32]) -> f32 {
 
 /// Adam without bias correction, with decoupled weight decay:
 /// `m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²; w ← w − lr·(m/(√v+ε) + wd·w)`.
-pub fn adamw(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], grad_scale: f32, h: &AdamW) {
+pub fn adamw(
+    w: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    grad_scale: f32,
+    lr: f32,
+    h: &AdamW,
+) {
     w.par_iter_mut()
         .zip(m.par_iter_mut().zip(v.par_iter_mut()))
         .zip(g.par_iter())
@@ -25,6 +33,6 @@ pub fn adamw(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], grad_scale:
             let g = g * grad_scale;
             *m = h.beta1 * *m + (1.0 - h.beta1) * g;
             *v = h.beta2 * *v + (1.0 - h.beta2) * g * g;
-            *w -= h.lr * (*m / (v.sqrt() + h.eps) + h.weight_decay * *w);
+            *w -= lr * (*m / (v.sqrt() + h.eps) + h.weight_decay * *w);
         });
 }

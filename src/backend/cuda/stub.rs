@@ -4,8 +4,9 @@
 //! operations are never reached.
 
 use super::{
-    AdamW, AttentionDims, Backend, Buf, Dropout, EmbeddingParams, IBuf, LayerNormParams,
-    LayerNormSaved, LinearDims, OutOfMemory, Pick, Sizes,
+    AttentionOp, Backend, BceHeadOp, Buf, DropoutOp, EmbeddingOp, GatherRowsOp, IBuf, LayerNormOp,
+    LinearOp, OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes, SoftmaxXentOp,
+    StepScalars,
 };
 
 #[path = "error.rs"]
@@ -60,165 +61,44 @@ impl CudaBackend {
     }
 }
 
+/// Trait methods whose body can never run: no value of the stand-in exists.
+macro_rules! unreachable_methods {
+    ($(fn $name:ident($self:ty $(, $arg:ty)*) $(-> $ret:ty)?;)*) => {$(
+        fn $name(self: $self $(, _: $arg)*) $(-> $ret)? {
+            match self.never {}
+        }
+    )*};
+}
+
 impl Backend for CudaBackend {
-    fn name(&self) -> &'static str {
-        match self.never {}
-    }
-    fn reserve(&mut self, _: Sizes) -> Result<(), OutOfMemory> {
-        match self.never {}
-    }
-    fn sizes(&self) -> Sizes {
-        match self.never {}
-    }
-    fn write(&mut self, _: Buf, _: &[f32]) {
-        match self.never {}
-    }
-    fn read(&self, _: Buf, _: &mut [f32]) {
-        match self.never {}
-    }
-    fn write_ints(&mut self, _: IBuf, _: &[u32]) {
-        match self.never {}
-    }
-    fn read_ints(&self, _: IBuf, _: &mut [u32]) {
-        match self.never {}
-    }
-    fn fill(&mut self, _: Buf, _: f32) {
-        match self.never {}
-    }
-    fn embedding_fwd(
-        &mut self,
-        _: IBuf,
-        _: IBuf,
-        _: usize,
-        _: &EmbeddingParams,
-        _: Buf,
-        _: LayerNormSaved,
-    ) {
-        match self.never {}
-    }
-    fn embedding_bwd(
-        &mut self,
-        _: IBuf,
-        _: IBuf,
-        _: usize,
-        _: &EmbeddingParams,
-        _: Buf,
-        _: LayerNormSaved,
-    ) {
-        match self.never {}
-    }
-    fn linear_fwd(
-        &mut self,
-        _: Buf,
-        _: Buf,
-        _: Option<Buf>,
-        _: Buf,
-        _: Option<Buf>,
-        _: LinearDims,
-    ) {
-        match self.never {}
-    }
-    fn linear_bwd(
-        &mut self,
-        _: Buf,
-        _: Buf,
-        _: Buf,
-        _: Option<Buf>,
-        _: Buf,
-        _: Option<Buf>,
-        _: Option<Buf>,
-        _: LinearDims,
-    ) {
-        match self.never {}
-    }
-    fn layernorm_fwd(
-        &mut self,
-        _: Buf,
-        _: Option<Buf>,
-        _: &LayerNormParams,
-        _: Buf,
-        _: LayerNormSaved,
-        _: usize,
-        _: usize,
-    ) {
-        match self.never {}
-    }
-    fn layernorm_bwd(
-        &mut self,
-        _: Buf,
-        _: &LayerNormParams,
-        _: LayerNormSaved,
-        _: Buf,
-        _: Option<Buf>,
-        _: usize,
-        _: usize,
-    ) {
-        match self.never {}
-    }
-    fn attention_fwd(
-        &mut self,
-        _: Buf,
-        _: IBuf,
-        _: Buf,
-        _: Buf,
-        _: AttentionDims,
-        _: Option<Dropout>,
-    ) {
-        match self.never {}
-    }
-    fn attention_bwd(
-        &mut self,
-        _: Buf,
-        _: IBuf,
-        _: Buf,
-        _: Buf,
-        _: Buf,
-        _: Buf,
-        _: AttentionDims,
-        _: Option<Dropout>,
-    ) {
-        match self.never {}
-    }
-    fn dropout_fwd(&mut self, _: Buf, _: Buf, _: Dropout) {
-        match self.never {}
-    }
-    fn dropout_bwd(&mut self, _: Buf, _: Buf, _: Dropout) {
-        match self.never {}
-    }
-    fn gather_rows(&mut self, _: Buf, _: IBuf, _: Buf, _: usize) {
-        match self.never {}
-    }
-    fn gather_rows_bwd(&mut self, _: Buf, _: IBuf, _: Buf, _: usize) {
-        match self.never {}
-    }
-    fn softmax_xent(
-        &mut self,
-        _: Buf,
-        _: IBuf,
-        _: Buf,
-        _: f32,
-        _: Option<(Pick, IBuf)>,
-        _: usize,
-        _: usize,
-    ) {
-        match self.never {}
-    }
-    fn replace_tokens(&mut self, _: IBuf, _: IBuf, _: IBuf, _: IBuf, _: Buf) {
-        match self.never {}
-    }
-    fn bce_head(&mut self, _: Buf, _: Buf, _: Buf, _: Buf, _: IBuf, _: Buf, _: Buf, _: f32) {
-        match self.never {}
-    }
-    fn grad_norm(&mut self) -> f32 {
-        match self.never {}
-    }
-    fn adamw(&mut self, _: Buf, _: f32, _: &AdamW) {
-        match self.never {}
-    }
-    fn optimizer_step(&mut self, _: &[(Buf, AdamW)], _: f32) {
-        match self.never {}
-    }
-    fn last_grad_norm(&self) -> f32 {
-        match self.never {}
+    unreachable_methods! {
+        fn name(&Self) -> &'static str;
+        fn reserve(&mut Self, Sizes) -> Result<(), OutOfMemory>;
+        fn sizes(&Self) -> Sizes;
+        fn write(&mut Self, Buf, &[f32]);
+        fn read(&Self, Buf, &mut [f32]);
+        fn write_ints(&mut Self, IBuf, &[u32]);
+        fn read_ints(&Self, IBuf, &mut [u32]);
+        fn fill(&mut Self, Buf, f32);
+        fn embedding_fwd(&mut Self, &EmbeddingOp);
+        fn embedding_bwd(&mut Self, &EmbeddingOp);
+        fn linear_fwd(&mut Self, &LinearOp);
+        fn linear_bwd(&mut Self, &LinearOp);
+        fn layernorm_fwd(&mut Self, &LayerNormOp);
+        fn layernorm_bwd(&mut Self, &LayerNormOp);
+        fn attention_fwd(&mut Self, &AttentionOp);
+        fn attention_bwd(&mut Self, &AttentionOp);
+        fn dropout_fwd(&mut Self, &DropoutOp);
+        fn dropout_bwd(&mut Self, &DropoutOp);
+        fn gather_rows(&mut Self, &GatherRowsOp);
+        fn gather_rows_bwd(&mut Self, &GatherRowsOp);
+        fn softmax_xent(&mut Self, &SoftmaxXentOp);
+        fn replace_tokens(&mut Self, &ReplaceTokensOp);
+        fn bce_head(&mut Self, &BceHeadOp);
+        fn grad_norm(&mut Self) -> f32;
+        fn adamw(&mut Self, &ParamGroup, f32);
+        fn optimizer_step(&mut Self, &OptimizerStep);
+        fn last_grad_norm(&Self) -> f32;
+        fn begin_step(&mut Self, StepScalars, Option<u64>) -> bool;
     }
 }

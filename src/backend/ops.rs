@@ -1,0 +1,390 @@
+//! The parameters of the fused operations: one struct per operation, shared unchanged by the
+//! [`Backend`](super::Backend) trait, the tape's record, the CPU reference, the CUDA backend and its
+//! stand-in, so that a change to an operation's arguments is made in one place.
+//!
+//! A struct names the buffers of the forward pass. Its backward pass takes the same struct and
+//! finds each gradient in the companion space of the buffer it belongs to ([`Buf::grad`]): the
+//! gradient of `y` is `y.grad()`, and so on. What changes from step to step (the learning rate,
+//! the dropout and Gumbel seeds) is not here: it reaches every operation through
+//! [`Backend::begin_step`](super::Backend::begin_step) ([`StepScalars`]).
+
+use super::{Buf, IBuf};
+
+/// `y[rows, out] = x[rows, inp] · w[out, inp]ᵀ (+ b)`; weights use PyTorch's `[out, in]` layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearDims {
+    /// Rows of `x` and `y` (tokens).
+    pub rows: usize,
+    /// Input features.
+    pub inp: usize,
+    /// Output features.
+    pub out: usize,
+}
+
+impl std::fmt::Display for LinearDims {
+    /// `rows×inp→out`, as the profiler labels a product.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}×{}→{}", self.rows, self.inp, self.out)
+    }
+}
+
+/// Self-attention over `batch` sequences of `seq` tokens, `heads` heads of `head_dim` each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionDims {
+    /// Sequences.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+impl AttentionDims {
+    /// The model width, `heads · head_dim`.
+    pub fn hidden(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// The parameters of a LayerNorm: gain and bias.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerNormParams {
+    /// The per-feature scale (HF `LayerNorm.weight`).
+    pub gain: Buf,
+    /// The per-feature shift (HF `LayerNorm.bias`).
+    pub bias: Buf,
+    /// Added to the variance (1e-12 in ELECTRA).
+    pub eps: f32,
+}
+
+/// What a LayerNorm saves for its backward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerNormSaved {
+    /// The normalised input, `(x - mean) · rstd`, `[rows, width]`.
+    pub xhat: Buf,
+    /// `1 / sqrt(var + eps)` per row.
+    pub rstd: Buf,
+}
+
+/// The shared embedding block: word, position and token-type tables, then a LayerNorm.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EmbeddingParams {
+    /// `[vocab, embedding]`, also the generator's tied output weight.
+    pub word: Buf,
+    /// `[max_positions, embedding]`.
+    pub position: Buf,
+    /// `[token_types, embedding]`.
+    pub token_type: Buf,
+    /// The LayerNorm after the sum.
+    pub norm: LayerNormParams,
+}
+
+/// Purpose tag of the dropout masks (see [`crate::rng::Stream`]).
+const DROPOUT_PURPOSE: u32 = 6;
+
+/// Inverted dropout at one place of a pass: elements are dropped with probability `p` and kept
+/// ones scaled by 1/(1−p). The mask also depends on the step's seed
+/// ([`StepScalars::dropout_seed`]), which the backend supplies: see [`DropoutMask`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    /// The probability of dropping an element.
+    pub p: f32,
+    /// Numbers the places dropout is applied within a step.
+    pub site: u32,
+}
+
+impl Dropout {
+    /// The mask this dropout draws in the step whose dropout seed is `seed`.
+    pub fn mask(self, seed: u64) -> DropoutMask {
+        DropoutMask {
+            p: self.p,
+            seed,
+            site: self.site,
+        }
+    }
+}
+
+/// A dropout mask as a pure function of (seed, site, element): element `i` is kept when its
+/// Philox draw is at least `p`. The backward pass draws the same mask again instead of storing
+/// it, and the CUDA kernels draw the same numbers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutMask {
+    /// The probability of dropping an element.
+    pub p: f32,
+    /// The step's dropout seed.
+    pub seed: u64,
+    /// The place in the pass.
+    pub site: u32,
+}
+
+impl DropoutMask {
+    /// What element `index` is multiplied by: 0, or 1/(1−p).
+    pub fn scale_at(&self, index: usize) -> f32 {
+        let mut one = [0.0];
+        self.scales(index, &mut one);
+        one[0]
+    }
+
+    /// The multipliers of elements `first..first + out.len()`, drawing each Philox block once.
+    pub fn scales(&self, first: usize, out: &mut [f32]) {
+        let stream = crate::rng::Stream::new(self.seed, DROPOUT_PURPOSE, self.site as u64);
+        let keep = 1.0 / (1.0 - self.p);
+        let mut block = (usize::MAX, [0u32; 4]);
+        for (i, v) in out.iter_mut().enumerate() {
+            let index = first + i;
+            if block.0 != index / 4 {
+                block = (index / 4, stream.words((index / 4) as u32));
+            }
+            let u = crate::rng::unit_f32(block.1[index % 4]);
+            *v = if u >= self.p { keep } else { 0.0 };
+        }
+    }
+}
+
+/// How the generator's replacement for a masked position is picked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// The most likely token (sampling-free; the design's default).
+    Argmax,
+    /// Gumbel-max sampling at temperature 1, with noise from Philox keyed by the step's
+    /// [`StepScalars::sample_seed`].
+    Gumbel,
+}
+
+/// Adam without bias correction and with decoupled weight decay (the original ELECTRA optimizer).
+/// The learning rate is the step's ([`StepScalars::lr`]) times the group's
+/// [`ParamGroup::lr_scale`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    /// Decay of the first moment.
+    pub beta1: f32,
+    /// Decay of the second moment.
+    pub beta2: f32,
+    /// Added to √v.
+    pub eps: f32,
+    /// Decoupled weight decay, times the learning rate.
+    pub weight_decay: f32,
+}
+
+/// A run of parameters that one AdamW update covers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ParamGroup {
+    /// A run of [`Space::Param`](super::Space::Param); its gradient and moments are the same run
+    /// of their spaces.
+    pub params: Buf,
+    /// The group's learning rate over the step's: 1 in pretraining, `layer_decay^k` for a layer
+    /// `k` below the top in fine-tuning.
+    pub lr_scale: f32,
+    /// The update's other settings.
+    pub adamw: AdamW,
+}
+
+/// What changes from one training step to the next besides the batch. Operations read these from
+/// the backend ([`Backend::begin_step`](super::Backend::begin_step) sets them), never from their
+/// own arguments, so a backend that replays a recorded step serves every step with one recording.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepScalars {
+    /// The learning rate of the step's AdamW updates, before each group's
+    /// [`ParamGroup::lr_scale`].
+    pub lr: f32,
+    /// The seed of every dropout mask of the step ([`DropoutMask::seed`]).
+    pub dropout_seed: u64,
+    /// The seed of the generator's Gumbel noise ([`Pick::Gumbel`]).
+    pub sample_seed: u64,
+}
+
+/// The embedding block for `ids.len` tokens: gathers word + position + token-type embeddings
+/// (positions count from 0 in each sequence of `seq`), then applies LayerNorm into `out`.
+/// Backward scatter-adds `out.grad()` into the three tables' gradients and the LayerNorm's, using
+/// `saved.xhat.grad()` as scratch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EmbeddingOp {
+    /// Token ids, `[rows]`.
+    pub ids: IBuf,
+    /// Segment ids, `[rows]`.
+    pub token_types: IBuf,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// The tables and their LayerNorm.
+    pub params: EmbeddingParams,
+    /// `[rows, embedding]`.
+    pub out: Buf,
+    /// The LayerNorm's statistics.
+    pub saved: LayerNormSaved,
+}
+
+/// `y = x·wᵀ + b`, and with `gelu_pre = Some(pre)`: `pre = x·wᵀ + b; y = gelu(pre)` (erf form).
+/// Backward, given `y.grad()`: with GELU it first forms the pre-activation's gradient in
+/// `pre.grad()`; then `x.grad() += dy·w`, `w.grad() += dyᵀ·x`, `b.grad() += Σ dy`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinearOp {
+    /// The input, `[rows, inp]`.
+    pub x: Buf,
+    /// The weight, `[out, inp]`.
+    pub w: Buf,
+    /// The bias, `[out]`.
+    pub b: Option<Buf>,
+    /// The output, `[rows, out]`.
+    pub y: Buf,
+    /// Where the pre-activation goes when the layer ends in GELU, `[rows, out]`.
+    pub gelu_pre: Option<Buf>,
+    /// The product's sizes.
+    pub dims: LinearDims,
+}
+
+impl LinearOp {
+    /// The profiler's name of the forward (`fwd`) or backward (`bwd`) pass, with the shape: one
+    /// kind of product can cost very differently at different shapes.
+    pub fn label(&self, direction: &str) -> String {
+        let gelu = if self.gelu_pre.is_some() { "_gelu" } else { "" };
+        format!("linear{gelu}_{direction} {}", self.dims)
+    }
+}
+
+/// `y = LayerNorm(x + residual)` over `rows` rows of `width`. Backward sends the input's gradient
+/// to both `x.grad()` and `residual.grad()`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerNormOp {
+    /// The input (a residual branch after dropout).
+    pub x: Buf,
+    /// What is added to `x` before normalising.
+    pub residual: Option<Buf>,
+    /// Gain, bias and eps.
+    pub params: LayerNormParams,
+    /// The output.
+    pub y: Buf,
+    /// What the backward pass reads.
+    pub saved: LayerNormSaved,
+    /// Rows.
+    pub rows: usize,
+    /// Features per row.
+    pub width: usize,
+}
+
+/// Multi-head self-attention. `qkv` is `[batch·seq, 3·hidden]` (queries, keys, values side by
+/// side, heads contiguous within each); `key_mask` is 1 for real tokens and 0 for padding, which
+/// is never attended to. Writes `ctx [batch·seq, hidden]` and saves in `probs` (room for
+/// `[batch, heads, seq, seq]`) what the backward pass needs: the CPU saves the probabilities
+/// before dropout, the CUDA backend only the log-sum-exp of each query row (its first
+/// `batch·heads·seq` values). Dropout applies to the probabilities (element index = position in
+/// a `[batch, heads, seq, seq]` buffer).
+///
+/// Backward uses `probs.grad()` as scratch; the CUDA backend recomputes the probabilities from
+/// `qkv`, the mask and the saved log-sum-exp, and reads `ctx` for `rowsum(dctx ∘ ctx)`. A
+/// sequence with no real token attends uniformly whatever its scores, so its queries and keys get
+/// no gradient.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionOp {
+    /// Queries, keys and values.
+    pub qkv: Buf,
+    /// 1 for a real token, `[batch·seq]`.
+    pub key_mask: IBuf,
+    /// The output.
+    pub ctx: Buf,
+    /// What the backward pass needs (see above).
+    pub probs: Buf,
+    /// The sizes.
+    pub dims: AttentionDims,
+    /// Dropout on the probabilities.
+    pub dropout: Option<Dropout>,
+}
+
+/// `y = x ∘ mask / (1 − p)`; backward `x.grad() += y.grad() ∘ mask / (1 − p)` with the same
+/// mask. `y.len` elements.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutOp {
+    /// The input.
+    pub x: Buf,
+    /// The output.
+    pub y: Buf,
+    /// Where and how strongly.
+    pub dropout: Dropout,
+}
+
+/// `out[i] = x[rows[i]]` for rows of `width`; backward `x.grad()[rows[i]] += out.grad()[i]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatherRowsOp {
+    /// The rows to pick from.
+    pub x: Buf,
+    /// Which rows, in order.
+    pub rows: IBuf,
+    /// The picked rows, `[rows.len, width]`.
+    pub out: Buf,
+    /// Values per row.
+    pub width: usize,
+}
+
+/// One pass over each row of `logits [rows, vocab]`: the softmax cross-entropy against `targets`
+/// into `row_loss`, its gradient times `grad_scale` into `logits.grad()` (the probabilities are
+/// never stored), and, when `pick` is given, the replacement token into its buffer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SoftmaxXentOp {
+    /// `[rows, vocab]`.
+    pub logits: Buf,
+    /// The right class of each row.
+    pub targets: IBuf,
+    /// Nats per row.
+    pub row_loss: Buf,
+    /// The factor on the gradient (1/rows for a mean).
+    pub grad_scale: f32,
+    /// How to pick a replacement per row, and where it goes.
+    pub pick: Option<(Pick, IBuf)>,
+    /// Rows.
+    pub rows: usize,
+    /// Classes per row.
+    pub vocab: usize,
+}
+
+/// Writes the discriminator's input: `corrupted = original` with `picks[i]` at position
+/// `positions[i]`, and `is_replaced = 1` where the new token differs from the original.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplaceTokensOp {
+    /// The original tokens.
+    pub original: IBuf,
+    /// Flat indices of the chosen positions.
+    pub positions: IBuf,
+    /// The replacement at each chosen position.
+    pub picks: IBuf,
+    /// The result, as long as `original`.
+    pub corrupted: IBuf,
+    /// The labels, as long as `original`.
+    pub is_replaced: Buf,
+}
+
+/// The discriminator's last projection (H → 1) fused with its loss, forward and backward in one
+/// pass over `h [tokens, H]`: `logits = h·w + b`; the per-token sigmoid binary cross-entropy
+/// against `labels` over the tokens whose `mask` is 1 into `row_loss` (0 elsewhere); and, with
+/// `d = grad_scale · (σ(logit) − label)` (0 on padding), `h.grad() += d·w`, `w.grad() += Σ d·h`,
+/// `b.grad() += Σ d`. The gradients are complete when it returns, so the head needs no backward
+/// pass of its own. `tokens = row_loss.len`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BceHeadOp {
+    /// The head's input, `[tokens, H]`.
+    pub h: Buf,
+    /// The projection, `[H]`.
+    pub w: Buf,
+    /// Its bias, `[1]`.
+    pub b: Buf,
+    /// 1 for a replaced token.
+    pub labels: Buf,
+    /// 1 for a real token.
+    pub mask: IBuf,
+    /// One logit per token.
+    pub logits: Buf,
+    /// The loss per token.
+    pub row_loss: Buf,
+    /// The factor on the gradient (the loss weight over the real tokens).
+    pub grad_scale: f32,
+}
+
+/// The optimizer step: the global gradient norm, clipping to `max_norm`, and one AdamW update
+/// per group with the clipping folded in. A non-finite norm skips the update.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OptimizerStep<'a> {
+    /// The parameter runs and their settings.
+    pub groups: &'a [ParamGroup],
+    /// Gradients are scaled down so their global norm is at most this.
+    pub max_norm: f32,
+}
