@@ -389,9 +389,14 @@ pub fn encoder_forward<B: Backend>(
             rows: n,
             width: h,
         };
-        tape.run(be, norm(branch, x, l.attention_norm, ln1_out, a.attention_norm));
+        tape.run(
+            be,
+            norm(branch, x, l.attention_norm, ln1_out, a.attention_norm),
+        );
         let f = enc.intermediate_size;
-        let ffn_in = l.ffn_in.linear_gelu(ln1_out, a.ffn_pre, a.ffn_act, dims(h, f));
+        let ffn_in = l
+            .ffn_in
+            .linear_gelu(ln1_out, a.ffn_pre, a.ffn_act, dims(h, f));
         tape.run(be, ffn_in);
         tape.run(be, l.ffn_out.linear(a.ffn_act, a.ffn_out, dims(f, h)));
         let branch = dropped(be, tape, drop.hidden(), a.ffn_out, a.ffn_dropped);
@@ -447,7 +452,9 @@ pub fn generator_forward<B: Backend>(
     };
     let head_act = acts.head_act.prefix(masked * e);
     let head_pre = acts.head_pre.prefix(masked * e);
-    let dense = head.dense.linear_gelu(gathered, head_pre, head_act, dims(hg, e));
+    let dense = head
+        .dense
+        .linear_gelu(gathered, head_pre, head_act, dims(hg, e));
     tape.run(be, dense);
     let head_out = acts.head_out.prefix(masked * e);
     let norm = LayerNormOp {
@@ -507,7 +514,9 @@ pub fn discriminator_with_loss<B: Backend>(
         out: h,
     };
     let act = acts.disc_head_act;
-    let dense = head.dense.linear_gelu(hidden, acts.disc_head_pre, act, dims);
+    let dense = head
+        .dense
+        .linear_gelu(hidden, acts.disc_head_pre, act, dims);
     tape.run(be, dense);
     be.bce_head(&BceHeadOp {
         h: act,

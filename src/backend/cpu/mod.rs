@@ -17,8 +17,8 @@ use std::marker::PhantomData;
 
 use super::{
     AttentionOp, Backend, BceHeadOp, Buf, Dropout, DropoutMask, DropoutOp, EmbeddingOp,
-    GatherRowsOp, IBuf, LayerNormOp, LinearDims, LinearOp, OptimizerStep, OutOfMemory,
-    ParamGroup, ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars,
+    GatherRowsOp, IBuf, LayerNormOp, LinearDims, LinearOp, OptimizerStep, OutOfMemory, ParamGroup,
+    ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars,
 };
 
 /// The CPU backend. Memory is one `Vec` per space.
@@ -198,7 +198,16 @@ impl Backend for CpuBackend {
             eps: p.norm.eps,
         };
         let (ids, types) = (f.ri(op.ids), f.ri(op.token_types));
-        embedding::forward(ids, types, op.seq, &tables, p.norm.gain.len, out, xhat, rstd);
+        embedding::forward(
+            ids,
+            types,
+            op.seq,
+            &tables,
+            p.norm.gain.len,
+            out,
+            xhat,
+            rstd,
+        );
     }
 
     fn embedding_bwd(&mut self, op: &EmbeddingOp) {
@@ -344,7 +353,9 @@ impl Backend for CpuBackend {
     }
 
     fn attention_bwd(&mut self, op: &AttentionOp) {
-        let AttentionOp { qkv, ctx, probs, .. } = *op;
+        let AttentionOp {
+            qkv, ctx, probs, ..
+        } = *op;
         let mask = self.mask(op.dropout);
         let mut scratch = self.scratch(probs.len);
         let f = self.frame();
@@ -436,7 +447,9 @@ impl Backend for CpuBackend {
     }
 
     fn bce_head(&mut self, op: &BceHeadOp) {
-        let BceHeadOp { h, w, b, labels, .. } = *op;
+        let BceHeadOp {
+            h, w, b, labels, ..
+        } = *op;
         let (tokens, width) = (op.row_loss.len, w.len);
         assert_eq!(b.len, 1, "bce_head: one bias");
         assert!(h.len >= tokens * width && op.logits.len >= tokens);

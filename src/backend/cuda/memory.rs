@@ -30,7 +30,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DriverError};
+use cudarc::driver::{result, sys, CudaSlice, CudaStream, DevicePtr, DriverError};
+use half::bf16;
+
+use super::kernels::Arg;
+use super::{act_index, CudaBackend};
+use crate::backend::{Buf, IBuf, Space};
 
 /// The element type of an activation buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -103,6 +108,169 @@ impl Tags {
     /// Forgets every buffer that starts at or past `len` (the space shrank).
     pub fn truncate(&mut self, len: usize) {
         self.map.retain(|&start, _| start < len);
+    }
+}
+
+/// Addresses of buffers, the element types of activations, and copies between host and device.
+impl CudaBackend {
+    pub(super) fn space_len(&self, space: Space) -> usize {
+        match space {
+            Space::Act | Space::ActGrad => self.sizes.acts,
+            _ => self.sizes.params,
+        }
+    }
+
+    /// The address of value 0 of `b` (4-byte values or slots).
+    pub(super) fn addr(&self, b: Buf) -> u64 {
+        assert!(
+            b.end() <= self.space_len(b.space),
+            "{b:?} is out of its space"
+        );
+        self.spaces[b.space.index()].ptr + 4 * b.offset as u64
+    }
+
+    pub(super) fn iaddr(&self, b: IBuf) -> u64 {
+        assert!(
+            b.offset + b.len <= self.sizes.ints,
+            "{b:?} is out of the int space"
+        );
+        self.ints.ptr + 4 * b.offset as u64
+    }
+
+    /// The bf16 copy of a parameter buffer.
+    pub(super) fn bf16_param(&self, b: Buf) -> u64 {
+        assert_eq!(b.space, Space::Param, "{b:?} is not a parameter");
+        assert!(b.end() <= self.sizes.params, "{b:?} is out of its space");
+        self.params_bf16.ptr + 2 * b.offset as u64
+    }
+
+    pub(super) fn tag_of(&self, b: Buf) -> Option<Dtype> {
+        act_index(b.space).and_then(|i| self.tags[i].get(b.offset))
+    }
+
+    /// An input a kernel reads as `want`: an activation (converted in place, through the host,
+    /// if it holds the other type), a parameter (its bf16 copy for a bf16 input), or an f32
+    /// gradient or moment.
+    pub(super) fn input(&mut self, b: Buf, want: Dtype) -> u64 {
+        match (b.space, want) {
+            (Space::Act | Space::ActGrad, _) => {
+                self.conform(b, want);
+                self.addr(b)
+            }
+            (Space::Param, Dtype::Bf16) => self.bf16_param(b),
+            (_, Dtype::F32) => self.addr(b),
+            (space, Dtype::Bf16) => {
+                panic!("{b:?}: the CUDA backend has no bf16 view of {space:?} buffers")
+            }
+        }
+    }
+
+    /// An output a kernel writes as `dtype`, overwriting or (`accumulate`) adding to it.
+    pub(super) fn output(&mut self, b: Buf, dtype: Dtype, accumulate: bool) -> u64 {
+        match (act_index(b.space), dtype, b.space) {
+            (Some(i), _, _) => {
+                if accumulate {
+                    self.conform(b, dtype);
+                }
+                let addr = self.addr(b);
+                self.tags[i].set(b.offset, b.len, dtype);
+                addr
+            }
+            (None, Dtype::F32, Space::Grad | Space::AdamM | Space::AdamV) => self.addr(b),
+            _ => panic!(
+                "{b:?}: the CUDA kernels write {dtype:?} activations or f32 gradients, not this \
+                 buffer"
+            ),
+        }
+    }
+
+    /// Makes the activation `b` hold `want`, converting what it holds through the host.
+    pub(super) fn conform(&mut self, b: Buf, want: Dtype) {
+        let Some(i) = act_index(b.space) else { return };
+        match self.tags[i].get(b.offset) {
+            Some(have) if have != want => {
+                let mut v = vec![0.0f32; b.len];
+                self.read_as(b, have, &mut v);
+                self.write_as(b, want, &v);
+                self.tags[i].set(b.offset, b.len, want);
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn read_as(&self, b: Buf, dtype: Dtype, dst: &mut [f32]) {
+        let addr = self.addr(b);
+        let cu = self.stream.cu_stream();
+        match dtype {
+            Dtype::F32 => {
+                // SAFETY: `b` is in bounds; the copy completes before `sync` returns.
+                unsafe { result::memcpy_dtoh_async(dst, addr, cu) }
+                    .unwrap_or_else(|e| panic!("CUDA: reading {b:?}: {e}"));
+                self.sync();
+            }
+            Dtype::Bf16 => {
+                let mut raw = vec![0u16; dst.len()];
+                // SAFETY: as above, bf16 values in the first half of the buffer's slots.
+                unsafe { result::memcpy_dtoh_async(&mut raw, addr, cu) }
+                    .unwrap_or_else(|e| panic!("CUDA: reading {b:?}: {e}"));
+                self.sync();
+                for (d, r) in dst.iter_mut().zip(raw) {
+                    *d = bf16::from_bits(r).to_f32();
+                }
+            }
+        }
+    }
+
+    pub(super) fn write_as(&mut self, b: Buf, dtype: Dtype, src: &[f32]) {
+        let addr = self.addr(b);
+        let cu = self.stream.cu_stream();
+        // Copies from pageable memory return once the data is staged, so the host buffers may be
+        // reused at once.
+        match dtype {
+            Dtype::F32 => unsafe { result::memcpy_htod_async(addr, src, cu) },
+            Dtype::Bf16 => {
+                self.host16.clear();
+                self.host16
+                    .extend(src.iter().map(|&v| bf16::from_f32(v).to_bits()));
+                // SAFETY: `b` is in bounds and has room for its values in either type.
+                unsafe { result::memcpy_htod_async(addr, &self.host16, cu) }
+            }
+        }
+        .unwrap_or_else(|e| panic!("CUDA: writing {b:?}: {e}"));
+    }
+
+    /// Refreshes the bf16 copy of the parameters `b`.
+    pub(super) fn refresh_bf16(&mut self, b: Buf) {
+        if b.len == 0 {
+            return;
+        }
+        let blocks = b.len.div_ceil(256).min(4 * self.sms);
+        let args = [
+            Arg::Ptr(self.addr(b)),
+            Arg::Ptr(self.bf16_param(b)),
+            Arg::U64(b.len as u64),
+        ];
+        self.run(self.kernels.params_to_bf16, (blocks, 1, 1), 256, &args);
+    }
+
+    pub(super) fn memset32(&self, addr: u64, bits: u32, count: usize) {
+        if count == 0 {
+            return;
+        }
+        // SAFETY: the callers pass in-bounds, 4-byte aligned ranges.
+        unsafe { sys::cuMemsetD32Async(addr, bits, count, self.stream.cu_stream()) }
+            .result()
+            .unwrap_or_else(|e| panic!("CUDA: cuMemsetD32Async: {e}"));
+    }
+
+    pub(super) fn memset16(&self, addr: u64, bits: u16, count: usize) {
+        if count == 0 {
+            return;
+        }
+        // SAFETY: the callers pass in-bounds, 2-byte aligned ranges.
+        unsafe { sys::cuMemsetD16Async(addr, bits, count, self.stream.cu_stream()) }
+            .result()
+            .unwrap_or_else(|e| panic!("CUDA: cuMemsetD16Async: {e}"));
     }
 }
 

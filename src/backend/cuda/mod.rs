@@ -13,6 +13,11 @@
 //! so steps after the first allocate nothing ([`CudaBackend::allocations`] counts).
 //!
 //! # Operations
+//! Each family of kernels has its launchers beside it, one file each, as the CPU reference has one
+//! file per operation: `embedding.rs`, `linear.rs`, `layernorm.rs`, `attention.rs`,
+//! `dropout.rs`, `gather_rows.rs`, `losses.rs`, `optim.rs`, and `step.rs` for the step memory and
+//! the recorded steps. This file keeps the backend's struct, its construction and its memory.
+//!
 //! | trait operation      | device work |
 //! |----------------------|-------------|
 //! | `embedding_fwd`      | `embedding_fwd_w{256,1024}` |
@@ -46,18 +51,46 @@
 //! # Recorded steps
 //! The trainer opens each training step with [`Backend::begin_step`]: the backend writes the
 //! step's learning rate and seeds to device memory, which the dropout, Gumbel and AdamW kernels
-//! read inside a step, and records the step as a CUDA graph the second time it sees its
+//! always read (the operations take no per-step values), and records the step as a CUDA graph the second time it sees its
 //! fingerprint, replaying it after that (`graph.rs`). `ELECTRA_CUDA_GRAPH=0` turns recording
 //! off; `ELECTRA_CUDA_SYNC=1` does too.
-//!
-//! # Not yet
-//! None of this has run on a GPU yet.
 
+/// `grow(self.scratch.$field, bytes)`, borrowing only the fields it needs.
+macro_rules! try_ensure {
+    ($be:expr, $($field:tt)+) => {
+        |bytes: usize| {
+            $crate::backend::cuda::grow(
+                &$be.stream,
+                &mut $be.allocations,
+                &mut $be.scratch.$($field)+,
+                bytes,
+            )
+        }
+    };
+}
+
+/// `try_ensure!` inside an operation, which returns nothing: `reserve` has sized the scratch for
+/// the spaces already, so a growth here is rare, and a failure as fatal as a failed launch.
+macro_rules! ensure {
+    ($be:expr, $($field:tt)+) => {
+        |bytes: usize| try_ensure!($be, $($field)+)(bytes).unwrap_or_else(|e| panic!("CUDA: {e}"))
+    };
+}
+
+mod attention;
 mod blas;
+mod dropout;
+mod embedding;
 mod error;
+mod gather_rows;
 mod graph;
 mod kernels;
+mod layernorm;
+mod linear;
+mod losses;
 mod memory;
+mod optim;
+mod step;
 
 pub use error::CudaError;
 
@@ -68,30 +101,17 @@ use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 use half::bf16;
 
 use super::{
-    AdamW, AttentionDims, Backend, Buf, Dropout, EmbeddingParams, IBuf, LayerNormParams,
-    LayerNormSaved, LinearDims, OutOfMemory, Pick, Sizes, Space, StepScalars,
+    AttentionOp, Backend, BceHeadOp, Buf, DropoutOp, EmbeddingOp, GatherRowsOp, IBuf, LayerNormOp,
+    LinearOp, OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes, SoftmaxXentOp, Space,
+    StepScalars,
 };
 use blas::{Blas, Gemm};
-use graph::{Plan, StepGraphs};
+use embedding::{EMB_CHUNK, SORT_RADIX, SORT_TILE};
+use graph::StepGraphs;
 use kernels::{launch, Arg, Kernel, Kernels};
 use memory::{DeviceBuf, Dtype, Tags};
+use step::STEP_BYTES;
 
-/// Launch shapes the kernels are written for (see each `kernels/*.cu`).
-const LN_WARPS: usize = 8;
-const LN_THREADS: u32 = 256;
-const BG_THREADS: u32 = 128;
-const BG_COLS: usize = 1024;
-const SORT_TILE: usize = 1024;
-const SORT_THREADS: u32 = 256;
-const SORT_RADIX: usize = 256;
-const EMB_CHUNK: usize = 16;
-const MAX_TYPES: usize = 4;
-const ATT_TILE: usize = 64;
-const ATT_THREADS: u32 = 128;
-const SX_THREADS: u32 = 512;
-const BCE_WARPS: usize = 8;
-const BCE_THREADS: u32 = 256;
-const NORM_THREADS: u32 = 512;
 /// The widest row the LayerNorm, embedding and head kernels hold in registers.
 const MAX_WIDTH: usize = 1024;
 /// The largest grid dimension y or z.
@@ -119,12 +139,6 @@ struct Scratch {
     bias: DeviceBuf,
 }
 
-/// Byte offsets of the [`StepScalars`] in the backend's step memory.
-const STEP_DROPOUT_SEED: u64 = 0;
-const STEP_SAMPLE_SEED: u64 = 8;
-const STEP_LR: u64 = 16;
-const STEP_BYTES: usize = 32;
-
 /// The CUDA backend. See the [module documentation](self).
 pub struct CudaBackend {
     // Dropped in this order: the recordings, the library handles and modules, then the memory,
@@ -136,11 +150,11 @@ pub struct CudaBackend {
     params_bf16: DeviceBuf,
     ints: DeviceBuf,
     scratch: Scratch,
-    /// The current step's [`StepScalars`] on the device (`STEP_*` offsets), which the kernels
-    /// read inside a step so that a recording of it serves every step.
+    /// The current step's [`StepScalars`] on the device (`step.rs`), which the kernels read, so
+    /// that a recording of a step serves every step.
     step_memory: DeviceBuf,
-    /// The current step's values while a step is open (between `begin_step` and `end_step`).
-    step: Option<StepScalars>,
+    /// Whether a step is open (between `begin_step` and `end_step`).
+    in_step: bool,
     /// The fingerprint of the step being captured.
     recording: Option<u64>,
     _workspace: DeviceBuf,
@@ -196,21 +210,6 @@ fn grow(
         })?;
     }
     Ok(())
-}
-
-/// `grow(self.scratch.$field, bytes)`, borrowing only the fields it needs.
-macro_rules! try_ensure {
-    ($be:expr, $($field:tt)+) => {
-        |bytes: usize| grow(&$be.stream, &mut $be.allocations, &mut $be.scratch.$($field)+, bytes)
-    };
-}
-
-/// `try_ensure!` inside an operation, which returns nothing: `reserve` has sized the scratch for
-/// the spaces already, so a growth here is rare, and a failure as fatal as a failed launch.
-macro_rules! ensure {
-    ($be:expr, $($field:tt)+) => {
-        |bytes: usize| try_ensure!($be, $($field)+)(bytes).unwrap_or_else(|e| panic!("CUDA: {e}"))
-    };
 }
 
 fn grid_dim(v: usize) -> u32 {
@@ -317,7 +316,7 @@ impl CudaBackend {
             ints,
             scratch,
             step_memory,
-            step: None,
+            in_step: false,
             recording: None,
             _workspace: workspace,
             tags: [Tags::default(), Tags::default()],
@@ -356,7 +355,7 @@ impl CudaBackend {
     /// `ELECTRA_CUDA_GRAPH=0` or `ELECTRA_CUDA_SYNC=1`) or off; either way forgets what was
     /// recorded.
     pub fn set_step_recording(&mut self, on: bool) {
-        assert!(self.step.is_none(), "set_step_recording inside a step");
+        assert!(!self.in_step, "set_step_recording inside a step");
         self.graphs = StepGraphs::new(on && !self.sync_each_launch);
     }
 
@@ -378,69 +377,6 @@ impl CudaBackend {
         self.ctx
             .check_err()
             .map_err(|e| driver_err("a deferred call (a drop)", e))
-    }
-
-    /// The bf16 matrix rate of this device in FLOP/s: the median of 10 timed 8192³ cuBLASLt
-    /// products (bf16 in, f32 accumulate, bf16 out) on random operands, after 3 untimed ones.
-    /// Allocates 384 MiB for the call.
-    pub fn matrix_rate(&mut self) -> Result<f64, CudaError> {
-        const N: usize = 8192;
-        self.bind();
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let host: Vec<u16> = (0..N * N)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                bf16::from_f32((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5).to_bits()
-            })
-            .collect();
-        let mut bufs = Vec::new();
-        for _ in 0..3 {
-            bufs.push(self.alloc(N * N * 2)?);
-        }
-        let cu = self.stream.cu_stream();
-        for b in &bufs[..2] {
-            // SAFETY: `b` holds N² bf16; the host vector outlives the (staged) copy.
-            unsafe { result::memcpy_htod_async(b.ptr, &host, cu) }
-                .map_err(|e| driver_err("uploading the operands", e))?;
-        }
-        let g = Gemm {
-            m: N as u64,
-            n: N as u64,
-            k: N as u64,
-            trans_a: false,
-            trans_b: false,
-            lda: N as u64,
-            ldb: N as u64,
-            ldd: N as u64,
-            out: Dtype::Bf16,
-            bias: false,
-        };
-        let (a, b, d) = (bufs[0].ptr, bufs[1].ptr, bufs[2].ptr);
-        let mut times = Vec::new();
-        for i in 0..13 {
-            let start = self
-                .stream
-                .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(|e| driver_err("recording an event", e))?;
-            // SAFETY: three N × N bf16 matrices.
-            unsafe { self.blas.matmul(cu, g, a, b, d, 0.0, None)? };
-            let end = self
-                .stream
-                .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(|e| driver_err("recording an event", e))?;
-            end.synchronize()
-                .map_err(|e| driver_err("timing the product", e))?;
-            if i >= 3 {
-                let ms = start
-                    .elapsed_ms(&end)
-                    .map_err(|e| driver_err("timing the product", e))?;
-                times.push(ms as f64 * 1e-3);
-            }
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(2.0 * (N as f64).powi(3) / times[times.len() / 2])
     }
 
     fn bind(&self) {
@@ -515,237 +451,6 @@ impl CudaBackend {
                 self.last_kernel.get()
             )
         });
-    }
-
-    // ---- addresses -------------------------------------------------------------------------
-
-    fn space_len(&self, space: Space) -> usize {
-        match space {
-            Space::Act | Space::ActGrad => self.sizes.acts,
-            _ => self.sizes.params,
-        }
-    }
-
-    /// The address of value 0 of `b` (4-byte values or slots).
-    fn addr(&self, b: Buf) -> u64 {
-        assert!(
-            b.end() <= self.space_len(b.space),
-            "{b:?} is out of its space"
-        );
-        self.spaces[b.space.index()].ptr + 4 * b.offset as u64
-    }
-
-    fn iaddr(&self, b: IBuf) -> u64 {
-        assert!(
-            b.offset + b.len <= self.sizes.ints,
-            "{b:?} is out of the int space"
-        );
-        self.ints.ptr + 4 * b.offset as u64
-    }
-
-    /// The bf16 copy of a parameter buffer.
-    fn bf16_param(&self, b: Buf) -> u64 {
-        assert_eq!(b.space, Space::Param, "{b:?} is not a parameter");
-        assert!(b.end() <= self.sizes.params, "{b:?} is out of its space");
-        self.params_bf16.ptr + 2 * b.offset as u64
-    }
-
-    fn tag_of(&self, b: Buf) -> Option<Dtype> {
-        act_index(b.space).and_then(|i| self.tags[i].get(b.offset))
-    }
-
-    /// An input a kernel reads as `want`: an activation (converted in place, through the host,
-    /// if it holds the other type), a parameter (its bf16 copy for a bf16 input), or an f32
-    /// gradient or moment.
-    fn input(&mut self, b: Buf, want: Dtype) -> u64 {
-        match (b.space, want) {
-            (Space::Act | Space::ActGrad, _) => {
-                self.conform(b, want);
-                self.addr(b)
-            }
-            (Space::Param, Dtype::Bf16) => self.bf16_param(b),
-            (_, Dtype::F32) => self.addr(b),
-            (space, Dtype::Bf16) => {
-                panic!("{b:?}: the CUDA backend has no bf16 view of {space:?} buffers")
-            }
-        }
-    }
-
-    /// An output a kernel writes as `dtype`, overwriting or (`accumulate`) adding to it.
-    fn output(&mut self, b: Buf, dtype: Dtype, accumulate: bool) -> u64 {
-        match (act_index(b.space), dtype, b.space) {
-            (Some(i), _, _) => {
-                if accumulate {
-                    self.conform(b, dtype);
-                }
-                let addr = self.addr(b);
-                self.tags[i].set(b.offset, b.len, dtype);
-                addr
-            }
-            (None, Dtype::F32, Space::Grad | Space::AdamM | Space::AdamV) => self.addr(b),
-            _ => panic!(
-                "{b:?}: the CUDA kernels write {dtype:?} activations or f32 gradients, not this \
-                 buffer"
-            ),
-        }
-    }
-
-    /// Makes the activation `b` hold `want`, converting what it holds through the host.
-    fn conform(&mut self, b: Buf, want: Dtype) {
-        let Some(i) = act_index(b.space) else { return };
-        match self.tags[i].get(b.offset) {
-            Some(have) if have != want => {
-                let mut v = vec![0.0f32; b.len];
-                self.read_as(b, have, &mut v);
-                self.write_as(b, want, &v);
-                self.tags[i].set(b.offset, b.len, want);
-            }
-            _ => {}
-        }
-    }
-
-    fn read_as(&self, b: Buf, dtype: Dtype, dst: &mut [f32]) {
-        let addr = self.addr(b);
-        let cu = self.stream.cu_stream();
-        match dtype {
-            Dtype::F32 => {
-                // SAFETY: `b` is in bounds; the copy completes before `sync` returns.
-                unsafe { result::memcpy_dtoh_async(dst, addr, cu) }
-                    .unwrap_or_else(|e| panic!("CUDA: reading {b:?}: {e}"));
-                self.sync();
-            }
-            Dtype::Bf16 => {
-                let mut raw = vec![0u16; dst.len()];
-                // SAFETY: as above, bf16 values in the first half of the buffer's slots.
-                unsafe { result::memcpy_dtoh_async(&mut raw, addr, cu) }
-                    .unwrap_or_else(|e| panic!("CUDA: reading {b:?}: {e}"));
-                self.sync();
-                for (d, r) in dst.iter_mut().zip(raw) {
-                    *d = bf16::from_bits(r).to_f32();
-                }
-            }
-        }
-    }
-
-    fn write_as(&mut self, b: Buf, dtype: Dtype, src: &[f32]) {
-        let addr = self.addr(b);
-        let cu = self.stream.cu_stream();
-        // Copies from pageable memory return once the data is staged, so the host buffers may be
-        // reused at once.
-        match dtype {
-            Dtype::F32 => unsafe { result::memcpy_htod_async(addr, src, cu) },
-            Dtype::Bf16 => {
-                self.host16.clear();
-                self.host16
-                    .extend(src.iter().map(|&v| bf16::from_f32(v).to_bits()));
-                // SAFETY: `b` is in bounds and has room for its values in either type.
-                unsafe { result::memcpy_htod_async(addr, &self.host16, cu) }
-            }
-        }
-        .unwrap_or_else(|e| panic!("CUDA: writing {b:?}: {e}"));
-    }
-
-    /// Refreshes the bf16 copy of the parameters `b`.
-    fn refresh_bf16(&mut self, b: Buf) {
-        if b.len == 0 {
-            return;
-        }
-        let blocks = b.len.div_ceil(256).min(4 * self.sms);
-        let args = [
-            Arg::Ptr(self.addr(b)),
-            Arg::Ptr(self.bf16_param(b)),
-            Arg::U64(b.len as u64),
-        ];
-        self.run(self.kernels.params_to_bf16, (blocks, 1, 1), 256, &args);
-    }
-
-    fn memset32(&self, addr: u64, bits: u32, count: usize) {
-        if count == 0 {
-            return;
-        }
-        // SAFETY: the callers pass in-bounds, 4-byte aligned ranges.
-        unsafe { sys::cuMemsetD32Async(addr, bits, count, self.stream.cu_stream()) }
-            .result()
-            .unwrap_or_else(|e| panic!("CUDA: cuMemsetD32Async: {e}"));
-    }
-
-    fn memset16(&self, addr: u64, bits: u16, count: usize) {
-        if count == 0 {
-            return;
-        }
-        // SAFETY: the callers pass in-bounds, 2-byte aligned ranges.
-        unsafe { sys::cuMemsetD16Async(addr, bits, count, self.stream.cu_stream()) }
-            .result()
-            .unwrap_or_else(|e| panic!("CUDA: cuMemsetD16Async: {e}"));
-    }
-
-    /// A copy of a bias vector the bias epilogue can read (16-byte aligned), as `dtype`.
-    fn bias_operand(&mut self, b: Buf, dtype: Dtype) -> u64 {
-        let src = self.input(b, dtype);
-        if src.is_multiple_of(16) {
-            return src;
-        }
-        let bytes = b.len * dtype.bytes();
-        ensure!(self, bias)(bytes);
-        let dst = self.scratch.bias.ptr;
-        // SAFETY: both ranges are in bounds; stream-ordered before the product that reads it.
-        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
-            .unwrap_or_else(|e| panic!("CUDA: staging a bias vector: {e}"));
-        dst
-    }
-
-    /// The LayerNorm kernels' grid for `rows` rows: one row per warp per step, at most two
-    /// blocks per multiprocessor, and fixed for a shape (their reductions depend on it).
-    fn ln_grid(&self, rows: usize) -> usize {
-        rows.div_ceil(LN_WARPS).clamp(1, 2 * self.sms)
-    }
-
-    /// `bias_gelu_bwd` (with `pre`) or `bias_bwd`: `dpre = dy·gelu'(pre)` and `dbias += Σ dpre`.
-    #[allow(clippy::too_many_arguments)]
-    fn bias_grad(&mut self, dy: u64, pre: u64, dpre: u64, dbias: u64, rows: usize, width: usize) {
-        let col_blocks = width.div_ceil(BG_COLS);
-        let groups = (2 * self.sms / col_blocks).clamp(1, rows.min(MAX_GRID_YZ));
-        if dbias != 0 {
-            ensure!(self, partials)(4 * groups * width);
-            ensure!(self, counters)(4 * col_blocks);
-        }
-        let (partials, counters) = (self.scratch.partials.ptr, self.scratch.counters.ptr);
-        let (rows, width) = (int(rows, "rows"), int(width, "width"));
-        if pre != 0 {
-            let args = [
-                Arg::Ptr(dy),
-                Arg::Ptr(pre),
-                Arg::Ptr(dpre),
-                Arg::Ptr(dbias),
-                Arg::Ptr(partials),
-                Arg::Ptr(counters),
-                Arg::I32(rows),
-                Arg::I32(width),
-                Arg::Ptr(0),
-            ];
-            self.run(
-                self.kernels.bias_gelu_bwd,
-                (col_blocks, groups, 1),
-                BG_THREADS,
-                &args,
-            );
-        } else if dbias != 0 {
-            let args = [
-                Arg::Ptr(dy),
-                Arg::Ptr(dbias),
-                Arg::Ptr(partials),
-                Arg::Ptr(counters),
-                Arg::I32(rows),
-                Arg::I32(width),
-                Arg::Ptr(0),
-            ];
-            self.run(
-                self.kernels.bias_bwd,
-                (col_blocks, groups, 1),
-                BG_THREADS,
-                &args,
-            );
-        }
     }
 }
 
@@ -934,1016 +639,108 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn embedding_fwd(
-        &mut self,
-        ids: IBuf,
-        token_types: IBuf,
-        seq: usize,
-        p: &EmbeddingParams,
-        out: Buf,
-        saved: LayerNormSaved,
-    ) {
+    fn embedding_fwd(&mut self, op: &EmbeddingOp) {
         self.bind();
-        let (rows, width) = (ids.len, p.norm.gain.len);
-        let k = width_kernel(
-            self.kernels.embedding_fwd_w256,
-            self.kernels.embedding_fwd_w1024,
-            width,
-            "embedding_fwd",
-        );
-        if rows == 0 {
-            return;
-        }
-        assert!(seq > 0 && token_types.len >= rows);
-        assert!(out.len >= rows * width && saved.xhat.len >= rows * width);
-        assert!(saved.rstd.len >= rows && p.norm.bias.len >= width);
-        assert!(p.word.len.is_multiple_of(width) && p.token_type.len >= width);
-        assert!(p.position.len >= seq.min(rows) * width, "too few positions");
-        int(rows * width, "rows·width");
-        let args = [
-            Arg::Ptr(self.iaddr(ids)),
-            Arg::Ptr(self.iaddr(token_types)),
-            Arg::I32(int(seq, "seq")),
-            Arg::Ptr(self.input(p.word, Dtype::F32)),
-            Arg::Ptr(self.input(p.position, Dtype::F32)),
-            Arg::Ptr(self.input(p.token_type, Dtype::F32)),
-            Arg::Ptr(self.input(p.norm.gain, Dtype::F32)),
-            Arg::Ptr(self.input(p.norm.bias, Dtype::F32)),
-            Arg::Ptr(self.output(out, Dtype::Bf16, false)),
-            Arg::Ptr(self.output(saved.xhat, Dtype::Bf16, false)),
-            Arg::Ptr(self.output(saved.rstd, Dtype::F32, false)),
-            Arg::I32(int(rows, "rows")),
-            Arg::I32(int(width, "width")),
-            Arg::F32(p.norm.eps),
-        ];
-        self.run(k, (self.ln_grid(rows), 1, 1), LN_THREADS, &args);
+        self.launch_embedding_fwd(op);
     }
 
-    fn embedding_bwd(
-        &mut self,
-        ids: IBuf,
-        token_types: IBuf,
-        seq: usize,
-        p: &EmbeddingParams,
-        dout: Buf,
-        saved: LayerNormSaved,
-    ) {
+    fn embedding_bwd(&mut self, op: &EmbeddingOp) {
         self.bind();
-        let (rows, width) = (ids.len, p.norm.gain.len);
-        let ln = width_kernel(
-            self.kernels.embedding_bwd_layernorm_w256,
-            self.kernels.embedding_bwd_layernorm_w1024,
-            width,
-            "embedding_bwd",
-        );
-        if rows == 0 {
-            return;
-        }
-        assert!(p.word.len.is_multiple_of(width), "word table width");
-        let vocab = p.word.len / width;
-        assert!(
-            vocab <= 1 << 16,
-            "embedding_bwd: the CUDA sort handles vocabularies up to 65536 ids, not {vocab}"
-        );
-        let types = p.token_type.len / width;
-        assert!(
-            (1..=MAX_TYPES).contains(&types) && p.token_type.len == types * width,
-            "embedding_bwd: 1 to {MAX_TYPES} token types"
-        );
-        assert!(
-            seq > 0 && p.position.len >= seq * width,
-            "too few positions"
-        );
-        assert!(token_types.len >= rows && dout.len >= rows * width);
-        assert!(saved.xhat.len >= rows * width && saved.rstd.len >= rows);
-        let (n, w) = (int(rows, "rows"), int(width, "width"));
-
-        // 1. The LayerNorm backward into the f32 sum's gradient, dsum.
-        let grid = self.ln_grid(rows);
-        ensure!(self, partials)(4 * grid * 2 * width);
-        let dsum = self.output(saved.xhat.grad().prefix(rows * width), Dtype::F32, false);
-        let args = [
-            Arg::Ptr(self.input(dout, Dtype::Bf16)),
-            Arg::Ptr(self.input(saved.xhat, Dtype::Bf16)),
-            Arg::Ptr(self.input(saved.rstd, Dtype::F32)),
-            Arg::Ptr(self.input(p.norm.gain, Dtype::F32)),
-            Arg::Ptr(dsum),
-            Arg::Ptr(self.output(p.norm.gain.grad(), Dtype::F32, true)),
-            Arg::Ptr(self.output(p.norm.bias.grad(), Dtype::F32, true)),
-            Arg::Ptr(self.scratch.partials.ptr),
-            Arg::Ptr(self.scratch.counters.ptr),
-            Arg::I32(n),
-            Arg::I32(w),
-        ];
-        self.run(ln, (grid, 1, 1), LN_THREADS, &args);
-
-        // 2. A stable radix sort of (id, token), one 8-bit digit a pass.
-        let tiles = rows.div_ceil(SORT_TILE);
-        for i in 0..4 {
-            ensure!(self, sort[i])(4 * rows);
-        }
-        ensure!(self, tile_hist)(4 * SORT_RADIX * tiles);
-        let hist = self.scratch.tile_hist.ptr;
-        let passes = if vocab <= SORT_RADIX { 1 } else { 2 };
-        let (mut keys, mut vals) = (self.iaddr(ids), 0u64);
-        for pass in 0..passes {
-            let (ko, vo) = (
-                self.scratch.sort[2 * pass].ptr,
-                self.scratch.sort[2 * pass + 1].ptr,
-            );
-            let shift = Arg::I32(8 * pass as i32);
-            let args = [Arg::Ptr(keys), Arg::I32(n), shift, Arg::Ptr(hist)];
-            self.run(
-                self.kernels.embedding_sort_hist,
-                (tiles, 1, 1),
-                SORT_THREADS,
-                &args,
-            );
-            let len = int(SORT_RADIX * tiles, "sort histogram");
-            let args = [Arg::Ptr(hist), Arg::I32(len)];
-            self.run(self.kernels.embedding_sort_scan, (1, 1, 1), 1024, &args);
-            let args = [
-                Arg::Ptr(keys),
-                Arg::Ptr(vals),
-                Arg::Ptr(ko),
-                Arg::Ptr(vo),
-                Arg::I32(n),
-                shift,
-                Arg::Ptr(hist),
-            ];
-            self.run(
-                self.kernels.embedding_sort_scatter,
-                (tiles, 1, 1),
-                SORT_THREADS,
-                &args,
-            );
-            (keys, vals) = (ko, vo);
-        }
-
-        // 3. The word table: runs of equal ids summed in token order.
-        let chunks = rows.div_ceil(EMB_CHUNK);
-        ensure!(self, pieces[0])(4 * chunks * width);
-        ensure!(self, pieces[1])(4 * chunks * width);
-        let (heads, conts) = (self.scratch.pieces[0].ptr, self.scratch.pieces[1].ptr);
-        let dword = self.output(p.word.grad(), Dtype::F32, true);
-        let blocks = chunks.div_ceil(4);
-        let args = [
-            Arg::Ptr(keys),
-            Arg::Ptr(vals),
-            Arg::Ptr(dsum),
-            Arg::Ptr(dword),
-            Arg::Ptr(heads),
-            Arg::Ptr(conts),
-            Arg::I32(n),
-            Arg::I32(w),
-        ];
-        self.run(
-            self.kernels.embedding_bwd_word_pieces,
-            (blocks, 1, 1),
-            128,
-            &args,
-        );
-        let args = [
-            Arg::Ptr(keys),
-            Arg::Ptr(dword),
-            Arg::Ptr(heads),
-            Arg::Ptr(conts),
-            Arg::I32(n),
-            Arg::I32(w),
-        ];
-        self.run(
-            self.kernels.embedding_bwd_word_combine,
-            (blocks, 1, 1),
-            128,
-            &args,
-        );
-
-        // 4. Positions, and token types through per-position partial sums.
-        assert!(seq <= MAX_GRID_YZ, "seq {seq} exceeds a grid dimension");
-        ensure!(self, type_partials)(4 * seq * types * width);
-        let partials = self.scratch.type_partials.ptr;
-        let args = [
-            Arg::Ptr(dsum),
-            Arg::Ptr(self.iaddr(token_types)),
-            Arg::Ptr(self.output(p.position.grad(), Dtype::F32, true)),
-            Arg::Ptr(partials),
-            Arg::I32(n),
-            Arg::I32(int(seq, "seq")),
-            Arg::I32(w),
-            Arg::I32(types as i32),
-        ];
-        let grid = (width.div_ceil(128), seq, 1);
-        self.run(self.kernels.embedding_bwd_pos_type, grid, 128, &args);
-        let args = [
-            Arg::Ptr(partials),
-            Arg::Ptr(self.output(p.token_type.grad(), Dtype::F32, true)),
-            Arg::I32(int(seq, "seq")),
-            Arg::I32(w),
-            Arg::I32(types as i32),
-        ];
-        let grid = ((types * width).div_ceil(128), 1, 1);
-        self.run(self.kernels.embedding_bwd_type_reduce, grid, 128, &args);
+        self.launch_embedding_bwd(op);
     }
 
-    fn linear_fwd(
-        &mut self,
-        x: Buf,
-        w: Buf,
-        b: Option<Buf>,
-        y: Buf,
-        gelu_pre: Option<Buf>,
-        dims: LinearDims,
-    ) {
+    fn linear_fwd(&mut self, op: &LinearOp) {
         self.bind();
-        let LinearDims { rows, inp, out } = dims;
-        if rows == 0 || out == 0 {
-            return;
-        }
-        assert!(inp > 0, "linear_fwd: no inputs");
-        assert!(x.len >= rows * inp && w.len >= out * inp && y.len >= rows * out);
-        assert!(
-            b.is_none_or(|b| b.len >= out),
-            "bias shorter than the output"
-        );
-        let wa = self.input(w, Dtype::Bf16);
-        let xb = self.input(x, Dtype::Bf16);
-        let mut g = Gemm {
-            m: out as u64,
-            n: rows as u64,
-            k: inp as u64,
-            trans_a: true,
-            trans_b: false,
-            lda: inp as u64,
-            ldb: inp as u64,
-            ldd: out as u64,
-            out: Dtype::Bf16,
-            bias: false,
-        };
-        match gelu_pre {
-            None => {
-                // A one-column output (a score per row) stays f32, as a loss reads it.
-                g.out = if out == 1 { Dtype::F32 } else { Dtype::Bf16 };
-                let bias = b.map(|b| self.bias_operand(b.prefix(out), g.out));
-                g.bias = bias.is_some();
-                let d = self.output(y, g.out, false);
-                self.gemm(g, wa, xb, d, 0.0, bias);
-            }
-            Some(pre) => {
-                assert!(pre.len >= rows * out);
-                let d = self.output(pre, Dtype::Bf16, false);
-                self.gemm(g, wa, xb, d, 0.0, None);
-                let bias = b.map_or(0, |b| self.input(b, Dtype::F32));
-                let yd = self.output(y, Dtype::Bf16, false);
-                let col_blocks = out.div_ceil(BG_COLS);
-                let groups = (4 * self.sms / col_blocks).clamp(1, rows.min(MAX_GRID_YZ));
-                let args = [
-                    Arg::Ptr(d),
-                    Arg::Ptr(bias),
-                    Arg::Ptr(d),
-                    Arg::Ptr(yd),
-                    Arg::I32(int(rows, "rows")),
-                    Arg::I32(int(out, "out")),
-                    Arg::Ptr(0),
-                ];
-                self.run(
-                    self.kernels.bias_gelu_fwd,
-                    (col_blocks, groups, 1),
-                    BG_THREADS,
-                    &args,
-                );
-            }
-        }
+        self.launch_linear_fwd(op);
     }
 
-    fn linear_bwd(
-        &mut self,
-        x: Buf,
-        w: Buf,
-        dy: Buf,
-        dx: Option<Buf>,
-        dw: Buf,
-        db: Option<Buf>,
-        gelu_pre: Option<Buf>,
-        dims: LinearDims,
-    ) {
+    fn linear_bwd(&mut self, op: &LinearOp) {
         self.bind();
-        let LinearDims { rows, inp, out } = dims;
-        if rows == 0 || out == 0 {
-            return;
-        }
-        assert!(inp > 0, "linear_bwd: no inputs");
-        assert!(x.len >= rows * inp && w.len >= out * inp && dy.len >= rows * out);
-        assert!(dw.len >= out * inp && db.is_none_or(|b| b.len >= out));
-        assert!(dx.is_none_or(|d| d.len >= rows * inp));
-        let dbias = db.map_or(0, |d| self.output(d, Dtype::F32, true));
-        let dy_b = match gelu_pre {
-            Some(pre) => {
-                assert!(pre.len >= rows * out);
-                let dyp = self.input(dy, Dtype::Bf16);
-                let prep = self.input(pre, Dtype::Bf16);
-                let dpre = self.output(pre.grad(), Dtype::Bf16, false);
-                self.bias_grad(dyp, prep, dpre, dbias, rows, out);
-                dpre
-            }
-            None => {
-                let dyp = if self.tag_of(dy) == Some(Dtype::F32) {
-                    // A one-column output's f32 gradient, rounded to bf16 for the products.
-                    let n = rows * out;
-                    ensure!(self, convert)(2 * n);
-                    let conv = self.scratch.convert.ptr;
-                    let args = [Arg::Ptr(self.addr(dy)), Arg::Ptr(conv), Arg::U64(n as u64)];
-                    let blocks = n.div_ceil(256).min(4 * self.sms);
-                    self.run(self.kernels.params_to_bf16, (blocks, 1, 1), 256, &args);
-                    conv
-                } else {
-                    self.input(dy, Dtype::Bf16)
-                };
-                self.bias_grad(dyp, 0, 0, dbias, rows, out);
-                dyp
-            }
-        };
-        if let Some(dx) = dx {
-            let wa = self.input(w, Dtype::Bf16);
-            let d = self.output(dx, Dtype::Bf16, true);
-            let g = Gemm {
-                m: inp as u64,
-                n: rows as u64,
-                k: out as u64,
-                trans_a: false,
-                trans_b: false,
-                lda: inp as u64,
-                ldb: out as u64,
-                ldd: inp as u64,
-                out: Dtype::Bf16,
-                bias: false,
-            };
-            self.gemm(g, wa, dy_b, d, 1.0, None);
-        }
-        let xa = self.input(x, Dtype::Bf16);
-        let d = self.output(dw, Dtype::F32, true);
-        let g = Gemm {
-            m: inp as u64,
-            n: out as u64,
-            k: rows as u64,
-            trans_a: false,
-            trans_b: true,
-            lda: inp as u64,
-            ldb: out as u64,
-            ldd: inp as u64,
-            out: Dtype::F32,
-            bias: false,
-        };
-        self.gemm(g, xa, dy_b, d, 1.0, None);
+        self.launch_linear_bwd(op);
     }
 
-    fn layernorm_fwd(
-        &mut self,
-        x: Buf,
-        residual: Option<Buf>,
-        p: &LayerNormParams,
-        y: Buf,
-        saved: LayerNormSaved,
-        rows: usize,
-        width: usize,
-    ) {
+    fn layernorm_fwd(&mut self, op: &LayerNormOp) {
         self.bind();
-        let k = width_kernel(
-            self.kernels.layernorm_residual_fwd_w256,
-            self.kernels.layernorm_residual_fwd_w1024,
-            width,
-            "layernorm_fwd",
-        );
-        if rows == 0 {
-            return;
-        }
-        let n = rows * width;
-        assert!(x.len >= n && y.len >= n && saved.xhat.len >= n && saved.rstd.len >= rows);
-        assert!(residual.is_none_or(|r| r.len >= n));
-        assert!(p.gain.len >= width && p.bias.len >= width);
-        let args = [
-            Arg::Ptr(self.input(x, Dtype::Bf16)),
-            Arg::Ptr(residual.map_or(0, |r| self.input(r, Dtype::Bf16))),
-            Arg::Ptr(self.input(p.gain, Dtype::F32)),
-            Arg::Ptr(self.input(p.bias, Dtype::F32)),
-            Arg::Ptr(self.output(y, Dtype::Bf16, false)),
-            Arg::Ptr(self.output(saved.xhat, Dtype::Bf16, false)),
-            Arg::Ptr(self.output(saved.rstd, Dtype::F32, false)),
-            Arg::Ptr(0),
-            Arg::I32(int(rows, "rows")),
-            Arg::I32(int(width, "width")),
-            Arg::F32(p.eps),
-            Arg::Ptr(0),
-        ];
-        self.run(k, (self.ln_grid(rows), 1, 1), LN_THREADS, &args);
+        self.launch_layernorm_fwd(op);
     }
 
-    fn layernorm_bwd(
-        &mut self,
-        dy: Buf,
-        p: &LayerNormParams,
-        saved: LayerNormSaved,
-        dx: Buf,
-        dresidual: Option<Buf>,
-        rows: usize,
-        width: usize,
-    ) {
+    fn layernorm_bwd(&mut self, op: &LayerNormOp) {
         self.bind();
-        let k = width_kernel(
-            self.kernels.layernorm_residual_bwd_w256,
-            self.kernels.layernorm_residual_bwd_w1024,
-            width,
-            "layernorm_bwd",
-        );
-        if rows == 0 {
-            return;
-        }
-        let n = rows * width;
-        assert!(dy.len >= n && dx.len >= n && saved.xhat.len >= n && saved.rstd.len >= rows);
-        assert!(dresidual.is_none_or(|r| r.len >= n));
-        assert!(p.gain.len >= width && p.bias.len >= width);
-        let grid = self.ln_grid(rows);
-        ensure!(self, partials)(4 * grid * 2 * width);
-        let args = [
-            Arg::Ptr(self.input(dy, Dtype::Bf16)),
-            Arg::Ptr(self.input(saved.xhat, Dtype::Bf16)),
-            Arg::Ptr(self.input(saved.rstd, Dtype::F32)),
-            Arg::Ptr(self.input(p.gain, Dtype::F32)),
-            Arg::Ptr(self.output(dx, Dtype::Bf16, true)),
-            Arg::Ptr(dresidual.map_or(0, |r| self.output(r, Dtype::Bf16, true))),
-            Arg::Ptr(self.output(p.gain.grad(), Dtype::F32, true)),
-            Arg::Ptr(self.output(p.bias.grad(), Dtype::F32, true)),
-            Arg::Ptr(self.scratch.partials.ptr),
-            Arg::Ptr(self.scratch.counters.ptr),
-            Arg::I32(int(rows, "rows")),
-            Arg::I32(int(width, "width")),
-            Arg::I32(1),
-            Arg::Ptr(0),
-        ];
-        self.run(k, (grid, 1, 1), LN_THREADS, &args);
+        self.launch_layernorm_bwd(op);
     }
 
-    fn attention_fwd(
-        &mut self,
-        qkv: Buf,
-        key_mask: IBuf,
-        ctx: Buf,
-        probs: Buf,
-        dims: AttentionDims,
-        dropout: Option<Dropout>,
-    ) {
+    fn attention_fwd(&mut self, op: &AttentionOp) {
         self.bind();
-        let k = self.attention_kernels(dims).0;
-        let AttentionDims {
-            batch, seq, heads, ..
-        } = dims;
-        let (tokens, h) = (batch * seq, dims.hidden());
-        if tokens == 0 {
-            return;
-        }
-        self.check_attention(qkv, key_mask, ctx, probs, dims);
-        let qkv_p = self.input(qkv, Dtype::Bf16);
-        let ctx_p = self.output(ctx.prefix(tokens * h), Dtype::Bf16, false);
-        let lse = self.output(probs.prefix(batch * heads * seq), Dtype::F32, false);
-        assert!(
-            qkv_p.is_multiple_of(16) && ctx_p.is_multiple_of(16),
-            "attention needs 16-byte aligned buffers"
-        );
-        let [p, s, site, dev_seed] = self.drop_args(dropout);
-        let args = [
-            Arg::Ptr(qkv_p),
-            Arg::Ptr(self.iaddr(key_mask)),
-            Arg::Ptr(ctx_p),
-            Arg::Ptr(lse),
-            Arg::I32(int(seq, "seq")),
-            Arg::I32(int(heads, "heads")),
-            p,
-            s,
-            site,
-            dev_seed,
-        ];
-        self.run(
-            k,
-            (seq.div_ceil(ATT_TILE), heads, batch),
-            ATT_THREADS,
-            &args,
-        );
+        self.launch_attention_fwd(op);
     }
 
-    fn attention_bwd(
-        &mut self,
-        qkv: Buf,
-        key_mask: IBuf,
-        ctx: Buf,
-        probs: Buf,
-        dctx: Buf,
-        dqkv: Buf,
-        dims: AttentionDims,
-        dropout: Option<Dropout>,
-    ) {
+    fn attention_bwd(&mut self, op: &AttentionOp) {
         self.bind();
-        let (_, dq, dkdv) = self.attention_kernels(dims);
-        let AttentionDims {
-            batch, seq, heads, ..
-        } = dims;
-        let (tokens, h) = (batch * seq, dims.hidden());
-        if tokens == 0 {
-            return;
-        }
-        self.check_attention(qkv, key_mask, ctx, probs, dims);
-        assert!(dctx.len >= tokens * h && dqkv.len >= tokens * 3 * h);
-        let stats = batch * heads * seq;
-        let qkv_p = self.input(qkv, Dtype::Bf16);
-        let ctx_p = self.input(ctx, Dtype::Bf16);
-        let dctx_p = self.input(dctx, Dtype::Bf16);
-        let lse = self.input(probs.prefix(stats), Dtype::F32);
-        let delta = self.output(probs.grad().prefix(stats), Dtype::F32, false);
-        let dqkv_p = self.output(dqkv.prefix(tokens * 3 * h), Dtype::Bf16, true);
-        assert!(
-            [qkv_p, ctx_p, dctx_p, dqkv_p]
-                .iter()
-                .all(|a| a.is_multiple_of(16)),
-            "attention needs 16-byte aligned buffers"
-        );
-        let mask = self.iaddr(key_mask);
-        let (seq_i, heads_i) = (int(seq, "seq"), int(heads, "heads"));
-        let [p, s, site, dev_seed] = self.drop_args(dropout);
-        let grid = (seq.div_ceil(ATT_TILE), heads, batch);
-        let args = [
-            Arg::Ptr(qkv_p),
-            Arg::Ptr(mask),
-            Arg::Ptr(ctx_p),
-            Arg::Ptr(dctx_p),
-            Arg::Ptr(lse),
-            Arg::Ptr(delta),
-            Arg::Ptr(dqkv_p),
-            Arg::I32(seq_i),
-            Arg::I32(heads_i),
-            Arg::I32(1),
-            p,
-            s,
-            site,
-            dev_seed,
-        ];
-        self.run(dq, grid, ATT_THREADS, &args);
-        let args = [
-            Arg::Ptr(qkv_p),
-            Arg::Ptr(mask),
-            Arg::Ptr(dctx_p),
-            Arg::Ptr(lse),
-            Arg::Ptr(delta),
-            Arg::Ptr(dqkv_p),
-            Arg::I32(seq_i),
-            Arg::I32(heads_i),
-            Arg::I32(1),
-            p,
-            s,
-            site,
-            dev_seed,
-        ];
-        self.run(dkdv, grid, ATT_THREADS, &args);
+        self.launch_attention_bwd(op);
     }
 
-    fn dropout_fwd(&mut self, x: Buf, y: Buf, dropout: Dropout) {
+    fn dropout_fwd(&mut self, op: &DropoutOp) {
         self.bind();
-        let n = y.len;
-        assert!(x.len >= n, "dropout_fwd: {x:?} is shorter than {y:?}");
-        if n == 0 {
-            return;
-        }
-        let [p, s, site, dev_seed] = self.drop_args(Some(dropout));
-        let args = [
-            Arg::Ptr(self.input(x, Dtype::Bf16)),
-            Arg::Ptr(self.output(y, Dtype::Bf16, false)),
-            Arg::U64(n as u64),
-            p,
-            s,
-            site,
-            dev_seed,
-        ];
-        let blocks = n.div_ceil(4).div_ceil(256).min(8 * self.sms);
-        self.run(self.kernels.dropout_fwd, (blocks, 1, 1), 256, &args);
+        self.launch_dropout_fwd(op);
     }
 
-    fn dropout_bwd(&mut self, dy: Buf, dx: Buf, dropout: Dropout) {
+    fn dropout_bwd(&mut self, op: &DropoutOp) {
         self.bind();
-        let n = dx.len;
-        assert!(dy.len >= n, "dropout_bwd: {dy:?} is shorter than {dx:?}");
-        if n == 0 {
-            return;
-        }
-        let [p, s, site, dev_seed] = self.drop_args(Some(dropout));
-        let args = [
-            Arg::Ptr(self.input(dy, Dtype::Bf16)),
-            Arg::Ptr(self.output(dx, Dtype::Bf16, true)),
-            Arg::U64(n as u64),
-            p,
-            s,
-            site,
-            Arg::I32(1),
-            dev_seed,
-        ];
-        let blocks = n.div_ceil(4).div_ceil(256).min(8 * self.sms);
-        self.run(self.kernels.dropout_bwd, (blocks, 1, 1), 256, &args);
+        self.launch_dropout_bwd(op);
     }
 
-    fn gather_rows(&mut self, x: Buf, rows: IBuf, out: Buf, width: usize) {
+    fn gather_rows(&mut self, op: &GatherRowsOp) {
         self.bind();
-        let n = rows.len;
-        if n == 0 || width == 0 {
-            return;
-        }
-        assert!(out.len >= n * width, "gather_rows: {out:?} is too short");
-        let args = [
-            Arg::Ptr(self.input(x, Dtype::Bf16)),
-            Arg::Ptr(self.iaddr(rows)),
-            Arg::Ptr(self.output(out, Dtype::Bf16, false)),
-            Arg::I32(int(n, "rows")),
-            Arg::I32(int(width, "width")),
-            Arg::Ptr(0),
-        ];
-        let grid = (width.div_ceil(1024), n.min(MAX_GRID_YZ), 1);
-        self.run(self.kernels.gather_rows_fwd, grid, 128, &args);
+        self.launch_gather_rows(op);
     }
 
-    fn gather_rows_bwd(&mut self, dout: Buf, rows: IBuf, dx: Buf, width: usize) {
+    fn gather_rows_bwd(&mut self, op: &GatherRowsOp) {
         self.bind();
-        let n = rows.len;
-        if n == 0 || width == 0 {
-            return;
-        }
-        assert!(
-            dout.len >= n * width,
-            "gather_rows_bwd: {dout:?} is too short"
-        );
-        let args = [
-            Arg::Ptr(self.input(dout, Dtype::Bf16)),
-            Arg::Ptr(self.iaddr(rows)),
-            Arg::Ptr(self.output(dx, Dtype::Bf16, true)),
-            Arg::I32(int(n, "rows")),
-            Arg::I32(int(width, "width")),
-            Arg::I32(1),
-            Arg::Ptr(0),
-        ];
-        let grid = (width.div_ceil(1024), n.min(MAX_GRID_YZ), 1);
-        self.run(self.kernels.gather_rows_bwd, grid, 128, &args);
+        self.launch_gather_rows_bwd(op);
     }
 
-    fn softmax_xent(
-        &mut self,
-        logits: Buf,
-        targets: IBuf,
-        row_loss: Buf,
-        grad_scale: f32,
-        pick: Option<(Pick, IBuf)>,
-        rows: usize,
-        vocab: usize,
-    ) {
+    fn softmax_xent(&mut self, op: &SoftmaxXentOp) {
         self.bind();
-        if rows == 0 {
-            return;
-        }
-        assert!(
-            vocab > 0 && logits.len >= rows * vocab,
-            "softmax_xent: logits too short"
-        );
-        assert!(targets.len >= rows && row_loss.len >= rows);
-        let (mode, seed, picks) = match pick {
-            None => (0, 0, 0),
-            Some((mode, picks)) => {
-                assert!(picks.len >= rows, "softmax_xent: picks too short");
-                let addr = self.iaddr(picks);
-                match mode {
-                    Pick::Argmax => (1, 0, addr),
-                    Pick::Gumbel { seed } => (2, seed, addr),
-                }
-            }
-        };
-        let dev_seed = match self.step {
-            Some(step) if mode == 2 => {
-                assert_eq!(
-                    seed, step.sample_seed,
-                    "softmax_xent: not the step's Gumbel seed"
-                );
-                self.step_memory.ptr + STEP_SAMPLE_SEED
-            }
-            _ => 0,
-        };
-        let v = int(vocab, "vocab");
-        let args = [
-            Arg::Ptr(self.input(logits, Dtype::Bf16)),
-            Arg::Ptr(self.output(logits.grad(), Dtype::Bf16, false)),
-            Arg::I32(v),
-            Arg::Ptr(self.iaddr(targets)),
-            Arg::Ptr(self.output(row_loss.prefix(rows), Dtype::F32, false)),
-            Arg::F32(grad_scale),
-            Arg::I32(mode),
-            Arg::U64(seed),
-            Arg::Ptr(picks),
-            Arg::I32(int(rows, "rows")),
-            Arg::I32(v),
-            Arg::Ptr(0),
-            Arg::Ptr(0),
-            Arg::Ptr(dev_seed),
-        ];
-        self.run(
-            self.kernels.softmax_xent_fwd_bwd,
-            (rows, 1, 1),
-            SX_THREADS,
-            &args,
-        );
+        self.launch_softmax_xent(op);
     }
 
-    fn replace_tokens(
-        &mut self,
-        original: IBuf,
-        positions: IBuf,
-        picks: IBuf,
-        corrupted: IBuf,
-        is_replaced: Buf,
-    ) {
+    fn replace_tokens(&mut self, op: &ReplaceTokensOp) {
         self.bind();
-        let (tokens, n) = (original.len, positions.len);
-        assert_eq!(corrupted.len, tokens, "replace_tokens: corrupted ids");
-        assert_eq!(is_replaced.len, tokens, "replace_tokens: labels");
-        assert!(picks.len >= n, "replace_tokens: picks too short");
-        let args = [
-            Arg::Ptr(self.iaddr(original)),
-            Arg::Ptr(self.iaddr(positions)),
-            Arg::Ptr(self.iaddr(picks)),
-            Arg::Ptr(self.iaddr(corrupted)),
-            Arg::Ptr(self.output(is_replaced, Dtype::F32, false)),
-            Arg::I32(int(tokens, "tokens")),
-            Arg::I32(int(n, "positions")),
-            Arg::Ptr(0),
-        ];
-        self.run(self.kernels.replace_tokens, (1, 1, 1), 1024, &args);
+        self.launch_replace_tokens(op);
     }
 
-    fn bce_head(
-        &mut self,
-        h: Buf,
-        w: Buf,
-        b: Buf,
-        labels: Buf,
-        mask: IBuf,
-        logits: Buf,
-        row_loss: Buf,
-        grad_scale: f32,
-    ) {
+    fn bce_head(&mut self, op: &BceHeadOp) {
         self.bind();
-        let (tokens, width) = (row_loss.len, w.len);
-        let k = width_kernel(
-            self.kernels.sigmoid_bce_head_fwd_bwd_w256,
-            self.kernels.sigmoid_bce_head_fwd_bwd_w1024,
-            width,
-            "bce_head",
-        );
-        if tokens == 0 {
-            return;
-        }
-        assert_eq!(b.len, 1, "bce_head: one bias");
-        assert!(h.len >= tokens * width && logits.len >= tokens);
-        assert!(labels.len >= tokens && mask.len >= tokens);
-        int(tokens * width, "tokens·hidden");
-        let grid = tokens.div_ceil(BCE_WARPS).min(2 * self.sms);
-        ensure!(self, partials)(4 * grid * (width + 1));
-        let h = h.prefix(tokens * width);
-        let args = [
-            Arg::Ptr(self.input(h, Dtype::Bf16)),
-            Arg::Ptr(self.input(w, Dtype::F32)),
-            Arg::Ptr(self.input(b, Dtype::F32)),
-            Arg::Ptr(self.input(labels, Dtype::F32)),
-            Arg::Ptr(self.iaddr(mask)),
-            Arg::Ptr(self.output(logits.prefix(tokens), Dtype::F32, false)),
-            Arg::Ptr(self.output(row_loss, Dtype::F32, false)),
-            Arg::Ptr(self.output(h.grad(), Dtype::Bf16, true)),
-            Arg::Ptr(self.output(w.grad(), Dtype::F32, true)),
-            Arg::Ptr(self.output(b.grad(), Dtype::F32, true)),
-            Arg::Ptr(self.scratch.partials.ptr),
-            Arg::Ptr(self.scratch.counters.ptr),
-            Arg::F32(grad_scale),
-            Arg::I32(int(tokens, "tokens")),
-            Arg::I32(int(width, "hidden")),
-            Arg::I32(1),
-            Arg::Ptr(0),
-        ];
-        self.run(k, (grid, 1, 1), BCE_THREADS, &args);
+        self.launch_bce_head(op);
     }
 
     fn grad_norm(&mut self) -> f32 {
         self.bind();
-        if self.sizes.params == 0 {
-            return 0.0;
-        }
-        self.launch_grad_norm(f32::INFINITY);
-        self.last_grad_norm()
+        self.measure_grad_norm()
     }
 
-    fn adamw(&mut self, params: Buf, grad_scale: f32, h: &AdamW) {
+    fn adamw(&mut self, group: &ParamGroup, grad_scale: f32) {
         self.bind();
-        self.launch_adamw(params, grad_scale, h, 0);
+        self.launch_adamw(group, grad_scale, 0);
     }
 
-    fn optimizer_step(&mut self, groups: &[(Buf, AdamW)], max_norm: f32) {
+    fn optimizer_step(&mut self, op: &OptimizerStep) {
         self.bind();
-        if self.sizes.params == 0 {
-            return;
-        }
-        // The clipping factor stays on the device (NaN for a non-finite norm: no update).
-        let clip = self.launch_grad_norm(max_norm) + 4;
-        for (params, h) in groups {
-            self.launch_adamw(*params, 1.0, h, clip);
-        }
+        self.launch_optimizer_step(op);
     }
 
     fn last_grad_norm(&self) -> f32 {
         self.bind();
-        if self.sizes.params == 0 {
-            return 0.0;
-        }
-        let mut norm = [0.0f32];
-        // SAFETY: `norm_out` holds grad_norm's two f32 results; complete once `sync` returns.
-        unsafe {
-            result::memcpy_dtoh_async(&mut norm[..], self.norm_out(), self.stream.cu_stream())
-        }
-        .unwrap_or_else(|e| panic!("CUDA: reading the gradient norm: {e}"));
-        self.sync();
-        norm[0]
+        self.read_grad_norm()
     }
 
     fn begin_step(&mut self, scalars: StepScalars, recording: Option<u64>) -> bool {
         self.bind();
-        assert!(self.step.is_none(), "begin_step: a step is already open");
-        let mut host = [0u8; STEP_BYTES];
-        host[STEP_DROPOUT_SEED as usize..][..8]
-            .copy_from_slice(&scalars.dropout_seed.to_le_bytes());
-        host[STEP_SAMPLE_SEED as usize..][..8].copy_from_slice(&scalars.sample_seed.to_le_bytes());
-        host[STEP_LR as usize..][..4].copy_from_slice(&scalars.lr.to_le_bytes());
-        // SAFETY: the step memory holds STEP_BYTES; pageable copies are staged before returning.
-        unsafe {
-            result::memcpy_htod_async(self.step_memory.ptr, &host[..], self.stream.cu_stream())
-        }
-        .unwrap_or_else(|e| panic!("CUDA: writing the step's values: {e}"));
-        let plan = self.graphs.plan(recording);
-        match plan.unwrap_or_else(|e| panic!("CUDA: {e}")) {
-            Plan::Replay => return true,
-            Plan::Record(fp) => {
-                StepGraphs::begin_capture(&self.stream).unwrap_or_else(|e| panic!("CUDA: {e}"));
-                self.last_kernel.set("(recording the training step)");
-                self.recording = Some(fp);
-            }
-            Plan::Run => {}
-        }
-        self.step = Some(scalars);
-        false
+        self.open_step(scalars, recording)
     }
 
     fn end_step(&mut self) {
         self.bind();
-        self.step = None;
-        if let Some(fp) = self.recording.take() {
-            self.graphs
-                .finish_capture(&self.stream, fp)
-                .unwrap_or_else(|e| panic!("CUDA: {e}"));
-            self.last_kernel.set("(the recorded training step)");
-        }
-    }
-}
-
-impl CudaBackend {
-    /// Where `grad_norm` leaves the norm and then the clipping factor (two f32).
-    fn norm_out(&self) -> u64 {
-        let blocks = 2 * self.sms;
-        self.scratch.norm.ptr + (8 * blocks as u64).next_multiple_of(16)
-    }
-
-    /// Launches `grad_norm` over the whole gradient space; returns where its results go.
-    fn launch_grad_norm(&mut self, max_norm: f32) -> u64 {
-        let out = self.norm_out();
-        let grads = Buf {
-            space: Space::Grad,
-            offset: 0,
-            len: self.sizes.params,
-        };
-        let args = [
-            Arg::Ptr(self.addr(grads)),
-            Arg::U64(grads.len as u64),
-            Arg::Ptr(self.scratch.norm.ptr),
-            Arg::Ptr(self.scratch.counters.ptr),
-            Arg::F32(max_norm),
-            Arg::Ptr(out),
-        ];
-        self.run(
-            self.kernels.grad_norm,
-            (2 * self.sms, 1, 1),
-            NORM_THREADS,
-            &args,
-        );
-        out
-    }
-
-    /// Launches `adamw` on `params`; `dev_clip` (0 for none) is a device factor on the gradient.
-    /// Inside a step the learning rate is read from the step memory.
-    fn launch_adamw(&mut self, params: Buf, grad_scale: f32, h: &AdamW, dev_clip: u64) {
-        assert_eq!(params.space, Space::Param, "adamw updates parameters");
-        let n = params.len;
-        if n == 0 {
-            return;
-        }
-        let (lr, dev_lr) = match self.step {
-            Some(step) => {
-                assert_eq!(h.lr, step.lr, "adamw: not the step's learning rate");
-                (1.0, self.step_memory.ptr + STEP_LR)
-            }
-            None => (h.lr, 0),
-        };
-        let args = [
-            Arg::Ptr(self.addr(params)),
-            Arg::Ptr(self.addr(params.in_space(Space::Grad))),
-            Arg::Ptr(self.addr(params.in_space(Space::AdamM))),
-            Arg::Ptr(self.addr(params.in_space(Space::AdamV))),
-            Arg::Ptr(self.bf16_param(params)),
-            Arg::U64(n as u64),
-            Arg::F32(lr),
-            Arg::F32(h.beta1),
-            Arg::F32(h.beta2),
-            Arg::F32(h.eps),
-            Arg::F32(h.weight_decay),
-            Arg::F32(grad_scale),
-            Arg::Ptr(dev_lr),
-            Arg::Ptr(dev_clip),
-        ];
-        let blocks = n.div_ceil(4).div_ceil(256).clamp(1, 4 * self.sms);
-        self.run(self.kernels.adamw, (blocks, 1, 1), 256, &args);
-    }
-
-    /// A dropout's kernel arguments: p, seed, site and the device seed that replaces the seed
-    /// inside a step (null outside one).
-    fn drop_args(&self, d: Option<Dropout>) -> [Arg; 4] {
-        let d = d.unwrap_or(Dropout {
-            p: 0.0,
-            seed: 0,
-            site: 0,
-        });
-        let dev_seed = match self.step {
-            Some(step) if d.p > 0.0 => {
-                assert_eq!(d.seed, step.dropout_seed, "dropout: not the step's seed");
-                self.step_memory.ptr + STEP_DROPOUT_SEED
-            }
-            _ => 0,
-        };
-        [
-            Arg::F32(d.p),
-            Arg::U64(d.seed),
-            Arg::U32(d.site),
-            Arg::Ptr(dev_seed),
-        ]
-    }
-
-    /// The forward, dq and dk/dv kernels for a head size.
-    fn attention_kernels(&self, d: AttentionDims) -> (Kernel, Kernel, Kernel) {
-        let k = &self.kernels;
-        match d.head_dim {
-            16 => (
-                k.attention_fwd_d16,
-                k.attention_bwd_dq_d16,
-                k.attention_bwd_dkdv_d16,
-            ),
-            32 => (
-                k.attention_fwd_d32,
-                k.attention_bwd_dq_d32,
-                k.attention_bwd_dkdv_d32,
-            ),
-            64 => (
-                k.attention_fwd_d64,
-                k.attention_bwd_dq_d64,
-                k.attention_bwd_dkdv_d64,
-            ),
-            other => panic!(
-                "attention: head size {other} is not supported by the CUDA kernels (16, 32 or 64)"
-            ),
-        }
-    }
-
-    fn check_attention(&self, qkv: Buf, key_mask: IBuf, ctx: Buf, probs: Buf, d: AttentionDims) {
-        let (tokens, h) = (d.batch * d.seq, d.hidden());
-        assert!(
-            h.is_multiple_of(8),
-            "attention: hidden size {h} is not a multiple of 8"
-        );
-        assert!(
-            d.heads <= MAX_GRID_YZ && d.batch <= MAX_GRID_YZ,
-            "attention: grid too large"
-        );
-        int(tokens * 3 * h, "batch·seq·3·hidden");
-        assert!(
-            qkv.len >= tokens * 3 * h && ctx.len >= tokens * h,
-            "attention: buffers too short"
-        );
-        assert!(
-            probs.len >= d.batch * d.heads * d.seq,
-            "attention: no room for the row statistics"
-        );
-        assert!(key_mask.len >= tokens, "attention: key mask too short");
+        self.close_step();
     }
 }
