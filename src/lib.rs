@@ -62,3 +62,4 @@ pub mod profile;
 pub mod rng;
 pub mod tape;
 pub mod train;
+mod validate;

@@ -8,6 +8,7 @@ use crate::backend::{AdamW, Backend, Buf, OutOfMemory, Pick, Sizes, Space, StepS
 use crate::model::{self, BatchShape, DropoutPlan, Model, StepActs};
 use crate::rng::Stream;
 use crate::tape::Tape;
+use crate::validate::{require, require_non_negative, require_positive};
 pub use masking::{mask_batch, max_predictions, Batch, Masking};
 use std::sync::Arc;
 
@@ -93,38 +94,6 @@ impl TrainConfig {
         require_positive("eps", self.eps)?;
         require_positive("max_grad_norm", self.max_grad_norm)
     }
-}
-
-/// `Ok` when `ok`; else an error that names the setting, what it must be and what it was.
-pub(crate) fn require(
-    ok: bool,
-    name: &str,
-    expected: &str,
-    value: impl std::fmt::Display,
-) -> Result<(), String> {
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{name} must be {expected}, got {value}"))
-    }
-}
-
-fn require_positive(name: &str, value: f32) -> Result<(), String> {
-    require(
-        value.is_finite() && value > 0.0,
-        name,
-        "a finite number > 0",
-        value,
-    )
-}
-
-pub(crate) fn require_non_negative(name: &str, value: f32) -> Result<(), String> {
-    require(
-        value.is_finite() && value >= 0.0,
-        name,
-        "a finite number >= 0",
-        value,
-    )
 }
 
 /// Where the discriminator's replacements come from in [`Trainer::forward_backward`].
