@@ -29,7 +29,8 @@
 //! ```
 //! use electra::backend::cpu::CpuBackend;
 //! use electra::model::{config::ElectraConfig, Model};
-//! use electra::train::{Batch, TrainConfig, Trainer};
+//! use electra::data::Batch;
+//! use electra::train::{TrainConfig, Trainer};
 //!
 //! let mut config = ElectraConfig::preset("tiny")?;
 //! config.vocab_size = 1000; // real runs take it from the tokenizer's vocabulary

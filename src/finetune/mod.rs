@@ -13,6 +13,7 @@ pub mod run;
 
 use crate::backend::{AdamW, Backend, Buf, Dropout, IBuf, LinearDims, Sizes, Space};
 use crate::data::tokenizer::WordPieceTokenizer;
+use crate::data::Batch;
 use crate::io::export::{hf_config, Network};
 use crate::io::tensors::{read_tensors, write_f32_tensors};
 use crate::io::IoError;
@@ -22,7 +23,7 @@ use crate::model::{encoder_forward, BatchShape, DropoutPlan, EncoderActs, Model,
 use crate::rng::Stream;
 use crate::tape::{Arena, Tape};
 use crate::train::schedule::learning_rate;
-use data::{Batch, Target, TaskSpec};
+use data::{Target, TaskSpec};
 use std::path::{Path, PathBuf};
 
 /// Errors of fine-tuning and prediction.
@@ -389,9 +390,9 @@ impl<B: Backend> Classifier<B> {
         let cfg = self.model.config.clone();
         let h = cfg.discriminator.hidden_size;
         let be = &mut self.backend;
-        be.write_ints(acts.ids, &batch.ids);
-        be.write_ints(acts.types, &batch.types);
-        be.write_ints(acts.mask, &batch.mask);
+        be.write_ints(acts.ids, &batch.input_ids);
+        be.write_ints(acts.types, &batch.token_types);
+        be.write_ints(acts.mask, &batch.attention_mask);
         let rows: Vec<u32> = (0..batch.batch).map(|b| (b * batch.seq) as u32).collect();
         be.write_ints(acts.cls_rows, &rows);
         if train {

@@ -5,11 +5,12 @@ pub mod masking;
 pub mod schedule;
 
 use crate::backend::{AdamW, Backend, Buf, OutOfMemory, Pick, Sizes, Space, StepScalars};
+use crate::data::Batch;
 use crate::model::{self, BatchShape, DropoutPlan, Model, StepActs};
 use crate::rng::Stream;
 use crate::tape::Tape;
 use crate::validate::{require, require_non_negative, require_positive};
-pub use masking::{mask_batch, max_predictions, Batch, Masking};
+pub use masking::{mask_batch, max_predictions, Masking};
 use std::sync::Arc;
 
 /// How the discriminator's input is corrupted.
