@@ -22,6 +22,7 @@ use crate::model::params::{Dense, DISCRIMINATOR, SHARED};
 use crate::model::{encoder_forward, BatchShape, DropoutPlan, EncoderActs, Model, INIT_STD};
 use crate::rng::Stream;
 use crate::tape::{Arena, Tape};
+use crate::train::place_parameters;
 use crate::train::schedule::learning_rate;
 use data::{Target, TaskSpec};
 use std::path::{Path, PathBuf};
@@ -271,20 +272,7 @@ impl<B: Backend> Classifier<B> {
         let model = Model::new(carrier_config(config));
         let layout = FtLayout::new(&model, outputs);
         assert_eq!(values.len(), layout.len, "parameter count");
-        backend.reserve(Sizes {
-            params: layout.len,
-            acts: 0,
-            ints: 0,
-        })?;
-        let all = Buf {
-            space: Space::Param,
-            offset: 0,
-            len: layout.len,
-        };
-        backend.write(all, values);
-        for space in [Space::Grad, Space::AdamM, Space::AdamV] {
-            backend.fill(all.in_space(space), 0.0);
-        }
+        place_parameters(&mut backend, values)?;
         Ok(Classifier {
             backend,
             model,

@@ -3,6 +3,7 @@
 
 pub mod masking;
 pub mod schedule;
+mod setup;
 
 use crate::backend::{AdamW, Backend, Buf, OutOfMemory, Pick, Sizes, Space, StepScalars};
 use crate::data::Batch;
@@ -11,6 +12,7 @@ use crate::rng::Stream;
 use crate::tape::Tape;
 use crate::validate::{require, require_non_negative, require_positive};
 pub use masking::{mask_batch, max_predictions, Masking};
+pub use setup::place_parameters;
 use std::sync::Arc;
 
 /// How the discriminator's input is corrupted.
@@ -226,20 +228,7 @@ impl<B: Backend> Trainer<B> {
         values: &[f32],
     ) -> Result<Self, TrainError> {
         assert_eq!(values.len(), model.layout.len(), "parameter count");
-        backend.reserve(Sizes {
-            params: model.layout.len(),
-            acts: 0,
-            ints: 0,
-        })?;
-        let all = Buf {
-            space: Space::Param,
-            offset: 0,
-            len: model.layout.len(),
-        };
-        backend.write(all, values);
-        for space in [Space::Grad, Space::AdamM, Space::AdamV] {
-            backend.fill(all.in_space(space), 0.0);
-        }
+        place_parameters(&mut backend, values)?;
         Ok(Trainer {
             model,
             backend,
