@@ -59,6 +59,7 @@ pub mod data;
 pub mod finetune;
 pub mod io;
 pub mod model;
+pub mod pretrain;
 pub mod profile;
 pub mod rng;
 pub mod tape;
