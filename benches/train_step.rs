@@ -3,8 +3,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use electra::backend::cpu::CpuBackend;
+use electra::data::Batch;
 use electra::model::{config::ElectraConfig, Model};
-use electra::train::{Batch, TrainConfig, Trainer};
+use electra::train::{TrainConfig, Trainer};
 
 fn small_step(c: &mut Criterion) {
     let (batch, seq) = (8, 128);

@@ -6,8 +6,9 @@
 //! ```
 
 use electra::backend::cpu::CpuBackend;
+use electra::data::Batch;
 use electra::model::{config::ElectraConfig, Model};
-use electra::train::{Batch, TrainConfig, Trainer};
+use electra::train::{TrainConfig, Trainer};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -13,15 +13,21 @@
 //! 1. [`backend`]: the [`Backend`](backend::Backend) trait, whose fused operations work on
 //!    handles into a few flat memory spaces, and the f32 CPU reference
 //!    [`CpuBackend`](backend::cpu::CpuBackend), and [`Profiled`](backend::Profiled), which times
-//!    the operations of any backend. [`rng`] (Philox) serves it.
+//!    the operations of any backend. [`rng`] (Philox) serves it; `validate` (checks of settings
+//!    that name the setting) serves every layer.
 //! 2. [`tape`]: records the fused operations of a forward pass and walks them back.
 //! 3. [`model`]: configuration and presets, the flat parameter layout with HF names, and the
 //!    forward passes of the generator and the discriminator.
-//! 4. [`train`]: masking, replacement, the two losses, clipping, AdamW, the learning-rate
-//!    schedule, all driven by [`Trainer`](train::Trainer).
-//! 5. [`data`]: the WordPiece tokenizer, text → shards (`electra prepare`), shards → batches.
+//! 4. [`data`]: the WordPiece tokenizer, text → shards (`electra prepare`), shards →
+//!    [`Batch`](data::Batch)es, the one batch type of pretraining and fine-tuning.
+//! 5. [`train`]: masking, replacement, the two losses, clipping, AdamW, the learning-rate
+//!    schedule, all driven by [`Trainer`](train::Trainer) one step at a time.
 //! 6. [`io`]: safetensors files, checkpoints, run directories, HF import and export.
-//! 7. [`cli`]: the `electra` command line.
+//! 7. The two training loops, each reporting to its caller: [`pretrain`] (a run directory's
+//!    steps, metrics, checkpoints and exact resume, behind
+//!    [`PretrainRun`](pretrain::PretrainRun)) and [`finetune`] (epochs on GLUE-format data, dev
+//!    metrics, the best model, and prediction).
+//! 8. [`cli`]: the `electra` command line, which parses flags and calls the layers before it.
 //!
 //! # Example
 //! One training step of the `tiny` preset on random tokens (see `examples/embed_and_train.rs`):
@@ -29,7 +35,8 @@
 //! ```
 //! use electra::backend::cpu::CpuBackend;
 //! use electra::model::{config::ElectraConfig, Model};
-//! use electra::train::{Batch, TrainConfig, Trainer};
+//! use electra::data::Batch;
+//! use electra::train::{TrainConfig, Trainer};
 //!
 //! let mut config = ElectraConfig::preset("tiny")?;
 //! config.vocab_size = 1000; // real runs take it from the tokenizer's vocabulary
@@ -58,6 +65,8 @@ pub mod data;
 pub mod finetune;
 pub mod io;
 pub mod model;
+pub mod pretrain;
 pub mod rng;
 pub mod tape;
 pub mod train;
+mod validate;

@@ -3,9 +3,10 @@
 //! per fused operation.
 
 use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend, Device, Profiled};
+use crate::data::Batch;
 use crate::model::config::{ElectraConfig, EncoderConfig};
 use crate::model::Model;
-use crate::train::{max_predictions, Batch, TrainConfig, Trainer};
+use crate::train::{max_predictions, TrainConfig, Trainer};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]

@@ -1,18 +1,19 @@
-//! `electra pretrain`: the pretraining loop, with metrics, checkpoints and exact resume.
+//! `electra pretrain`: a new run (or a resumed one) from the flags, trained by
+//! [`PretrainRun`](crate::pretrain::PretrainRun) under a progress bar that Ctrl-C stops.
 
-use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend, Device, Space};
-use crate::data::{prepare, train_tokenizer, Batcher, Cursor, PrepareOptions, WordPieceTokenizer};
-use crate::io::checkpoint::{self, CheckpointData, TrainingState};
+use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend, Device};
+use crate::data::{prepare, train_tokenizer, PrepareOptions, WordPieceTokenizer};
+use crate::io::checkpoint;
 use crate::io::hf::Loaded;
 use crate::io::run_dir::{self, Metrics, RunConfig};
 use crate::model::config::ElectraConfig;
 use crate::model::Model;
-use crate::train::{Replacement, StepReport, TrainConfig, TrainError, Trainer};
+use crate::pretrain::{Observer, PretrainRun, RunEnd, Start};
+use crate::train::{Replacement, StepReport, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -257,57 +258,6 @@ fn apply_overrides(args: &PretrainArgs, train: &mut TrainConfig) -> CliResult<()
     })
 }
 
-/// Means of the step figures since the last metrics line.
-#[derive(Default)]
-struct Window {
-    steps: u64,
-    tokens: u64,
-    sums: [f64; 7],
-    started: Option<Instant>,
-}
-
-impl Window {
-    fn add(&mut self, r: &StepReport, tokens: usize) {
-        self.started.get_or_insert_with(Instant::now);
-        self.steps += 1;
-        self.tokens += tokens as u64;
-        let l = &r.loss;
-        let figures = [
-            l.gen_loss as f64,
-            l.disc_loss as f64,
-            l.mlm_accuracy.unwrap_or(f32::NAN) as f64,
-            l.disc_accuracy as f64,
-            l.replaced_fraction as f64,
-            r.grad_norm as f64,
-            l.disc_gain() as f64,
-        ];
-        self.sums.iter_mut().zip(figures).for_each(|(s, f)| *s += f);
-    }
-
-    fn take(&mut self, step: u64, lr: f32, elapsed_s: f64) -> Option<Metrics> {
-        if self.steps == 0 {
-            return None;
-        }
-        let n = self.steps as f64;
-        let secs = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-        let m = Metrics {
-            step,
-            gen_loss: self.sums[0] / n,
-            disc_loss: self.sums[1] / n,
-            mlm_accuracy: self.sums[2] / n,
-            disc_accuracy: self.sums[3] / n,
-            replaced_fraction: self.sums[4] / n,
-            disc_gain: Some(self.sums[6] / n),
-            lr: lr as f64,
-            grad_norm: self.sums[5] / n,
-            tokens_per_s: self.tokens as f64 / secs.max(1e-9),
-            elapsed_s,
-        };
-        *self = Window::default();
-        Some(m)
-    }
-}
-
 pub fn run(args: &PretrainArgs) -> CliResult<()> {
     match args.device.parse::<Device>()? {
         Device::Cpu => run_on(CpuBackend::new(), args),
@@ -316,8 +266,7 @@ pub fn run(args: &PretrainArgs) -> CliResult<()> {
 }
 
 fn run_on<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<()> {
-    let mut init = None;
-    let (out, rc, start, _lock) = match &args.resume {
+    let (out, rc, start, lock) = match &args.resume {
         Some(dir) => {
             let mut rc = run_dir::read_config(dir)?;
             let lock = run_dir::lock_for_training(dir)?;
@@ -331,148 +280,85 @@ fn run_on<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<()> {
             let layout = Model::new(rc.model.clone()).layout;
             let ckpt = checkpoint::load(dir, &layout, last)?;
             run_dir::write_config(dir, &rc)?;
-            (dir.clone(), rc, Some(ckpt), lock)
+            (dir.clone(), rc, Start::Checkpoint(ckpt), lock)
         }
         None => {
             let (out, rc, initial) = new_run(args)?;
             let lock = run_dir::lock_for_training(&out)?;
-            init = initial;
-            (out, rc, None, lock)
+            (out, rc, Start::Fresh(initial), lock)
         }
     };
-    let mut batcher = Batcher::open(&rc.data, rc.batch_size, rc.train.seed)?;
-    if batcher.seq_len() > rc.model.max_position_embeddings {
-        return Err(format!(
-            "{}: examples of {} tokens exceed the model's {} positions",
-            rc.data.display(),
-            batcher.seq_len(),
-            rc.model.max_position_embeddings
-        )
-        .into());
+    let resuming = matches!(start, Start::Checkpoint(_));
+    let mut run = PretrainRun::new(backend, &out, rc, start, lock)?;
+    if resuming {
+        eprintln!("resuming {} at step {}", out.display(), run.trainer().step);
     }
-    let model = Model::new(rc.model.clone());
-    let initial = match (&start, init) {
-        (Some(c), _) => c.params.clone(),
-        (None, Some(values)) => values,
-        (None, None) => model.initial_values(rc.train.seed),
-    };
-    let mut trainer = Trainer::new(backend, model, rc.train.clone(), &initial)?;
-    let mut elapsed_before = 0.0;
-    if let Some(c) = &start {
-        trainer.set_flat(Space::AdamM, &c.adam_m);
-        trainer.set_flat(Space::AdamV, &c.adam_v);
-        trainer.step = c.state.step;
-        let cursor: Cursor = serde_json::from_value(c.state.data_cursor.clone())
-            .map_err(|e| format!("{}: bad data cursor in the checkpoint: {e}", out.display()))?;
-        batcher.restore(cursor)?;
-        elapsed_before = c.state.elapsed_s;
-        run_dir::truncate_metrics(&out, c.state.step)?;
-        eprintln!("resuming {} at step {}", out.display(), c.state.step);
-    }
-    train_loop(
-        &out,
-        &rc,
-        args.stop_at,
-        &mut trainer,
-        &mut batcher,
-        elapsed_before,
-    )?;
-    Ok(())
-}
-
-fn save<B: Backend>(
-    out: &Path,
-    rc: &RunConfig,
-    trainer: &Trainer<B>,
-    batcher: &Batcher,
-    elapsed_s: f64,
-) -> CliResult<()> {
-    let data = CheckpointData {
-        params: trainer.flat(Space::Param),
-        adam_m: trainer.flat(Space::AdamM),
-        adam_v: trainer.flat(Space::AdamV),
-        state: TrainingState {
-            step: trainer.step,
-            data_cursor: serde_json::to_value(batcher.cursor())?,
-            elapsed_s,
-        },
-    };
-    checkpoint::save(out, &trainer.model.layout, &data, rc.keep_checkpoints)?;
-    Ok(())
-}
-
-fn train_loop<B: Backend>(
-    out: &Path,
-    rc: &RunConfig,
-    stop_at: Option<u64>,
-    trainer: &mut Trainer<B>,
-    batcher: &mut Batcher,
-    elapsed_before: f64,
-) -> CliResult<()> {
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    // A second handler registration in one process (tests) fails harmlessly.
-    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    let end = stop_at
-        .unwrap_or(rc.train.total_steps)
-        .min(rc.train.total_steps);
-    let bar = ProgressBar::new(end);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta}]",
-        )
-        .expect("the template is valid"),
-    );
-    bar.set_position(trainer.step);
-    let clock = Instant::now();
-    let elapsed = |c: &Instant| elapsed_before + c.elapsed().as_secs_f64();
-    let mut window = Window::default();
-    let tokens_per_step = rc.batch_size * batcher.seq_len();
-    while trainer.step < end {
-        let batch = batcher.next_batch();
-        let report = match trainer.train_step(batch) {
-            Ok(r) => r,
-            Err(e @ TrainError::NonFinite { .. }) => {
-                bar.abandon();
-                let last = checkpoint::list(out)?
-                    .last()
-                    .map_or("none".to_string(), |s| format!("step-{s}"));
-                return Err(
-                    format!("{e}; the run stops here, its last good checkpoint is {last}").into(),
-                );
-            }
-            Err(e) => return Err(e.into()),
-        };
-        window.add(&report, tokens_per_step);
-        let step = trainer.step;
-        let checkpoint_due = step.is_multiple_of(rc.checkpoint_every.max(1)) || step == end;
-        let stop = interrupted.load(Ordering::SeqCst);
-        if step.is_multiple_of(rc.log_every.max(1)) || checkpoint_due || stop {
-            if let Some(m) = window.take(step, report.lr, elapsed(&clock)) {
-                bar.set_message(format!(
-                    "gen {:.3} disc {:.4} (gain {:+.4}) {:.0} tok/s",
-                    m.gen_loss,
-                    m.disc_loss,
-                    m.disc_gain.unwrap_or(f64::NAN),
-                    m.tokens_per_s
-                ));
-                run_dir::append_metrics(out, &m)?;
-            }
+    let mut progress = Progress::new();
+    match run.train(args.stop_at, &mut progress) {
+        Ok(RunEnd::Finished { step }) => {
+            progress.bar.finish();
+            eprintln!("finished at step {step} in {}", out.display());
+            Ok(())
         }
-        bar.set_position(step);
-        if checkpoint_due || stop {
-            save(out, rc, trainer, batcher, elapsed(&clock))?;
-        }
-        if stop {
-            bar.abandon();
+        Ok(RunEnd::Stopped { step }) => {
+            progress.bar.abandon();
             eprintln!(
                 "interrupted: wrote a checkpoint at step {step}; continue with --resume {}",
                 out.display()
             );
-            return Ok(());
+            Ok(())
+        }
+        Err(e) => {
+            progress.bar.abandon();
+            Err(e.into())
         }
     }
-    bar.finish();
-    eprintln!("finished at step {} in {}", trainer.step, out.display());
-    Ok(())
+}
+
+/// The progress bar on the terminal, and Ctrl-C as a request to stop with a checkpoint.
+struct Progress {
+    bar: ProgressBar,
+    interrupted: Arc<AtomicBool>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let flag = interrupted.clone();
+        // A second handler registration in one process (tests) fails harmlessly.
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta}]",
+            )
+            .expect("the template is valid"),
+        );
+        Progress { bar, interrupted }
+    }
+}
+
+impl Observer for Progress {
+    fn on_start(&mut self, step: u64, end: u64) {
+        self.bar.set_length(end);
+        self.bar.set_position(step);
+    }
+
+    fn on_step(&mut self, report: &StepReport) {
+        self.bar.set_position(report.step);
+    }
+
+    fn on_metrics(&mut self, m: &Metrics) {
+        self.bar.set_message(format!(
+            "gen {:.3} disc {:.4} (gain {:+.4}) {:.0} tok/s",
+            m.gen_loss,
+            m.disc_loss,
+            m.disc_gain.unwrap_or(f64::NAN),
+            m.tokens_per_s
+        ));
+    }
+
+    fn should_stop(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
 }

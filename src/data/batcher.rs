@@ -13,10 +13,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::batch::Batch;
 use super::error::{DataError, Result, ShardProblem};
 use super::shard::{fill_example, shard_paths, Shard};
 use super::tokenizer::WordPieceTokenizer;
-use crate::train::Batch;
 
 /// Where the batcher stands: the next example is number `position` of epoch `epoch`'s order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

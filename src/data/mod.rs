@@ -3,8 +3,10 @@
 //! `electra prepare` runs [`prepare::prepare`] with a [`tokenizer::WordPieceTokenizer`] (loaded
 //! or trained); it reads text through [`corpus::Corpus`] and writes [`shard`] files plus the
 //! vocabulary into one folder. `electra pretrain` opens that folder with a
-//! [`batcher::Batcher`].
+//! [`batcher::Batcher`], which serves [`Batch`]es, the one batch type of pretraining and
+//! fine-tuning.
 
+pub mod batch;
 pub mod batcher;
 pub mod corpus;
 pub mod error;
@@ -12,6 +14,7 @@ pub mod prepare;
 pub mod shard;
 pub mod tokenizer;
 
+pub use batch::Batch;
 pub use batcher::{Batcher, Cursor};
 pub use corpus::Corpus;
 pub use error::{DataError, Result, ShardProblem};

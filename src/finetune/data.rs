@@ -3,6 +3,7 @@
 
 use super::FinetuneError;
 use crate::data::tokenizer::WordPieceTokenizer;
+use crate::data::Batch;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -404,39 +405,24 @@ pub fn encode(
     Ok(Encoded { ids, types })
 }
 
-/// A padded batch, row-major `[batch, seq]`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Batch {
-    /// Sequences.
-    pub batch: usize,
-    /// Tokens per sequence: the longest in the batch.
-    pub seq: usize,
-    /// Token ids (`pad` after each sequence's end).
-    pub ids: Vec<u32>,
-    /// Segment ids.
-    pub types: Vec<u32>,
-    /// 1 for real tokens, 0 for padding.
-    pub mask: Vec<u32>,
-}
-
-/// Pads `examples` to the longest of them.
+/// Pads `examples` with `pad` to the longest of them.
 pub fn pad_batch(examples: &[&Encoded], pad: u32) -> Batch {
     let seq = examples.iter().map(|e| e.ids.len()).max().unwrap_or(1);
     let mut b = Batch {
         batch: examples.len(),
         seq,
-        ids: Vec::with_capacity(examples.len() * seq),
-        types: Vec::with_capacity(examples.len() * seq),
-        mask: Vec::with_capacity(examples.len() * seq),
+        input_ids: Vec::with_capacity(examples.len() * seq),
+        token_types: Vec::with_capacity(examples.len() * seq),
+        attention_mask: Vec::with_capacity(examples.len() * seq),
     };
     for e in examples {
         let n = e.ids.len();
-        b.ids.extend(&e.ids);
-        b.ids.resize(b.ids.len() + seq - n, pad);
-        b.types.extend(&e.types);
-        b.types.resize(b.types.len() + seq - n, 0);
-        b.mask.extend(std::iter::repeat_n(1, n));
-        b.mask.extend(std::iter::repeat_n(0, seq - n));
+        b.input_ids.extend(&e.ids);
+        b.input_ids.resize(b.input_ids.len() + seq - n, pad);
+        b.token_types.extend(&e.types);
+        b.token_types.resize(b.token_types.len() + seq - n, 0);
+        b.attention_mask.extend(std::iter::repeat_n(1, n));
+        b.attention_mask.extend(std::iter::repeat_n(0, seq - n));
     }
     b
 }

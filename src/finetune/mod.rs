@@ -16,6 +16,7 @@ use crate::backend::{
     ParamGroup, Sizes, SoftmaxXentOp, Space, StepScalars,
 };
 use crate::data::tokenizer::WordPieceTokenizer;
+use crate::data::Batch;
 use crate::io::export::{hf_config, Network};
 use crate::io::tensors::{read_tensors, write_f32_tensors};
 use crate::io::IoError;
@@ -24,8 +25,9 @@ use crate::model::params::{Dense, DISCRIMINATOR, SHARED};
 use crate::model::{encoder_forward, BatchShape, DropoutPlan, EncoderActs, Model, INIT_STD};
 use crate::rng::Stream;
 use crate::tape::{Arena, Tape};
+use crate::train::place_parameters;
 use crate::train::schedule::learning_rate;
-use data::{Batch, Target, TaskSpec};
+use data::{Target, TaskSpec};
 use std::path::{Path, PathBuf};
 
 /// Errors of fine-tuning and prediction.
@@ -273,20 +275,7 @@ impl<B: Backend> Classifier<B> {
         let model = Model::new(carrier_config(config));
         let layout = FtLayout::new(&model, outputs);
         assert_eq!(values.len(), layout.len, "parameter count");
-        backend.reserve(Sizes {
-            params: layout.len,
-            acts: 0,
-            ints: 0,
-        })?;
-        let all = Buf {
-            space: Space::Param,
-            offset: 0,
-            len: layout.len,
-        };
-        backend.write(all, values);
-        for space in [Space::Grad, Space::AdamM, Space::AdamV] {
-            backend.fill(all.in_space(space), 0.0);
-        }
+        place_parameters(&mut backend, values)?;
         Ok(Classifier {
             backend,
             model,
@@ -392,9 +381,9 @@ impl<B: Backend> Classifier<B> {
         let cfg = self.model.config.clone();
         let h = cfg.discriminator.hidden_size;
         let be = &mut self.backend;
-        be.write_ints(acts.ids, &batch.ids);
-        be.write_ints(acts.types, &batch.types);
-        be.write_ints(acts.mask, &batch.mask);
+        be.write_ints(acts.ids, &batch.input_ids);
+        be.write_ints(acts.types, &batch.token_types);
+        be.write_ints(acts.mask, &batch.attention_mask);
         let rows: Vec<u32> = (0..batch.batch).map(|b| (b * batch.seq) as u32).collect();
         be.write_ints(acts.cls_rows, &rows);
         if train {

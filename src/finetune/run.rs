@@ -6,7 +6,7 @@ use crate::backend::Backend;
 use crate::data::tokenizer::WordPieceTokenizer;
 use crate::io::hf::load_discriminator;
 use crate::rng::Stream;
-use crate::train::{require, require_non_negative};
+use crate::validate::{require, require_non_negative};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

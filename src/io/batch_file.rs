@@ -6,7 +6,8 @@
 
 use super::tensors::read_tensors;
 use super::IoError;
-use crate::train::{Batch, Masking};
+use crate::data::Batch;
+use crate::train::Masking;
 use std::path::Path;
 
 /// A batch, its masking, and the given replacements if the file has them.

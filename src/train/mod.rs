@@ -3,15 +3,19 @@
 
 pub mod masking;
 pub mod schedule;
+mod setup;
 
 use crate::backend::{
     AdamW, Backend, Buf, OptimizerStep, OutOfMemory, ParamGroup, Pick, ReplaceTokensOp, Sizes,
     SoftmaxXentOp, Space, StepScalars,
 };
+use crate::data::Batch;
 use crate::model::{self, BatchShape, DropoutPlan, Model, StepActs};
 use crate::rng::Stream;
 use crate::tape::Tape;
-pub use masking::{mask_batch, max_predictions, Batch, Masking};
+use crate::validate::{require, require_non_negative, require_positive};
+pub use masking::{mask_batch, max_predictions, Masking};
+pub use setup::place_parameters;
 use std::sync::Arc;
 
 /// How the discriminator's input is corrupted.
@@ -96,38 +100,6 @@ impl TrainConfig {
         require_positive("eps", self.eps)?;
         require_positive("max_grad_norm", self.max_grad_norm)
     }
-}
-
-/// `Ok` when `ok`; else an error that names the setting, what it must be and what it was.
-pub(crate) fn require(
-    ok: bool,
-    name: &str,
-    expected: &str,
-    value: impl std::fmt::Display,
-) -> Result<(), String> {
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{name} must be {expected}, got {value}"))
-    }
-}
-
-fn require_positive(name: &str, value: f32) -> Result<(), String> {
-    require(
-        value.is_finite() && value > 0.0,
-        name,
-        "a finite number > 0",
-        value,
-    )
-}
-
-pub(crate) fn require_non_negative(name: &str, value: f32) -> Result<(), String> {
-    require(
-        value.is_finite() && value >= 0.0,
-        name,
-        "a finite number >= 0",
-        value,
-    )
 }
 
 /// Where the discriminator's replacements come from in [`Trainer::forward_backward`].
@@ -259,20 +231,7 @@ impl<B: Backend> Trainer<B> {
         values: &[f32],
     ) -> Result<Self, TrainError> {
         assert_eq!(values.len(), model.layout.len(), "parameter count");
-        backend.reserve(Sizes {
-            params: model.layout.len(),
-            acts: 0,
-            ints: 0,
-        })?;
-        let all = Buf {
-            space: Space::Param,
-            offset: 0,
-            len: model.layout.len(),
-        };
-        backend.write(all, values);
-        for space in [Space::Grad, Space::AdamM, Space::AdamV] {
-            backend.fill(all.in_space(space), 0.0);
-        }
+        place_parameters(&mut backend, values)?;
         Ok(Trainer {
             model,
             backend,

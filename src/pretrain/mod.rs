@@ -1,0 +1,270 @@
+//! A pretraining run: [`Trainer`] steps over the batches of the run's prepared data, with
+//! `metrics.jsonl` lines, checkpoints and exact resume, reporting its progress to an [`Observer`]
+//! (the command line's progress bar, a test's counter).
+//!
+//! The caller decides what the run is (a [`RunConfig`], written to `run.json`) and holds the run
+//! directory's [`TrainingLock`]; [`PretrainRun`] does the rest:
+//!
+//! ```no_run
+//! use electra::backend::cpu::CpuBackend;
+//! use electra::io::run_dir::{self, Metrics};
+//! use electra::pretrain::{Observer, PretrainRun, Start};
+//! use std::path::Path;
+//!
+//! struct Printer;
+//! impl Observer for Printer {
+//!     fn on_metrics(&mut self, m: &Metrics) {
+//!         println!("step {}: discriminator loss {:.4}", m.step, m.disc_loss);
+//!     }
+//! }
+//!
+//! let dir = Path::new("runs/mine");
+//! let config = run_dir::read_config(dir)?; // as run_dir::write_config left it for a new run
+//! let lock = run_dir::lock_for_training(dir)?;
+//! let mut run = PretrainRun::new(CpuBackend::new(), dir, config, Start::Fresh(None), lock)?;
+//! run.train(None, &mut Printer)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod window;
+
+use crate::backend::{Backend, Space};
+use crate::data::{Batcher, Cursor, DataError};
+use crate::io::checkpoint::{self, CheckpointData, TrainingState};
+use crate::io::run_dir::{self, Metrics, RunConfig, TrainingLock};
+use crate::io::IoError;
+use crate::model::Model;
+use crate::train::{StepReport, TrainError, Trainer};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use window::Window;
+
+/// What a run reports while it trains; every method does nothing unless overridden.
+pub trait Observer {
+    /// Training starts at `step` (0, or the checkpoint's) and will stop at `end` at the latest.
+    fn on_start(&mut self, _step: u64, _end: u64) {}
+    /// One optimizer step was taken.
+    fn on_step(&mut self, _report: &StepReport) {}
+    /// A line was appended to `metrics.jsonl`.
+    fn on_metrics(&mut self, _metrics: &Metrics) {}
+    /// A checkpoint of `step` was written.
+    fn on_checkpoint(&mut self, _step: u64) {}
+    /// Asked after every step; `true` writes a checkpoint and ends the run there (Ctrl-C).
+    fn should_stop(&self) -> bool {
+        false
+    }
+}
+
+/// Where a run starts.
+pub enum Start {
+    /// Step 0, from these parameter values (e.g. HF weights) or, when None, the model's random
+    /// initialisation keyed by the recipe's seed.
+    Fresh(Option<Vec<f32>>),
+    /// A checkpoint of this run: its parameters, Adam moments, step, data position and time.
+    Checkpoint(CheckpointData),
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// It reached the step it was to stop at (or was there already) and left a checkpoint of it.
+    Finished {
+        /// Optimizer steps taken.
+        step: u64,
+    },
+    /// [`Observer::should_stop`] ended it early, with a checkpoint.
+    Stopped {
+        /// Optimizer steps taken.
+        step: u64,
+    },
+}
+
+/// Errors of a pretraining run.
+#[derive(Debug, thiserror::Error)]
+pub enum PretrainError {
+    /// The data's examples are longer than the model has positions.
+    #[error("{}: examples of {seq_len} tokens exceed the model's {positions} positions", data.display())]
+    TooLong {
+        /// The prepared shard folder.
+        data: PathBuf,
+        /// Tokens per example.
+        seq_len: usize,
+        /// The model's `max_position_embeddings`.
+        positions: usize,
+    },
+    /// The checkpoint's data cursor cannot be read.
+    #[error("{}: bad data cursor in the checkpoint: {message}", dir.display())]
+    BadCursor {
+        /// The run directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A loss came out NaN or infinite; the run's newest checkpoint is from before it.
+    #[error(
+        "{source}; the run stops here, its last good checkpoint is {}",
+        last_checkpoint.map_or("none".to_string(), |s| format!("step-{s}"))
+    )]
+    NonFinite {
+        /// The step's error ([`TrainError::NonFinite`]).
+        source: TrainError,
+        /// The step of the run's newest checkpoint, if it has one.
+        last_checkpoint: Option<u64>,
+    },
+    /// Any other failure of a step (memory, a batch that does not fit the model).
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// Reading or writing the run directory.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// Opening the data or restoring its position.
+    #[error(transparent)]
+    Data(#[from] DataError),
+}
+
+/// A model training in a run directory, with the data and the time it has used so far.
+pub struct PretrainRun<B: Backend> {
+    trainer: Trainer<B>,
+    batcher: Batcher,
+    dir: PathBuf,
+    config: RunConfig,
+    /// Training time before this process took over, from the checkpoint resumed.
+    elapsed_before: f64,
+    _lock: TrainingLock,
+}
+
+impl<B: Backend> PretrainRun<B> {
+    /// Opens `config.data`, puts the model on `backend` and, from a checkpoint, restores its Adam
+    /// moments, step and data position and drops the `metrics.jsonl` lines after it, so that the
+    /// run continues exactly as if it had not stopped. `lock` shows this process alone trains
+    /// `dir` ([`run_dir::lock_for_training`]); the run holds it until dropped.
+    pub fn new(
+        backend: B,
+        dir: &Path,
+        config: RunConfig,
+        start: Start,
+        lock: TrainingLock,
+    ) -> Result<Self, PretrainError> {
+        let mut batcher = Batcher::open(&config.data, config.batch_size, config.train.seed)?;
+        let positions = config.model.max_position_embeddings;
+        if batcher.seq_len() > positions {
+            return Err(PretrainError::TooLong {
+                data: config.data.clone(),
+                seq_len: batcher.seq_len(),
+                positions,
+            });
+        }
+        let model = Model::new(config.model.clone());
+        let initial = match &start {
+            Start::Checkpoint(c) => c.params.clone(),
+            Start::Fresh(Some(values)) => values.clone(),
+            Start::Fresh(None) => model.initial_values(config.train.seed),
+        };
+        let mut trainer = Trainer::new(backend, model, config.train.clone(), &initial)?;
+        let mut elapsed_before = 0.0;
+        if let Start::Checkpoint(c) = &start {
+            trainer.set_flat(Space::AdamM, &c.adam_m);
+            trainer.set_flat(Space::AdamV, &c.adam_v);
+            trainer.step = c.state.step;
+            let cursor: Cursor =
+                serde_json::from_value(c.state.data_cursor.clone()).map_err(|e| {
+                    PretrainError::BadCursor {
+                        dir: dir.to_path_buf(),
+                        message: e.to_string(),
+                    }
+                })?;
+            batcher.restore(cursor)?;
+            elapsed_before = c.state.elapsed_s;
+            run_dir::truncate_metrics(dir, c.state.step)?;
+        }
+        Ok(PretrainRun {
+            trainer,
+            batcher,
+            dir: dir.to_path_buf(),
+            config,
+            elapsed_before,
+            _lock: lock,
+        })
+    }
+
+    /// The trainer: the model, its values on the backend, and the step reached.
+    pub fn trainer(&self) -> &Trainer<B> {
+        &self.trainer
+    }
+
+    /// Trains until the recipe's `total_steps`, or `stop_at` if that comes first, or until the
+    /// observer asks to stop. A metrics line is written every `log_every` steps and a checkpoint
+    /// every `checkpoint_every` steps, and both at the last step.
+    pub fn train(
+        &mut self,
+        stop_at: Option<u64>,
+        observer: &mut impl Observer,
+    ) -> Result<RunEnd, PretrainError> {
+        let total = self.config.train.total_steps;
+        let end = stop_at.unwrap_or(total).min(total);
+        observer.on_start(self.trainer.step, end);
+        let clock = Instant::now();
+        let before = self.elapsed_before;
+        let elapsed = |c: &Instant| before + c.elapsed().as_secs_f64();
+        let mut window = Window::default();
+        let tokens_per_step = self.config.batch_size * self.batcher.seq_len();
+        while self.trainer.step < end {
+            let batch = self.batcher.next_batch();
+            let report = match self.trainer.train_step(batch) {
+                Ok(r) => r,
+                Err(source @ TrainError::NonFinite { .. }) => {
+                    let last_checkpoint = checkpoint::list(&self.dir)?.last().copied();
+                    return Err(PretrainError::NonFinite {
+                        source,
+                        last_checkpoint,
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            window.add(&report, tokens_per_step);
+            observer.on_step(&report);
+            let step = self.trainer.step;
+            let checkpoint_due =
+                step.is_multiple_of(self.config.checkpoint_every.max(1)) || step == end;
+            let stop = observer.should_stop();
+            if step.is_multiple_of(self.config.log_every.max(1)) || checkpoint_due || stop {
+                if let Some(m) = window.take(step, report.lr, elapsed(&clock)) {
+                    run_dir::append_metrics(&self.dir, &m)?;
+                    observer.on_metrics(&m);
+                }
+            }
+            if checkpoint_due || stop {
+                self.save(elapsed(&clock))?;
+                observer.on_checkpoint(step);
+            }
+            if stop {
+                return Ok(RunEnd::Stopped { step });
+            }
+        }
+        Ok(RunEnd::Finished {
+            step: self.trainer.step,
+        })
+    }
+
+    /// Writes a checkpoint of the current step, then keeps only the newest `keep_checkpoints`.
+    fn save(&self, elapsed_s: f64) -> Result<(), IoError> {
+        let trainer = &self.trainer;
+        let data = CheckpointData {
+            params: trainer.flat(Space::Param),
+            adam_m: trainer.flat(Space::AdamM),
+            adam_v: trainer.flat(Space::AdamV),
+            state: TrainingState {
+                step: trainer.step,
+                data_cursor: serde_json::to_value(self.batcher.cursor())
+                    .expect("a cursor serialises"),
+                elapsed_s,
+            },
+        };
+        let layout = &trainer.model.layout;
+        checkpoint::save(&self.dir, layout, &data, self.config.keep_checkpoints)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
