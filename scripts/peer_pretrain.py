@@ -1,5 +1,5 @@
 """The peer's learning curve: ELECTRA pretraining with HuggingFace transformers + PyTorch on our shards,
-with DESIGN.md's recipe, from the same initial weights as an `electra pretrain` run. Not in CI; needs
+with the recipe of ../shared/DESIGN.md, from the same initial weights as an `electra pretrain` run. Not in CI; needs
 torch and transformers.
 
   # 1. initial weights of the sizes in CONFIGS (an export's generator/ and discriminator/ folders):
@@ -11,7 +11,7 @@ torch and transformers.
       --lr 2e-3 --warmup 500
 
 `train` writes metrics lines in the format of a run's metrics.jsonl (gen_loss, disc_loss, mlm_accuracy,
-disc_accuracy, averaged over --log-every steps). The recipe, as DESIGN.md states it: per sequence
+disc_accuracy, averaged over --log-every steps). The recipe, as ../shared/DESIGN.md states it: per sequence
 k = max(1, min(int(0.155·seq), round(0.15·n_real))) positions chosen among the real tokens other than
 [CLS], [SEP] and [MASK], 85% of them [MASK]ed; Gumbel-max sampling from the generator (a replacement
 equal to the original is labelled original); loss = MLM + W·BCE over every real token; Adam without

@@ -1,5 +1,5 @@
 """What the Python diagnostics share with `electra pretrain`: reading a shard, the special ids of a
-vocabulary, and DESIGN.md's dynamic masking. Imported by peer_pretrain.py and probe_rtd_signal.py
+vocabulary, and the dynamic masking of ../shared/DESIGN.md. Imported by peer_pretrain.py and probe_rtd_signal.py
 (run from any directory: Python puts a script's own folder on the import path)."""
 import struct
 

@@ -34,6 +34,35 @@ pub fn unit_f32(word: u32) -> f32 {
     (word >> 8) as f32 * (1.0 / 16_777_216.0)
 }
 
+/// What a stream of random numbers is for. Each use has its own tag, so that two uses never
+/// share numbers; the CUDA kernels draw the Gumbel noise and the dropout masks themselves, with
+/// the same tags (`GUMBEL_PURPOSE` and `DROPOUT_PURPOSE` in `kernels/common.cuh`, checked by a
+/// test). A tag is part of every trajectory made so far: never renumber one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Purpose {
+    /// The model's initial weights (a sub-stream per tensor).
+    Init = 1,
+    /// The positions a pretraining step masks (a sub-stream per step).
+    Mask = 2,
+    /// The Gumbel noise of sampled replacements (a sub-stream per row).
+    Gumbel = 3,
+    /// The seed of each pretraining step's Gumbel noise.
+    SampleSeed = 4,
+    /// Random batches for benchmarks and demos.
+    RandomBatch = 5,
+    /// Dropout masks (a sub-stream per place in the pass).
+    Dropout = 6,
+    /// The seed of each pretraining step's dropout masks.
+    DropoutSeed = 7,
+    /// The fine-tuning head's initial weights (a sub-stream per tensor).
+    HeadInit = 21,
+    /// The seed of each fine-tuning step's dropout masks.
+    FinetuneDropoutSeed = 22,
+    /// The order of the fine-tuning examples (a sub-stream per epoch).
+    FinetuneShuffle = 23,
+}
+
 /// A stream of uniform draws for one purpose of one step, addressed by index.
 #[derive(Clone, Copy, Debug)]
 pub struct Stream {
@@ -43,15 +72,21 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// The stream keyed by `seed`, for one `purpose` (a constant per use: masking, dropout, init,
-    /// …, so uses never share numbers) and one `step` (the training step, or any other 64-bit
-    /// sub-stream number, such as a tensor or a row).
-    pub fn new(seed: u64, purpose: u32, step: u64) -> Self {
+    /// The stream keyed by `seed`, for one `purpose` and one `step` (the training step, or any
+    /// other 64-bit sub-stream number, such as a tensor or a row).
+    pub fn new(seed: u64, purpose: Purpose, step: u64) -> Self {
         Stream {
             key: [seed as u32, (seed >> 32) as u32],
             step,
-            purpose,
+            purpose: purpose as u32,
         }
+    }
+
+    /// A 64-bit seed drawn from the stream (its first two words): the per-step seeds of dropout
+    /// and Gumbel noise.
+    pub fn seed(&self) -> u64 {
+        let w = self.words(0);
+        (w[0] as u64) | ((w[1] as u64) << 32)
     }
 
     /// Four uniform words at `index`.
@@ -97,6 +132,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_kernels_draw_with_the_same_purpose_tags() {
+        let header = include_str!("../kernels/common.cuh");
+        let tags: Vec<(&str, u32)> = header
+            .lines()
+            .filter_map(|l| l.strip_prefix("#define "))
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(name, _)| name.ends_with("_PURPOSE"))
+            .map(|(name, v)| (name, v.trim().trim_end_matches('u').parse().unwrap()))
+            .collect();
+        let expected = [
+            ("GUMBEL_PURPOSE", Purpose::Gumbel as u32),
+            ("DROPOUT_PURPOSE", Purpose::Dropout as u32),
+        ];
+        assert_eq!(tags, expected, "kernels/common.cuh's purpose tags");
+    }
+
+    #[test]
     fn matches_the_random123_known_answer() {
         // Known-answer vectors of Random123's kat_vectors for philox4x32_10.
         assert_eq!(
@@ -118,7 +170,7 @@ mod tests {
 
     #[test]
     fn uniform_draws_stay_in_the_unit_interval_and_look_uniform() {
-        let s = Stream::new(7, 1, 3);
+        let s = Stream::new(7, Purpose::Init, 3);
         let draws: Vec<f32> = (0..10_000).map(|i| s.uniform(i)).collect();
         assert!(draws.iter().all(|&u| (0.0..1.0).contains(&u)));
         let mean = draws.iter().sum::<f32>() / draws.len() as f32;
@@ -128,7 +180,7 @@ mod tests {
     #[test]
     fn truncated_normal_draws_have_the_truncated_moments() {
         let mut draws = vec![0.0f32; 20_000];
-        Stream::new(3, 2, 5).fill_truncated_normal(&mut draws, 0.02);
+        Stream::new(3, Purpose::Mask, 5).fill_truncated_normal(&mut draws, 0.02);
         assert!(draws.iter().all(|v| v.abs() <= 0.04));
         let n = draws.len() as f64;
         let mean = draws.iter().map(|&v| v as f64).sum::<f64>() / n;

@@ -1,7 +1,7 @@
 //! CUDA vs CPU parity: every fused operation of the CUDA backend against the CPU reference, and
 //! the whole training step on the HF fixture model.
 //!
-//! The method (shared/DESIGN.md §6): fresh random inputs on every run (the seed is printed in
+//! The method (../shared/DESIGN.md §6): fresh random inputs on every run (the seed is printed in
 //! every failure; set `ELECTRA_TEST_SEED` to replay one), rounded to bf16 so that both backends
 //! see the same values; outputs poisoned with NaN before each run (a NaN that survives means an
 //! unwritten element); odd sizes next to aligned ones, so both the vector and the scalar paths of

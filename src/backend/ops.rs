@@ -9,6 +9,7 @@
 //! [`Backend::begin_step`](super::Backend::begin_step) ([`StepScalars`]).
 
 use super::{Buf, IBuf};
+use crate::rng::{Purpose, Stream};
 
 /// `y[rows, out] = x[rows, inp] · w[out, inp]ᵀ (+ b)`; weights use PyTorch's `[out, in]` layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,9 +82,6 @@ pub struct EmbeddingParams {
     pub norm: LayerNormParams,
 }
 
-/// Purpose tag of the dropout masks (see [`crate::rng::Stream`]).
-const DROPOUT_PURPOSE: u32 = 6;
-
 /// Inverted dropout at one place of a pass: elements are dropped with probability `p` and kept
 /// ones scaled by 1/(1−p). The mask also depends on the step's seed
 /// ([`StepScalars::dropout_seed`]), which the backend supplies: see [`DropoutMask`].
@@ -129,7 +127,7 @@ impl DropoutMask {
 
     /// The multipliers of elements `first..first + out.len()`, drawing each Philox block once.
     pub fn scales(&self, first: usize, out: &mut [f32]) {
-        let stream = crate::rng::Stream::new(self.seed, DROPOUT_PURPOSE, self.site as u64);
+        let stream = Stream::new(self.seed, Purpose::Dropout, self.site as u64);
         let keep = 1.0 / (1.0 - self.p);
         let mut block = (usize::MAX, [0u32; 4]);
         for (i, v) in out.iter_mut().enumerate() {

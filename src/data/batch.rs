@@ -1,10 +1,7 @@
 //! A batch of token sequences: what pretraining, fine-tuning and the batcher pass around.
 
 use crate::model::config::SpecialTokens;
-use crate::rng::Stream;
-
-/// Purpose tag of [`Batch::random`].
-const RANDOM_BATCH_PURPOSE: u32 = 5;
+use crate::rng::{Purpose, Stream};
 
 /// A batch of token sequences, row-major `[batch, seq]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,7 +33,7 @@ impl Batch {
             vocab > 110 && seq >= 3,
             "random batches need vocab > 110 and seq >= 3"
         );
-        let stream = Stream::new(seed, RANDOM_BATCH_PURPOSE, 0);
+        let stream = Stream::new(seed, Purpose::RandomBatch, 0);
         let mut b = Batch {
             batch,
             seq,

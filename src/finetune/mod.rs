@@ -1,6 +1,7 @@
-//! Fine-tuning a discriminator for sequence classification or regression (DESIGN.md §2): the
-//! embeddings and encoder of the discriminator, a head on `[CLS]` (dense H→H → GELU → dropout →
-//! dense H→labels), AdamW with layer-wise learning-rate decay, warmup and the GLUE metrics.
+//! Fine-tuning a discriminator for sequence classification or regression, with the recipe of
+//! `../shared/DESIGN.md` §2: the embeddings and encoder of the discriminator, a head on `[CLS]`
+//! (dense H→H → GELU → dropout → dense H→labels), AdamW with layer-wise learning-rate decay,
+//! warmup and the GLUE metrics.
 //!
 //! The parameters live in one flat buffer: the engine's [`ParamLayout`] of a model whose generator
 //! is shrunk to nothing (no layers, width E), so the discriminator's tensors keep their layout
@@ -23,10 +24,10 @@ use crate::io::IoError;
 use crate::model::config::{ElectraConfig, EncoderConfig};
 use crate::model::params::{Dense, DISCRIMINATOR, SHARED};
 use crate::model::{encoder_forward, BatchShape, DropoutPlan, EncoderActs, Model, INIT_STD};
-use crate::rng::Stream;
+use crate::rng::{Purpose, Stream};
 use crate::tape::{Arena, Tape};
-use crate::train::place_parameters;
 use crate::train::schedule::learning_rate;
+use crate::train::{param_group, place_parameters, TrainConfig};
 use data::{Target, TaskSpec};
 use std::path::{Path, PathBuf};
 
@@ -233,8 +234,6 @@ struct Acts {
     sizes: (usize, usize),
 }
 
-const HEAD_INIT_PURPOSE: u32 = 21;
-const DROPOUT_SEED_PURPOSE: u32 = 22;
 /// The dropout site of the head (the encoder numbers its sites from 1 up).
 const HEAD_DROPOUT_SITE: u32 = 1 << 20;
 
@@ -319,7 +318,7 @@ impl<B: Backend> Classifier<B> {
         values.resize(layout.len, 0.0);
         for (i, t) in layout.tensors.iter().enumerate() {
             if t.name.starts_with("classifier.") && t.decay {
-                Stream::new(seed, HEAD_INIT_PURPOSE, i as u64)
+                Stream::new(seed, Purpose::HeadInit, i as u64)
                     .fill_truncated_normal(&mut values[t.buf.offset..t.buf.end()], INIT_STD);
             }
         }
@@ -460,10 +459,10 @@ impl<B: Backend> Classifier<B> {
     /// What the current step's operations read from the backend: the head's learning rate and
     /// the step's dropout seed.
     fn step_scalars(&self) -> StepScalars {
-        let w = Stream::new(self.options.seed, DROPOUT_SEED_PURPOSE, self.step).words(0);
+        let dropout = Stream::new(self.options.seed, Purpose::FinetuneDropoutSeed, self.step);
         StepScalars {
             lr: self.current_lr(),
-            dropout_seed: (w[0] as u64) | ((w[1] as u64) << 32),
+            dropout_seed: dropout.seed(),
             sample_seed: 0,
         }
     }
@@ -537,19 +536,18 @@ impl<B: Backend> Classifier<B> {
     pub fn apply_gradients(&mut self) -> f32 {
         let o = &self.options;
         let top = self.model.config.discriminator.num_layers + 1;
+        // Adam's settings are pretraining's.
+        let adamw = AdamW {
+            weight_decay: o.weight_decay,
+            ..TrainConfig::default().adamw()
+        };
         let groups: Vec<ParamGroup> = self
             .layout
             .tensors
             .iter()
-            .map(|t| ParamGroup {
-                params: t.buf,
-                lr_scale: o.layer_decay.powi((top - t.depth) as i32),
-                adamw: AdamW {
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    eps: 1e-6,
-                    weight_decay: if t.decay { o.weight_decay } else { 0.0 },
-                },
+            .map(|t| {
+                let lr_scale = o.layer_decay.powi((top - t.depth) as i32);
+                param_group(t.buf, lr_scale, t.decay, adamw)
             })
             .collect();
         self.backend.begin_step(self.step_scalars(), None);

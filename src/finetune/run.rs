@@ -5,7 +5,7 @@ use super::{evaluate, load_model, save_model, Classifier, FinetuneError, Finetun
 use crate::backend::Backend;
 use crate::data::tokenizer::WordPieceTokenizer;
 use crate::io::hf::load_discriminator;
-use crate::rng::Stream;
+use crate::rng::{Purpose, Stream};
 use crate::validate::{require, require_non_negative};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -126,7 +126,7 @@ fn load_split(
 
 /// A permutation of `0..n` for `epoch`, from `seed` (Fisher–Yates on Philox draws).
 fn shuffled(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let stream = Stream::new(seed, 23, epoch as u64);
+    let stream = Stream::new(seed, Purpose::FinetuneShuffle, epoch as u64);
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
         let w = stream.words(i as u32);

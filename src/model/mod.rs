@@ -8,7 +8,7 @@ use crate::backend::{
     AttentionDims, AttentionOp, Backend, BceHeadOp, Buf, Dropout, DropoutOp, EmbeddingOp,
     GatherRowsOp, IBuf, LayerNormOp, LayerNormSaved, LinearDims, LinearOp,
 };
-use crate::rng::Stream;
+use crate::rng::{Purpose, Stream};
 use crate::tape::{Arena, Tape};
 use config::{ElectraConfig, EncoderConfig};
 use params::{EncoderParams, ModelParams, ParamLayout};
@@ -23,9 +23,6 @@ pub struct Model {
     /// The same tensors as typed handles, grouped the way the forward passes use them.
     pub params: ModelParams,
 }
-
-/// Purpose tag of the initialisation stream.
-const INIT_PURPOSE: u32 = 1;
 
 /// The standard deviation of the original weight initialisation (BERT's and ELECTRA's; the
 /// `initializer_range` of an exported config).
@@ -54,7 +51,7 @@ impl Model {
             if p.name.ends_with("LayerNorm.weight") {
                 dst.fill(1.0);
             } else if p.decay {
-                Stream::new(seed, INIT_PURPOSE, t as u64).fill_truncated_normal(dst, INIT_STD);
+                Stream::new(seed, Purpose::Init, t as u64).fill_truncated_normal(dst, INIT_STD);
             }
         }
         values

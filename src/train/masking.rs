@@ -5,10 +5,7 @@
 
 use crate::data::Batch;
 use crate::model::config::SpecialTokens;
-use crate::rng::Stream;
-
-/// Purpose tag of the masking stream.
-const MASK_PURPOSE: u32 = 2;
+use crate::rng::{Purpose, Stream};
 
 /// Which positions the generator must fill, and its input.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,7 +31,7 @@ pub fn mask_batch(
     out: &mut Masking,
 ) {
     let max_pred = max_predictions(batch.seq, mask_prob);
-    let stream = Stream::new(seed, MASK_PURPOSE, step);
+    let stream = Stream::new(seed, Purpose::Mask, step);
     out.positions.clear();
     out.masked_ids.clear();
     out.masked_ids.extend_from_slice(&batch.input_ids);

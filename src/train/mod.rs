@@ -11,7 +11,7 @@ use crate::backend::{
 };
 use crate::data::Batch;
 use crate::model::{self, BatchShape, DropoutPlan, Model, StepActs};
-use crate::rng::Stream;
+use crate::rng::{Purpose, Stream};
 use crate::tape::Tape;
 use crate::validate::{require, require_non_negative, require_positive};
 pub use masking::{mask_batch, max_predictions, Masking};
@@ -80,6 +80,16 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Adam's settings in this recipe.
+    pub fn adamw(&self) -> AdamW {
+        AdamW {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
+
     /// Checks that every number of the recipe is one training can run with: a negative or NaN
     /// learning rate, say, would otherwise train to garbage without a word. The error names the
     /// field as `run.json` spells it.
@@ -99,6 +109,21 @@ impl TrainConfig {
         }
         require_positive("eps", self.eps)?;
         require_positive("max_grad_norm", self.max_grad_norm)
+    }
+}
+
+/// An optimizer group of the recipe, for pretraining and fine-tuning alike: `params` at
+/// `lr_scale` times the step's learning rate, with `adamw`'s weight decay only when the tensors
+/// are `decayed` (LayerNorm weights and biases are not).
+pub fn param_group(params: Buf, lr_scale: f32, decayed: bool, adamw: AdamW) -> ParamGroup {
+    let weight_decay = if decayed { adamw.weight_decay } else { 0.0 };
+    ParamGroup {
+        params,
+        lr_scale,
+        adamw: AdamW {
+            weight_decay,
+            ..adamw
+        },
     }
 }
 
@@ -187,17 +212,6 @@ pub enum TrainError {
     /// The backend has no room for the model or for the activations of this batch shape.
     #[error(transparent)]
     Memory(#[from] OutOfMemory),
-}
-
-/// Purpose tag of the per-step Gumbel seeds.
-const SAMPLE_PURPOSE: u32 = 4;
-/// Purpose tag of the per-step dropout seeds.
-const DROPOUT_SEED_PURPOSE: u32 = 7;
-
-/// A 64-bit seed for one purpose of one step, derived from the run's seed.
-fn step_seed(seed: u64, purpose: u32, step: u64) -> u64 {
-    let w = Stream::new(seed, purpose, step).words(0);
-    (w[0] as u64) | ((w[1] as u64) << 32)
 }
 
 /// Owns a backend, a model on it, and the step's memory plan; runs training steps.
@@ -406,8 +420,8 @@ impl<B: Backend> Trainer<B> {
         let seed = self.config.seed;
         StepScalars {
             lr,
-            dropout_seed: step_seed(seed, DROPOUT_SEED_PURPOSE, self.step),
-            sample_seed: step_seed(seed, SAMPLE_PURPOSE, self.step),
+            dropout_seed: Stream::new(seed, Purpose::DropoutSeed, self.step).seed(),
+            sample_seed: Stream::new(seed, Purpose::SampleSeed, self.step).seed(),
         }
     }
 
@@ -582,27 +596,10 @@ impl<B: Backend> Trainer<B> {
     /// The optimizer step at the learning rate of the step the backend is in.
     fn issue_update(&mut self) {
         let c = &self.config;
-        let adamw = AdamW {
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-            weight_decay: c.weight_decay,
-        };
-        let layout = &self.model.layout;
+        let (adamw, layout) = (c.adamw(), &self.model.layout);
         let groups = [
-            ParamGroup {
-                params: layout.decayed,
-                lr_scale: 1.0,
-                adamw,
-            },
-            ParamGroup {
-                params: layout.not_decayed,
-                lr_scale: 1.0,
-                adamw: AdamW {
-                    weight_decay: 0.0,
-                    ..adamw
-                },
-            },
+            param_group(layout.decayed, 1.0, true, adamw),
+            param_group(layout.not_decayed, 1.0, false, adamw),
         ];
         self.backend.optimizer_step(&OptimizerStep {
             groups: &groups,

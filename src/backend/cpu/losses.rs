@@ -1,11 +1,8 @@
 //! The two losses of ELECTRA and the replacement that links them.
 
 use crate::backend::Pick;
-use crate::rng::{unit_f32, Stream};
+use crate::rng::{unit_f32, Purpose, Stream};
 use rayon::prelude::*;
-
-/// Purpose tag of the Gumbel noise stream (see [`crate::rng::Stream`]).
-pub const GUMBEL_PURPOSE: u32 = 3;
 
 /// The Gumbel noise added to logit `col` of row `row`: −log(−log(u + 1e-9) + 1e-9), as the
 /// original code draws it. The stream's step is the row, so every (row, col) has its own counter.
@@ -14,7 +11,7 @@ pub const GUMBEL_PURPOSE: u32 = 3;
 /// does not guarantee across math libraries.
 pub fn gumbel_noise(seed: u64, row: usize, col: usize) -> f32 {
     let ln = |x: f32| (x as f64).ln() as f32;
-    let stream = Stream::new(seed, GUMBEL_PURPOSE, row as u64);
+    let stream = Stream::new(seed, Purpose::Gumbel, row as u64);
     let u = unit_f32(stream.words(col as u32)[0]);
     -ln(-ln(u + 1e-9) + 1e-9)
 }
