@@ -73,7 +73,7 @@ fn cpu_matrix_rate() -> f64 {
     let mut times: Vec<Duration> = (0..5)
         .map(|_| {
             let t = Instant::now();
-            matmul(&mut c, l, &a, l, &a, l, false, Threads::Pool);
+            matmul(&mut c, l, (&a, l), (&a, l), false, Threads::Pool);
             t.elapsed()
         })
         .collect();

@@ -23,7 +23,9 @@ use crate::io::tensors::{read_tensors, write_f32_tensors};
 use crate::io::IoError;
 use crate::model::config::{ElectraConfig, EncoderConfig};
 use crate::model::params::{Dense, DISCRIMINATOR, SHARED};
-use crate::model::{encoder_forward, BatchShape, DropoutPlan, EncoderActs, Model, INIT_STD};
+use crate::model::{
+    encoder_forward, BatchShape, DropoutPlan, Encoder, EncoderActs, Model, Tokens, INIT_STD,
+};
 use crate::rng::{Purpose, Stream};
 use crate::tape::{Arena, Tape};
 use crate::train::schedule::learning_rate;
@@ -408,19 +410,18 @@ impl<B: Backend> Classifier<B> {
             DropoutPlan::off()
         };
         let tape = &mut self.tape;
-        let hidden = encoder_forward(
-            be,
-            tape,
-            &self.model,
-            &cfg.discriminator,
-            &self.model.params.discriminator,
-            &acts.encoder,
-            acts.ids,
-            acts.types,
-            acts.mask,
-            acts.shape,
-            &mut drop,
-        );
+        let encoder = Encoder {
+            config: &cfg.discriminator,
+            params: &self.model.params.discriminator,
+            acts: &acts.encoder,
+        };
+        let tokens = Tokens {
+            ids: acts.ids,
+            token_types: acts.types,
+            attention_mask: acts.mask,
+            shape: acts.shape,
+        };
+        let hidden = encoder_forward(be, tape, &self.model, encoder, tokens, &mut drop);
         let b = batch.batch;
         let cls = GatherRowsOp {
             x: hidden,

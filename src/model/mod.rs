@@ -255,6 +255,17 @@ pub struct StepActs {
 }
 
 impl StepActs {
+    /// The batch's segments, mask and shape with `ids` as its tokens (the generator's masked
+    /// input or the discriminator's corrupted one).
+    pub fn tokens(&self, ids: IBuf) -> Tokens {
+        Tokens {
+            ids,
+            token_types: self.token_types,
+            attention_mask: self.attention_mask,
+            shape: self.shape,
+        }
+    }
+
     /// Plans every buffer of a step of `shape` for `cfg`, from offset 0 of the activation and
     /// integer spaces; reserve [`StepActs::sizes`] on the backend before using it.
     pub fn new(cfg: &ElectraConfig, shape: BatchShape) -> Self {
@@ -305,21 +316,50 @@ fn dropped<B: Backend>(be: &mut B, tape: &mut Tape, d: Option<Dropout>, x: Buf, 
     }
 }
 
-/// Runs one encoder over the embedded tokens `ids`.
-#[allow(clippy::too_many_arguments)]
+/// One encoder of a model: its sizes, its parameters and the activations planned for it.
+#[derive(Clone, Copy, Debug)]
+pub struct Encoder<'a> {
+    /// The sizes.
+    pub config: &'a EncoderConfig,
+    /// Where its parameters are.
+    pub params: &'a EncoderParams,
+    /// Where its activations go.
+    pub acts: &'a EncoderActs,
+}
+
+/// The tokens an encoder reads: `[batch·seq]` each, row-major.
+#[derive(Clone, Copy, Debug)]
+pub struct Tokens {
+    /// Token ids.
+    pub ids: IBuf,
+    /// Segment ids.
+    pub token_types: IBuf,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: IBuf,
+    /// The batch's shape.
+    pub shape: BatchShape,
+}
+
+/// Runs one encoder over the embedded `tokens`; returns its final hidden states.
 pub fn encoder_forward<B: Backend>(
     be: &mut B,
     tape: &mut Tape,
     model: &Model,
-    enc: &EncoderConfig,
-    p: &EncoderParams,
-    acts: &EncoderActs,
-    ids: IBuf,
-    token_types: IBuf,
-    attention_mask: IBuf,
-    shape: BatchShape,
+    encoder: Encoder,
+    tokens: Tokens,
     drop: &mut DropoutPlan,
 ) -> Buf {
+    let Encoder {
+        config: enc,
+        params: p,
+        acts,
+    } = encoder;
+    let Tokens {
+        ids,
+        token_types,
+        attention_mask,
+        shape,
+    } = tokens;
     let n = shape.tokens();
     let e = model.config.embedding_size;
     let h = enc.hidden_size;
@@ -415,17 +455,17 @@ pub fn generator_forward<B: Backend>(
     drop: &mut DropoutPlan,
 ) {
     let cfg = &model.config;
+    let generator = Encoder {
+        config: &cfg.generator,
+        params: &model.params.generator,
+        acts: &acts.generator,
+    };
     let hidden = encoder_forward(
         be,
         tape,
         model,
-        &cfg.generator,
-        &model.params.generator,
-        &acts.generator,
-        acts.masked_ids,
-        acts.token_types,
-        acts.attention_mask,
-        acts.shape,
+        generator,
+        acts.tokens(acts.masked_ids),
         drop,
     );
     let (hg, e, v) = (
@@ -489,19 +529,13 @@ pub fn discriminator_with_loss<B: Backend>(
     loss_scale: f32,
 ) {
     let cfg = &model.config;
-    let hidden = encoder_forward(
-        be,
-        tape,
-        model,
-        &cfg.discriminator,
-        &model.params.discriminator,
-        &acts.discriminator,
-        acts.corrupted_ids,
-        acts.token_types,
-        acts.attention_mask,
-        acts.shape,
-        drop,
-    );
+    let discriminator = Encoder {
+        config: &cfg.discriminator,
+        params: &model.params.discriminator,
+        acts: &acts.discriminator,
+    };
+    let tokens = acts.tokens(acts.corrupted_ids);
+    let hidden = encoder_forward(be, tape, model, discriminator, tokens, drop);
     let n = acts.shape.tokens();
     let h = cfg.discriminator.hidden_size;
     let head = &model.params.discriminator_head;

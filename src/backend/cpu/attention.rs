@@ -8,6 +8,17 @@ use super::matmul::{matmul, MatLayout, Threads};
 use crate::backend::{AttentionDims, DropoutMask};
 use rayon::prelude::*;
 
+/// What a pass attends over: its sizes, the key-padding mask (`[batch·seq]`, 1 for a real
+/// token) and the dropout mask of the probabilities.
+pub struct Pass<'a> {
+    /// The sizes.
+    pub dims: AttentionDims,
+    /// Keys whose mask is 0 get no attention.
+    pub key_mask: &'a [u32],
+    /// Dropout on the probabilities.
+    pub dropout: Option<DropoutMask>,
+}
+
 fn head_layout(d: &AttentionDims, row_stride: usize, offset: usize) -> MatLayout {
     MatLayout {
         offset,
@@ -56,16 +67,12 @@ fn drop_probs(p: &[f32], out: &mut [f32], dropout: &DropoutMask, first: usize) {
 }
 
 /// The forward pass; `scratch` (as long as `probs`) holds the dropped-out probabilities.
-#[allow(clippy::too_many_arguments)]
-pub fn forward(
-    qkv: &[f32],
-    key_mask: &[u32],
-    ctx: &mut [f32],
-    probs: &mut [f32],
-    scratch: &mut [f32],
-    dropout: Option<DropoutMask>,
-    d: AttentionDims,
-) {
+pub fn forward(qkv: &[f32], ctx: &mut [f32], probs: &mut [f32], scratch: &mut [f32], pass: &Pass) {
+    let Pass {
+        dims: d,
+        key_mask,
+        dropout,
+    } = *pass;
     let (t, h) = (d.seq, d.hidden());
     let scale = 1.0 / (d.head_dim as f32).sqrt();
     let per_seq = d.heads * t * t;
@@ -83,34 +90,36 @@ pub fn forward(
                 let k = head_layout(&d, 3 * h, h + head * d.head_dim);
                 let v = head_layout(&d, 3 * h, 2 * h + head * d.head_dim);
                 let pl = MatLayout::row_major(t, t);
-                matmul(p, pl, qkv, q, qkv, k.t(), false, Threads::Caller);
+                matmul(p, pl, (qkv, q), (qkv, k.t()), false, Threads::Caller);
                 masked_softmax(p, mask, scale);
                 let c = head_layout(&d, h, head * d.head_dim);
                 match &dropout {
                     Some(drop) => {
                         let pd = &mut scratch[head * t * t..(head + 1) * t * t];
                         drop_probs(p, pd, drop, b * per_seq + head * t * t);
-                        matmul(ctx, c, pd, pl, qkv, v, false, Threads::Caller);
+                        matmul(ctx, c, (pd, pl), (qkv, v), false, Threads::Caller);
                     }
-                    None => matmul(ctx, c, p, pl, qkv, v, false, Threads::Caller),
+                    None => matmul(ctx, c, (p, pl), (qkv, v), false, Threads::Caller),
                 }
             }
         });
 }
 
 /// The backward pass; `dscores` and `scratch` (each as long as `probs`) are working memory.
-#[allow(clippy::too_many_arguments)]
 pub fn backward(
     qkv: &[f32],
-    key_mask: &[u32],
     probs: &[f32],
     dctx: &[f32],
     dqkv: &mut [f32],
     dscores: &mut [f32],
     scratch: &mut [f32],
-    dropout: Option<DropoutMask>,
-    d: AttentionDims,
+    pass: &Pass,
 ) {
+    let Pass {
+        dims: d,
+        key_mask,
+        dropout,
+    } = *pass;
     let (t, h) = (d.seq, d.hidden());
     let per_seq = d.heads * t * t;
     dqkv[..d.batch * t * 3 * h]
@@ -138,7 +147,7 @@ pub fn backward(
                 let v = head_layout(&d, 3 * h, 2 * h + head * d.head_dim);
                 let dc = head_layout(&d, h, head * d.head_dim);
                 // dP = dctx·Vᵀ and dV += Pᵀ·dctx, through the dropout mask when there is one.
-                matmul(ds, pl, dctx, dc, qkv, v.t(), false, Threads::Caller);
+                matmul(ds, pl, (dctx, dc), (qkv, v.t()), false, Threads::Caller);
                 match &dropout {
                     Some(drop) => {
                         // The mask is drawn once into the scratch: dP ∘= mask/(1−p), then the
@@ -147,9 +156,9 @@ pub fn backward(
                         drop.scales(b * per_seq + head * t * t, pd);
                         ds.iter_mut().zip(pd.iter()).for_each(|(g, &m)| *g *= m);
                         pd.iter_mut().zip(p).for_each(|(m, &pv)| *m *= pv);
-                        matmul(dqkv, v, pd, pl.t(), dctx, dc, true, Threads::Caller);
+                        matmul(dqkv, v, (pd, pl.t()), (dctx, dc), true, Threads::Caller);
                     }
-                    None => matmul(dqkv, v, p, pl.t(), dctx, dc, true, Threads::Caller),
+                    None => matmul(dqkv, v, (p, pl.t()), (dctx, dc), true, Threads::Caller),
                 }
                 // Softmax backward: dS = P ∘ (dP − Σ_j P·dP), then the 1/√d scale.
                 for (ds_row, p_row) in ds.chunks_mut(t).zip(p.chunks(t)) {
@@ -160,8 +169,8 @@ pub fn backward(
                         .for_each(|(g, &pv)| *g = pv * (*g - dot) * scale);
                 }
                 // dQ += dS·K and dK += dSᵀ·Q
-                matmul(dqkv, q, ds, pl, qkv, k, true, Threads::Caller);
-                matmul(dqkv, k, ds, pl.t(), qkv, q, true, Threads::Caller);
+                matmul(dqkv, q, (ds, pl), (qkv, k), true, Threads::Caller);
+                matmul(dqkv, k, (ds, pl.t()), (qkv, q), true, Threads::Caller);
             }
         });
 }

@@ -1,9 +1,10 @@
 //! The embedding block: word + position + token-type lookups summed, then LayerNorm.
 
-use super::layernorm;
+use super::layernorm::{self, Norm};
 use rayon::prelude::*;
 
-/// The tables and LayerNorm parameters of the block, as host slices.
+/// The tables and LayerNorm parameters of the block, as host slices; the LayerNorm's width is
+/// the tables'.
 pub struct Tables<'a> {
     /// Word embeddings, row-major `[vocab, width]`; indexed by token id.
     pub word: &'a [f32],
@@ -11,12 +12,8 @@ pub struct Tables<'a> {
     pub position: &'a [f32],
     /// Token-type (segment) embeddings, row-major `[type_vocab, width]`.
     pub token_type: &'a [f32],
-    /// LayerNorm gain, `[width]`.
-    pub gain: &'a [f32],
-    /// LayerNorm bias, `[width]`.
-    pub bias: &'a [f32],
-    /// Added to the variance before the square root (1e-12 in ELECTRA).
-    pub eps: f32,
+    /// The LayerNorm after the sum.
+    pub norm: Norm<'a>,
 }
 
 /// Gathers and sums the three embeddings of each token, then normalises; saves `xhat` and `rstd`.
@@ -25,18 +22,16 @@ pub struct Tables<'a> {
 /// token's position is its index modulo `seq`. `out` and `xhat` are `[tokens, width]` and `rstd`
 /// is `[tokens]` (1/σ of each row); each may be longer, and only the prefix is written. Ids out
 /// of range panic.
-#[allow(clippy::too_many_arguments)]
 pub fn forward(
     ids: &[u32],
     types: &[u32],
     seq: usize,
     t: &Tables,
-    width: usize,
     out: &mut [f32],
     xhat: &mut [f32],
     rstd: &mut [f32],
 ) {
-    let rows = ids.len();
+    let (rows, width) = (ids.len(), t.norm.gain.len());
     out[..rows * width]
         .par_chunks_mut(width)
         .zip(xhat[..rows * width].par_chunks_mut(width))
@@ -49,9 +44,9 @@ pub fn forward(
             for i in 0..width {
                 xh[i] = word[i] + pos[i] + typ[i];
             }
-            layernorm::normalize_row(xh, rs, t.eps);
+            layernorm::normalize_row(xh, rs, t.norm.eps);
             for i in 0..width {
-                y[i] = xh[i] * t.gain[i] + t.bias[i];
+                y[i] = xh[i] * t.norm.gain[i] + t.norm.bias[i];
             }
         });
 }

@@ -2,20 +2,44 @@
 
 use rayon::prelude::*;
 
-/// `y = LN(x + residual)·gain + bias`, saving `xhat` and `rstd`.
-#[allow(clippy::too_many_arguments)]
+/// A LayerNorm's parameters as host slices: gain and bias, `[width]` each (their length is the
+/// width), and the eps added to the variance.
+pub struct Norm<'a> {
+    /// The per-feature scale.
+    pub gain: &'a [f32],
+    /// The per-feature shift.
+    pub bias: &'a [f32],
+    /// 1e-12 in ELECTRA.
+    pub eps: f32,
+}
+
+/// What [`forward`] saved: the normalised input `[rows, width]` and 1/σ of each row.
+pub struct Saved<'a> {
+    /// `(x − mean)·rstd`.
+    pub xhat: &'a [f32],
+    /// One value per row; its length is the row count.
+    pub rstd: &'a [f32],
+}
+
+/// Where the backward pass accumulates the parameters' gradients, `[width]` each.
+pub struct NormGrads<'a> {
+    /// The gain's gradient.
+    pub gain: &'a mut [f32],
+    /// The bias's gradient.
+    pub bias: &'a mut [f32],
+}
+
+/// `y = LN(x + residual)·gain + bias` over `rstd.len()` rows, saving `xhat` and `rstd`.
 pub fn forward(
     x: &[f32],
     residual: Option<&[f32]>,
-    gain: &[f32],
-    bias: &[f32],
-    eps: f32,
+    norm: &Norm,
     y: &mut [f32],
     xhat: &mut [f32],
     rstd: &mut [f32],
-    width: usize,
 ) {
-    let rows = rstd.len();
+    let Norm { gain, bias, eps } = *norm;
+    let (rows, width) = (rstd.len(), gain.len());
     y[..rows * width]
         .par_chunks_mut(width)
         .zip(xhat[..rows * width].par_chunks_mut(width))
@@ -43,19 +67,16 @@ pub fn normalize_row(row: &mut [f32], rstd: &mut f32, eps: f32) {
 }
 
 /// `dx += LN'ᵀ·dy` (and the same into `dresidual`), `dgain += Σ dy·xhat`, `dbias += Σ dy`.
-#[allow(clippy::too_many_arguments)]
 pub fn backward(
     dy: &[f32],
     gain: &[f32],
-    xhat: &[f32],
-    rstd: &[f32],
+    saved: Saved,
     dx: &mut [f32],
     dresidual: Option<&mut [f32]>,
-    dgain: &mut [f32],
-    dbias: &mut [f32],
-    width: usize,
+    grads: NormGrads,
 ) {
-    let rows = rstd.len();
+    let Saved { xhat, rstd } = saved;
+    let (rows, width) = (rstd.len(), gain.len());
     let n = width as f32;
     // The residual's gradient equals the input's, so one row computation feeds both.
     let row_grad = |r: usize, dx: &mut [f32], dres: Option<&mut [f32]>| {
@@ -90,8 +111,8 @@ pub fn backward(
         let dy = &dy[r * width..(r + 1) * width];
         let xh = &xhat[r * width..(r + 1) * width];
         for i in 0..width {
-            dgain[i] += dy[i] * xh[i];
-            dbias[i] += dy[i];
+            grads.gain[i] += dy[i] * xh[i];
+            grads.bias[i] += dy[i];
         }
     }
 }

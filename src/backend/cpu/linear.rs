@@ -32,10 +32,8 @@ pub fn forward(
         matmul(
             out,
             MatLayout::row_major(d.rows, d.out),
-            x,
-            MatLayout::row_major(d.rows, d.inp),
-            w,
-            MatLayout::row_major(d.out, d.inp).t(),
+            (x, MatLayout::row_major(d.rows, d.inp)),
+            (w, MatLayout::row_major(d.out, d.inp).t()),
             false,
             Threads::Pool,
         );
@@ -77,20 +75,16 @@ pub fn backward(
     matmul(
         dx,
         MatLayout::row_major(d.rows, d.inp),
-        dy,
-        MatLayout::row_major(d.rows, d.out),
-        w,
-        MatLayout::row_major(d.out, d.inp),
+        (dy, MatLayout::row_major(d.rows, d.out)),
+        (w, MatLayout::row_major(d.out, d.inp)),
         true,
         Threads::Pool,
     );
     matmul(
         dw,
         MatLayout::row_major(d.out, d.inp),
-        dy,
-        MatLayout::row_major(d.rows, d.out).t(),
-        x,
-        MatLayout::row_major(d.rows, d.inp),
+        (dy, MatLayout::row_major(d.rows, d.out).t()),
+        (x, MatLayout::row_major(d.rows, d.inp)),
         true,
         Threads::Pool,
     );

@@ -16,22 +16,30 @@ pub fn gumbel_noise(seed: u64, row: usize, col: usize) -> f32 {
     -ln(-ln(u + 1e-9) + 1e-9)
 }
 
+/// How [`softmax_xent`] picks a replacement per row, and where it goes.
+pub struct Picks<'a> {
+    /// Argmax, or Gumbel-max sampling.
+    pub mode: Pick,
+    /// Keys the Gumbel noise (the step's [`StepScalars::sample_seed`](crate::backend::StepScalars)).
+    pub sample_seed: u64,
+    /// One token per row.
+    pub out: &'a mut [u32],
+}
+
 /// Softmax cross-entropy per row, its gradient into `dlogits`, and the replacement pick.
-#[allow(clippy::too_many_arguments)]
 pub fn softmax_xent(
     logits: &[f32],
     targets: &[u32],
     row_loss: &mut [f32],
     dlogits: &mut [f32],
     grad_scale: f32,
-    pick: Option<(Pick, &mut [u32])>,
-    sample_seed: u64,
+    pick: Option<Picks>,
     vocab: usize,
 ) {
     let rows = targets.len();
-    let (mode, picks) = match pick {
-        Some((mode, picks)) => (Some(mode), Some(picks)),
-        None => (None, None),
+    let (mode, sample_seed, picks) = match pick {
+        Some(p) => (Some(p.mode), p.sample_seed, Some(p.out)),
+        None => (None, 0, None),
     };
     let per_row = |r: usize, dl: &mut [f32], loss: &mut f32| -> u32 {
         let row = &logits[r * vocab..(r + 1) * vocab];

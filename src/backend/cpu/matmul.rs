@@ -59,15 +59,12 @@ pub enum Threads {
     Caller,
 }
 
-/// `c = a·b`, or `c += a·b` with `accumulate`.
-#[allow(clippy::too_many_arguments)]
+/// `c = a·b`, or `c += a·b` with `accumulate`; each operand is its values and their layout.
 pub fn matmul(
     c: &mut [f32],
     cl: MatLayout,
-    a: &[f32],
-    al: MatLayout,
-    b: &[f32],
-    bl: MatLayout,
+    (a, al): (&[f32], MatLayout),
+    (b, bl): (&[f32], MatLayout),
     accumulate: bool,
     threads: Threads,
 ) {

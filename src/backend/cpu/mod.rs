@@ -17,8 +17,9 @@ use std::marker::PhantomData;
 
 use super::{
     AttentionOp, Backend, BceHeadOp, Buf, Dropout, DropoutMask, DropoutOp, EmbeddingOp,
-    GatherRowsOp, IBuf, LayerNormOp, LinearDims, LinearOp, OptimizerStep, OutOfMemory, ParamGroup,
-    ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars,
+    GatherRowsOp, IBuf, LayerNormOp, LayerNormParams, LayerNormSaved, LinearDims, LinearOp,
+    OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes, SoftmaxXentOp, Space,
+    StepScalars,
 };
 
 /// The CPU backend. Memory is one `Vec` per space.
@@ -60,6 +61,23 @@ impl CpuBackend {
             ints: (self.ints.as_mut_ptr(), self.ints.len()),
             _borrow: PhantomData,
         }
+    }
+}
+
+/// A LayerNorm's parameters as the reference reads them: `width` values of gain and bias.
+fn norm<'a>(f: &Frame<'a>, p: &LayerNormParams, width: usize) -> layernorm::Norm<'a> {
+    layernorm::Norm {
+        gain: &f.r(p.gain)[..width],
+        bias: &f.r(p.bias)[..width],
+        eps: p.eps,
+    }
+}
+
+/// What a LayerNorm of `rows` rows saved, as the reference reads it.
+fn saved_view<'a>(f: &Frame<'a>, saved: LayerNormSaved, rows: usize) -> layernorm::Saved<'a> {
+    layernorm::Saved {
+        xhat: f.r(saved.xhat),
+        rstd: &f.r(saved.rstd)[..rows],
     }
 }
 
@@ -193,21 +211,10 @@ impl Backend for CpuBackend {
             word: f.r(p.word),
             position: f.r(p.position),
             token_type: f.r(p.token_type),
-            gain: f.r(p.norm.gain),
-            bias: f.r(p.norm.bias),
-            eps: p.norm.eps,
+            norm: norm(&f, &p.norm, p.norm.gain.len),
         };
         let (ids, types) = (f.ri(op.ids), f.ri(op.token_types));
-        embedding::forward(
-            ids,
-            types,
-            op.seq,
-            &tables,
-            p.norm.gain.len,
-            out,
-            xhat,
-            rstd,
-        );
+        embedding::forward(ids, types, op.seq, &tables, out, xhat, rstd);
     }
 
     fn embedding_bwd(&mut self, op: &EmbeddingOp) {
@@ -226,17 +233,12 @@ impl Backend for CpuBackend {
         let reads = [dout, p.norm.gain, saved.xhat, saved.rstd];
         let [dsum, dgain, dbias, dword, dpos, dtype] = f.w(writes, &reads);
         dsum.fill(0.0);
-        layernorm::backward(
-            f.r(dout),
-            f.r(p.norm.gain),
-            f.r(saved.xhat),
-            &f.r(saved.rstd)[..rows],
-            dsum,
-            None,
-            dgain,
-            dbias,
-            width,
-        );
+        let norm_grads = layernorm::NormGrads {
+            gain: dgain,
+            bias: dbias,
+        };
+        let (gain, saved) = (f.r(p.norm.gain), saved_view(&f, saved, rows));
+        layernorm::backward(f.r(dout), gain, saved, dsum, None, norm_grads);
         let grads = embedding::TableGrads {
             word: dword,
             position: dpos,
@@ -301,17 +303,8 @@ impl Backend for CpuBackend {
         let f = self.frame();
         let reads = [x, residual.unwrap_or(x), p.gain, p.bias];
         let [y, xhat, rstd] = f.w([y, saved.xhat, saved.rstd], &reads);
-        layernorm::forward(
-            f.r(x),
-            residual.map(|r| f.r(r)),
-            f.r(p.gain),
-            f.r(p.bias),
-            p.eps,
-            y,
-            xhat,
-            &mut rstd[..rows],
-            width,
-        );
+        let (residual, norm) = (residual.map(|r| f.r(r)), norm(&f, &p, width));
+        layernorm::forward(f.r(x), residual, &norm, y, xhat, &mut rstd[..rows]);
     }
 
     fn layernorm_bwd(&mut self, op: &LayerNormOp) {
@@ -329,17 +322,12 @@ impl Backend for CpuBackend {
         let writes = [x.grad(), dresidual, p.gain.grad(), p.bias.grad()];
         let dy = y.grad();
         let [dx, dres, dgain, dbias] = f.w(writes, &[dy, p.gain, saved.xhat, saved.rstd]);
-        layernorm::backward(
-            f.r(dy),
-            f.r(p.gain),
-            f.r(saved.xhat),
-            &f.r(saved.rstd)[..rows],
-            dx,
-            residual.map(|_| dres),
-            dgain,
-            dbias,
-            width,
-        );
+        let grads = layernorm::NormGrads {
+            gain: dgain,
+            bias: dbias,
+        };
+        let (gain, saved) = (&f.r(p.gain)[..width], saved_view(&f, saved, rows));
+        layernorm::backward(f.r(dy), gain, saved, dx, residual.map(|_| dres), grads);
     }
 
     fn attention_fwd(&mut self, op: &AttentionOp) {
@@ -348,7 +336,12 @@ impl Backend for CpuBackend {
         let f = self.frame();
         let [ctx, probs] = f.w([op.ctx, op.probs], &[op.qkv]);
         let (qkv, key_mask) = (f.r(op.qkv), f.ri(op.key_mask));
-        attention::forward(qkv, key_mask, ctx, probs, &mut scratch, mask, op.dims);
+        let pass = attention::Pass {
+            dims: op.dims,
+            key_mask,
+            dropout: mask,
+        };
+        attention::forward(qkv, ctx, probs, &mut scratch, &pass);
         self.scratch = scratch;
     }
 
@@ -362,17 +355,12 @@ impl Backend for CpuBackend {
         let [dqkv, dscores] = f.w([qkv.grad(), probs.grad()], &[qkv, probs, ctx.grad()]);
         let (qkv, probs, dctx) = (f.r(qkv), f.r(probs), f.r(ctx.grad()));
         let key_mask = f.ri(op.key_mask);
-        attention::backward(
-            qkv,
+        let pass = attention::Pass {
+            dims: op.dims,
             key_mask,
-            probs,
-            dctx,
-            dqkv,
-            dscores,
-            &mut scratch,
-            mask,
-            op.dims,
-        );
+            dropout: mask,
+        };
+        attention::backward(qkv, probs, dctx, dqkv, dscores, &mut scratch, &pass);
         self.scratch = scratch;
     }
 
@@ -418,19 +406,13 @@ impl Backend for CpuBackend {
         let f = self.frame();
         let [row_loss, dlogits] = f.w([op.row_loss, op.logits.grad()], &[op.logits]);
         let targets = op.targets.prefix(op.rows);
-        let pick = op
-            .pick
-            .map(|(mode, picks)| (mode, f.wi(picks.prefix(op.rows), &[targets])));
-        losses::softmax_xent(
-            f.r(op.logits),
-            f.ri(targets),
-            row_loss,
-            dlogits,
-            op.grad_scale,
-            pick,
+        let pick = op.pick.map(|(mode, picks)| losses::Picks {
+            mode,
             sample_seed,
-            op.vocab,
-        );
+            out: f.wi(picks.prefix(op.rows), &[targets]),
+        });
+        let (logits, targets, scale) = (f.r(op.logits), f.ri(targets), op.grad_scale);
+        losses::softmax_xent(logits, targets, row_loss, dlogits, scale, pick, op.vocab);
     }
 
     fn replace_tokens(&mut self, op: &ReplaceTokensOp) {

@@ -117,14 +117,11 @@ impl Blas {
     ///
     /// # Safety
     /// The addresses must hold the matrices `g` describes, on the handle's device.
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn matmul(
         &mut self,
         stream: cudarc::driver::sys::CUstream,
         g: Gemm,
-        a: u64,
-        b: u64,
-        d: u64,
+        (a, b, d): (u64, u64, u64),
         beta: f32,
         bias: Option<u64>,
     ) -> Result<(), CudaError> {
@@ -333,7 +330,7 @@ impl CudaBackend {
                 .record_event(Some(driver_sys::CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| driver_err("recording an event", e))?;
             // SAFETY: three N × N bf16 matrices.
-            unsafe { self.blas.matmul(cu, g, a, b, d, 0.0, None)? };
+            unsafe { self.blas.matmul(cu, g, (a, b, d), 0.0, None)? };
             let end = self
                 .stream
                 .record_event(Some(driver_sys::CUevent_flags::CU_EVENT_DEFAULT))

@@ -435,7 +435,7 @@ impl CudaBackend {
         self.last_kernel.set("cublasLtMatmul");
         let stream = self.stream.cu_stream();
         // SAFETY: the call sites check that the buffers hold the matrices `g` describes.
-        unsafe { self.blas.matmul(stream, g, a, b, d, beta, bias) }
+        unsafe { self.blas.matmul(stream, g, (a, b, d), beta, bias) }
             .unwrap_or_else(|e| panic!("CUDA: {e}"));
         if self.sync_each_launch {
             self.stream
