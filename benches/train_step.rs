@@ -11,7 +11,9 @@ fn small_step(c: &mut Criterion) {
     let (batch, seq) = (8, 128);
     let config = ElectraConfig::preset("small").unwrap();
     let model = Model::new(config);
-    let values = model.initial_values(0);
+    let values = model
+        .initial_values(0)
+        .expect("the small preset fits in memory");
     let mut trainer =
         Trainer::new(CpuBackend::new(), model, TrainConfig::default(), &values).unwrap();
     let special = trainer.model.config.special_tokens;

@@ -22,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.vocab_size = 1000;
     }
     let model = Model::new(config);
-    let values = model.initial_values(42);
+    let values = model.initial_values(42)?;
     let recipe = TrainConfig {
         peak_lr: 1e-3,
         warmup_steps: 2,

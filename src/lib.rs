@@ -41,7 +41,7 @@
 //! let mut config = ElectraConfig::preset("tiny")?;
 //! config.vocab_size = 1000; // real runs take it from the tokenizer's vocabulary
 //! let model = Model::new(config);
-//! let values = model.initial_values(42); // N(0, 0.02) weights, deterministic in the seed
+//! let values = model.initial_values(42)?; // N(0, 0.02) weights, deterministic in the seed
 //! let recipe = TrainConfig {
 //!     warmup_steps: 10,
 //!     total_steps: 100,

@@ -56,7 +56,7 @@ fn tiny_model(dir: &Path) -> PathBuf {
         attention_probs_dropout_prob: 0.1,
     };
     let model = Model::new(cfg);
-    let values = model.initial_values(7);
+    let values = model.initial_values(7).unwrap();
     let out = dir.join("hf");
     export_model(&model, &values, &tok, &out, false).unwrap();
     out

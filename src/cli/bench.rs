@@ -109,7 +109,7 @@ fn run_on<B: Backend>(
         .into());
     }
     let model = Model::new(config.clone());
-    let values = model.initial_values(0);
+    let values = model.initial_values(0)?;
     let backend = Profiled::new(backend);
     let mut trainer = Trainer::new(backend, model, TrainConfig::default(), &values)?;
     let special = config.special_tokens;

@@ -21,7 +21,7 @@ use crate::data::Batch;
 use crate::io::export::{hf_config, Network};
 use crate::io::tensors::{read_tensors, write_f32_tensors};
 use crate::io::IoError;
-use crate::model::config::{ElectraConfig, EncoderConfig};
+use crate::model::config::{zeroed_values, ElectraConfig, EncoderConfig};
 use crate::model::params::{Dense, DISCRIMINATOR, SHARED};
 use crate::model::{
     encoder_forward, BatchShape, DropoutPlan, Encoder, EncoderActs, Model, Tokens, INIT_STD,
@@ -303,7 +303,7 @@ impl<B: Backend> Classifier<B> {
     ) -> Result<Vec<f32>, FinetuneError> {
         let model = Model::new(carrier_config(config));
         let layout = FtLayout::new(&model, outputs);
-        let mut values = model.initial_values(seed);
+        let mut values = model.initial_values(seed).map_err(IoError::from)?;
         if let Some(p) = pretrained {
             let left = p.fill(&model.layout, &mut values)?;
             let missing: Vec<&String> = left
@@ -677,7 +677,7 @@ pub fn load_model<B: Backend>(dir: &Path, backend: B) -> Result<Finetuned<B>, Fi
     let layout = FtLayout::new(&model, outputs);
     let file = dir.join("model.safetensors");
     let tensors = read_tensors(&file)?;
-    let mut values = vec![0.0; layout.len];
+    let mut values = zeroed_values(layout.len).map_err(IoError::from)?;
     let mut problems = vec![];
     for t in &layout.tensors {
         match tensors

@@ -7,6 +7,7 @@
 
 use super::tensors::{read_tensors, write_f32_tensors};
 use super::IoError;
+use crate::model::config::zeroed_values;
 use crate::model::params::ParamLayout;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -79,7 +80,7 @@ fn read_flat(
     tensors: &std::collections::BTreeMap<String, super::tensors::Tensor>,
     file: &Path,
 ) -> Result<Vec<f32>, IoError> {
-    let mut flat = vec![0.0f32; layout.len()];
+    let mut flat = zeroed_values(layout.len())?;
     for p in &layout.params {
         let name = format!("{prefix}{}", p.name);
         let t = tensors

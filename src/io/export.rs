@@ -12,7 +12,7 @@ use super::run_dir::{self, RunConfig};
 use super::tensors::{read_tensors, write_f32_tensors};
 use super::{write_atomic, IoError};
 use crate::data::WordPieceTokenizer;
-use crate::model::config::{ElectraConfig, EncoderConfig};
+use crate::model::config::{zeroed_values, ElectraConfig, EncoderConfig};
 use crate::model::params::{ParamLayout, DISCRIMINATOR, GENERATOR, SHARED};
 use crate::model::{Model, INIT_STD};
 use serde_json::json;
@@ -427,7 +427,7 @@ pub fn read_checkpoint_params(layout: &ParamLayout, dir: &Path) -> Result<Vec<f3
         ));
     }
     let mut tensors = read_tensors(&file)?;
-    let mut flat = vec![0.0f32; layout.len()];
+    let mut flat = zeroed_values(layout.len())?;
     let (mut missing, mut mismatched) = (vec![], vec![]);
     for p in &layout.params {
         match tensors.remove(&p.name) {

@@ -4,7 +4,7 @@
 use super::tensors::{read_tensors, Tensor};
 use super::IoError;
 use crate::data::WordPieceTokenizer;
-use crate::model::config::{ElectraConfig, EncoderConfig};
+use crate::model::config::{zeroed_values, ElectraConfig, EncoderConfig};
 use crate::model::params::{ParamLayout, DISCRIMINATOR, GENERATOR, SHARED};
 use crate::model::Model;
 use std::collections::BTreeMap;
@@ -81,7 +81,7 @@ pub fn load_pretraining_pair(generator: &Path, discriminator: &Path) -> Result<L
     )?;
     apply_vocab_specials(discriminator, &mut config)?;
     let model = Model::new(config);
-    let mut values = vec![0.0f32; model.layout.len()];
+    let mut values = zeroed_values(model.layout.len())?;
     let gen_file = model_file(generator)?;
     let disc_file = model_file(discriminator)?;
     let mut gen = read_tensors(&gen_file)?;

@@ -100,6 +100,35 @@ pub enum ConfigError {
     /// The sizes do not fit together (see [`ElectraConfig::validate`]); the text says which.
     #[error("{0}")]
     Invalid(String),
+    /// The memory for the model's values could not be had.
+    #[error("a model of {parameters} parameters needs {:.2} GB for its values, which this machine could not allocate ({detail}); check the sizes in its config", *parameters as f64 * 4e-9)]
+    TooLarge {
+        /// How many values were asked for.
+        parameters: usize,
+        /// What the allocator said.
+        detail: String,
+    },
+}
+
+/// The most layers an encoder may have: far more than any ELECTRA (24), and few enough that a
+/// model's tensors can be listed and its size computed without overflow.
+pub const MAX_LAYERS: usize = 1024;
+/// The largest width, vocabulary, position count or token-type count: with [`MAX_LAYERS`], no
+/// product of sizes can overflow.
+pub const MAX_SIZE: usize = 1 << 24;
+
+/// `len` zeroed values on the host, or [`ConfigError::TooLarge`] when the memory cannot be had:
+/// a config's sizes are a user's input, and an allocation they make must not abort.
+pub fn zeroed_values(len: usize) -> Result<Vec<f32>, ConfigError> {
+    let mut values = Vec::new();
+    values
+        .try_reserve_exact(len)
+        .map_err(|e| ConfigError::TooLarge {
+            parameters: len,
+            detail: e.to_string(),
+        })?;
+    values.resize(len, 0.0);
+    Ok(values)
 }
 
 /// A generator of `fraction` times the discriminator's width, with heads of 64 where the width
@@ -243,10 +272,37 @@ impl ElectraConfig {
     /// checked once the vocabulary that defines them is known.
     pub fn validate_sizes(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        for (name, enc) in [
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("embedding_size", self.embedding_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ];
+        let encoders = [
             ("generator", &self.generator),
             ("discriminator", &self.discriminator),
-        ] {
+        ];
+        let encoder_sizes = encoders.iter().flat_map(|(name, enc)| {
+            [
+                (*name, "hidden_size", enc.hidden_size),
+                (*name, "intermediate_size", enc.intermediate_size),
+            ]
+        });
+        let sizes = sizes.map(|(field, v)| ("model", field, v));
+        for (part, field, value) in sizes.into_iter().chain(encoder_sizes) {
+            if value == 0 || value > MAX_SIZE {
+                return bad(format!(
+                    "{part}: {field} must be between 1 and {MAX_SIZE}, got {value}"
+                ));
+            }
+        }
+        for (name, enc) in encoders {
+            if enc.num_layers > MAX_LAYERS {
+                return bad(format!(
+                    "{name}: {} layers, more than the engine's {MAX_LAYERS}",
+                    enc.num_layers
+                ));
+            }
             if enc.num_heads == 0 || enc.hidden_size % enc.num_heads != 0 {
                 return bad(format!(
                     "{name}: hidden size {} is not a multiple of {} heads",
@@ -270,16 +326,39 @@ impl ElectraConfig {
                 return bad(format!("{name} must be in [0, 1), got {p}"));
             }
         }
-        if self.vocab_size == 0 || self.vocab_size > u32::MAX as usize {
-            return bad(format!("vocab_size {} is out of range", self.vocab_size));
-        }
-        if self.embedding_size == 0
-            || self.max_position_embeddings == 0
-            || self.type_vocab_size == 0
-        {
-            return bad("embedding size, positions and token types must be positive".into());
+        // Four values a parameter on the backend (value, gradient, two moments) must be
+        // addressable; what the machine can hold is found by allocating fallibly.
+        let parameters = self.parameter_count();
+        if parameters.saturating_mul(16) > isize::MAX as u128 {
+            return bad(format!(
+                "the sizes give {parameters} parameters, more than any machine can address"
+            ));
         }
         Ok(())
+    }
+
+    /// The number of parameters of both networks and the shared embeddings, exact in u128
+    /// whatever the sizes (the layout's `len()` once the sizes are valid).
+    pub fn parameter_count(&self) -> u128 {
+        let (v, e) = (self.vocab_size as u128, self.embedding_size as u128);
+        let shared =
+            (v + self.max_position_embeddings as u128 + self.type_vocab_size as u128 + 2) * e;
+        let encoder = |enc: &EncoderConfig| {
+            let (h, f) = (enc.hidden_size as u128, enc.intermediate_size as u128);
+            let project = if e != h { e * h + h } else { 0 };
+            // qkv, attention output, two LayerNorms, the two feed-forward layers.
+            let layer = 3 * h * h + 3 * h + h * h + h + 4 * h + f * h + f + h * f + h;
+            project + enc.num_layers as u128 * layer
+        };
+        let hg = self.generator.hidden_size as u128;
+        let hd = self.discriminator.hidden_size as u128;
+        let generator_head = hg * e + e + 2 * e + v;
+        let discriminator_head = hd * hd + hd + hd + 1;
+        shared
+            + encoder(&self.generator)
+            + encoder(&self.discriminator)
+            + generator_head
+            + discriminator_head
     }
 }
 

@@ -43,9 +43,9 @@ impl Model {
     }
 
     /// The original initialisation: weights from N(0, 0.02) truncated at 2σ, biases 0, LayerNorm
-    /// gains 1. Deterministic in `seed`.
-    pub fn initial_values(&self, seed: u64) -> Vec<f32> {
-        let mut values = vec![0.0f32; self.layout.len()];
+    /// gains 1. Deterministic in `seed`. Fails only when the memory cannot be had.
+    pub fn initial_values(&self, seed: u64) -> Result<Vec<f32>, config::ConfigError> {
+        let mut values = config::zeroed_values(self.layout.len())?;
         for (t, p) in self.layout.params.iter().enumerate() {
             let dst = &mut values[p.buf.offset..p.buf.end()];
             if p.name.ends_with("LayerNorm.weight") {
@@ -54,7 +54,7 @@ impl Model {
                 Stream::new(seed, Purpose::Init, t as u64).fill_truncated_normal(dst, INIT_STD);
             }
         }
-        values
+        Ok(values)
     }
 }
 

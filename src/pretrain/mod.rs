@@ -158,7 +158,9 @@ impl<B: Backend> PretrainRun<B> {
         let initial = match &start {
             Start::Checkpoint(c) => c.params.clone(),
             Start::Fresh(Some(values)) => values.clone(),
-            Start::Fresh(None) => model.initial_values(config.train.seed),
+            Start::Fresh(None) => model
+                .initial_values(config.train.seed)
+                .map_err(IoError::from)?,
         };
         let mut trainer = Trainer::new(backend, model, config.train.clone(), &initial)?;
         let mut elapsed_before = 0.0;
