@@ -206,7 +206,7 @@ fn models_that_do_not_fit_get_clear_errors() {
     assert!(stderr.contains("wrong shape tensors"), "{stderr}");
     assert!(
         stderr.contains(
-            "intermediate.dense.weight is [256, 64], expected a float tensor of [128, 64]"
+            "intermediate.dense.weight is F32 [256, 64], expected a float tensor of [128, 64]"
         ),
         "{stderr}"
     );
@@ -225,6 +225,57 @@ fn models_that_do_not_fit_get_clear_errors() {
     assert!(stderr.contains("missing tensors"), "{stderr}");
     assert!(
         stderr.contains("electra.encoder.layer.1.output.LayerNorm.bias"),
+        "{stderr}"
+    );
+
+    // A generator with a tensor removed: the error names the generator's file, and the
+    // discriminator's folder nowhere.
+    let gen = dir.join("generator");
+    std::fs::create_dir_all(&gen).unwrap();
+    std::fs::copy(f.join("generator/config.json"), gen.join("config.json")).unwrap();
+    let st = read_tensors(&f.join("generator/model.safetensors")).unwrap();
+    let gen_kept: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .iter()
+        .filter(|(k, _)| !k.contains("generator_lm_head.bias"))
+        .map(|(k, t)| (k.clone(), t.shape.clone(), t.to_f32().unwrap()))
+        .collect();
+    write_f32_tensors(&gen.join("model.safetensors"), &gen_kept, None).unwrap();
+    let disc = f.join("discriminator");
+    let (ok, _, stderr) = electra_loss(&gen, &disc, &batch, &[]);
+    assert!(!ok);
+    let named = format!(
+        "{}: generator_lm_head.bias",
+        gen.join("model.safetensors").display()
+    );
+    assert!(stderr.contains(&named), "{stderr}");
+    assert!(!stderr.contains(s(&disc)), "{stderr}");
+
+    // A weight stored as integers: named with its dtype.
+    let name = "electra.encoder.layer.1.output.LayerNorm.bias";
+    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = kept
+        .iter()
+        .map(|(k, shape, v)| {
+            let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (k.clone(), safetensors::Dtype::F32, shape.clone(), bytes)
+        })
+        .collect();
+    let ints: Vec<u8> = (0..64i32).flat_map(|x| x.to_le_bytes()).collect();
+    tensors.push((name.into(), safetensors::Dtype::I32, vec![64], ints));
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(k, dtype, shape, bytes)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes);
+            (k.clone(), view.unwrap())
+        })
+        .collect();
+    let file = safetensors::serialize(views, None).unwrap();
+    std::fs::write(bad.join("model.safetensors"), file).unwrap();
+    let (ok, _, stderr) = electra_loss(&f.join("generator"), &bad, &batch, &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "{name} is I32 [64], expected a float tensor of [64]"
+        )),
         "{stderr}"
     );
 

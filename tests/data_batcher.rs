@@ -148,6 +148,23 @@ fn mismatched_or_missing_shards_are_refused() {
         "{err}"
     );
 
+    // A header whose vocabulary size is not that of the vocabulary its hash names.
+    let (dir, t) = prepared("batcher_bad_size");
+    let bigger = dir.join("shard-00001.bin");
+    let size = t.vocab_size() as u32 + 100;
+    let mut w = ShardWriter::create(&bigger, size, t.vocab_hash(), SEQ as u32).unwrap();
+    w.push(&[2, 120, 3, 5, 3]).unwrap();
+    w.finish().unwrap();
+    let err = Batcher::open(&dir, 4, 0).unwrap_err().to_string();
+    assert!(
+        err.contains("shard-00001.bin")
+            && err.contains(&format!(
+                "vocab size {size} differs from the {}",
+                t.vocab_size()
+            )),
+        "{err}"
+    );
+
     let empty = scratch("batcher_empty");
     fs::copy(dir.join("vocab.txt"), empty.join("vocab.txt")).unwrap();
     let err = Batcher::open(&empty, 4, 0).unwrap_err().to_string();

@@ -211,12 +211,18 @@ fn invalid_utf8_is_decoded_lossily_and_counted() {
     let t = tokenizer(&dir);
     let input = dir.join("latin1.txt");
     fs::write(&input, b"the quick \xff\xfe fox\nthe lazy dog\n").unwrap();
-    let summary = prepare(&[input], &dir.join("out"), &t, &options(0)).unwrap();
+    let summary = prepare(
+        std::slice::from_ref(&input),
+        &dir.join("out"),
+        &t,
+        &options(0),
+    )
+    .unwrap();
     assert_eq!(summary.lossy_lines, 1);
+    let first = format!("(the first: {}:1)", input.display());
+    let text = summary.to_string();
     assert!(
-        summary
-            .to_string()
-            .contains("1 line(s) were not valid UTF-8"),
+        text.contains("1 line(s) were not valid UTF-8") && text.contains(&first),
         "{summary}"
     );
     // The bad bytes become U+FFFD, which BERT's normalizer then drops.
@@ -314,4 +320,59 @@ fn sotu_with_the_bert_vocab_packs_every_token() {
         "{full} of {} full",
         examples.len()
     );
+}
+
+#[test]
+fn binary_files_and_endless_lines_are_refused_by_name_and_line() {
+    let dir = scratch("prepare_bounded");
+    let t = tokenizer(&dir);
+    let text = dir.join("text");
+    fs::create_dir_all(&text).unwrap();
+    fs::write(text.join("a.txt"), "the quick fox\n\nthe lazy dog\n").unwrap();
+    // A binary file among the text: refused, not tokenized into stray characters.
+    let binary = text.join("b.bin");
+    fs::write(&binary, b"the\n\x7fELF\x02\x01\x01\x00\x00\x00 junk\n").unwrap();
+    let err = prepare(
+        std::slice::from_ref(&text),
+        &dir.join("out-binary"),
+        &t,
+        &options(0),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(&format!("{}:2: a NUL byte", binary.display())),
+        "{err}"
+    );
+    fs::remove_file(&binary).unwrap();
+
+    // One line past the limit, with no line break: refused after reading at most one more
+    // byte than the limit, naming the file and line.
+    let endless = text.join("c.txt");
+    let mut long = b"the fox\n".to_vec();
+    long.extend(std::iter::repeat_n(
+        b'a',
+        electra::data::corpus::MAX_LINE_BYTES + 10,
+    ));
+    fs::write(&endless, &long).unwrap();
+    let err = prepare(
+        std::slice::from_ref(&text),
+        &dir.join("out-long"),
+        &t,
+        &options(0),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(&format!(
+            "{}:2: a line longer than 1 MiB",
+            endless.display()
+        )),
+        "{err}"
+    );
+    // A line at the limit is text like any other, its line break not counted.
+    long.truncate(8 + electra::data::corpus::MAX_LINE_BYTES);
+    long.push(b'\n');
+    fs::write(&endless, &long).unwrap();
+    prepare(&[text], &dir.join("out-limit"), &t, &options(0)).unwrap();
 }

@@ -261,6 +261,23 @@ fn bad_rows_give_clear_errors() {
         "{err}"
     );
 
+    // Bytes that are not UTF-8, and a binary file: the line is named.
+    let latin1 = dir.join("latin1.tsv");
+    std::fs::write(&latin1, b"sentence\tlabel\nfine\t1\ncaf\xe9\t0\n").unwrap();
+    let err = read_rows(&latin1, &sst.text_columns, Some(sst.label_column), true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("latin1.tsv:3: not UTF-8 text (byte 4 of the line)"),
+        "{err}"
+    );
+    let binary = dir.join("binary.tsv");
+    std::fs::write(&binary, b"sentence\tlabel\n\x00\x01\t1\n").unwrap();
+    let err = read_rows(&binary, &sst.text_columns, Some(sst.label_column), true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("binary.tsv:2: a NUL byte"), "{err}");
+
     assert!(TaskSpec::glue("squad")
         .unwrap_err()
         .to_string()

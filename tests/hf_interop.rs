@@ -326,7 +326,7 @@ fn importing_the_wrong_files_gives_errors_that_list_the_tensors() {
     );
     assert!(err.contains("wrong shape tensors"), "{err}");
     assert!(
-        err.contains("electra.encoder.layer.1.intermediate.dense.weight is [256, 64], expected a float tensor of [128, 64]"),
+        err.contains("electra.encoder.layer.1.intermediate.dense.weight is F32 [256, 64], expected a float tensor of [128, 64]"),
         "{err}"
     );
 
@@ -652,7 +652,7 @@ fn exporting_bad_runs_and_checkpoints_gives_clear_errors() {
     assert!(err.contains("wrong shape tensors"), "{err}");
     assert!(
         err.contains(
-            "discriminator.electra.encoder.layer.2.intermediate.dense.weight is [128, 512], expected a float tensor of [512, 128]"
+            "discriminator.electra.encoder.layer.2.intermediate.dense.weight is F32 [128, 512], expected a float tensor of [512, 128]"
         ),
         "{err}"
     );

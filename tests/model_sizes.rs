@@ -13,7 +13,9 @@ use std::path::Path;
 /// A data folder holding only a vocabulary: `pretrain` checks the model's sizes before it opens
 /// any shard.
 fn vocab_only(dir: &Path) {
-    let words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "of"];
+    let words = [
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "of",
+    ];
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("vocab.txt"), words.join("\n") + "\n").unwrap();
 }
@@ -31,14 +33,22 @@ fn impossible_sizes_in_a_config_are_named() {
     let data = dir.join("data");
     vocab_only(&data);
     let cases = [
-        ("hidden_size", json!(1_000_000_000u64), "hidden_size must be between 1 and"),
+        (
+            "hidden_size",
+            json!(1_000_000_000u64),
+            "hidden_size must be between 1 and",
+        ),
         ("hidden_size", json!(0), "hidden_size must be between 1 and"),
         (
             "intermediate_size",
             json!(1_000_000_000_000u64),
             "intermediate_size must be between 1 and",
         ),
-        ("num_layers", json!(1_000_000), "layers, more than the engine's"),
+        (
+            "num_layers",
+            json!(1_000_000),
+            "layers, more than the engine's",
+        ),
     ];
     for (i, (field, value, expected)) in cases.into_iter().enumerate() {
         let path = dir.join(format!("config-{i}.json"));

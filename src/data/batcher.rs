@@ -49,7 +49,7 @@ impl Batcher {
         }
         let tokenizer = WordPieceTokenizer::from_vocab_file(&dir.join("vocab.txt"))?;
         let paths = shard_paths(dir)?;
-        let shards = open_shards(&paths, tokenizer.vocab_hash())?;
+        let shards = open_shards(&paths, &tokenizer)?;
         let Some(first) = shards.first() else {
             return Err(DataError::NoShards {
                 dir: dir.to_path_buf(),
@@ -162,10 +162,15 @@ impl Batcher {
     }
 }
 
-fn open_shards(paths: &[PathBuf], vocab_hash: u64) -> Result<Vec<Shard>> {
+fn open_shards(paths: &[PathBuf], vocab: &WordPieceTokenizer) -> Result<Vec<Shard>> {
     let mut shards: Vec<Shard> = Vec::with_capacity(paths.len());
     for path in paths {
-        let shard = Shard::open(path, vocab_hash)?;
+        let shard = Shard::open(path, vocab.vocab_hash())?;
+        let (expected, found) = (vocab.vocab_size() as u32, shard.header().vocab_size);
+        if found != expected {
+            let problem = ShardProblem::VocabSizeMismatch { expected, found };
+            return Err(DataError::shard(path, problem));
+        }
         if let Some(first) = shards.first() {
             let (expected, found) = (first.header().seq_len, shard.header().seq_len);
             if found != expected {

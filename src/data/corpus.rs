@@ -4,7 +4,7 @@
 //! sentence or paragraph per line, and a blank line or the end of a file ends a document.
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use super::error::{DataError, Result};
@@ -15,6 +15,30 @@ pub const STDIN: &str = "-";
 /// One document: its non-blank lines, trimmed, in order.
 pub type Document = Vec<String>;
 
+/// The longest line of text the engine reads (1 MiB): five times the longest paragraph of the
+/// State of the Union corpus. Tokenizing a line takes about a hundred times its size, so an
+/// input without line breaks (or a binary file) must stop here rather than take the machine's
+/// memory.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// What is wrong with a line of text (its line break included or not), or `None`: too long (the
+/// caller reads at most one byte more than [`MAX_LINE_BYTES`] and the break) or holding a NUL
+/// byte, which text never does and binary files nearly always do.
+pub fn line_problem(line: &[u8]) -> Option<String> {
+    let text = line.strip_suffix(b"\n").unwrap_or(line);
+    if text.len() > MAX_LINE_BYTES {
+        Some(format!(
+            "a line longer than {} MiB; the input must be text with one sentence or paragraph \
+             per line",
+            MAX_LINE_BYTES >> 20
+        ))
+    } else if line.contains(&0) {
+        Some("a NUL byte: this is a binary file, not text; leave it out of the input".into())
+    } else {
+        None
+    }
+}
+
 /// A sequence of text sources read one after the other as documents.
 pub struct Corpus {
     sources: Vec<PathBuf>,
@@ -23,6 +47,10 @@ pub struct Corpus {
     total_bytes: Option<u64>,
     bytes_read: u64,
     lossy_lines: u64,
+    /// The first line that was decoded lossily, as `FILE:LINE`.
+    first_lossy: Option<String>,
+    /// 1-based number of the line last read from the current source.
+    line_number: u64,
     line: Vec<u8>,
 }
 
@@ -59,13 +87,16 @@ impl Corpus {
             total_bytes,
             bytes_read: 0,
             lossy_lines: 0,
+            first_lossy: None,
+            line_number: 0,
             line: Vec::new(),
         })
     }
 
     /// The next document, or `None` once every source is exhausted. Text that is not UTF-8 is
     /// decoded lossily (U+FFFD) and counted in [`Corpus::lossy_lines`]: one bad byte in a large
-    /// crawl should cost a character, not the run.
+    /// crawl should cost a character, not the run. A line longer than [`MAX_LINE_BYTES`] or
+    /// holding a NUL byte (a binary file) is an error naming the file and the line.
     pub fn next_document(&mut self) -> Result<Option<Document>> {
         let mut document = Document::new();
         loop {
@@ -80,6 +111,8 @@ impl Corpus {
             };
             self.line.clear();
             let n = reader
+                .by_ref()
+                .take(MAX_LINE_BYTES as u64 + 2)
                 .read_until(b'\n', &mut self.line)
                 .map_err(|e| DataError::io(path.as_path(), e))?;
             self.bytes_read += n as u64;
@@ -87,10 +120,16 @@ impl Corpus {
                 self.current = None;
                 continue;
             }
+            self.line_number += 1;
+            let at = || format!("{}:{}", path.display(), self.line_number);
+            if let Some(problem) = line_problem(&self.line) {
+                return Err(DataError::Invalid(format!("{}: {problem}", at())));
+            }
             let text = match std::str::from_utf8(&self.line) {
                 Ok(text) => text.trim().to_owned(),
                 Err(_) => {
                     self.lossy_lines += 1;
+                    self.first_lossy.get_or_insert_with(at);
                     String::from_utf8_lossy(&self.line).trim().to_owned()
                 }
             };
@@ -125,6 +164,7 @@ impl Corpus {
             ))
         };
         self.current = Some((path.clone(), reader));
+        self.line_number = 0;
         Ok(true)
     }
 
@@ -146,6 +186,11 @@ impl Corpus {
     /// Lines so far that were not valid UTF-8 and were decoded lossily.
     pub fn lossy_lines(&self) -> u64 {
         self.lossy_lines
+    }
+
+    /// The first of them, as `FILE:LINE`.
+    pub fn first_lossy(&self) -> Option<&str> {
+        self.first_lossy.as_deref()
     }
 }
 

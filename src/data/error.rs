@@ -140,6 +140,18 @@ pub enum ShardProblem {
         /// The hash in the shard's header.
         found: u64,
     },
+    /// The header's vocabulary size is not the size of the vocabulary it claims (by its hash):
+    /// the header is corrupt.
+    #[error(
+        "vocab size {found} differs from the {expected} tokens of the vocabulary the header \
+         names: the header is corrupt; prepare the data again"
+    )]
+    VocabSizeMismatch {
+        /// The size of the vocabulary in use.
+        expected: u32,
+        /// The size in the shard's header.
+        found: u32,
+    },
     /// Shards of one folder must share a sequence length; this one does not.
     #[error("seq len {found} differs from {expected} in the other shards of this folder")]
     SeqLenMismatch {

@@ -67,6 +67,8 @@ pub struct PrepareSummary {
     pub bytes: u64,
     /// Lines that were not valid UTF-8 and were decoded lossily.
     pub lossy_lines: u64,
+    /// The first of them, as `FILE:LINE`.
+    pub first_lossy: Option<String>,
     /// Documents: runs of lines ended by a blank line or the end of a file.
     pub documents: u64,
     /// Examples written, over all shards.
@@ -96,8 +98,9 @@ impl fmt::Display for PrepareSummary {
         if self.lossy_lines > 0 {
             write!(
                 f,
-                "; {} line(s) were not valid UTF-8 and were decoded lossily",
-                self.lossy_lines
+                "; {} line(s) were not valid UTF-8 and were decoded lossily (the first: {})",
+                self.lossy_lines,
+                self.first_lossy.as_deref().unwrap_or("?")
             )?;
         }
         Ok(())
@@ -174,6 +177,7 @@ pub fn prepare(
         sources: corpus.source_count(),
         bytes: corpus.bytes_read(),
         lossy_lines: corpus.lossy_lines(),
+        first_lossy: corpus.first_lossy().map(str::to_owned),
         documents,
         examples,
         tokens,

@@ -2,6 +2,7 @@
 //! `[CLS] A [SEP] (B [SEP])` and padded batches.
 
 use super::FinetuneError;
+use crate::data::corpus::line_problem;
 use crate::data::tokenizer::WordPieceTokenizer;
 use crate::data::Batch;
 use serde::{Deserialize, Serialize};
@@ -255,22 +256,39 @@ fn split_csv(line: &str) -> Vec<String> {
 }
 
 /// Reads the rows of `path` (TSV, or CSV when the name ends in `.csv`): the text columns of
-/// `text_columns`, and the label of `label_column` when given. Blank lines are skipped.
+/// `text_columns`, and the label of `label_column` when given. Blank lines are skipped; a line
+/// that is not UTF-8, longer than [`MAX_LINE_BYTES`](crate::data::corpus::MAX_LINE_BYTES) or
+/// binary is an error naming it.
 pub fn read_rows(
     path: &Path,
     text_columns: &[usize],
     label_column: Option<isize>,
     header: bool,
 ) -> Result<Vec<Row>, FinetuneError> {
-    let text = std::fs::read_to_string(path).map_err(|e| FinetuneError::File {
+    let bytes = std::fs::read(path).map_err(|e| FinetuneError::File {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
     let csv = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let bad_line = |i: usize, message: String| FinetuneError::Row {
+        path: path.to_path_buf(),
+        line: i + 1,
+        message,
+    };
     let mut rows = vec![];
-    for (i, line) in text.lines().enumerate().skip(usize::from(header)) {
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if let Some(problem) = line_problem(line) {
+            return Err(bad_line(i, problem));
+        }
+        let line = std::str::from_utf8(line).map_err(|e| {
+            let at = e.valid_up_to() + 1;
+            bad_line(i, format!("not UTF-8 text (byte {at} of the line)"))
+        })?;
+        if i < usize::from(header) {
+            continue;
+        }
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.trim().is_empty() {
             continue;
@@ -294,19 +312,18 @@ pub fn read_rows(
                 Some(c) => format!("text in {text_columns:?}, label in {c}"),
                 None => format!("text in {text_columns:?}"),
             };
-            return Err(FinetuneError::Row {
-                path: path.to_path_buf(),
-                line: i + 1,
-                message: format!(
-                    "expected at least {} {} columns (0-based: {what}), found {n}",
-                    need + 1,
-                    if csv {
-                        "comma-separated"
-                    } else {
-                        "tab-separated"
-                    },
+            let separated = if csv {
+                "comma-separated"
+            } else {
+                "tab-separated"
+            };
+            return Err(bad_line(
+                i,
+                format!(
+                    "expected at least {} {separated} columns (0-based: {what}), found {n}",
+                    need + 1
                 ),
-            });
+            ));
         }
         rows.push(Row {
             line: i + 1,

@@ -680,17 +680,20 @@ pub fn load_model<B: Backend>(dir: &Path, backend: B) -> Result<Finetuned<B>, Fi
     let mut values = zeroed_values(layout.len).map_err(IoError::from)?;
     let mut problems = vec![];
     for t in &layout.tensors {
-        match tensors
-            .get(&t.name)
-            .and_then(|x| Some((x.shape.clone(), x.to_f32()?)))
-        {
-            Some((shape, v)) if shape == t.shape => {
+        let Some(found) = tensors.get(&t.name) else {
+            problems.push(format!("{} is missing", t.name));
+            continue;
+        };
+        match found.to_f32() {
+            Some(v) if found.shape == t.shape => {
                 values[t.buf.offset..t.buf.end()].copy_from_slice(&v)
             }
-            Some((shape, _)) => {
-                problems.push(format!("{} is {shape:?}, expected {:?}", t.name, t.shape))
-            }
-            None => problems.push(format!("{} is missing", t.name)),
+            _ => problems.push(format!(
+                "{} is {}, expected a float tensor of {:?}",
+                t.name,
+                found.describe(),
+                t.shape
+            )),
         }
     }
     if !problems.is_empty() {

@@ -92,8 +92,9 @@ fn read_flat(
                 return Err(IoError::format(
                     file,
                     format!(
-                        "`{name}` is {:?}, expected a float tensor of {:?}",
-                        t.shape, p.shape
+                        "`{name}` is {}, expected a float tensor of {:?}",
+                        t.describe(),
+                        p.shape
                     ),
                 ))
             }

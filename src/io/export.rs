@@ -437,8 +437,10 @@ pub fn read_checkpoint_params(layout: &ParamLayout, dir: &Path) -> Result<Vec<f3
                     flat[p.buf.offset..p.buf.end()].copy_from_slice(&v)
                 }
                 _ => mismatched.push(format!(
-                    "{} is {:?}, expected a float tensor of {:?}",
-                    p.name, t.shape, p.shape
+                    "{} is {}, expected a float tensor of {:?}",
+                    p.name,
+                    t.describe(),
+                    p.shape
                 )),
             },
         }

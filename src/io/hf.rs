@@ -58,9 +58,9 @@ impl Filler<'_> {
                     self.values[p.buf.offset..p.buf.end()].copy_from_slice(&v)
                 }
                 _ => self.mismatched.push(format!(
-                    "{}: {hf_name} is {:?}, expected a float tensor of {:?}",
+                    "{}: {hf_name} is {}, expected a float tensor of {:?}",
                     file.display(),
-                    t.shape,
+                    t.describe(),
                     p.shape
                 )),
             }
@@ -122,7 +122,8 @@ pub fn load_pretraining_pair(generator: &Path, discriminator: &Path) -> Result<L
         })
         .collect();
     if let Some(problems) = tensor_problems(missing, unknown, mismatched) {
-        return Err(IoError::format(discriminator, problems));
+        // Each problem names its file, the generator's or the discriminator's.
+        return Err(IoError::Weights(problems));
     }
     Ok(Loaded {
         model,
@@ -359,8 +360,9 @@ pub fn load_discriminator(dir: &Path) -> Result<HfDiscriminator, IoError> {
                 );
             }
             _ => mismatched.push(format!(
-                "{hf_name} is {:?}, expected a float tensor of {:?}",
-                t.shape, p.shape
+                "{hf_name} is {}, expected a float tensor of {:?}",
+                t.describe(),
+                p.shape
             )),
         }
     }

@@ -29,6 +29,9 @@ pub enum IoError {
         /// What is wrong, and what was expected.
         message: String,
     },
+    /// The weights of several files do not fit the model; each line names its file.
+    #[error("the weights do not fit the model of their config.json files:\n{0}")]
+    Weights(String),
     /// A configuration (model sizes, HF `config.json`) does not fit.
     #[error(transparent)]
     Config(#[from] crate::model::config::ConfigError),

@@ -17,6 +17,8 @@ pub enum Values {
 /// A named tensor's shape and values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
+    /// The element type in the file (the values are widened from it).
+    pub dtype: Dtype,
     /// Dimensions, outermost first; the values are row-major in this shape.
     pub shape: Vec<usize>,
     /// The elements, as many as the product of `shape`.
@@ -30,6 +32,11 @@ impl Tensor {
             Values::Float(v) => Some(v.iter().map(|&x| x as f32).collect()),
             Values::Int(_) => None,
         }
+    }
+
+    /// Its element type and shape, as an error message shows what a file holds: `I32 [64, 32]`.
+    pub fn describe(&self) -> String {
+        format!("{:?} {:?}", self.dtype, self.shape)
     }
 
     /// The values as i64, if the tensor holds integers.
@@ -79,6 +86,7 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>, IoError> {
         out.insert(
             name,
             Tensor {
+                dtype: view.dtype(),
                 shape: view.shape().to_vec(),
                 values,
             },
