@@ -3,14 +3,23 @@
 //!
 //! A checkpoint is written into a hidden temporary folder and renamed into place only once every
 //! file is on disk, so a crash or a kill mid-write leaves the previous checkpoints untouched and
-//! never a half-written `step-N`.
+//! never a half-written `step-N`. `state.json` records the checksum of each tensor file as
+//! written; a file that no longer matches it (a flipped byte on disk, a torn copy) is refused on
+//! resume and export, and so is a checkpoint holding a value that is not finite, naming the
+//! newest earlier checkpoint that is intact.
 
-use super::tensors::{read_tensors, write_f32_tensors};
+use super::tensors::{checksum, parse_tensors, write_f32_tensors};
 use super::IoError;
 use crate::model::config::zeroed_values;
 use crate::model::params::ParamLayout;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// The weights file of a checkpoint.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// The Adam moments file of a checkpoint.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// What, besides the tensors, a resumed run needs to continue exactly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,7 +32,19 @@ pub struct TrainingState {
     pub elapsed_s: f64,
 }
 
+/// `state.json`: the training state and the checksum of each tensor file of the checkpoint.
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    #[serde(flatten)]
+    state: TrainingState,
+    /// CRC-32 of each file as written, by file name; empty in checkpoints written before they
+    /// were recorded, whose files are then read unchecked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    checksums: BTreeMap<String, u32>,
+}
+
 /// The tensors of a checkpoint, as flat buffers in the layout's order.
+#[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointData {
     /// Parameter values, `layout.len()` long (`model.safetensors`).
     pub params: Vec<f32>,
@@ -50,13 +71,15 @@ fn named(layout: &ParamLayout, prefix: &str, flat: &[f32]) -> Vec<(String, Vec<u
         .collect()
 }
 
-/// Reads `prefixes.len()` flat buffers from one file, which must hold exactly those tensors.
+/// Reads `prefixes.len()` flat buffers from one file, which must hold exactly those tensors;
+/// `bytes` are the file's, checked against its recorded checksum.
 fn unnamed<const N: usize>(
     layout: &ParamLayout,
     prefixes: [&str; N],
     file: &Path,
+    bytes: &[u8],
 ) -> Result<[Vec<f32>; N], IoError> {
-    let tensors = read_tensors(file)?;
+    let tensors = parse_tensors(file, bytes)?;
     let expected = N * layout.params.len();
     if tensors.len() != expected {
         return Err(IoError::format(
@@ -125,15 +148,19 @@ pub fn save(
     ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| IoError::io(&tmp, e))?;
-    write_f32_tensors(
-        &tmp.join("model.safetensors"),
-        &named(layout, "", &data.params),
-        None,
-    )?;
+    let params = named(layout, "", &data.params);
+    let model_sum = write_f32_tensors(&tmp.join(MODEL_FILE), &params, None)?;
     let mut moments = named(layout, "adam_m.", &data.adam_m);
     moments.extend(named(layout, "adam_v.", &data.adam_v));
-    write_f32_tensors(&tmp.join("optimizer.safetensors"), &moments, None)?;
-    let state = serde_json::to_vec_pretty(&data.state).expect("state serialises");
+    let optimizer_sum = write_f32_tensors(&tmp.join(OPTIMIZER_FILE), &moments, None)?;
+    let state = StateFile {
+        state: data.state.clone(),
+        checksums: BTreeMap::from([
+            (MODEL_FILE.to_string(), model_sum),
+            (OPTIMIZER_FILE.to_string(), optimizer_sum),
+        ]),
+    };
+    let state = serde_json::to_vec_pretty(&state).expect("state serialises");
     super::write_atomic(&tmp.join("state.json"), &state)?;
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(|e| IoError::io(&final_dir, e))?;
@@ -167,29 +194,109 @@ pub fn list(run_dir: &Path) -> Result<Vec<u64>, IoError> {
     Ok(steps)
 }
 
-/// Reads the checkpoint at `step`, checking every tensor against the layout.
-pub fn load(run_dir: &Path, layout: &ParamLayout, step: u64) -> Result<CheckpointData, IoError> {
-    let dir = step_dir(run_dir, step);
+fn read_state(dir: &Path) -> Result<StateFile, IoError> {
     let state_file = dir.join("state.json");
     let text = std::fs::read(&state_file).map_err(|e| IoError::io(&state_file, e))?;
-    let state: TrainingState = serde_json::from_slice(&text)
-        .map_err(|e| IoError::format(&state_file, format!("not a valid state file: {e}")))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| IoError::format(&state_file, format!("not a valid state file: {e}")))
+}
+
+/// The bytes of the file `name` of the checkpoint in `dir`, checked against the checksum its
+/// `state.json` recorded (when it recorded one).
+pub fn read_checked(dir: &Path, name: &str) -> Result<Vec<u8>, IoError> {
+    let expected = read_state(dir)?.checksums.get(name).copied();
+    let file = dir.join(name);
+    let bytes = std::fs::read(&file).map_err(|e| IoError::io(&file, e))?;
+    match expected {
+        Some(sum) if checksum(&bytes) != sum => Err(IoError::format(
+            &file,
+            format!(
+                "its checksum {:08x} is not the {sum:08x} recorded when it was written: the file \
+                 is corrupt",
+                checksum(&bytes)
+            ),
+        )),
+        _ => Ok(bytes),
+    }
+}
+
+/// Reads the checkpoint at `step`, checking its files against their checksums and every tensor
+/// against the layout, and that every value is finite. A corrupt checkpoint's error names the
+/// newest earlier one that is intact.
+pub fn load(run_dir: &Path, layout: &ParamLayout, step: u64) -> Result<CheckpointData, IoError> {
+    read_step(run_dir, layout, step).map_err(|e| {
+        let intact = list(run_dir).unwrap_or_default().into_iter().rev();
+        match intact
+            .filter(|&s| s < step)
+            .find(|&s| read_step(run_dir, layout, s).is_ok())
+        {
+            Some(s) => IoError::Corrupt {
+                error: Box::new(e),
+                advice: format!(
+                    "step-{s} is the newest intact checkpoint: move {} aside to resume from it",
+                    step_dir(run_dir, step).display()
+                ),
+            },
+            None => IoError::Corrupt {
+                error: Box::new(e),
+                advice: "no earlier checkpoint of this run is intact".into(),
+            },
+        }
+    })
+}
+
+fn read_step(run_dir: &Path, layout: &ParamLayout, step: u64) -> Result<CheckpointData, IoError> {
+    let dir = step_dir(run_dir, step);
+    let StateFile { state, .. } = read_state(&dir)?;
     if state.step != step {
         return Err(IoError::format(
-            &state_file,
+            &dir.join("state.json"),
             format!("records step {}, but the folder is step-{step}", state.step),
         ));
     }
-    let [params] = unnamed(layout, [""], &dir.join("model.safetensors"))?;
-    let [adam_m, adam_v] = unnamed(
-        layout,
-        ["adam_m.", "adam_v."],
-        &dir.join("optimizer.safetensors"),
-    )?;
+    let (model, optimizer) = (dir.join(MODEL_FILE), dir.join(OPTIMIZER_FILE));
+    let bytes = read_checked(&dir, MODEL_FILE)?;
+    let [params] = unnamed(layout, [""], &model, &bytes)?;
+    let bytes = read_checked(&dir, OPTIMIZER_FILE)?;
+    let [adam_m, adam_v] = unnamed(layout, ["adam_m.", "adam_v."], &optimizer, &bytes)?;
+    for (file, prefix, values) in [
+        (&model, "", &params),
+        (&optimizer, "adam_m.", &adam_m),
+        (&optimizer, "adam_v.", &adam_v),
+    ] {
+        require_finite(layout, file, prefix, values)?;
+    }
     Ok(CheckpointData {
         params,
         adam_m,
         adam_v,
         state,
     })
+}
+
+/// An error naming the first tensor of `values` that holds a NaN or an infinity: no training
+/// step writes one (a step whose loss is not finite changes nothing), so it is corruption.
+fn require_finite(
+    layout: &ParamLayout,
+    file: &Path,
+    prefix: &str,
+    values: &[f32],
+) -> Result<(), IoError> {
+    let Some(i) = values.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    let p = layout
+        .params
+        .iter()
+        .find(|p| (p.buf.offset..p.buf.end()).contains(&i))
+        .expect("the layout covers every value");
+    Err(IoError::format(
+        file,
+        format!(
+            "`{prefix}{}` holds {} at element {}: the checkpoint is corrupt",
+            p.name,
+            values[i],
+            i - p.buf.offset
+        ),
+    ))
 }

@@ -9,7 +9,7 @@
 
 use super::checkpoint;
 use super::run_dir::{self, RunConfig};
-use super::tensors::{read_tensors, write_f32_tensors};
+use super::tensors::{parse_tensors, write_f32_tensors};
 use super::{write_atomic, IoError};
 use crate::data::WordPieceTokenizer;
 use crate::model::config::{zeroed_values, ElectraConfig, EncoderConfig};
@@ -426,7 +426,8 @@ pub fn read_checkpoint_params(layout: &ParamLayout, dir: &Path) -> Result<Vec<f3
             "absent: the checkpoint has no model weights",
         ));
     }
-    let mut tensors = read_tensors(&file)?;
+    let bytes = super::checkpoint::read_checked(dir, super::checkpoint::MODEL_FILE)?;
+    let mut tensors = parse_tensors(&file, &bytes)?;
     let mut flat = zeroed_values(layout.len())?;
     let (mut missing, mut mismatched) = (vec![], vec![]);
     for p in &layout.params {

@@ -29,6 +29,14 @@ pub enum IoError {
         /// What is wrong, and what was expected.
         message: String,
     },
+    /// A checkpoint is corrupt; the advice names the newest earlier one that is intact.
+    #[error("{error}; {advice}")]
+    Corrupt {
+        /// What is wrong with it.
+        error: Box<IoError>,
+        /// Which checkpoint to resume from instead.
+        advice: String,
+    },
     /// The weights of several files do not fit the model; each line names its file.
     #[error("the weights do not fit the model of their config.json files:\n{0}")]
     Weights(String),

@@ -58,7 +58,12 @@ fn widen<T: bytemuck::Pod, U>(bytes: &[u8], f: impl Fn(T) -> U) -> Vec<U> {
 /// Every tensor of a safetensors file, by name.
 pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>, IoError> {
     let bytes = std::fs::read(path).map_err(|e| IoError::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
+    parse_tensors(path, &bytes)
+}
+
+/// Every tensor of the safetensors `bytes` read from `path`, by name.
+pub fn parse_tensors(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Tensor>, IoError> {
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| IoError::format(path, format!("not a valid safetensors file: {e}")))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
@@ -95,12 +100,13 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>, IoError> {
     Ok(out)
 }
 
-/// Writes f32 tensors to a safetensors file atomically.
+/// Writes f32 tensors to a safetensors file atomically; returns the [`checksum`] of the bytes
+/// written, for a record that can tell later whether the file is still what was written.
 pub fn write_f32_tensors(
     path: &Path,
     tensors: &[(String, Vec<usize>, Vec<f32>)],
     metadata: Option<std::collections::HashMap<String, String>>,
-) -> Result<(), IoError> {
+) -> Result<u32, IoError> {
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(name, shape, data)| {
@@ -115,5 +121,12 @@ pub fn write_f32_tensors(
         .collect::<Result<_, IoError>>()?;
     let bytes = safetensors::serialize(views, metadata)
         .map_err(|e| IoError::format(path, format!("cannot serialise: {e}")))?;
-    write_atomic(path, &bytes)
+    write_atomic(path, &bytes)?;
+    Ok(checksum(&bytes))
+}
+
+/// The CRC-32 of a file's bytes: what the engine records of the files it writes and later
+/// trusts, to tell a flipped byte (a bad disk, a torn copy) from the file it wrote.
+pub fn checksum(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
 }
