@@ -56,8 +56,8 @@ fn round_trip_keeps_header_and_examples() {
     assert_eq!(&bytes[..8], b"ELECSHRD");
     assert_eq!(
         &bytes[8..12],
-        &1u32.to_le_bytes(),
-        "version 1, little-endian"
+        &2u32.to_le_bytes(),
+        "version 2, little-endian"
     );
 
     let shard = Shard::open(&path, HASH).unwrap();
@@ -67,7 +67,9 @@ fn round_trip_keeps_header_and_examples() {
             vocab_size: 100,
             vocab_hash: HASH,
             seq_len: 8,
-            example_count: 3
+            example_count: 3,
+            version: 2,
+            body_checksum: crc32fast::hash(&bytes[HEADER_LEN..]),
         }
     );
     for (i, example) in examples().iter().enumerate() {
@@ -173,8 +175,11 @@ fn every_other_bad_header_field_is_rejected() {
         fs::write(&path, &bytes).unwrap();
         open_err(&path, HASH)
     };
-    let msg = patched(8, &2u32.to_le_bytes());
-    assert!(msg.contains("unsupported shard version 2"), "{msg}");
+    let msg = patched(8, &3u32.to_le_bytes());
+    assert!(
+        msg.contains("unsupported shard version 3 (this build reads versions 1 to 2)"),
+        "{msg}"
+    );
     let msg = patched(24, &0u32.to_le_bytes());
     assert!(msg.contains("seq len in the header is 0"), "{msg}");
     let msg = patched(12, &0u32.to_le_bytes());
@@ -191,4 +196,37 @@ fn every_other_bad_header_field_is_rejected() {
         msg.contains("example 1, position 1: token id 99 is not below the vocab size 50"),
         "{msg}"
     );
+}
+
+#[test]
+fn a_flipped_byte_in_the_ids_is_refused_and_version_1_shards_still_open() {
+    let dir = scratch("shard_checksum");
+    let path = dir.join("shard-00000.bin");
+    write_shard(&path);
+    let good = fs::read(&path).unwrap();
+    for at in [HEADER_LEN, good.len() - 1] {
+        let mut bytes = good.clone();
+        bytes[at] ^= 0x04;
+        fs::write(&path, &bytes).unwrap();
+        let msg = open_err(&path, HASH);
+        assert!(
+            msg.contains("the token ids' checksum") && msg.contains("the file is corrupt"),
+            "byte {at}: {msg}"
+        );
+    }
+
+    // Version 1, as older builds wrote it: no checksum (its bytes reserved, zero), read as is.
+    let mut v1 = good.clone();
+    v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+    v1[28..32].fill(0);
+    fs::write(&path, &v1).unwrap();
+    let shard = Shard::open(&path, HASH).unwrap();
+    assert_eq!(
+        (shard.header().version, shard.header().body_checksum),
+        (1, 0)
+    );
+    assert_eq!(shard.example(1)[..3], [2, 99, SEP]);
+    v1[29] = 1;
+    fs::write(&path, &v1).unwrap();
+    assert!(open_err(&path, HASH).contains("reserved header bytes"));
 }

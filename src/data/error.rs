@@ -97,7 +97,7 @@ pub enum ShardProblem {
         found: [u8; 8],
     },
     /// Written by another version of the format; re-run `electra prepare` with this build.
-    #[error("unsupported shard version {found} (this build reads version {supported})")]
+    #[error("unsupported shard version {found} (this build reads versions 1 to {supported})")]
     UnsupportedVersion {
         /// The version in the header.
         found: u32,
@@ -110,7 +110,19 @@ pub enum ShardProblem {
     /// The header says examples have no tokens.
     #[error("seq len in the header is 0")]
     ZeroSeqLen,
-    /// Bytes the format reserves (28..32 and 40..64) are not zero, so the header is corrupt.
+    /// The token ids are not those the header's checksum was taken of: a byte changed on disk.
+    #[error(
+        "the token ids' checksum is {found:08x}, not the {expected:08x} of the header: the file \
+         is corrupt; prepare the data again"
+    )]
+    ChecksumMismatch {
+        /// The checksum in the header.
+        expected: u32,
+        /// The checksum of the ids in the file.
+        found: u32,
+    },
+    /// Bytes the format reserves (40..64, and 28..32 in version 1) are not zero, so the header
+    /// is corrupt.
     #[error("reserved header bytes are not zero (corrupt header?)")]
     ReservedNotZero,
     /// The file's size disagrees with the header's example count and sequence length.

@@ -5,11 +5,11 @@
 //! | offset | size | field                                  |
 //! |--------|------|----------------------------------------|
 //! | 0      | 8    | magic `b"ELECSHRD"`                    |
-//! | 8      | 4    | version, u32 = 1                       |
+//! | 8      | 4    | version, u32 = 2 (1 is read too)       |
 //! | 12     | 4    | vocab size, u32 (1..=65536)            |
 //! | 16     | 8    | vocab hash, u64 (FNV-1a, see tokenizer)|
 //! | 24     | 4    | seq len, u32 (> 0)                     |
-//! | 28     | 4    | reserved, zero                         |
+//! | 28     | 4    | CRC-32 of the token ids (version 1: 0) |
 //! | 32     | 8    | example count, u64                     |
 //! | 40     | 24   | reserved, zero                         |
 //! | 64     |      | u16 token ids, [examples x seq len]    |
@@ -18,6 +18,10 @@
 //! all a model needs: token types and the attention mask follow from the `[SEP]`s and the padding
 //! (see [`fill_example`]), so the file stores 2 bytes per token and nothing else. The header is
 //! 64 bytes so the ids stay aligned and the reserved bytes leave room for later versions.
+//!
+//! Version 2 added the checksum of the ids, which [`Shard::open`] checks, so that a byte flipped
+//! on disk is refused rather than trained on; version 1 shards (prepared by older builds) are
+//! read unchecked.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -29,8 +33,8 @@ use super::error::{DataError, Result, ShardProblem};
 
 /// The first 8 bytes of every shard.
 pub const MAGIC: [u8; 8] = *b"ELECSHRD";
-/// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The format version this build writes; it also reads version 1, which has no checksum.
+pub const VERSION: u32 = 2;
 /// Size of the header in bytes; token ids start here.
 pub const HEADER_LEN: usize = 64;
 /// Ids are stored as u16, so a vocabulary may hold at most this many tokens.
@@ -53,16 +57,21 @@ pub struct ShardHeader {
     pub seq_len: u32,
     /// Examples in the file.
     pub example_count: u64,
+    /// The format version: [`VERSION`], or 1 for a shard of an older build.
+    pub version: u32,
+    /// CRC-32 of the token ids (everything after the header); 0 and unchecked in version 1.
+    pub body_checksum: u32,
 }
 
 impl ShardHeader {
     fn to_bytes(self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..8].copy_from_slice(&MAGIC);
-        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[12..16].copy_from_slice(&self.vocab_size.to_le_bytes());
         b[16..24].copy_from_slice(&self.vocab_hash.to_le_bytes());
         b[24..28].copy_from_slice(&self.seq_len.to_le_bytes());
+        b[28..32].copy_from_slice(&self.body_checksum.to_le_bytes());
         b[32..40].copy_from_slice(&self.example_count.to_le_bytes());
         b
     }
@@ -81,7 +90,7 @@ impl ShardHeader {
             return Err(ShardProblem::BadMagic { found });
         }
         let version = u32_at(8);
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(ShardProblem::UnsupportedVersion {
                 found: version,
                 supported: VERSION,
@@ -92,6 +101,8 @@ impl ShardHeader {
             vocab_hash: u64_at(16),
             seq_len: u32_at(24),
             example_count: u64_at(32),
+            version,
+            body_checksum: u32_at(28),
         };
         if header.vocab_size == 0 || header.vocab_size > MAX_VOCAB_SIZE {
             return Err(ShardProblem::BadVocabSize(header.vocab_size));
@@ -99,7 +110,9 @@ impl ShardHeader {
         if header.seq_len == 0 {
             return Err(ShardProblem::ZeroSeqLen);
         }
-        if b[28..32].iter().chain(&b[40..]).any(|&x| x != 0) {
+        // Version 1 reserved the checksum's bytes too.
+        let unused_checksum: &[u8] = if version == 1 { &b[28..32] } else { &[] };
+        if unused_checksum.iter().chain(&b[40..]).any(|&x| x != 0) {
             return Err(ShardProblem::ReservedNotZero);
         }
         // u128, because a corrupt count times a seq len can overflow u64.
@@ -142,6 +155,14 @@ impl Shard {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(path, e))?;
         let header =
             ShardHeader::parse(&map, expected_vocab_hash).map_err(|p| DataError::shard(path, p))?;
+        if header.version >= 2 {
+            let found = crc32fast::hash(&map[HEADER_LEN..]);
+            if found != header.body_checksum {
+                let expected = header.body_checksum;
+                let problem = ShardProblem::ChecksumMismatch { expected, found };
+                return Err(DataError::shard(path, problem));
+            }
+        }
         let shard = Shard {
             path: path.to_path_buf(),
             header,
@@ -209,6 +230,8 @@ pub struct ShardWriter {
     out: Option<BufWriter<File>>,
     header: ShardHeader,
     padded: Vec<u16>,
+    /// The checksum of the ids written so far.
+    body: crc32fast::Hasher,
 }
 
 impl ShardWriter {
@@ -233,6 +256,8 @@ impl ShardWriter {
             vocab_hash,
             seq_len,
             example_count: 0,
+            version: VERSION,
+            body_checksum: 0,
         };
         let mut out = BufWriter::new(file);
         out.write_all(&header.to_bytes())
@@ -243,6 +268,7 @@ impl ShardWriter {
             out: Some(out),
             header,
             padded: vec![0; seq_len as usize],
+            body: crc32fast::Hasher::new(),
         })
     }
 
@@ -263,8 +289,10 @@ impl ShardWriter {
         self.padded[..ids.len()].copy_from_slice(ids);
         self.padded[ids.len()..].fill(0);
         let out = self.out.as_mut().expect("only finish() takes the writer");
-        out.write_all(bytemuck::cast_slice(&self.padded))
+        let bytes = bytemuck::cast_slice(&self.padded);
+        out.write_all(bytes)
             .map_err(|e| DataError::io(&self.tmp, e))?;
+        self.body.update(bytes);
         self.header.example_count += 1;
         Ok(())
     }
@@ -285,6 +313,7 @@ impl ShardWriter {
         let tmp = self.tmp.clone();
         let io = |e| DataError::io(&tmp, e);
         let mut file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        self.header.body_checksum = self.body.clone().finalize();
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         file.write_all(&self.header.to_bytes()).map_err(io)?;
         file.sync_all().map_err(io)?;
