@@ -202,9 +202,14 @@ fn read_state(dir: &Path) -> Result<StateFile, IoError> {
 }
 
 /// The bytes of the file `name` of the checkpoint in `dir`, checked against the checksum its
-/// `state.json` recorded (when it recorded one).
+/// `state.json` recorded (when there is one that recorded one: a folder holding only weights is
+/// read unchecked, as checkpoints of older builds are).
 pub fn read_checked(dir: &Path, name: &str) -> Result<Vec<u8>, IoError> {
-    let expected = read_state(dir)?.checksums.get(name).copied();
+    let expected = match read_state(dir) {
+        Ok(state) => state.checksums.get(name).copied(),
+        Err(IoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
     let file = dir.join(name);
     let bytes = std::fs::read(&file).map_err(|e| IoError::io(&file, e))?;
     match expected {
