@@ -60,6 +60,14 @@ pub(crate) fn tmp_name(name: &str) -> String {
     format!(".{name}.tmp-{}", std::process::id())
 }
 
+/// Whether `name` is a [`tmp_name`], of any process.
+pub(crate) fn is_tmp_name(name: &str) -> bool {
+    name.starts_with('.')
+        && name
+            .rsplit_once(".tmp-")
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Writes a file atomically: into a temporary file beside it, flushed to disk, then renamed over
 /// the destination, so a reader sees the old file or the new one and never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
