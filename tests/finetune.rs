@@ -474,23 +474,26 @@ fn empty_dev_sets_empty_labelled_files_and_outputs_onto_inputs_are_refused() {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("train.tsv"), sst2(8, 0)).unwrap();
     std::fs::write(data.join("dev.tsv"), "sentence\tlabel\n").unwrap();
-    let finetune = |out: &Path| {
-        fails(&[
-            "finetune",
+    let args = |out: &Path| -> Vec<String> {
+        let flags = [
             "--task",
             "sst2",
-            "--data",
-            s(&data),
-            "--model",
-            s(&model),
-            "--out",
-            s(out),
             "--epochs",
             "1",
             "--batch",
             "4",
-        ])
+            "--data",
+            s(&data),
+        ];
+        let mut a: Vec<String> = ["finetune"]
+            .iter()
+            .chain(&flags)
+            .map(|f| f.to_string())
+            .collect();
+        a.extend(["--model", s(&model), "--out", s(out)].map(String::from));
+        a
     };
+    let finetune = |out: &Path| fails(&args(out).iter().map(String::as_str).collect::<Vec<_>>());
     // No dev example: nothing to score an epoch with, so no "best" to report.
     let out = dir.join("out");
     let err = finetune(&out);
@@ -510,21 +513,7 @@ fn empty_dev_sets_empty_labelled_files_and_outputs_onto_inputs_are_refused() {
     }
     assert_eq!(std::fs::read_dir(&model).unwrap().count(), model_files);
     assert!(!data.join("metrics.jsonl").exists());
-    ok(&[
-        "finetune",
-        "--task",
-        "sst2",
-        "--data",
-        s(&data),
-        "--model",
-        s(&model),
-        "--out",
-        s(&out),
-        "--epochs",
-        "1",
-        "--batch",
-        "4",
-    ]);
+    ok(&args(&out).iter().map(String::as_str).collect::<Vec<_>>());
 
     // predict: an empty labelled file has no metrics to print; the output may not be the input.
     let best = out.join("best");
