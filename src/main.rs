@@ -1,6 +1,11 @@
-fn main() {
-    if let Err(e) = electra::cli::run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match electra::cli::run() {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -358,3 +358,50 @@ fn logits_flag_writes_the_fixture_logits_and_the_discriminator_input() {
         }
     }
 }
+
+#[test]
+fn non_finite_weights_are_an_error_naming_the_tensor_and_outputs_never_overwrite_inputs() {
+    let dir = scratch("nan-weights");
+    let f = fixture();
+    let disc = dir.join("discriminator");
+    common::copy_dir(&f.join("discriminator"), &disc);
+    let st = read_tensors(&disc.join("model.safetensors")).unwrap();
+    let name = "electra.encoder.layer.0.attention.self.query.weight";
+    let planted: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .iter()
+        .map(|(k, t)| {
+            let mut v = t.to_f32().unwrap();
+            if k == name {
+                v[5] = f32::NAN;
+            }
+            (k.clone(), t.shape.clone(), v)
+        })
+        .collect();
+    write_f32_tensors(&disc.join("model.safetensors"), &planted, None).unwrap();
+    let batch = f.join("batch.safetensors");
+    let (ok, stdout, stderr) = electra_loss(&f.join("generator"), &disc, &batch, &[]);
+    assert!(!ok, "exit 0 with {stdout}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("is NaN, not a finite number"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("discriminator.{name}` holds NaN at index 5")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("discriminator/model.safetensors"),
+        "{stderr}"
+    );
+
+    // --grads or --logits onto an input is refused before anything is read or written.
+    let model = disc.join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    for flag in ["--grads", "--logits"] {
+        let (ok, _, stderr) = electra_loss(&f.join("generator"), &disc, &batch, &[flag, s(&model)]);
+        assert!(!ok);
+        assert!(
+            stderr.contains("the output lies inside the discriminator"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(std::fs::read(&model).unwrap(), bytes);
+}

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use electra::data::{prepare, PrepareOptions, Shard, WordPieceTokenizer};
 
+mod common;
+
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = fs::remove_dir_all(&dir);
@@ -262,7 +264,7 @@ fn empty_corpus_is_a_clear_error() {
 }
 
 #[test]
-fn refuses_bad_options_and_a_folder_that_already_holds_shards() {
+fn refuses_bad_options_and_a_folder_that_is_not_empty() {
     let dir = scratch("prepare_refusals");
     let t = tokenizer(&dir);
     let input = dir.join("text.txt");
@@ -282,7 +284,22 @@ fn refuses_bad_options_and_a_folder_that_already_holds_shards() {
     let err = prepare(&inputs, &dir.join("b"), &t, &options(0))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("already holds 1 shard(s)"), "{err}");
+    assert!(
+        err.contains("already holds 3 file(s) (shard-00000.bin ...)"),
+        "{err}"
+    );
+    // Nor into a folder that holds anything else: prepare writes only into an empty folder.
+    let notes = dir.join("d");
+    fs::create_dir_all(&notes).unwrap();
+    fs::write(notes.join("notes.txt"), "mine").unwrap();
+    let err = prepare(&inputs, &notes, &t, &options(0))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("already holds 1 file(s) (notes.txt ...)"),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&notes).unwrap().count(), 1);
 
     let err = prepare(&[dir.join("nope.txt")], &dir.join("c"), &t, &options(0))
         .unwrap_err()
@@ -375,4 +392,24 @@ fn binary_files_and_endless_lines_are_refused_by_name_and_line() {
     long.push(b'\n');
     fs::write(&endless, &long).unwrap();
     prepare(&[text], &dir.join("out-limit"), &t, &options(0)).unwrap();
+}
+
+#[test]
+fn the_command_refuses_an_output_inside_its_input_before_training_a_vocabulary() {
+    let dir = scratch("prepare_onto_input");
+    let corpus = dir.join("corpus");
+    fs::create_dir_all(&corpus).unwrap();
+    fs::write(corpus.join("a.txt"), "the lazy dog\n").unwrap();
+    let inside = corpus.join("shards");
+    let err = common::fails(&[
+        "prepare",
+        "--input",
+        common::s(&corpus),
+        "--train-vocab",
+        "50",
+        "--out",
+        common::s(&inside),
+    ]);
+    assert!(err.contains("the output lies inside the input"), "{err}");
+    assert!(!inside.exists());
 }

@@ -482,3 +482,79 @@ fn finetune_and_predict_end_to_end() {
         "{err}"
     );
 }
+
+#[test]
+fn empty_dev_sets_empty_labelled_files_and_outputs_onto_inputs_are_refused() {
+    let dir = scratch("ft-refusals");
+    let model = tiny_model(&dir);
+    let data = dir.join("sst2");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("train.tsv"), sst2(8, 0)).unwrap();
+    std::fs::write(data.join("dev.tsv"), "sentence\tlabel\n").unwrap();
+    let args = |out: &Path| -> Vec<String> {
+        let flags = [
+            "--task",
+            "sst2",
+            "--epochs",
+            "1",
+            "--batch",
+            "4",
+            "--data",
+            s(&data),
+        ];
+        let mut a: Vec<String> = ["finetune"]
+            .iter()
+            .chain(&flags)
+            .map(|f| f.to_string())
+            .collect();
+        a.extend(["--model", s(&model), "--out", s(out)].map(String::from));
+        a
+    };
+    let finetune = |out: &Path| fails(&args(out).iter().map(String::as_str).collect::<Vec<_>>());
+    // No dev example: nothing to score an epoch with, so no "best" to report.
+    let out = dir.join("out");
+    let err = finetune(&out);
+    assert!(err.contains("dev.tsv: holds no example"), "{err}");
+    assert!(!out.exists(), "a refused run wrote {out:?}");
+
+    // The output on (or in) the model or the data folder.
+    std::fs::write(data.join("dev.tsv"), sst2(4, 1)).unwrap();
+    let model_files = std::fs::read_dir(&model).unwrap().count();
+    for (out, expected) in [
+        (model.clone(), "the output is the model"),
+        (model.join("tuned"), "the output lies inside the model"),
+        (data.clone(), "the output is the data folder"),
+    ] {
+        let err = finetune(&out);
+        assert!(err.contains(expected), "{out:?}: {err}");
+    }
+    assert_eq!(std::fs::read_dir(&model).unwrap().count(), model_files);
+    assert!(!data.join("metrics.jsonl").exists());
+    ok(&args(&out).iter().map(String::as_str).collect::<Vec<_>>());
+
+    // predict: an empty labelled file has no metrics to print; the output may not be the input.
+    let best = out.join("best");
+    let empty = dir.join("empty.tsv");
+    std::fs::write(&empty, "sentence\tlabel\n").unwrap();
+    let pred = dir.join("pred.tsv");
+    let predict = |input: &Path, out: &Path| {
+        fails(&[
+            "predict",
+            "--model",
+            s(&best),
+            "--input",
+            s(input),
+            "--out",
+            s(out),
+            "--labelled",
+        ])
+    };
+    let err = predict(&empty, &pred);
+    assert!(err.contains("empty.tsv: holds no example"), "{err}");
+    assert!(!pred.exists());
+    let dev = data.join("dev.tsv");
+    let dev_text = std::fs::read(&dev).unwrap();
+    let err = predict(&dev, &dev);
+    assert!(err.contains("the output is the input"), "{err}");
+    assert_eq!(std::fs::read(&dev).unwrap(), dev_text);
+}

@@ -693,3 +693,101 @@ fn exporting_bad_runs_and_checkpoints_gives_clear_errors() {
     assert!(err.contains("already exists and is not empty"), "{err}");
     ok(&["export", s(run), "--out", s(&out), "--force"]);
 }
+
+/// Files of a folder and their bytes, to show that a refused command changed nothing.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn no_export_writes_over_what_it_reads_and_force_never_deletes_a_run_or_data() {
+    let (data, run) = tiny_run();
+    let dir = scratch("export-onto-inputs");
+    // A copy of the run and its data, so that a regression destroys only the copies.
+    let (data_copy, run_copy) = (dir.join("data"), dir.join("runs/run"));
+    common::copy_dir(data, &data_copy);
+    common::copy_dir(run, &run_copy);
+    let mut rc = electra::io::run_dir::read_config(&run_copy).unwrap();
+    rc.data = data_copy.clone();
+    electra::io::run_dir::write_config(&run_copy, &rc).unwrap();
+    let step = run_copy.join("checkpoints/step-3");
+    let before = (snapshot(&run_copy), snapshot(&data_copy));
+
+    let cases = [
+        (
+            &run_copy,
+            run_copy.clone(),
+            "the output is the run being exported",
+        ),
+        (
+            &run_copy,
+            run_copy.join("hf"),
+            "the output lies inside the run being exported",
+        ),
+        (
+            &run_copy,
+            dir.join("runs"),
+            "the output contains the run being exported",
+        ),
+        (
+            &step,
+            step.clone(),
+            "the output is the checkpoint being exported",
+        ),
+        (
+            &run_copy,
+            step.join("hf"),
+            "the output lies inside the checkpoint being exported",
+        ),
+        (
+            &run_copy,
+            data_copy.clone(),
+            "the output is the run's data folder",
+        ),
+    ];
+    for (source, out, expected) in cases {
+        let err = fails(&["export", s(source), "--out", s(&out), "--force"]);
+        assert!(err.contains(expected), "{out:?}: {err}");
+        assert!(
+            err.contains(s(source)) || err.contains(s(&data_copy)),
+            "{err}"
+        );
+        assert_eq!(
+            before,
+            (snapshot(&run_copy), snapshot(&data_copy)),
+            "{out:?}"
+        );
+    }
+
+    // --force replaces an export, but never a folder that holds a run or prepared data.
+    let holder = dir.join("holder");
+    common::copy_dir(&data_copy, &holder.join("old-data"));
+    let err = fails(&["export", s(&run_copy), "--out", s(&holder), "--force"]);
+    assert!(err.contains("holds a data folder"), "{err}");
+    assert!(holder.join("old-data/vocab.txt").is_file());
+    std::fs::remove_dir_all(holder.join("old-data")).unwrap();
+    std::fs::create_dir_all(holder.join("nested")).unwrap();
+    std::fs::copy(run_copy.join("run.json"), holder.join("nested/run.json")).unwrap();
+    let err = fails(&["export", s(&run_copy), "--out", s(&holder), "--force"]);
+    assert!(
+        err.contains("holds a run") && err.contains("nested/run.json"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(holder.join("nested")).unwrap();
+    std::fs::write(holder.join("notes.txt"), "old export").unwrap();
+    ok(&["export", s(&run_copy), "--out", s(&holder), "--force"]);
+    ok(&["export", s(&run_copy), "--out", s(&holder), "--force"]);
+    assert!(holder.join("discriminator/model.safetensors").is_file());
+}

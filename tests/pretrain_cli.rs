@@ -7,61 +7,11 @@
 use electra::io::checkpoint;
 use electra::io::run_dir::{read_config, read_metrics, Metrics};
 use electra::model::Model;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
 mod common;
 use common::{electra, fails, ok, s, scratch};
-
-/// A shard folder made once from about 300 KB of the corpus, or None when it is not fetched.
-fn shards() -> Option<&'static PathBuf> {
-    static SHARDS: OnceLock<Option<PathBuf>> = OnceLock::new();
-    SHARDS
-        .get_or_init(|| {
-            let sotu = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/sotu");
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&sotu)
-                .ok()?
-                .map(|e| e.unwrap().path())
-                .collect();
-            files.sort();
-            let text = scratch("text");
-            let mut total = 0;
-            for f in files.iter().rev() {
-                if total > 300_000 {
-                    break;
-                }
-                total += std::fs::metadata(f).unwrap().len();
-                std::fs::copy(f, text.join(f.file_name().unwrap())).unwrap();
-            }
-            let out = scratch("shards").join("sotu");
-            ok(&[
-                "prepare",
-                "--input",
-                s(&text),
-                "--train-vocab",
-                "2000",
-                "--out",
-                s(&out),
-                "--seq-len",
-                "64",
-            ]);
-            Some(out)
-        })
-        .as_ref()
-}
-
-macro_rules! need_corpus {
-    () => {
-        match shards() {
-            Some(s) => s,
-            None => {
-                eprintln!("skipped: data/sotu is absent (run scripts/fetch-data.sh)");
-                return;
-            }
-        }
-    };
-}
 
 /// `electra pretrain --preset tiny --data DATA` followed by `extra`.
 fn tiny_args<'a>(data: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
@@ -76,7 +26,9 @@ fn pretrain(data: &Path, out: &Path, extra: &[&str]) -> String {
 
 #[test]
 fn tiny_learns_on_real_text() {
-    let data = need_corpus!();
+    let Some(data) = common::corpus_or_skip() else {
+        return;
+    };
     let run = scratch("learn").join("run");
     // The paper's peak rate with a warmup: Adam without bias correction takes steps of about
     // 3·lr at first, and higher rates collapse the discriminator to always answering "original".
@@ -138,7 +90,9 @@ fn tiny_learns_on_real_text() {
 
 #[test]
 fn a_disc_weight_of_zero_trains_the_generator_alone() {
-    let data = need_corpus!();
+    let Some(data) = common::corpus_or_skip() else {
+        return;
+    };
     let run = scratch("disc-weight").join("run");
     pretrain(
         data,
@@ -170,10 +124,13 @@ fn a_disc_weight_of_zero_trains_the_generator_alone() {
 }
 
 /// A batch whose activations do not fit in memory is an error that says what to change, not an
-/// abort: under a 2 GB address-space limit, batch 2048 needs several GB and batch 8 trains.
+/// abort, and it comes before anything is written: under a 2 GB address-space limit, batch 2048
+/// needs several GB and batch 8 trains.
 #[test]
 fn a_batch_too_large_for_memory_is_a_clear_error() {
-    let data = need_corpus!();
+    let Some(data) = common::corpus_or_skip() else {
+        return;
+    };
     let root = scratch("oom");
     let limited = |batch: &str, out: &Path| {
         let command = format!(
@@ -194,6 +151,11 @@ fn a_batch_too_large_for_memory_is_a_clear_error() {
     assert!(
         err.contains("the cpu backend could not allocate") && err.contains("lower the batch size"),
         "{err}"
+    );
+    // Refused before run.json was written, and the folder it made is gone again.
+    assert!(
+        !root.join("big").exists(),
+        "a run that could not start left a folder"
     );
     let out = limited("8", &root.join("small"));
     assert!(
@@ -218,7 +180,9 @@ fn deterministic(m: &Metrics) -> [u64; 7] {
 
 #[test]
 fn resuming_gives_the_same_bits_as_running_straight() {
-    let data = need_corpus!();
+    let Some(data) = common::corpus_or_skip() else {
+        return;
+    };
     let root = scratch("resume");
     let (straight, split) = (root.join("straight"), root.join("split"));
     let flags = [
@@ -262,7 +226,9 @@ fn resuming_gives_the_same_bits_as_running_straight() {
 
 #[test]
 fn a_kill_during_checkpoint_writes_leaves_the_previous_checkpoint_loadable() {
-    let data = need_corpus!();
+    let Some(data) = common::corpus_or_skip() else {
+        return;
+    };
     let run = scratch("kill").join("run");
     let args = tiny_args(
         data,
@@ -317,7 +283,9 @@ fn read_config_when_ready(run: &Path) -> electra::io::run_dir::RunConfig {
 
 #[test]
 fn bad_runs_and_checkpoints_get_clear_errors_and_lose_nothing() {
-    let data = need_corpus!();
+    let Some(data) = common::corpus_or_skip() else {
+        return;
+    };
     let root = scratch("bad");
     let err = fails(&["pretrain", "--resume", s(&root.join("nowhere"))]);
     assert!(err.contains("nowhere: no such run directory"), "{err}");

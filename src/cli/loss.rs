@@ -3,8 +3,11 @@
 use crate::backend::{cpu::CpuBackend, Backend, Pick, Space};
 use crate::io::batch_file::read_batch_file;
 use crate::io::hf::load_pretraining_pair;
+use crate::io::paths::check_apart;
 use crate::io::tensors::write_f32_tensors;
 use crate::io::write_atomic;
+use crate::model::params::GENERATOR;
+use crate::model::Model;
 use crate::train::{Corruption, TrainConfig, Trainer};
 use std::path::PathBuf;
 
@@ -83,17 +86,47 @@ fn write_logits(
     Ok(())
 }
 
+/// The first parameter of `model` holding a NaN or an infinity: its name, the folder it was read
+/// from (the shared embedding block is the discriminator's), the index and the value.
+fn first_non_finite(model: &Model, values: &[f32], args: &LossArgs) -> Option<String> {
+    model.layout.params.iter().find_map(|p| {
+        let (i, v) = values[p.buf.offset..p.buf.end()]
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !v.is_finite())?;
+        let dir = if p.name.starts_with(GENERATOR) {
+            &args.generator
+        } else {
+            &args.discriminator
+        };
+        Some(format!(
+            "{}: `{}` holds {v} at index {i}",
+            dir.join("model.safetensors").display(),
+            p.name
+        ))
+    })
+}
+
 pub fn run(args: &LossArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let inputs = [
+        ("the generator", args.generator.as_path()),
+        ("the discriminator", &args.discriminator),
+        ("the batch file", &args.batch),
+    ];
+    for out in [&args.grads, &args.logits].into_iter().flatten() {
+        check_apart(out, &inputs)?;
+    }
     let loaded = load_pretraining_pair(&args.generator, &args.discriminator)?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
     let file = read_batch_file(&args.batch)?;
+    let loaded_values = loaded.values;
     let mut trainer = Trainer::new(
         CpuBackend::new(),
         loaded.model,
         TrainConfig::default(),
-        &loaded.values,
+        &loaded_values,
     )?;
     // Comparisons with another implementation run without dropout, as its evaluation mode does.
     trainer.dropout = false;
@@ -120,6 +153,17 @@ pub fn run(args: &LossArgs) -> Result<(), Box<dyn std::error::Error>> {
         .forward_backward(&file.batch, &file.masking, corruption)
         .map_err(|e| format!("{}: {e}", args.batch.display()))?;
     let norm = trainer.grad_norm();
+    let figures = [
+        ("gen_loss", report.gen_loss),
+        ("disc_loss", report.disc_loss),
+        ("total_loss", report.total_loss),
+        ("grad_global_norm", norm),
+    ];
+    if let Some((name, value)) = figures.iter().find(|(_, v)| !v.is_finite()) {
+        let cause = first_non_finite(&trainer.model, &loaded_values, args)
+            .unwrap_or_else(|| "every weight is finite, so the pass overflowed".into());
+        return Err(format!("{name} is {value}, not a finite number; {cause}").into());
+    }
     if let Some(path) = &args.logits {
         write_logits(&trainer, path, report.masked)?;
     }

@@ -9,6 +9,7 @@ mod prepare;
 mod pretrain;
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
@@ -44,16 +45,23 @@ enum Command {
     Predict(finetune::PredictArgs),
 }
 
-/// Parses the arguments and runs the command; errors are returned for `main` to print.
-pub fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// The exit status of a `pretrain` that SIGINT (Ctrl-C), SIGTERM or SIGHUP stopped after it wrote
+/// a checkpoint, so that job scripts can tell it from a finished run (0) and an error (1) and
+/// requeue it with `--resume`. It is `EX_TEMPFAIL` of `sysexits.h`: try again later.
+pub const EXIT_INTERRUPTED: u8 = 75;
+
+/// Parses the arguments and runs the command; returns the exit status of a command that ran
+/// (0, or [`EXIT_INTERRUPTED`]), and errors for `main` to print.
+pub fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let done = |r: Result<(), Box<dyn std::error::Error>>| r.map(|()| ExitCode::SUCCESS);
     match Cli::parse().command {
-        Command::Loss(args) => loss::run(&args),
-        Command::Prepare(args) => prepare::run(&args),
+        Command::Loss(args) => done(loss::run(&args)),
+        Command::Prepare(args) => done(prepare::run(&args)),
         Command::Pretrain(args) => pretrain::run(&args),
-        Command::Plot(args) => plot::run(&args),
-        Command::Bench(args) => bench::run(&args),
-        Command::Export(args) => export::run(&args),
-        Command::Finetune(args) => finetune::run(&args),
-        Command::Predict(args) => finetune::run_predict(&args),
+        Command::Plot(args) => done(plot::run(&args)),
+        Command::Bench(args) => done(bench::run(&args)),
+        Command::Export(args) => done(export::run(&args)),
+        Command::Finetune(args) => done(finetune::run(&args)),
+        Command::Predict(args) => done(finetune::run_predict(&args)),
     }
 }

@@ -1,7 +1,9 @@
 //! `electra prepare`: text in, shards out.
 
+use crate::data::prepare::check_output_dir;
 use crate::data::{prepare, train_tokenizer, PrepareOptions, WordPieceTokenizer};
-use std::path::PathBuf;
+use crate::io::paths::check_apart;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct PrepareArgs {
@@ -26,6 +28,18 @@ pub struct PrepareArgs {
 }
 
 pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // Checked before a vocabulary is trained, which can take minutes.
+    check_output_dir(&args.out)?;
+    let mut inputs: Vec<(&str, &Path)> = args
+        .input
+        .iter()
+        .filter(|p| p.as_os_str() != "-")
+        .map(|p| ("the input", p.as_path()))
+        .collect();
+    if let Some(vocab) = &args.vocab {
+        inputs.push(("the vocabulary", vocab));
+    }
+    check_apart(&args.out, &inputs)?;
     let tokenizer = match (&args.vocab, args.train_vocab) {
         (Some(path), _) => WordPieceTokenizer::load(path)?,
         (None, Some(size)) => {

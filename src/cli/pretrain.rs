@@ -1,10 +1,13 @@
 //! `electra pretrain`: a new run (or a resumed one) from the flags, trained by
-//! [`PretrainRun`](crate::pretrain::PretrainRun) under a progress bar that Ctrl-C stops.
+//! [`PretrainRun`](crate::pretrain::PretrainRun) under a progress bar that SIGINT (Ctrl-C),
+//! SIGTERM and SIGHUP stop with a checkpoint.
 
+use super::EXIT_INTERRUPTED;
 use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend, Device};
 use crate::data::{prepare, train_tokenizer, PrepareOptions, WordPieceTokenizer};
 use crate::io::checkpoint;
 use crate::io::hf::Loaded;
+use crate::io::paths::check_apart;
 use crate::io::run_dir::{self, Metrics, RunConfig};
 use crate::model::config::ElectraConfig;
 use crate::model::Model;
@@ -12,6 +15,7 @@ use crate::pretrain::{Observer, PretrainRun, RunEnd, Start};
 use crate::train::{Replacement, StepReport, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -47,7 +51,8 @@ pub struct PretrainArgs {
     /// Stops (with a checkpoint) after this step, leaving the rest for --resume.
     #[arg(long)]
     stop_at: Option<u64>,
-    #[arg(long)]
+    /// Sequences per step.
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     batch: Option<usize>,
     /// Peak learning rate.
     #[arg(long, allow_negative_numbers = true)]
@@ -213,21 +218,40 @@ fn new_run(args: &PretrainArgs) -> CliResult<(PathBuf, RunConfig, Option<Vec<f32
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/tiny-sotu"));
-    if run_dir::config_path(&out).exists() {
-        let d = out.display();
-        return Err(if checkpoint::list(&out)?.is_empty() {
-            // A run that failed before its first checkpoint cannot be resumed.
-            format!("{d}: already holds a run that never wrote a checkpoint; delete it or choose another --out")
-        } else {
-            format!("{d}: already holds a run; continue it with --resume {d} or choose another --out")
-        }
-        .into());
-    }
-    run_dir::write_config(&out, &rc)?;
-    if let Some(dir) = &args.init_from {
-        eprintln!("initialised {} from {}", out.display(), dir.display());
-    }
+    let mut inputs = vec![("the data folder", rc.data.as_path())];
+    inputs.extend(
+        args.init_from
+            .as_deref()
+            .map(|d| ("the --init-from folder", d)),
+    );
+    inputs.extend(args.config.as_deref().map(|c| ("the --config file", c)));
+    check_apart(&out, &inputs)?;
     Ok((out, rc, initial))
+}
+
+/// Refuses a new run in a folder that holds a run with a checkpoint (which `--resume`
+/// continues). A run that never wrote one cannot be resumed, so a new run replaces it.
+/// Called with the folder's lock held, so no other process is writing the run.
+fn check_new_run_folder(out: &Path) -> CliResult<()> {
+    if !run_dir::config_path(out).exists() {
+        return Ok(());
+    }
+    let d = out.display();
+    if checkpoint::list(out)?.is_empty() {
+        eprintln!("note: {d} holds a run that never wrote a checkpoint; a new run replaces it");
+        return Ok(());
+    }
+    Err(
+        format!("{d}: already holds a run; continue it with --resume {d} or choose another --out")
+            .into(),
+    )
+}
+
+/// After a new run failed to start in a folder it created: removes the lock file and the folder
+/// if nothing else is in it, so nothing is left behind.
+fn remove_new_folder(out: &Path) {
+    let _ = std::fs::remove_file(out.join("train.lock"));
+    let _ = std::fs::remove_dir(out);
 }
 
 /// Applies the recipe flags, new run or resume alike, and checks the result.
@@ -258,55 +282,80 @@ fn apply_overrides(args: &PretrainArgs, train: &mut TrainConfig) -> CliResult<()
     })
 }
 
-pub fn run(args: &PretrainArgs) -> CliResult<()> {
+pub fn run(args: &PretrainArgs) -> CliResult<ExitCode> {
     match args.device.parse::<Device>()? {
         Device::Cpu => run_on(CpuBackend::new(), args),
         Device::Cuda(n) => run_on(CudaBackend::new(n)?, args),
     }
 }
 
-fn run_on<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<()> {
-    let (out, rc, start, lock) = match &args.resume {
-        Some(dir) => {
-            let mut rc = run_dir::read_config(dir)?;
-            let lock = run_dir::lock_for_training(dir)?;
-            let Some(&last) = checkpoint::list(dir)?.last() else {
-                return Err(format!("{}: has no checkpoint to resume from", dir.display()).into());
-            };
-            if let Some(steps) = args.steps {
-                rc.train.total_steps = steps;
-            }
-            apply_overrides(args, &mut rc.train)?;
-            let layout = Model::new(rc.model.clone()).layout;
-            let ckpt = checkpoint::load(dir, &layout, last)?;
-            run_dir::write_config(dir, &rc)?;
-            (dir.clone(), rc, Start::Checkpoint(ckpt), lock)
+/// Opens a new or resumed run: everything is checked before `run.json` is written, and the
+/// lock is taken before anything is.
+fn open_run<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<(PathBuf, PretrainRun<B>)> {
+    let Some(dir) = &args.resume else {
+        let (out, rc, initial) = new_run(args)?;
+        let created = !out.exists();
+        let lock = run_dir::lock_for_training(&out)?;
+        let run = check_new_run_folder(&out)
+            .and_then(|()| {
+                Ok(PretrainRun::new(
+                    backend,
+                    &out,
+                    rc.clone(),
+                    Start::Fresh(initial),
+                    lock,
+                )?)
+            })
+            .and_then(|run| Ok(run_dir::write_config(&out, &rc).map(|()| run)?))
+            .inspect_err(|_| {
+                if created {
+                    remove_new_folder(&out);
+                }
+            })?;
+        if let Some(dir) = &args.init_from {
+            eprintln!("initialised {} from {}", out.display(), dir.display());
         }
-        None => {
-            let (out, rc, initial) = new_run(args)?;
-            let lock = run_dir::lock_for_training(&out)?;
-            (out, rc, Start::Fresh(initial), lock)
-        }
+        return Ok((out, run));
     };
-    let resuming = matches!(start, Start::Checkpoint(_));
-    let mut run = PretrainRun::new(backend, &out, rc, start, lock)?;
-    if resuming {
-        eprintln!("resuming {} at step {}", out.display(), run.trainer().step);
+    let mut rc = run_dir::read_config(dir)?;
+    let lock = run_dir::lock_for_training(dir)?;
+    let Some(&last) = checkpoint::list(dir)?.last() else {
+        return Err(format!("{}: has no checkpoint to resume from", dir.display()).into());
+    };
+    if let Some(steps) = args.steps {
+        rc.train.total_steps = steps;
     }
-    let mut progress = Progress::new();
+    apply_overrides(args, &mut rc.train)?;
+    let layout = Model::new(rc.model.clone()).layout;
+    let ckpt = checkpoint::load(dir, &layout, last)?;
+    let run = PretrainRun::new(backend, dir, rc.clone(), Start::Checkpoint(ckpt), lock)?;
+    run_dir::write_config(dir, &rc)?;
+    eprintln!("resuming {} at step {}", dir.display(), run.trainer().step);
+    Ok((dir.clone(), run))
+}
+
+fn run_on<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<ExitCode> {
+    // Watched from before the first write: a signal from then on ends the run with a checkpoint.
+    let interrupted = watch_signals();
+    let (out, mut run) = open_run(backend, args)?;
+    for repair in run.repairs() {
+        eprintln!("note: {repair}");
+    }
+    let mut progress = Progress::new(interrupted);
     match run.train(args.stop_at, &mut progress) {
         Ok(RunEnd::Finished { step }) => {
             progress.bar.finish();
             eprintln!("finished at step {step} in {}", out.display());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Ok(RunEnd::Stopped { step }) => {
             progress.bar.abandon();
             eprintln!(
-                "interrupted: wrote a checkpoint at step {step}; continue with --resume {}",
+                "interrupted: wrote a checkpoint at step {step}; continue with --resume {} \
+                 (exit status {EXIT_INTERRUPTED})",
                 out.display()
             );
-            Ok(())
+            Ok(ExitCode::from(EXIT_INTERRUPTED))
         }
         Err(e) => {
             progress.bar.abandon();
@@ -315,18 +364,25 @@ fn run_on<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<()> {
     }
 }
 
-/// The progress bar on the terminal, and Ctrl-C as a request to stop with a checkpoint.
+/// Turns SIGINT (Ctrl-C), SIGTERM and SIGHUP (what `kill` and cluster schedulers send) into a
+/// request to stop with a checkpoint; the flag says whether one came.
+fn watch_signals() -> Arc<AtomicBool> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    // A second handler registration in one process (tests) fails harmlessly.
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    interrupted
+}
+
+/// The progress bar on the terminal, and a signal ([`watch_signals`]) as a request to stop with
+/// a checkpoint.
 struct Progress {
     bar: ProgressBar,
     interrupted: Arc<AtomicBool>,
 }
 
 impl Progress {
-    fn new() -> Self {
-        let interrupted = Arc::new(AtomicBool::new(false));
-        let flag = interrupted.clone();
-        // A second handler registration in one process (tests) fails harmlessly.
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    fn new(interrupted: Arc<AtomicBool>) -> Self {
         let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template(

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use super::corpus::{Corpus, Document};
 use super::error::{DataError, Result};
-use super::shard::{shard_file_name, shard_paths, ShardWriter, MAX_VOCAB_SIZE};
+use super::shard::{shard_file_name, ShardWriter, MAX_VOCAB_SIZE};
 use super::tokenizer::WordPieceTokenizer;
 
 /// Shortest example target, as in the original (`random.randint(5, max_length)`).
@@ -109,7 +109,8 @@ impl fmt::Display for PrepareSummary {
 
 /// Packs the text of `inputs` (files, folders, or `-` for stdin) into shards in `output`,
 /// named `shard-00000.bin`, ..., and writes the vocabulary beside them as `vocab.txt` and
-/// `tokenizer.json`, so later steps need no vocabulary flag.
+/// `tokenizer.json`, so later steps need no vocabulary flag. `output` must be absent or empty
+/// ([`check_output_dir`]).
 pub fn prepare(
     inputs: &[PathBuf],
     output: &Path,
@@ -260,18 +261,37 @@ fn check_options(tokenizer: &WordPieceTokenizer, options: &PrepareOptions) -> Re
 
 /// Creates `dir`, refusing one that already holds shards: a batcher reads every shard in a
 /// folder, so leftovers of an earlier run would silently join this one.
-fn prepare_output_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    let old = shard_paths(dir)?;
-    if let Some(first) = old.first() {
+/// Refuses an output folder that exists and is not empty: `prepare` writes only into an absent or
+/// empty folder, so it never mixes its shards with others or replaces a file it did not write.
+pub fn check_output_dir(dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(_) if dir.exists() && !dir.is_dir() => {
+            return Err(DataError::Invalid(format!(
+                "{}: exists and is not a folder; --out names the folder to create",
+                dir.display()
+            )))
+        }
+        Err(e) => return Err(DataError::io(dir, e)),
+    };
+    let mut names: Vec<_> = entries.filter_map(|e| Some(e.ok()?.file_name())).collect();
+    names.sort();
+    if let Some(first) = names.first() {
         return Err(DataError::Invalid(format!(
-            "{} already holds {} shard(s) ({} ...): use an empty folder or delete them",
+            "{}: already holds {} file(s) ({} ...); prepare writes only into an absent or empty \
+             folder: choose another --out",
             dir.display(),
-            old.len(),
-            first.display()
+            names.len(),
+            first.to_string_lossy()
         )));
     }
     Ok(())
+}
+
+fn prepare_output_dir(dir: &Path) -> Result<()> {
+    check_output_dir(dir)?;
+    fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))
 }
 
 /// The packing rules, shared read-only by the worker threads.

@@ -5,6 +5,7 @@ use super::{evaluate, load_model, save_model, Classifier, FinetuneError, Finetun
 use crate::backend::Backend;
 use crate::data::tokenizer::WordPieceTokenizer;
 use crate::io::hf::load_discriminator;
+use crate::io::{paths, IoError};
 use crate::rng::{Purpose, Stream};
 use crate::validate::{require, require_non_negative};
 use std::io::Write;
@@ -152,9 +153,17 @@ fn outputs_of<B: Backend>(
 }
 
 /// Fine-tunes and evaluates: after each epoch the dev metrics go to `out/metrics.jsonl`, and the
-/// best epoch (by the task's main metric) is saved in `out/best/`.
+/// best epoch (by the task's main metric) is saved in `out/best/`. `out` may not be, contain or
+/// lie inside the model or the data folder, nor be a run or a data folder.
 pub fn finetune<B: Backend>(backend: B, opts: &RunOptions) -> Result<RunSummary, FinetuneError> {
     opts.validate()?;
+    let inputs = [
+        ("the model", opts.model.as_path()),
+        ("the data folder", &opts.data),
+    ];
+    paths::check_apart(&opts.out, &inputs)
+        .and_then(|()| paths::check_not_protected(&opts.out))
+        .map_err(IoError::from)?;
     let disc = load_discriminator(&opts.model)?;
     let vocab = disc.source.join("vocab.txt");
     let tok = WordPieceTokenizer::from_vocab_file(&vocab)?;
@@ -190,11 +199,16 @@ pub fn finetune<B: Backend>(backend: B, opts: &RunOptions) -> Result<RunSummary,
     let dev_rows = data::read_rows(&dev_path, &cols, Some(spec.label_column), spec.header)?;
     let train = load_split(&spec, &train_path, train_rows, &tok, max_seq)?;
     let dev = load_split(&spec, &dev_path, dev_rows, &tok, max_seq)?;
-    if train.encoded.is_empty() {
-        return Err(FinetuneError::File {
-            path: train_path,
-            message: "holds no example".into(),
-        });
+    for (split, path, needed) in [
+        (&train, &train_path, "to train on"),
+        (&dev, &dev_path, "to score each epoch and pick the best"),
+    ] {
+        if split.encoded.is_empty() {
+            return Err(FinetuneError::File {
+                path: path.clone(),
+                message: format!("holds no example; at least one is needed {needed}"),
+            });
+        }
     }
     let per_epoch = train.encoded.len().div_ceil(opts.batch) as u64;
     let total = per_epoch * opts.epochs as u64;
@@ -313,7 +327,8 @@ pub fn finetune<B: Backend>(backend: B, opts: &RunOptions) -> Result<RunSummary,
 
 /// Writes `index\tprediction` for every row of `input` (label names, or numbers for regression)
 /// to `out`. `labelled`: `input` has the train/dev layout (else GLUE's test layout). Returns the
-/// number of rows and, for labelled input, the metrics.
+/// number of rows and, for labelled input, the metrics. `out` may not be the input or lie inside
+/// the model, and labelled input must hold at least one row.
 pub fn predict<B: Backend>(
     backend: B,
     model_dir: &Path,
@@ -322,11 +337,20 @@ pub fn predict<B: Backend>(
     labelled: bool,
     batch: usize,
 ) -> Result<(usize, Option<serde_json::Value>), FinetuneError> {
+    paths::check_apart(out, &[("the input", input), ("the model", model_dir)])
+        .map_err(IoError::from)?;
     let mut m = load_model(model_dir, backend)?;
     let spec = m.info.task.clone();
     let rows = if labelled {
         let label = Some(spec.label_column);
-        data::read_rows(input, &spec.text_columns, label, spec.header)?
+        let rows = data::read_rows(input, &spec.text_columns, label, spec.header)?;
+        if rows.is_empty() {
+            return Err(FinetuneError::File {
+                path: input.to_path_buf(),
+                message: "holds no example, so there is nothing to score (--labelled)".into(),
+            });
+        }
+        rows
     } else {
         data::read_rows(input, &spec.test_text_columns, None, spec.test_header)?
     };

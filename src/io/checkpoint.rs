@@ -141,11 +141,7 @@ pub fn save(
     let root = run_dir.join("checkpoints");
     std::fs::create_dir_all(&root).map_err(|e| IoError::io(&root, e))?;
     let final_dir = step_dir(run_dir, data.state.step);
-    let tmp = root.join(format!(
-        ".step-{}.tmp-{}",
-        data.state.step,
-        std::process::id()
-    ));
+    let tmp = root.join(super::tmp_name(&format!("step-{}", data.state.step)));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| IoError::io(&tmp, e))?;
     let params = named(layout, "", &data.params);

@@ -10,7 +10,7 @@
 use super::checkpoint;
 use super::run_dir::{self, RunConfig};
 use super::tensors::{parse_tensors, write_f32_tensors};
-use super::{write_atomic, IoError};
+use super::{paths, write_atomic, IoError};
 use crate::data::WordPieceTokenizer;
 use crate::model::config::{zeroed_values, ElectraConfig, EncoderConfig};
 use crate::model::params::{ParamLayout, DISCRIMINATOR, GENERATOR, SHARED};
@@ -224,7 +224,7 @@ pub struct ExportSummary {
 }
 
 /// Checks that `out` may receive an export: absent, an empty directory, or (with `replace`)
-/// anything.
+/// anything but a folder that holds a run, a checkpoint or prepared data.
 fn check_destination(out: &Path, replace: bool) -> Result<(), IoError> {
     let mut entries = match std::fs::read_dir(out) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -234,11 +234,14 @@ fn check_destination(out: &Path, replace: bool) -> Result<(), IoError> {
         Err(e) => return Err(IoError::io(out, e)),
         Ok(entries) => entries,
     };
-    if entries.next().is_some() && !replace {
-        return Err(IoError::format(
-            out,
-            "already exists and is not empty; choose another --out or pass --force to replace it",
-        ));
+    if entries.next().is_some() {
+        if !replace {
+            return Err(IoError::format(
+                out,
+                "already exists and is not empty; choose another --out or pass --force to replace it",
+            ));
+        }
+        paths::check_replaceable(out)?;
     }
     Ok(())
 }
@@ -320,7 +323,7 @@ pub fn export_model(
         .file_name()
         .ok_or_else(|| IoError::format(out, "not a folder name"))?
         .to_string_lossy();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = parent.join(super::tmp_name(&name));
     let _ = std::fs::remove_dir_all(&tmp);
     let written = (|| -> Result<[usize; 2], IoError> {
         let mut counts = [0usize; 2];
@@ -457,7 +460,8 @@ pub fn read_checkpoint_params(layout: &ParamLayout, dir: &Path) -> Result<Vec<f3
 }
 
 /// Exports a run's newest checkpoint, or one checkpoint folder, to `out`. The vocabulary is
-/// `vocab` if given, else the run's data folder's `vocab.txt`.
+/// `vocab` if given, else the run's data folder's `vocab.txt`. `out` may not be, contain or lie
+/// inside the checkpoint, the run, the data folder or the vocabulary.
 pub fn export_run(
     source: &Path,
     out: &Path,
@@ -465,11 +469,20 @@ pub fn export_run(
     replace: bool,
 ) -> Result<ExportSummary, IoError> {
     let src = resolve_source(source)?;
-    check_destination(out, replace)?;
     let vocab_file = match vocab {
         Some(v) => v.to_path_buf(),
         None => src.run.data.join("vocab.txt"),
     };
+    paths::check_apart(
+        out,
+        &[
+            ("the checkpoint being exported", &src.checkpoint),
+            ("the run being exported", &src.run_dir),
+            ("the run's data folder", &src.run.data),
+            ("the vocabulary", &vocab_file),
+        ],
+    )?;
+    check_destination(out, replace)?;
     if !vocab_file.is_file() {
         return Err(IoError::format(
             &vocab_file,

@@ -1,10 +1,11 @@
 //! Files: safetensors reading and atomic writing, HF ELECTRA directories (import and export),
-//! batch files.
+//! batch files, and the rule that no output overwrites an input.
 
 pub mod batch_file;
 pub mod checkpoint;
 pub mod export;
 pub mod hf;
+pub mod paths;
 pub mod run_dir;
 pub mod tensors;
 
@@ -43,6 +44,9 @@ pub enum IoError {
     /// A configuration (model sizes, HF `config.json`) does not fit.
     #[error(transparent)]
     Config(#[from] crate::model::config::ConfigError),
+    /// An output would overwrite an input, or replace a run, a checkpoint or a data folder.
+    #[error(transparent)]
+    Paths(#[from] paths::PathError),
 }
 
 impl IoError {
@@ -61,6 +65,20 @@ impl IoError {
     }
 }
 
+/// The temporary file or folder, `.NAME.tmp-PID`, that this process writes beside `name` before
+/// renaming it into place.
+pub(crate) fn tmp_name(name: &str) -> String {
+    format!(".{name}.tmp-{}", std::process::id())
+}
+
+/// Whether `name` is a [`tmp_name`], of any process.
+pub(crate) fn is_tmp_name(name: &str) -> bool {
+    name.starts_with('.')
+        && name
+            .rsplit_once(".tmp-")
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Writes a file atomically: into a temporary file beside it, flushed to disk, then renamed over
 /// the destination, so a reader sees the old file or the new one and never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
@@ -73,7 +91,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name(&name));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

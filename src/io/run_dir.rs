@@ -74,10 +74,11 @@ pub struct TrainingLock {
     _held: File,
 }
 
-/// Takes `RUN_DIR/train.lock`. A second `pretrain` on a run that is still training (a `--resume`
+/// Takes `RUN_DIR/train.lock`, creating the folder if needed. A second `pretrain` on a run that is still training (a `--resume`
 /// typed while the first runs) would rewrite its config and metrics and race its checkpoints; it
 /// gets this error instead and changes nothing.
 pub fn lock_for_training(run_dir: &Path) -> Result<TrainingLock, IoError> {
+    std::fs::create_dir_all(run_dir).map_err(|e| IoError::io(run_dir, e))?;
     let path = run_dir.join("train.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -89,8 +90,8 @@ pub fn lock_for_training(run_dir: &Path) -> Result<TrainingLock, IoError> {
         Ok(()) => Ok(TrainingLock { _held: file }),
         Err(TryLockError::WouldBlock) => Err(IoError::format(
             &path,
-            "held by another process that is training this run; stop it (Ctrl-C writes a \
-             checkpoint) before resuming",
+            "held by another process that is training this run; stop it first (Ctrl-C or \
+             SIGTERM writes a checkpoint), or choose another --out for a new run",
         )),
         Err(TryLockError::Error(e)) => Err(IoError::io(&path, e)),
     }
@@ -148,16 +149,66 @@ pub fn read_metrics(run_dir: &Path) -> Result<Vec<Metrics>, IoError> {
         .collect()
 }
 
-/// Drops the metrics lines after `step`, so a resumed run rewrites them as the straight run did.
-pub fn truncate_metrics(run_dir: &Path, step: u64) -> Result<(), IoError> {
-    let kept: Vec<Metrics> = read_metrics(run_dir)?
-        .into_iter()
-        .filter(|m| m.step <= step)
-        .collect();
-    let mut text = String::new();
-    for m in kept {
-        text.push_str(&serde_json::to_string(&m).expect("metrics serialise"));
-        text.push('\n');
+/// Removes what a killed process left half-written in the run: hidden `.NAME.tmp-PID` files
+/// and folders (an unfinished checkpoint, a metrics or config file not yet renamed into place).
+/// Holding `_lock` proves no live process is writing them. Returns what was removed.
+pub fn remove_debris(run_dir: &Path, _lock: &TrainingLock) -> Result<Vec<PathBuf>, IoError> {
+    let mut removed = vec![];
+    for dir in [run_dir.to_path_buf(), run_dir.join("checkpoints")] {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(IoError::io(&dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| IoError::io(&dir, e))?;
+            if !super::is_tmp_name(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
+            let path = entry.path();
+            let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            gone.map_err(|e| IoError::io(&path, e))?;
+            removed.push(path);
+        }
     }
-    write_atomic(&metrics_path(run_dir), text.as_bytes())
+    Ok(removed)
+}
+
+/// Drops the metrics lines after `step`, so a resumed run rewrites them as the straight run did.
+/// The lines kept are kept byte for byte. An unreadable last line (torn by a kill or a full disk
+/// during its append) is dropped too and returned, for the caller to warn about; an unreadable
+/// line before the last is an error. The file is rewritten (atomically) only if a line goes.
+pub fn truncate_metrics(run_dir: &Path, step: u64) -> Result<Option<String>, IoError> {
+    let path = metrics_path(run_dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(IoError::io(&path, e)),
+    };
+    let lines: Vec<(usize, &[u8])> = bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.trim_ascii().is_empty())
+        .collect();
+    let mut kept = Vec::with_capacity(bytes.len());
+    let mut torn = None;
+    for (k, &(i, line)) in lines.iter().enumerate() {
+        match serde_json::from_slice::<Metrics>(line) {
+            Ok(m) if m.step <= step => {
+                kept.extend_from_slice(line);
+                kept.push(b'\n');
+            }
+            Ok(_) => {}
+            Err(_) if k + 1 == lines.len() => torn = Some(String::from_utf8_lossy(line).into()),
+            Err(e) => return Err(IoError::format(&path, format!("line {}: {e}", i + 1))),
+        }
+    }
+    if kept != bytes {
+        write_atomic(&path, &kept)?;
+    }
+    Ok(torn)
 }

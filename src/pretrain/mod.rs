@@ -2,8 +2,9 @@
 //! `metrics.jsonl` lines, checkpoints and exact resume, reporting its progress to an [`Observer`]
 //! (the command line's progress bar, a test's counter).
 //!
-//! The caller decides what the run is (a [`RunConfig`], written to `run.json`) and holds the run
-//! directory's [`TrainingLock`]; [`PretrainRun`] does the rest:
+//! The caller decides what the run is (a [`RunConfig`]), holds the run directory's
+//! [`TrainingLock`] and, once [`PretrainRun::new`] has checked that the run can start, writes
+//! `run.json`; [`PretrainRun`] does the rest:
 //!
 //! ```no_run
 //! use electra::backend::cpu::CpuBackend;
@@ -19,9 +20,11 @@
 //! }
 //!
 //! let dir = Path::new("runs/mine");
-//! let config = run_dir::read_config(dir)?; // as run_dir::write_config left it for a new run
+//! let config = run_dir::read_config(Path::new("runs/other"))?; // the settings of another run
 //! let lock = run_dir::lock_for_training(dir)?;
+//! let run_config = config.clone();
 //! let mut run = PretrainRun::new(CpuBackend::new(), dir, config, Start::Fresh(None), lock)?;
+//! run_dir::write_config(dir, &run_config)?;
 //! run.train(None, &mut Printer)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -130,14 +133,19 @@ pub struct PretrainRun<B: Backend> {
     config: RunConfig,
     /// Training time before this process took over, from the checkpoint resumed.
     elapsed_before: f64,
+    /// See [`PretrainRun::repairs`].
+    repairs: Vec<String>,
     _lock: TrainingLock,
 }
 
 impl<B: Backend> PretrainRun<B> {
-    /// Opens `config.data`, puts the model on `backend` and, from a checkpoint, restores its Adam
-    /// moments, step and data position and drops the `metrics.jsonl` lines after it, so that the
-    /// run continues exactly as if it had not stopped. `lock` shows this process alone trains
-    /// `dir` ([`run_dir::lock_for_training`]); the run holds it until dropped.
+    /// Opens `config.data`, puts the model on `backend`, sizes the backend for the batches and,
+    /// from a checkpoint, restores its Adam moments, step and data position, so that the run
+    /// continues exactly as if it had not stopped. Only once all of that succeeded does it write:
+    /// it removes the debris of killed processes ([`run_dir::remove_debris`]) and drops the
+    /// `metrics.jsonl` lines after the starting step ([`run_dir::truncate_metrics`]). `lock`
+    /// shows this process alone trains `dir` ([`run_dir::lock_for_training`]); the run holds it
+    /// until dropped. It does not write `run.json`: the caller does, once this succeeded.
     pub fn new(
         backend: B,
         dir: &Path,
@@ -163,6 +171,7 @@ impl<B: Backend> PretrainRun<B> {
                 .map_err(IoError::from)?,
         };
         let mut trainer = Trainer::new(backend, model, config.train.clone(), &initial)?;
+        trainer.reserve_for(config.batch_size, batcher.seq_len())?;
         let mut elapsed_before = 0.0;
         if let Start::Checkpoint(c) = &start {
             trainer.set_flat(Space::AdamM, &c.adam_m);
@@ -177,7 +186,17 @@ impl<B: Backend> PretrainRun<B> {
                 })?;
             batcher.restore(cursor)?;
             elapsed_before = c.state.elapsed_s;
-            run_dir::truncate_metrics(dir, c.state.step)?;
+        }
+        // Everything is checked; only now is the run directory touched.
+        let mut repairs: Vec<String> = run_dir::remove_debris(dir, &lock)?
+            .iter()
+            .map(|p| format!("removed {}, left by a process that was killed", p.display()))
+            .collect();
+        if let Some(torn) = run_dir::truncate_metrics(dir, trainer.step)? {
+            repairs.push(format!(
+                "dropped the unreadable last line of {} (torn by a kill or a full disk): {torn:?}",
+                run_dir::metrics_path(dir).display()
+            ));
         }
         Ok(PretrainRun {
             trainer,
@@ -185,8 +204,15 @@ impl<B: Backend> PretrainRun<B> {
             dir: dir.to_path_buf(),
             config,
             elapsed_before,
+            repairs,
             _lock: lock,
         })
+    }
+
+    /// What opening the run repaired, one sentence each, for the caller to tell the user:
+    /// debris of a killed process removed, a torn last metrics line dropped.
+    pub fn repairs(&self) -> &[String] {
+        &self.repairs
     }
 
     /// The trainer: the model, its values on the backend, and the step reached.
@@ -211,6 +237,7 @@ impl<B: Backend> PretrainRun<B> {
         let mut window = Window::default();
         let tokens_per_step = self.config.batch_size * self.batcher.seq_len();
         while self.trainer.step < end {
+            let step_clock = Instant::now();
             let batch = self.batcher.next_batch();
             let report = match self.trainer.train_step(batch) {
                 Ok(r) => r,
@@ -223,7 +250,7 @@ impl<B: Backend> PretrainRun<B> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            window.add(&report, tokens_per_step);
+            window.add(&report, tokens_per_step, step_clock.elapsed().as_secs_f64());
             observer.on_step(&report);
             let step = self.trainer.step;
             let checkpoint_due =

@@ -2,23 +2,24 @@
 
 use crate::io::run_dir::Metrics;
 use crate::train::StepReport;
-use std::time::Instant;
 
 /// Means of the step figures since the last metrics line.
 #[derive(Default)]
 pub(super) struct Window {
     steps: u64,
     tokens: u64,
+    /// Wall time of the steps added, each from the fetch of its batch to its report: a window of
+    /// n steps divides n steps' tokens by n steps' time (checkpoint writes are not steps).
+    secs: f64,
     sums: [f64; 7],
-    started: Option<Instant>,
 }
 
 impl Window {
-    /// Adds one step of `tokens` tokens.
-    pub(super) fn add(&mut self, r: &StepReport, tokens: usize) {
-        self.started.get_or_insert_with(Instant::now);
+    /// Adds one step of `tokens` tokens that took `secs` seconds.
+    pub(super) fn add(&mut self, r: &StepReport, tokens: usize, secs: f64) {
         self.steps += 1;
         self.tokens += tokens as u64;
+        self.secs += secs;
         let l = &r.loss;
         let figures = [
             l.gen_loss as f64,
@@ -40,7 +41,6 @@ impl Window {
             return None;
         }
         let n = self.steps as f64;
-        let secs = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let m = Metrics {
             step,
             gen_loss: self.sums[0] / n,
@@ -51,7 +51,7 @@ impl Window {
             disc_gain: Some(self.sums[6] / n),
             lr: lr as f64,
             grad_norm: self.sums[5] / n,
-            tokens_per_s: self.tokens as f64 / secs.max(1e-9),
+            tokens_per_s: self.tokens as f64 / self.secs.max(1e-9),
             elapsed_s,
         };
         *self = Window::default();

@@ -300,20 +300,31 @@ impl<B: Backend> Trainer<B> {
         self.acts.as_deref()
     }
 
-    /// The memory plan for this batch shape, made (and the backend sized) only when the shape
-    /// changes; sharing it costs a reference count, not an allocation.
-    fn plan_for(&mut self, batch: &Batch, masked: usize) -> Result<Arc<StepActs>, TrainError> {
-        let max_pred = max_predictions(batch.seq, self.config.mask_prob).max(1);
+    /// Sizes the backend for steps on `batch` sequences of `seq` tokens now rather than at the
+    /// first step, so that a batch too large for memory is refused before a run writes anything.
+    pub fn reserve_for(&mut self, batch: usize, seq: usize) -> Result<(), TrainError> {
+        self.plan_for(batch, seq, 0).map(drop)
+    }
+
+    /// The memory plan for this batch shape (`masked` positions chosen), made (and the backend
+    /// sized) only when the shape changes; sharing it costs a reference count, not an allocation.
+    fn plan_for(
+        &mut self,
+        batch: usize,
+        seq: usize,
+        masked: usize,
+    ) -> Result<Arc<StepActs>, TrainError> {
+        let max_pred = max_predictions(seq, self.config.mask_prob).max(1);
         if let Some(a) = &self.acts {
             let s = a.shape;
-            if s.batch == batch.batch && s.seq == batch.seq && s.max_masked >= masked {
+            if s.batch == batch && s.seq == seq && s.max_masked >= masked {
                 return Ok(Arc::clone(a));
             }
         }
         let shape = BatchShape {
-            batch: batch.batch,
-            seq: batch.seq,
-            max_masked: masked.max(batch.batch * max_pred),
+            batch,
+            seq,
+            max_masked: masked.max(batch * max_pred),
         };
         let acts = Arc::new(StepActs::new(&self.model.config, shape));
         self.backend.reserve(Sizes {
@@ -435,7 +446,7 @@ impl<B: Backend> Trainer<B> {
     ) -> Result<(usize, Arc<StepActs>), TrainError> {
         self.check_batch(batch, masking)?;
         let masked = masking.positions.len();
-        let acts = self.plan_for(batch, masked)?;
+        let acts = self.plan_for(batch.batch, batch.seq, masked)?;
         let be = &mut self.backend;
         be.write_ints(acts.input_ids, &batch.input_ids);
         be.write_ints(acts.token_types, &batch.token_types);

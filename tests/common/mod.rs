@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 /// The HF parity fixture.
 pub fn fixture() -> PathBuf {
@@ -17,6 +18,68 @@ pub fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Copies the folder `from` to `to`, recursively (files only, no links).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dst = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dst);
+        } else {
+            std::fs::copy(entry.path(), dst).unwrap();
+        }
+    }
+}
+
+/// A shard folder made once per test binary by `electra prepare` from about 300 KB of the State of
+/// the Union corpus (a 2000-token vocabulary, 64-token examples), or None when
+/// `scripts/fetch-data.sh` has not put the corpus in data/sotu.
+pub fn sotu_shards() -> Option<&'static PathBuf> {
+    static SHARDS: OnceLock<Option<PathBuf>> = OnceLock::new();
+    SHARDS
+        .get_or_init(|| {
+            let sotu = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/sotu");
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&sotu)
+                .ok()?
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            let text = scratch("text");
+            let mut total = 0;
+            for f in files.iter().rev() {
+                if total > 300_000 {
+                    break;
+                }
+                total += std::fs::metadata(f).unwrap().len();
+                std::fs::copy(f, text.join(f.file_name().unwrap())).unwrap();
+            }
+            let out = scratch("shards").join("sotu");
+            ok(&[
+                "prepare",
+                "--input",
+                s(&text),
+                "--train-vocab",
+                "2000",
+                "--out",
+                s(&out),
+                "--seq-len",
+                "64",
+            ]);
+            Some(out)
+        })
+        .as_ref()
+}
+
+/// [`sotu_shards`], or None after saying that the test is skipped.
+pub fn corpus_or_skip() -> Option<&'static PathBuf> {
+    let shards = sotu_shards();
+    if shards.is_none() {
+        eprintln!("skipped: data/sotu is absent (run scripts/fetch-data.sh)");
+    }
+    shards
 }
 
 /// A path as a command-line argument.
