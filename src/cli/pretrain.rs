@@ -213,6 +213,8 @@ fn new_run(args: &PretrainArgs) -> CliResult<(PathBuf, RunConfig, Option<Vec<f32
             .checkpoint_every
             .unwrap_or(if is_demo { 200 } else { 10_000 }),
         keep_checkpoints: args.keep.unwrap_or(3),
+        // Recorded once the data is open.
+        data_checksum: None,
     };
     let out = args
         .out
@@ -306,7 +308,7 @@ fn open_run<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<(PathBuf, 
                     lock,
                 )?)
             })
-            .and_then(|run| Ok(run_dir::write_config(&out, &rc).map(|()| run)?))
+            .and_then(|run| Ok(run_dir::write_config(&out, run.config()).map(|()| run)?))
             .inspect_err(|_| {
                 if created {
                     remove_new_folder(&out);
@@ -328,8 +330,8 @@ fn open_run<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<(PathBuf, 
     apply_overrides(args, &mut rc.train)?;
     let layout = Model::new(rc.model.clone()).layout;
     let ckpt = checkpoint::load(dir, &layout, last)?;
-    let run = PretrainRun::new(backend, dir, rc.clone(), Start::Checkpoint(ckpt), lock)?;
-    run_dir::write_config(dir, &rc)?;
+    let run = PretrainRun::new(backend, dir, rc, Start::Checkpoint(ckpt), lock)?;
+    run_dir::write_config(dir, run.config())?;
     eprintln!("resuming {} at step {}", dir.display(), run.trainer().step);
     Ok((dir.clone(), run))
 }

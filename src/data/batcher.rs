@@ -88,6 +88,17 @@ impl Batcher {
         Ok(batcher)
     }
 
+    /// A checksum of the data: the CRC-32 of its shards' checksums, in order. A run records it,
+    /// so that resuming on data prepared again (another seed, another text) is refused rather
+    /// than continued on other batches.
+    pub fn data_checksum(&self) -> u32 {
+        let mut all = crc32fast::Hasher::new();
+        for shard in &self.shards {
+            all.update(&shard.checksum().to_le_bytes());
+        }
+        all.finalize()
+    }
+
     /// Total number of examples, which is the length of an epoch.
     pub fn example_count(&self) -> u64 {
         *self.starts.last().unwrap()

@@ -142,6 +142,8 @@ pub struct Shard {
     path: PathBuf,
     header: ShardHeader,
     map: Mmap,
+    /// CRC-32 of the token ids (the header's, checked, in version 2; computed in version 1).
+    checksum: u32,
 }
 
 impl Shard {
@@ -155,18 +157,17 @@ impl Shard {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(path, e))?;
         let header =
             ShardHeader::parse(&map, expected_vocab_hash).map_err(|p| DataError::shard(path, p))?;
-        if header.version >= 2 {
-            let found = crc32fast::hash(&map[HEADER_LEN..]);
-            if found != header.body_checksum {
-                let expected = header.body_checksum;
-                let problem = ShardProblem::ChecksumMismatch { expected, found };
-                return Err(DataError::shard(path, problem));
-            }
+        let checksum = crc32fast::hash(&map[HEADER_LEN..]);
+        if header.version >= 2 && checksum != header.body_checksum {
+            let (expected, found) = (header.body_checksum, checksum);
+            let problem = ShardProblem::ChecksumMismatch { expected, found };
+            return Err(DataError::shard(path, problem));
         }
         let shard = Shard {
             path: path.to_path_buf(),
             header,
             map,
+            checksum,
         };
         if let Some((index, &id)) = shard
             .ids()
@@ -196,6 +197,11 @@ impl Shard {
     /// The validated header.
     pub fn header(&self) -> &ShardHeader {
         &self.header
+    }
+
+    /// The CRC-32 of the token ids, whatever the version.
+    pub fn checksum(&self) -> u32 {
+        self.checksum
     }
 
     /// Number of examples.

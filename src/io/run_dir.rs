@@ -26,6 +26,11 @@ pub struct RunConfig {
     pub checkpoint_every: u64,
     /// How many of the newest checkpoints are kept; older ones are deleted.
     pub keep_checkpoints: usize,
+    /// [`Batcher::data_checksum`](crate::data::Batcher::data_checksum) of `data` when the run
+    /// began; a resume on other data is refused. Absent in runs begun before it was recorded
+    /// (their next resume records it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_checksum: Option<u32>,
 }
 
 /// One line of `metrics.jsonl`: means over the steps since the previous line.

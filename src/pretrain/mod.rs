@@ -95,6 +95,20 @@ pub enum PretrainError {
         /// The model's `max_position_embeddings`.
         positions: usize,
     },
+    /// The data folder holds other shards than the run began with.
+    #[error(
+        "{}: its shards are not those this run began with (checksum {found:08x}, run.json \
+         records {expected:08x}): the data was prepared again or changed; resume with the data \
+         the run began with, or start a new run", data.display()
+    )]
+    DataChanged {
+        /// The prepared shard folder.
+        data: PathBuf,
+        /// The checksum `run.json` recorded.
+        expected: u32,
+        /// The checksum of the folder's shards now.
+        found: u32,
+    },
     /// The checkpoint's data cursor cannot be read.
     #[error("{}: bad data cursor in the checkpoint: {message}", dir.display())]
     BadCursor {
@@ -149,11 +163,22 @@ impl<B: Backend> PretrainRun<B> {
     pub fn new(
         backend: B,
         dir: &Path,
-        config: RunConfig,
+        mut config: RunConfig,
         start: Start,
         lock: TrainingLock,
     ) -> Result<Self, PretrainError> {
         let mut batcher = Batcher::open(&config.data, config.batch_size, config.train.seed)?;
+        let found = batcher.data_checksum();
+        match config.data_checksum {
+            Some(expected) if expected != found => {
+                return Err(PretrainError::DataChanged {
+                    data: config.data.clone(),
+                    expected,
+                    found,
+                })
+            }
+            _ => config.data_checksum = Some(found),
+        }
         let positions = config.model.max_position_embeddings;
         if batcher.seq_len() > positions {
             return Err(PretrainError::TooLong {
@@ -213,6 +238,11 @@ impl<B: Backend> PretrainRun<B> {
     /// debris of a killed process removed, a torn last metrics line dropped.
     pub fn repairs(&self) -> &[String] {
         &self.repairs
+    }
+
+    /// The run's configuration, with the checksum of its data recorded: what `run.json` holds.
+    pub fn config(&self) -> &RunConfig {
+        &self.config
     }
 
     /// The trainer: the model, its values on the backend, and the step reached.

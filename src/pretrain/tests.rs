@@ -62,6 +62,7 @@ fn tiny_config(data: &Path) -> RunConfig {
         log_every: 2,
         checkpoint_every: 4,
         keep_checkpoints: 3,
+        data_checksum: None,
     }
 }
 
@@ -159,5 +160,49 @@ fn should_stop_ends_with_a_checkpoint_that_resumes_to_the_same_bits() {
     assert_eq!(metrics_steps(&dir), [2, 3, 4, 6]);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert!(bits(&resumed) == bits(&expected), "resumed run differs");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_run_refuses_data_other_than_it_began_with() {
+    let root = scratch("data-link");
+    let data = tiny_data(&root);
+    let dir = new_run(&root, "run", &data);
+    let open = |config: RunConfig| {
+        let lock = run_dir::lock_for_training(&dir).unwrap();
+        PretrainRun::new(CpuBackend::new(), &dir, config, Start::Fresh(None), lock)
+    };
+    let recorded = open(tiny_config(&data)).unwrap().config().data_checksum;
+    let recorded = recorded.expect("a run records its data's checksum");
+    let same = RunConfig {
+        data_checksum: Some(recorded),
+        ..tiny_config(&data)
+    };
+    assert_eq!(open(same.clone()).unwrap().config(), &same);
+
+    // The same text prepared again with another seed packs other examples.
+    let tokenizer = WordPieceTokenizer::from_vocab_file(&root.join("vocab.txt")).unwrap();
+    let options = PrepareOptions {
+        seq_len: 16,
+        seed: 1,
+        ..PrepareOptions::default()
+    };
+    let other = root.join("shards-seed-1");
+    prepare(&[root.join("corpus.txt")], &other, &tokenizer, &options).unwrap();
+    let moved = RunConfig {
+        data: other.clone(),
+        ..same
+    };
+    let Err(err) = open(moved) else {
+        panic!("a run resumed on other data");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains(&format!(
+            "{}: its shards are not those this run began with",
+            other.display()
+        )) && err.contains(&format!("records {recorded:08x}")),
+        "{err}"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
