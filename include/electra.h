@@ -145,6 +145,10 @@ typedef struct ElectraTrainerOptions {
   // Rows of the word-embedding table; 0 keeps the configuration's (the presets' is BERT's
   // 30522). Ignored with `init_from`.
   uint32_t vocab_size;
+  // Optional `vocab.txt` or `tokenizer.json` of the data (NULL for none): sets the vocabulary
+  // size and the special tokens' ids from it, as `electra pretrain` does from its data folder,
+  // overriding `vocab_size`. Ignored with `init_from`.
+  const char *vocab_file;
   // The step at which the learning rate has decayed to zero.
   uint64_t total_steps;
   // Steps of linear warmup.
@@ -398,7 +402,7 @@ enum ElectraStatus electra_bce_head(const struct ElectraTensor *h,
                                     const struct ElectraTensor *db);
 
 // Fills `options` with the defaults: the `tiny` preset, the CPU, seed 0, the preset's
-// vocabulary, 1000 steps with 100 of warmup, and the recipe's defaults (`train_json` NULL).
+// vocabulary (no `vocab_file`), 1000 steps with 100 of warmup, and the recipe's defaults (`train_json` NULL).
 //
 // # Safety
 // `options` is NULL or points to writable memory for an `ElectraTrainerOptions`.

@@ -17,6 +17,8 @@ use std::ffi::c_char;
 use std::path::Path;
 
 /// A discriminator on one of the backends.
+// One value per handle, and the handle is boxed: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum OnDevice {
     Cpu(CpuBackend),
     Cuda(CudaBackend),

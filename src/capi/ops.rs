@@ -369,7 +369,7 @@ pub unsafe extern "C" fn electra_layernorm_forward(
         let y = arg::<f32>(y, "y", &rw, "x's shape")?;
         let xhat = arg::<f32>(xhat, "xhat", &rw, "x's shape")?;
         let rstd = arg::<f32>(rstd, "rstd", &[rows], "rows")?;
-        if !(eps > 0.0) {
+        if eps.is_nan() || eps <= 0.0 {
             return Err(fail(
                 ElectraStatus::InvalidArgument,
                 format!("eps is {eps}, expected > 0"),

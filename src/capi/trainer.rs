@@ -44,6 +44,10 @@ pub struct ElectraTrainerOptions {
     /// Rows of the word-embedding table; 0 keeps the configuration's (the presets' is BERT's
     /// 30522). Ignored with `init_from`.
     pub vocab_size: u32,
+    /// Optional `vocab.txt` or `tokenizer.json` of the data (NULL for none): sets the vocabulary
+    /// size and the special tokens' ids from it, as `electra pretrain` does from its data folder,
+    /// overriding `vocab_size`. Ignored with `init_from`.
+    pub vocab_file: *const c_char,
     /// The step at which the learning rate has decayed to zero.
     pub total_steps: u64,
     /// Steps of linear warmup.
@@ -83,6 +87,8 @@ pub struct ElectraStepMetrics {
 }
 
 /// A trainer on one of the backends.
+// One value per handle, and the handle is boxed: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Engine {
     Cpu(Trainer<CpuBackend>),
     Cuda(Trainer<CudaBackend>),
@@ -201,6 +207,13 @@ fn model_config(o: &ElectraTrainerOptions) -> CResult<(ElectraConfig, Option<Vec
     if o.vocab_size != 0 {
         config.vocab_size = o.vocab_size as usize;
     }
+    // SAFETY: as above.
+    if let Some(file) = unsafe { opt_c_str(o.vocab_file, "options.vocab_file")? } {
+        let tokenizer = WordPieceTokenizer::load(Path::new(file))
+            .map_err(|e| fail(ElectraStatus::Io, format!("options.vocab_file: {e}")))?;
+        config.vocab_size = tokenizer.vocab_size();
+        config.special_tokens = tokenizer.special_tokens();
+    }
     config.validate().map_err(config_failure)?;
     Ok((config, values))
 }
@@ -238,7 +251,7 @@ fn run_config(model: &ElectraConfig, train: &TrainConfig) -> RunConfig {
 }
 
 /// Fills `options` with the defaults: the `tiny` preset, the CPU, seed 0, the preset's
-/// vocabulary, 1000 steps with 100 of warmup, and the recipe's defaults (`train_json` NULL).
+/// vocabulary (no `vocab_file`), 1000 steps with 100 of warmup, and the recipe's defaults (`train_json` NULL).
 ///
 /// # Safety
 /// `options` is NULL or points to writable memory for an `ElectraTrainerOptions`.
@@ -257,6 +270,7 @@ pub unsafe extern "C" fn electra_trainer_options_default(
             device: std::ptr::null(),
             seed: 0,
             vocab_size: 0,
+            vocab_file: std::ptr::null(),
             total_steps: 1000,
             warmup_steps: 100,
         };
