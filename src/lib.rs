@@ -28,6 +28,8 @@
 //!    [`PretrainRun`](pretrain::PretrainRun)) and [`finetune`] (epochs on GLUE-format data, dev
 //!    metrics, the best model, and prediction).
 //! 8. [`cli`]: the `electra` command line, which parses flags and calls the layers before it.
+//! 9. [`capi`]: the C ABI (`include/electra.h`) over the trainer, a discriminator as an encoder,
+//!    the tokenizer and the fused operations, for programs in other languages.
 //!
 //! # Example
 //! One training step of the `tiny` preset on random tokens (see `examples/embed_and_train.rs`):
@@ -60,6 +62,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod capi;
 pub mod cli;
 pub mod data;
 pub mod finetune;

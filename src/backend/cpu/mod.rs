@@ -5,6 +5,7 @@
 //! handles to slices.
 
 pub mod attention;
+pub mod bce_head;
 pub mod dropout;
 pub mod embedding;
 pub mod layernorm;
@@ -17,9 +18,8 @@ use std::marker::PhantomData;
 
 use super::{
     AttentionOp, Backend, BceHeadOp, Buf, Dropout, DropoutMask, DropoutOp, EmbeddingOp,
-    GatherRowsOp, IBuf, LayerNormOp, LayerNormParams, LayerNormSaved, LinearDims, LinearOp,
-    OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes, SoftmaxXentOp, Space,
-    StepScalars,
+    GatherRowsOp, IBuf, LayerNormOp, LayerNormParams, LayerNormSaved, LinearOp, OptimizerStep,
+    OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars,
 };
 
 /// The CPU backend. Memory is one `Vec` per space.
@@ -436,30 +436,25 @@ impl Backend for CpuBackend {
         assert_eq!(b.len, 1, "bce_head: one bias");
         assert!(h.len >= tokens * width && op.logits.len >= tokens);
         assert!(labels.len >= tokens && op.mask.len >= tokens);
-        // The reference is the composition: the one-column linear layer, the loss into a
-        // per-token gradient, and the linear layer's backward.
-        let dims = LinearDims {
-            rows: tokens,
-            inp: width,
-            out: 1,
-        };
         let (h, logits) = (h.prefix(tokens * width), op.logits.prefix(tokens));
         let mut dlogits = self.scratch(tokens);
-        let dlogits_view = &mut dlogits[..tokens];
         let f = self.frame();
-        let [logits_view, row_loss] = f.w([logits, op.row_loss], &[h, w, b, labels]);
-        linear::forward(f.r(h), f.r(w), Some(f.r(b)), logits_view, None, dims);
-        let (labels, mask) = (f.r(labels), f.ri(op.mask));
-        losses::sigmoid_bce(
-            logits_view,
-            labels,
-            mask,
+        let [logits, row_loss] = f.w([logits, op.row_loss], &[h, w, b, labels]);
+        let [dh, dw, db] = f.w([h.grad(), w.grad(), b.grad()], &[h, w]);
+        bce_head::forward_backward(
+            f.r(h),
+            f.r(w),
+            f.r(b),
+            f.r(labels),
+            f.ri(op.mask),
+            logits,
             row_loss,
-            dlogits_view,
+            &mut dlogits[..tokens],
+            dh,
+            dw,
+            db,
             op.grad_scale,
         );
-        let [dh, dw, db] = f.w([h.grad(), w.grad(), b.grad()], &[h, w]);
-        linear::backward(f.r(h), f.r(w), dlogits_view, dh, dw, Some(db), dims);
         self.scratch = dlogits;
     }
 
