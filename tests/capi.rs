@@ -28,10 +28,11 @@ const BATCH: usize = 4;
 struct Quiet;
 impl Observer for Quiet {}
 
-/// Where cargo put `libelectra.so`: beside the test binary's `deps/` folder.
+/// The folder of the `libelectra.so` built with this test: `cargo test` leaves it beside the test
+/// executable, in `deps/`; `cargo build` also copies it one folder up.
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
+    exe.parent().unwrap().to_path_buf()
 }
 
 fn has(tool: &str) -> bool {
