@@ -206,19 +206,26 @@ pub fn read_checked(dir: &Path, name: &str) -> Result<Vec<u8>, IoError> {
         Err(IoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
+    read_against(dir, name, expected)
+}
+
+/// The bytes of the file `name` in `dir`, checked against `expected` when there is one.
+fn read_against(dir: &Path, name: &str, expected: Option<u32>) -> Result<Vec<u8>, IoError> {
     let file = dir.join(name);
     let bytes = std::fs::read(&file).map_err(|e| IoError::io(&file, e))?;
-    match expected {
-        Some(sum) if checksum(&bytes) != sum => Err(IoError::format(
-            &file,
-            format!(
-                "its checksum {:08x} is not the {sum:08x} recorded when it was written: the file \
-                 is corrupt",
-                checksum(&bytes)
-            ),
-        )),
-        _ => Ok(bytes),
+    if let Some(sum) = expected {
+        let found = checksum(&bytes);
+        if found != sum {
+            return Err(IoError::format(
+                &file,
+                format!(
+                    "its checksum {found:08x} is not the {sum:08x} recorded when it was written: \
+                     the file is corrupt"
+                ),
+            ));
+        }
     }
+    Ok(bytes)
 }
 
 /// Reads the checkpoint at `step`, checking its files against their checksums and every tensor
@@ -248,7 +255,7 @@ pub fn load(run_dir: &Path, layout: &ParamLayout, step: u64) -> Result<Checkpoin
 
 fn read_step(run_dir: &Path, layout: &ParamLayout, step: u64) -> Result<CheckpointData, IoError> {
     let dir = step_dir(run_dir, step);
-    let StateFile { state, .. } = read_state(&dir)?;
+    let StateFile { state, checksums } = read_state(&dir)?;
     if state.step != step {
         return Err(IoError::format(
             &dir.join("state.json"),
@@ -256,9 +263,10 @@ fn read_step(run_dir: &Path, layout: &ParamLayout, step: u64) -> Result<Checkpoi
         ));
     }
     let (model, optimizer) = (dir.join(MODEL_FILE), dir.join(OPTIMIZER_FILE));
-    let bytes = read_checked(&dir, MODEL_FILE)?;
+    let expected = |name: &str| checksums.get(name).copied();
+    let bytes = read_against(&dir, MODEL_FILE, expected(MODEL_FILE))?;
     let [params] = unnamed(layout, [""], &model, &bytes)?;
-    let bytes = read_checked(&dir, OPTIMIZER_FILE)?;
+    let bytes = read_against(&dir, OPTIMIZER_FILE, expected(OPTIMIZER_FILE))?;
     let [adam_m, adam_v] = unnamed(layout, ["adam_m.", "adam_v."], &optimizer, &bytes)?;
     for (file, prefix, values) in [
         (&model, "", &params),
