@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{electra, s, scratch};
+use common::{electra, s, scratch, tiny_run};
 
 /// A tmpfs mounted at a folder, unmounted when dropped.
 struct Tmpfs(PathBuf);
@@ -48,26 +48,14 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A 6-step run with checkpoints every 2 steps.
 fn args<'a>(data: &'a Path, out: &'a Path) -> Vec<&'a str> {
-    vec![
-        "pretrain",
-        "--preset",
-        "tiny",
-        "--data",
-        s(data),
-        "--out",
-        s(out),
-        "--batch",
-        "2",
-        "--steps",
-        "6",
-        "--seed",
-        "3",
-        "--log-every",
-        "2",
-        "--checkpoint-every",
-        "2",
-    ]
+    let every_two = ["--log-every", "2", "--checkpoint-every", "2"];
+    tiny_run(
+        data,
+        out,
+        &[&["--steps", "6", "--seed", "3"][..], &every_two].concat(),
+    )
 }
 
 fn final_checkpoint(run: &Path) -> Vec<Vec<u8>> {

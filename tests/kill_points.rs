@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{copy_dir, s, scratch};
+use common::{copy_dir, s, scratch, tiny_run};
 
 const STEPS: &str = "6";
 
@@ -49,13 +49,12 @@ fn pretrain(
     extra: &[&str],
 ) -> (std::process::ExitStatus, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_electra"));
-    cmd.arg("pretrain");
     if resume {
-        cmd.args(["--resume", s(out)]);
+        cmd.args(["pretrain", "--resume", s(out)]);
     } else {
-        cmd.args(["--preset", "tiny", "--data", s(data), "--out", s(out)]);
-        cmd.args(["--batch", "2", "--steps", STEPS, "--seed", "3"]);
-        cmd.args(["--log-every", "2", "--checkpoint-every", "2"]);
+        let every_two = ["--log-every", "2", "--checkpoint-every", "2"];
+        let flags = [&["--steps", STEPS, "--seed", "3"][..], &every_two].concat();
+        cmd.args(tiny_run(data, out, &flags));
     }
     cmd.args(extra);
     cmd.env("LD_PRELOAD", shim).env("ELECTRA_KILL_COUNT", "1");

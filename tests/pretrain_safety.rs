@@ -14,27 +14,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{copy_dir, electra, fails, ok, s, scratch};
+use common::{copy_dir, electra, fails, ok, s, scratch, tiny_run as args};
 
 /// The exit status of a run stopped by a signal after its checkpoint (README, "Exit status").
 const INTERRUPTED: i32 = 75;
-
-/// `electra pretrain --preset tiny --data DATA --out OUT --batch 2` and `extra`.
-fn args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "pretrain",
-        "--preset",
-        "tiny",
-        "--data",
-        s(data),
-        "--out",
-        s(out),
-        "--batch",
-        "2",
-    ];
-    a.extend_from_slice(extra);
-    a
-}
 
 fn spawn(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_electra"))

@@ -87,6 +87,23 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `electra pretrain --preset tiny --data DATA --out OUT --batch 2` and `extra`.
+pub fn tiny_run<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--data",
+        s(data),
+        "--out",
+        s(out),
+        "--batch",
+        "2",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
 /// Runs `electra ARGS`, failing the test if it panicked.
 pub fn electra(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_electra"))
