@@ -531,37 +531,37 @@ __device__ __forceinline__ void attention_bwd_dkdv_body(
 //   dq:   qkv, key_mask, ctx, dctx, lse, delta (out, f32 [batch, heads, seq]), dqkv, seq, heads,
 //         accumulate, DROP
 //   dkdv: qkv, key_mask, dctx, lse, delta (from dq), dqkv, seq, heads, accumulate, DROP
-// where DROP = drop_p (f32; 0 = no dropout), drop_seed (u64), drop_site (u32), dev_seed (nullable
-// u64 pointer that replaces drop_seed): the attention-probability dropout of backend::Dropout, the
-// same values in all three launches.
+// where DROP = drop_p (f32; 0 = no dropout), drop_per_seq (u64: heads·seq·seq, the probabilities
+// per sequence), drop_site (u32), step (the step memory: the seed and the first sequence): the
+// attention-probability dropout of backend::Dropout, the same values in all three launches.
 // Launch each: grid (ceil(seq / 64), heads, batch), 128 threads; dq before dkdv.
 
 #define ATTENTION_ENTRIES(D)                                                                      \
     extern "C" __global__ void __launch_bounds__(ATT_THREADS, 3)                                  \
         attention_fwd_d##D(const bf16* __restrict__ qkv, const unsigned* __restrict__ key_mask,   \
                            bf16* __restrict__ ctx, float* __restrict__ lse, int seq, int heads,  \
-                           float drop_p, unsigned long long drop_seed, unsigned drop_site,                  \
-        const unsigned long long* __restrict__ dev_seed) {      \
+                           float drop_p, unsigned long long drop_per_seq, unsigned drop_site,                  \
+        const StepValues* __restrict__ step) {      \
         attention_fwd_body<D>(qkv, key_mask, ctx, lse, seq, heads,                                \
-                              make_dropout(drop_p, drop_seed, drop_site, dev_seed));                        \
+                              make_dropout(drop_p, drop_per_seq, drop_site, step));                        \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(ATT_THREADS, 2) attention_bwd_dq_d##D(              \
         const bf16* __restrict__ qkv, const unsigned* __restrict__ key_mask,                      \
         const bf16* __restrict__ ctx, const bf16* __restrict__ dctx, const float* __restrict__ lse, \
         float* __restrict__ delta, bf16* __restrict__ dqkv, int seq, int heads, int accumulate, \
-        float drop_p, unsigned long long drop_seed, unsigned drop_site,                  \
-        const unsigned long long* __restrict__ dev_seed) {                         \
+        float drop_p, unsigned long long drop_per_seq, unsigned drop_site,                  \
+        const StepValues* __restrict__ step) {                         \
         attention_bwd_dq_body<D>(qkv, key_mask, ctx, dctx, lse, delta, dqkv, seq, heads,          \
-                                 accumulate, make_dropout(drop_p, drop_seed, drop_site, dev_seed));         \
+                                 accumulate, make_dropout(drop_p, drop_per_seq, drop_site, step));         \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(ATT_THREADS, 2) attention_bwd_dkdv_d##D(            \
         const bf16* __restrict__ qkv, const unsigned* __restrict__ key_mask,                      \
         const bf16* __restrict__ dctx, const float* __restrict__ lse,                             \
         const float* __restrict__ delta, bf16* __restrict__ dqkv, int seq, int heads,             \
-        int accumulate, float drop_p, unsigned long long drop_seed, unsigned drop_site,                  \
-        const unsigned long long* __restrict__ dev_seed) {         \
+        int accumulate, float drop_p, unsigned long long drop_per_seq, unsigned drop_site,                  \
+        const StepValues* __restrict__ step) {         \
         attention_bwd_dkdv_body<D>(qkv, key_mask, dctx, lse, delta, dqkv, seq, heads, accumulate, \
-                                   make_dropout(drop_p, drop_seed, drop_site, dev_seed));                   \
+                                   make_dropout(drop_p, drop_per_seq, drop_site, step));                   \
     }
 
 ATTENTION_ENTRIES(16)

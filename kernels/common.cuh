@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef __nv_bfloat16 bf16;
@@ -234,20 +235,39 @@ __host__ __device__ __forceinline__ float gumbel_noise(unsigned long long seed, 
 // The purpose tag of the dropout masks (rng::Purpose::Dropout; a test checks they agree).
 #define DROPOUT_PURPOSE 6u
 
-// Inverted dropout as backend::DropoutMask::scales: element `index` of dropout site `site` is kept,
-// and scaled by keep = 1/(1-p), when unit_f32(word index % 4 of Stream::new(seed,
-// DROPOUT_PURPOSE, site).words(index / 4)) >= p; otherwise it becomes 0. One Philox call covers an
-// aligned block of four elements.
+// The step memory (backend::StepScalars, written by src/backend/cuda/step.rs at the STEP_*
+// offsets, which a test checks against this layout): what changes from one step, or one
+// micro-batch, to the next, read by the kernels so that one recorded step serves them all.
+struct StepValues {
+    unsigned long long dropout_seed;    // STEP_DROPOUT_SEED = 0
+    unsigned long long sample_seed;     // STEP_SAMPLE_SEED = 8
+    float lr;                           // STEP_LR = 16
+    uint32_t unused;
+    unsigned long long first_sequence;  // STEP_FIRST_SEQUENCE = 24
+    unsigned long long first_pick;      // STEP_FIRST_PICK = 32
+};
+static_assert(offsetof(StepValues, lr) == 16 && offsetof(StepValues, first_sequence) == 24 &&
+                  offsetof(StepValues, first_pick) == 32 && sizeof(StepValues) == 40,
+              "StepValues must match the STEP_* offsets of src/backend/cuda/step.rs");
+
+// Inverted dropout as backend::DropoutMask::scales: element `index` of dropout site `site` is
+// element g = offset + index of the tensor over the step's global batch; it is kept, and scaled
+// by keep = 1/(1-p), when unit_f32(word g % 4 of Stream::new(seed, DROPOUT_PURPOSE,
+// site | (g / 4) >> 32 << 32).words(g / 4)) >= p; otherwise it becomes 0. One Philox call
+// covers an aligned block of four elements of the global tensor.
 struct DropoutSite {
     unsigned long long seed;
+    unsigned long long offset;  // first_sequence * the tensor's elements per sequence
     uint32_t site;
     float p;     // 0 disables dropout
     float keep;  // 1 / (1 - p), in f32 as the CPU computes it
 };
 
-__host__ __device__ __forceinline__ Philox4 dropout_words(const DropoutSite& d, uint32_t block) {
-    return philox4x32_10(block, DROPOUT_PURPOSE, d.site, 0u, (uint32_t)d.seed,
-                         (uint32_t)(d.seed >> 32));
+// The Philox words of global block `block` (elements 4·block .. 4·block + 3).
+__host__ __device__ __forceinline__ Philox4 dropout_words(const DropoutSite& d,
+                                                          unsigned long long block) {
+    return philox4x32_10((uint32_t)block, DROPOUT_PURPOSE, d.site, (uint32_t)(block >> 32),
+                         (uint32_t)d.seed, (uint32_t)(d.seed >> 32));
 }
 
 __host__ __device__ __forceinline__ float dropout_scale_of(const DropoutSite& d, uint32_t word) {
@@ -258,32 +278,36 @@ __host__ __device__ __forceinline__ uint32_t philox_word(const Philox4& r, int i
     return i == 0 ? r.x : i == 1 ? r.y : i == 2 ? r.z : r.w;
 }
 
-// The multipliers of elements `index` and `index + 1` (one Philox call, two when they straddle
-// a block of four).
+// The multipliers of elements `index` and `index + 1` of this tensor (one Philox call, two when
+// they straddle a block of four).
 __device__ __forceinline__ float2 dropout_pair(const DropoutSite& d, unsigned long long index) {
-    const int off = (int)(index & 3);
-    const Philox4 r = dropout_words(d, (uint32_t)(index >> 2));
+    const unsigned long long g = d.offset + index;
+    const int off = (int)(g & 3);
+    const Philox4 r = dropout_words(d, g >> 2);
     const uint32_t w0 = philox_word(r, off);
     uint32_t w1;
     if (off < 3) {
         w1 = philox_word(r, off + 1);
     } else {
-        w1 = dropout_words(d, (uint32_t)(index >> 2) + 1u).x;
+        w1 = dropout_words(d, (g >> 2) + 1).x;
     }
     return make_float2(dropout_scale_of(d, w0), dropout_scale_of(d, w1));
 }
 
-// The multiplier of element `index`.
+// The multiplier of element `index` of this tensor.
 __device__ __forceinline__ float dropout_one(const DropoutSite& d, unsigned long long index) {
-    return dropout_scale_of(d, philox_word(dropout_words(d, (uint32_t)(index >> 2)), (int)(index & 3)));
+    const unsigned long long g = d.offset + index;
+    return dropout_scale_of(d, philox_word(dropout_words(d, g >> 2), (int)(g & 3)));
 }
 
-// `dev_seed`, when non-null, replaces `seed`: a recorded (graph) step reads each step's seed from
-// device memory, since the seed baked into a recorded launch never changes.
-__device__ __forceinline__ DropoutSite make_dropout(float p, unsigned long long seed, uint32_t site,
-                                                    const unsigned long long* dev_seed) {
+// The dropout of one launch: `per_sequence` elements of the tensor per sequence, the seed and
+// the first sequence from the step memory (a recorded step serves every step and micro-batch).
+__device__ __forceinline__ DropoutSite make_dropout(float p, unsigned long long per_sequence,
+                                                    uint32_t site,
+                                                    const StepValues* __restrict__ step) {
     DropoutSite d;
-    d.seed = dev_seed ? *dev_seed : seed;
+    d.seed = step->dropout_seed;
+    d.offset = step->first_sequence * per_sequence;
     d.site = site;
     d.p = p;
     d.keep = 1.0f / (1.0f - p);

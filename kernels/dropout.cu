@@ -1,7 +1,9 @@
 // Inverted dropout, forward and backward, with the mask recomputed instead of stored.
 //
-// The mask is a pure function of (seed, site, element index), drawn by Philox4x32-10 exactly as
-// backend::Dropout::scales draws it (see DropoutSite in common.cuh): y = x * m / (1 - p) with
+// The mask is a pure function of (seed, site, element index in the step's global batch), drawn by
+// Philox4x32-10 exactly as backend::DropoutMask::scales draws it (see DropoutSite in
+// common.cuh; the offset of this tensor in the global one is step->first_sequence ·
+// per_sequence): y = x * m / (1 - p) with
 // m = [u >= p]. The backward draws the same mask again from the same arguments, so no mask
 // tensor is written or read: dropout costs one read and one write of the activation each way,
 // and the RNG (one Philox call per four elements) is far below the memory time.
@@ -20,11 +22,22 @@ __device__ __forceinline__ void dropout_apply(const bf16* in, bf16* out, unsigne
     const bool vec = (reinterpret_cast<uintptr_t>(in) & 7) == 0 &&
                      (reinterpret_cast<uintptr_t>(out) & 7) == 0;
     const size_t threads = (size_t)gridDim.x * blockDim.x;
+    // With an offset that is not a multiple of four, a block of this tensor straddles two of the
+    // global tensor: each element then draws its own word.
+    const bool aligned = (d.offset & 3) == 0;
     for (size_t blk = (size_t)blockIdx.x * blockDim.x + threadIdx.x; blk < blocks; blk += threads) {
-        const Philox4 r = dropout_words(d, (uint32_t)blk);
-        const float s[4] = {dropout_scale_of(d, r.x), dropout_scale_of(d, r.y),
-                            dropout_scale_of(d, r.z), dropout_scale_of(d, r.w)};
         const size_t i0 = blk * 4;
+        float s[4];
+        if (aligned) {
+            const Philox4 r = dropout_words(d, (d.offset >> 2) + blk);
+            s[0] = dropout_scale_of(d, r.x);
+            s[1] = dropout_scale_of(d, r.y);
+            s[2] = dropout_scale_of(d, r.z);
+            s[3] = dropout_scale_of(d, r.w);
+        } else {
+#pragma unroll
+            for (int k = 0; k < 4; ++k) s[k] = dropout_one(d, i0 + k);
+        }
         if (vec && i0 + 4 <= n) {
             const uint2 raw = *reinterpret_cast<const uint2*>(in + i0);
             const bf162* h = reinterpret_cast<const bf162*>(&raw);
@@ -60,14 +73,15 @@ __device__ __forceinline__ void dropout_apply(const bf16* in, bf16* out, unsigne
 
 // y = x * mask / (1 - p).
 extern "C" __global__ void __launch_bounds__(256)
-dropout_fwd(const bf16* x, bf16* y, unsigned long long n, float p, unsigned long long seed,
-            unsigned site, const unsigned long long* __restrict__ dev_seed) {
-    dropout_apply(x, y, n, make_dropout(p, seed, site, dev_seed), false);
+dropout_fwd(const bf16* x, bf16* y, unsigned long long n, float p, unsigned long long per_sequence,
+            unsigned site, const StepValues* __restrict__ step) {
+    dropout_apply(x, y, n, make_dropout(p, per_sequence, site, step), false);
 }
 
-// dx (+)= dy * mask / (1 - p), the forward's mask (same p, seed, site).
+// dx (+)= dy * mask / (1 - p), the forward's mask (same p, per_sequence, site, step).
 extern "C" __global__ void __launch_bounds__(256)
-dropout_bwd(const bf16* dy, bf16* dx, unsigned long long n, float p, unsigned long long seed,
-            unsigned site, int accumulate, const unsigned long long* __restrict__ dev_seed) {
-    dropout_apply(dy, dx, n, make_dropout(p, seed, site, dev_seed), accumulate != 0);
+dropout_bwd(const bf16* dy, bf16* dx, unsigned long long n, float p,
+            unsigned long long per_sequence, unsigned site, int accumulate,
+            const StepValues* __restrict__ step) {
+    dropout_apply(dy, dx, n, make_dropout(p, per_sequence, site, step), accumulate != 0);
 }

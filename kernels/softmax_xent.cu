@@ -60,8 +60,9 @@ __device__ __forceinline__ void block_argmax(float& v, int& i, float* sv, int* s
     }
 }
 
-// pick_mode: 0 = no pick (picks untouched), 1 = argmax, 2 = Gumbel-max with `seed` (or with
-// *dev_seed when dev_seed is non-null: a recorded step's seed lives in device memory).
+// pick_mode: 0 = no pick (picks untouched), 1 = argmax, 2 = Gumbel-max with the step's sample
+// seed, the noise of row r keyed by step->first_pick + r (the row's place among the masked
+// positions of the step's global batch), both read from the step memory.
 // grad_scale is multiplied by *dev_scale when dev_scale is non-null; dev_rows (nullable) caps
 // rows from the device (blocks past it exit).
 // Launch: SX_THREADS (512) threads, one block per row: grid = rows (the capacity, under graph
@@ -69,16 +70,16 @@ __device__ __forceinline__ void block_argmax(float& v, int& i, float* sv, int* s
 extern "C" __global__ void __launch_bounds__(SX_THREADS)
 softmax_xent_fwd_bwd(const bf16* logits, bf16* dlogits, int ld, const unsigned* __restrict__ targets,
                      float* __restrict__ row_loss, float grad_scale, int pick_mode,
-                     unsigned long long seed, unsigned* __restrict__ picks, int rows, int vocab,
+                     unsigned* __restrict__ picks, int rows, int vocab,
                      const float* __restrict__ dev_scale, const unsigned* __restrict__ dev_rows,
-                     const unsigned long long* __restrict__ dev_seed) {
+                     const StepValues* __restrict__ step) {
     __shared__ float sv[32];
     __shared__ int si[32];
     if (dev_rows) rows = min(rows, (int)*dev_rows);
     const int row = blockIdx.x;
     if (row >= rows) return;
     if (dev_scale) grad_scale *= *dev_scale;
-    if (dev_seed) seed = *dev_seed;
+    const unsigned long long seed = step->sample_seed, gumbel_row = step->first_pick + row;
     const bf16* x = logits + (size_t)row * ld;
     bf16* dx = dlogits + (size_t)row * ld;
     const int target = (int)targets[row];
@@ -102,7 +103,7 @@ softmax_xent_fwd_bwd(const bf16* logits, bf16* dlogits, int ld, const unsigned* 
     if (pick_mode == 2) {
 #pragma unroll 1
         for (int j = threadIdx.x; j < vocab; j += SX_THREADS) {
-            const float v = bf2f(x[j]) + gumbel_noise(seed, (unsigned long long)row, (uint32_t)j);
+            const float v = bf2f(x[j]) + gumbel_noise(seed, gumbel_row, (uint32_t)j);
             if (v > best) {
                 best = v;
                 best_i = j;

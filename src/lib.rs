@@ -14,7 +14,8 @@
 //!    handles into a few flat memory spaces, and the f32 CPU reference
 //!    [`CpuBackend`](backend::cpu::CpuBackend), and [`Profiled`](backend::Profiled), which times
 //!    the operations of any backend. [`rng`] (Philox) serves it; `validate` (checks of settings
-//!    that name the setting) serves every layer.
+//!    that name the setting) serves every layer; [`comm`] (the collectives of data-parallel
+//!    runs: a world of one, or MPI's ranks) serves the backend and the training loop.
 //! 2. [`tape`]: records the fused operations of a forward pass and walks them back.
 //! 3. [`model`]: configuration and presets, the flat parameter layout with HF names, and the
 //!    forward passes of the generator and the discriminator.
@@ -64,6 +65,7 @@
 pub mod backend;
 pub mod capi;
 pub mod cli;
+pub mod comm;
 pub mod data;
 pub mod finetune;
 pub mod io;

@@ -102,6 +102,8 @@ fn rust_run(dir: &Path, data: &Path) -> RunConfig {
         },
         data: data.to_path_buf(),
         batch_size: BATCH,
+        accumulate: 1,
+        world_size: 1,
         log_every: 1,
         checkpoint_every: STEPS,
         keep_checkpoints: 5,
@@ -329,6 +331,7 @@ impl Mem {
             params: 4096,
             acts: 1 << 16,
             ints: 4096,
+            grad_sum: 0,
         };
         be.reserve(sizes).unwrap();
         for (space, len) in [
@@ -414,7 +417,7 @@ fn check_ops(dir: &Path) {
     let scalars = StepScalars {
         lr: 0.0,
         dropout_seed: 42,
-        sample_seed: 0,
+        ..StepScalars::default()
     };
     m.be.begin_step(scalars, None);
     m.be.attention_fwd(&op);

@@ -15,9 +15,10 @@
 use electra::backend::cpu::CpuBackend;
 use electra::backend::cuda::CudaBackend;
 use electra::backend::{
-    AttentionDims, AttentionOp, Backend, BceHeadOp, Buf, Dropout, DropoutOp, EmbeddingOp,
-    EmbeddingParams, GatherRowsOp, IBuf, LayerNormOp, LayerNormParams, LayerNormSaved, LinearDims,
-    LinearOp, OptimizerStep, Pick, ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars,
+    AccumulateOp, AttentionDims, AttentionOp, Backend, BceHeadOp, Buf, Dropout, DropoutOp,
+    EmbeddingOp, EmbeddingParams, GatherRowsOp, IBuf, LayerNormOp, LayerNormParams, LayerNormSaved,
+    LinearDims, LinearOp, OptimizerStep, Pick, ReplaceTokensOp, Sizes, SoftmaxXentOp, Space,
+    StepScalars,
 };
 use electra::tape::Arena;
 
@@ -83,7 +84,12 @@ struct Lab {
 impl Lab {
     fn new(params: usize, acts: usize, ints: usize) -> Option<Lab> {
         let mut gpu = device()?;
-        let sizes = Sizes { params, acts, ints };
+        let sizes = Sizes {
+            params,
+            acts,
+            ints,
+            grad_sum: params,
+        };
         let mut cpu = CpuBackend::new();
         cpu.reserve(sizes).unwrap();
         gpu.reserve(sizes).unwrap();
@@ -115,12 +121,16 @@ impl Lab {
         f(&mut self.gpu);
     }
 
-    /// Sets the learning rate and seeds the operations of both backends read.
+    /// Sets the learning rate and seeds the operations of both backends read, as a slice of a
+    /// global batch that starts at a random sequence and masked position, so that dropout and
+    /// Gumbel noise are checked at offsets.
     fn begin_step(&mut self, lr: f32, dropout_seed: u64, sample_seed: u64) {
         let scalars = StepScalars {
             lr,
             dropout_seed,
             sample_seed,
+            first_sequence: self.rng.next_u64() % 5,
+            first_pick: self.rng.next_u64() % 40,
         };
         self.both(|be| assert!(!be.begin_step(scalars, None)));
     }
@@ -175,6 +185,7 @@ impl Lab {
             x: src,
             y: dst,
             dropout: Dropout { p: 0.0, site: 0 },
+            sequences: 1,
         };
         self.both(|be| be.dropout_fwd(&identity));
     }
@@ -533,12 +544,40 @@ fn attention_with_dropout() {
     attention_case(&mut lab, 2, 70, 2, 64, true);
 }
 
+// ---- gradient sums ------------------------------------------------------------------------
+
+#[test]
+fn accumulate_copies_then_adds_gradients_bit_for_bit() {
+    let Some(mut lab) = Lab::small() else { return };
+    // An odd length and offset: the kernel's 16-byte path and its scalar tail.
+    let grads = Buf {
+        space: Space::Grad,
+        offset: 3,
+        len: 10_001,
+    };
+    let sum = grads.in_space(Space::GradSum);
+    lab.set(sum, &vec![f32::NAN; sum.len]);
+    for overwrite in [true, false, false] {
+        lab.randomize(grads, -1.0, 1.0);
+        let op = AccumulateOp {
+            src: grads,
+            dst: sum,
+            overwrite,
+        };
+        lab.both(|be| be.accumulate(&op));
+        let (c, g) = lab.read(sum);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&c), bits(&g), "accumulate (overwrite {overwrite})");
+    }
+}
+
 // ---- dropout, gather ------------------------------------------------------------------------
 
 #[test]
 fn dropout_forward_and_backward() {
     let Some(mut lab) = Lab::small() else { return };
-    for n in [1001, 4096, 7] {
+    // 143 elements a sequence put the slice at an offset that is no multiple of four.
+    for (n, sequences) in [(1001, 7), (4096, 4), (7, 7)] {
         let dropout_seed = lab.rng.next_u64();
         lab.begin_step(0.0, dropout_seed, 0);
         let x = lab.act(n, -1.0, 1.0);
@@ -547,6 +586,7 @@ fn dropout_forward_and_backward() {
             x,
             y,
             dropout: Dropout { p: 0.1, site: 5 },
+            sequences,
         };
         lab.both(|be| be.dropout_fwd(&op));
         lab.compare(&format!("dropout n{n} y"), y, BF16_TOL);

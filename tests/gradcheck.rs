@@ -48,6 +48,7 @@ impl Lab {
             params: floats,
             acts: floats,
             ints,
+            grad_sum: 0,
         };
         let mut be = CpuBackend::new();
         be.reserve(capacity).unwrap();
@@ -107,6 +108,7 @@ impl Lab {
             lr,
             dropout_seed,
             sample_seed,
+            ..StepScalars::default()
         };
         assert!(!self.be.begin_step(scalars, None));
     }
@@ -514,7 +516,12 @@ fn dropout_masks_scales_and_its_gradient() {
     let y = lab.output(4099);
     let r = weights(&mut lab, y);
     lab.begin_step(0.0, 99, 0);
-    let op = DropoutOp { x, y, dropout: d };
+    let op = DropoutOp {
+        x,
+        y,
+        dropout: d,
+        sequences: 1,
+    };
     gradcheck(
         &mut lab,
         &|be| be.dropout_fwd(&op),
@@ -535,7 +542,7 @@ fn dropout_masks_scales_and_its_gradient() {
     }
     // The mask is a function of (seed, site, index): another site or seed draws another one.
     let mask = |d: Dropout, seed| {
-        let mask = d.mask(seed);
+        let mask = d.mask(seed, 0);
         (0..4099).map(|i| mask.scale_at(i)).collect::<Vec<f32>>()
     };
     let expected = mask(d, 99);

@@ -11,6 +11,8 @@
 //! gradient buffers, which is what makes a tensor used twice (the shared embeddings, the tied LM
 //! head, a residual branch) receive the sum of its gradients.
 
+use crate::comm::Collective;
+
 pub mod cpu;
 mod ops;
 mod profiled;
@@ -64,16 +66,20 @@ pub enum Space {
     Act,
     /// Gradients of activations, laid out exactly like [`Space::Act`].
     ActGrad,
+    /// The sum of the gradients of an optimizer step's earlier micro-batches, laid out like
+    /// [`Space::Param`]; sized only for gradient accumulation ([`Sizes::grad_sum`]).
+    GradSum,
 }
 
 impl Space {
-    pub(crate) const ALL: [Space; 6] = [
+    pub(crate) const ALL: [Space; 7] = [
         Space::Param,
         Space::Grad,
         Space::AdamM,
         Space::AdamV,
         Space::Act,
         Space::ActGrad,
+        Space::GradSum,
     ];
 
     pub(crate) fn index(self) -> usize {
@@ -162,6 +168,9 @@ pub struct Sizes {
     pub acts: usize,
     /// Values in the integer space.
     pub ints: usize,
+    /// Values in [`Space::GradSum`]: `params` when gradients are accumulated over
+    /// micro-batches, else 0.
+    pub grad_sum: usize,
 }
 
 /// The fused operations of an ELECTRA training step. Implemented by the CPU reference and by the
@@ -243,6 +252,18 @@ pub trait Backend {
 
     /// [`BceHeadOp`]: forward and backward in one pass.
     fn bce_head(&mut self, op: &BceHeadOp);
+
+    /// [`AccumulateOp`].
+    fn accumulate(&mut self, op: &AccumulateOp);
+
+    /// Sums `buf` over the ranks of `comm`, in place. This default copies it through the host
+    /// and sums there; a device backend with its own collectives overrides it.
+    fn all_reduce(&mut self, buf: Buf, comm: &dyn Collective) {
+        let mut host = vec![0.0; buf.len];
+        self.read(buf, &mut host);
+        comm.all_reduce_sum_f32(&mut host);
+        self.write(buf, &host);
+    }
 
     /// The L2 norm of the whole gradient space.
     fn grad_norm(&mut self) -> f32;

@@ -47,6 +47,17 @@ impl AttentionDims {
     pub fn hidden(&self) -> usize {
         self.heads * self.head_dim
     }
+
+    /// The attention probabilities of one sequence, `heads · seq · seq`.
+    pub fn probs_per_sequence(&self) -> u64 {
+        (self.heads * self.seq * self.seq) as u64
+    }
+
+    /// Where the first probability of these sequences lies among those of the step's global
+    /// batch, whose sequence `first_sequence` is their first (see [`DropoutMask::offset`]).
+    pub fn dropout_offset(&self, first_sequence: u64) -> u64 {
+        first_sequence * self.probs_per_sequence()
+    }
 }
 
 /// The parameters of a LayerNorm: gain and bias.
@@ -94,12 +105,15 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    /// The mask this dropout draws in the step whose dropout seed is `seed`.
-    pub fn mask(self, seed: u64) -> DropoutMask {
+    /// The mask this dropout draws in the step whose dropout seed is `seed`, for a tensor whose
+    /// first element is element `offset` of the same tensor over the step's whole batch (see
+    /// [`StepScalars::first_sequence`]).
+    pub fn mask(self, seed: u64, offset: u64) -> DropoutMask {
         DropoutMask {
             p: self.p,
             seed,
             site: self.site,
+            offset,
         }
     }
 }
@@ -115,6 +129,9 @@ pub struct DropoutMask {
     pub seed: u64,
     /// The place in the pass.
     pub site: u32,
+    /// The index, in the tensor over the step's whole batch, of this tensor's first element:
+    /// the masks of a batch split into slices are the slices of the whole batch's masks.
+    pub offset: u64,
 }
 
 impl DropoutMask {
@@ -126,16 +143,20 @@ impl DropoutMask {
     }
 
     /// The multipliers of elements `first..first + out.len()`, drawing each Philox block once.
+    /// Element `i` draws word `g % 4` of block `g / 4`, `g = offset + i`; the block's low 32 bits
+    /// are the counter and its high bits share the sub-stream word with the site, so the masks of
+    /// tensors of more than 2^34 elements (a large global batch) never repeat.
     pub fn scales(&self, first: usize, out: &mut [f32]) {
-        let stream = Stream::new(self.seed, Purpose::Dropout, self.site as u64);
         let keep = 1.0 / (1.0 - self.p);
-        let mut block = (usize::MAX, [0u32; 4]);
+        let mut block = (u64::MAX, [0u32; 4]);
         for (i, v) in out.iter_mut().enumerate() {
-            let index = first + i;
+            let index = self.offset + (first + i) as u64;
             if block.0 != index / 4 {
+                let high = (index / 4) >> 32 << 32;
+                let stream = Stream::new(self.seed, Purpose::Dropout, high | self.site as u64);
                 block = (index / 4, stream.words((index / 4) as u32));
             }
-            let u = crate::rng::unit_f32(block.1[index % 4]);
+            let u = crate::rng::unit_f32(block.1[(index % 4) as usize]);
             *v = if u >= self.p { keep } else { 0.0 };
         }
     }
@@ -191,6 +212,13 @@ pub struct StepScalars {
     pub dropout_seed: u64,
     /// The seed of the generator's Gumbel noise ([`Pick::Gumbel`]).
     pub sample_seed: u64,
+    /// The index of the pass's first sequence in the optimizer step's global batch (0 unless
+    /// the batch is split over ranks or micro-batches). Dropout masks are keyed by the element's
+    /// place in the global batch, so the way a batch is split does not change them.
+    pub first_sequence: u64,
+    /// Masked positions of the global batch before the pass's first one: the Gumbel noise of a
+    /// masked position is keyed by its index among all the step's masked positions.
+    pub first_pick: u64,
 }
 
 /// The embedding block for `ids.len` tokens: gathers word + position + token-type embeddings
@@ -299,6 +327,21 @@ pub struct DropoutOp {
     pub y: Buf,
     /// Where and how strongly.
     pub dropout: Dropout,
+    /// The sequences the tensor holds (its first dimension): `y.len / sequences` elements each.
+    pub sequences: usize,
+}
+
+impl DropoutOp {
+    /// The tensor's elements per sequence.
+    pub fn per_sequence(&self) -> u64 {
+        (self.y.len / self.sequences.max(1)) as u64
+    }
+
+    /// Where this tensor's first element lies in the tensor of the step's global batch, whose
+    /// sequence `first_sequence` is this tensor's first.
+    pub fn offset(&self, first_sequence: u64) -> u64 {
+        first_sequence * self.per_sequence()
+    }
 }
 
 /// `out[i] = x[rows[i]]` for rows of `width`; backward `x.grad()[rows[i]] += out.grad()[i]`.
@@ -385,4 +428,17 @@ pub struct OptimizerStep<'a> {
     pub groups: &'a [ParamGroup],
     /// Gradients are scaled down so their global norm is at most this.
     pub max_norm: f32,
+}
+
+/// `dst = src` (`overwrite`) or `dst += src`, elementwise: how the gradients of an optimizer
+/// step's micro-batches are summed, each computed alone and then added, so that the sum is the
+/// one an all-reduce over ranks forms from the same gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccumulateOp {
+    /// What is added.
+    pub src: Buf,
+    /// The sum, as long as `src`.
+    pub dst: Buf,
+    /// Whether `dst` is overwritten (the first term) rather than added to.
+    pub overwrite: bool,
 }

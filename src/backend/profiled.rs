@@ -3,9 +3,9 @@
 //! backend and pays nothing; a wrapped backend pays one branch per operation while timing is off.
 
 use super::{
-    AttentionOp, Backend, BceHeadOp, Buf, DropoutOp, EmbeddingOp, GatherRowsOp, IBuf, LayerNormOp,
-    LinearOp, OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes, SoftmaxXentOp,
-    StepScalars,
+    AccumulateOp, AttentionOp, Backend, BceHeadOp, Buf, DropoutOp, EmbeddingOp, GatherRowsOp, IBuf,
+    LayerNormOp, LinearOp, OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes,
+    SoftmaxXentOp, StepScalars,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -178,6 +178,10 @@ impl<B: Backend> Backend for Profiled<B> {
 
     fn bce_head(&mut self, op: &BceHeadOp) {
         self.time(named("bce_head"), |be| be.bce_head(op))
+    }
+
+    fn accumulate(&mut self, op: &AccumulateOp) {
+        self.time(named("accumulate"), |be| be.accumulate(op))
     }
 
     fn grad_norm(&mut self) -> f32 {

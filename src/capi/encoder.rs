@@ -207,6 +207,7 @@ impl ElectraEncoder {
                 params: self.model.layout.len(),
                 acts: need.0,
                 ints: need.1,
+                grad_sum: 0,
             };
             let result = match &mut self.backend {
                 OnDevice::Cpu(be) => be.reserve(sizes),

@@ -238,6 +238,7 @@ unsafe fn dropout(p: *const ElectraDropout) -> CResult<Option<DropoutMask>> {
         p: d.p,
         seed: d.seed,
         site: d.site,
+        offset: 0,
     }))
 }
 
@@ -584,6 +585,7 @@ pub unsafe extern "C" fn electra_generator_loss(
         let pick = po.as_mut().map(|o| losses::Picks {
             mode: Pick::Argmax,
             sample_seed: 0,
+            first_pick: 0,
             out: &mut o.values[..],
         });
         let (lv, dv) = (&mut lo.values, &mut do_.values);

@@ -244,6 +244,8 @@ fn run_config(model: &ElectraConfig, train: &TrainConfig) -> RunConfig {
         train: train.clone(),
         data: PathBuf::new(),
         batch_size: 0,
+        accumulate: 1,
+        world_size: 1,
         log_every: 1,
         checkpoint_every: 1,
         keep_checkpoints: usize::MAX,

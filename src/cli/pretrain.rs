@@ -1,9 +1,11 @@
 //! `electra pretrain`: a new run (or a resumed one) from the flags, trained by
-//! [`PretrainRun`](crate::pretrain::PretrainRun) under a progress bar that SIGINT (Ctrl-C),
-//! SIGTERM and SIGHUP stop with a checkpoint.
+//! [`PretrainRun`](crate::pretrain::PretrainRun) under a progress bar (or, when stderr is not a
+//! terminal, one line per metrics window) that SIGINT (Ctrl-C), SIGTERM and SIGHUP stop with a
+//! checkpoint. Under `mpirun` every rank runs this; rank 0 alone writes and prints.
 
 use super::EXIT_INTERRUPTED;
 use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend, Device};
+use crate::comm::Collective;
 use crate::data::{prepare, train_tokenizer, PrepareOptions, WordPieceTokenizer};
 use crate::io::checkpoint;
 use crate::io::hf::Loaded;
@@ -11,11 +13,13 @@ use crate::io::paths::check_apart;
 use crate::io::run_dir::{self, Metrics, RunConfig};
 use crate::model::config::ElectraConfig;
 use crate::model::Model;
-use crate::pretrain::{Observer, PretrainRun, RunEnd, Start};
+use crate::pretrain::{check_ranks_agree, Observer, PretrainRun, Ranks, RunEnd, Start};
 use crate::train::{Replacement, StepReport, TrainConfig};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -51,9 +55,13 @@ pub struct PretrainArgs {
     /// Stops (with a checkpoint) after this step, leaving the rest for --resume.
     #[arg(long)]
     stop_at: Option<u64>,
-    /// Sequences per step.
+    /// Sequences per micro-batch; a step takes --accumulate of them on each rank.
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     batch: Option<usize>,
+    /// Micro-batches per optimizer step on each rank (gradient accumulation): the global batch
+    /// is ranks × accumulate × batch [default: 1; on --resume, what keeps the run's global batch]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    accumulate: Option<usize>,
     /// Peak learning rate.
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
@@ -208,6 +216,8 @@ fn new_run(args: &PretrainArgs) -> CliResult<(PathBuf, RunConfig, Option<Vec<f32
         train,
         data,
         batch_size: args.batch.unwrap_or(if is_demo { 32 } else { 128 }),
+        accumulate: 1,
+        world_size: 1,
         log_every: args.log_every.unwrap_or(if is_demo { 10 } else { 100 }),
         checkpoint_every: args
             .checkpoint_every
@@ -285,42 +295,84 @@ fn apply_overrides(args: &PretrainArgs, train: &mut TrainConfig) -> CliResult<()
 }
 
 pub fn run(args: &PretrainArgs) -> CliResult<ExitCode> {
-    match args.device.parse::<Device>()? {
-        Device::Cpu => run_on(CpuBackend::new(), args),
-        Device::Cuda(n) => run_on(CudaBackend::new(n)?, args),
+    let comm = crate::comm::join()?;
+    let result = match args.device.parse::<Device>()? {
+        Device::Cpu => run_on(CpuBackend::new(), args, comm.clone()),
+        // Each rank of a machine takes its own GPU, unless a device is named.
+        Device::Cuda(n) => {
+            let n = if args.device == "cuda" {
+                comm.local_rank()
+            } else {
+                n
+            };
+            CudaBackend::new(n)
+                .map_err(Into::into)
+                .and_then(|be| run_on(be, args, comm.clone()))
+        }
+    };
+    match result {
+        Err(e) if comm.world() > 1 => {
+            // The other ranks may wait in a collective for this one: end them all.
+            eprintln!("rank {}: error: {e}", comm.rank());
+            comm.abort(1)
+        }
+        other => other,
     }
 }
 
 /// Opens a new or resumed run: everything is checked before `run.json` is written, and the
-/// lock is taken before anything is.
-fn open_run<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<(PathBuf, PretrainRun<B>)> {
+/// lock is taken before anything is. Every rank opens the run; rank 0 alone takes the lock
+/// and writes.
+fn open_run<B: Backend>(
+    backend: B,
+    args: &PretrainArgs,
+    comm: Rc<dyn Collective>,
+) -> CliResult<(PathBuf, PretrainRun<B>)> {
+    let writer = comm.rank() == 0;
     let Some(dir) = &args.resume else {
-        let (out, rc, initial) = new_run(args)?;
+        let (out, mut rc, initial) = new_run(args)?;
+        rc.world_size = comm.world();
+        rc.accumulate = args.accumulate.unwrap_or(1);
         let created = !out.exists();
-        let lock = run_dir::lock_for_training(&out)?;
-        let run = check_new_run_folder(&out)
-            .and_then(|()| {
-                Ok(PretrainRun::new(
-                    backend,
-                    &out,
-                    rc.clone(),
-                    Start::Fresh(initial),
-                    lock,
-                )?)
-            })
-            .and_then(|run| Ok(run_dir::write_config(&out, run.config()).map(|()| run)?))
-            .inspect_err(|_| {
-                if created {
-                    remove_new_folder(&out);
-                }
-            })?;
-        if let Some(dir) = &args.init_from {
+        let lock = if writer {
+            Some(run_dir::lock_for_training(&out)?)
+        } else {
+            None
+        };
+        let ranks = Ranks {
+            comm: comm.clone(),
+            lock,
+        };
+        let start = Start::Fresh(initial);
+        let run = (if writer {
+            check_new_run_folder(&out)
+        } else {
+            Ok(())
+        })
+        .and_then(|()| Ok(PretrainRun::with_ranks(backend, &out, rc, start, ranks)?))
+        .and_then(|run| Ok(check_ranks_agree(&*comm, run.config()).map(|()| run)?))
+        .and_then(|run| {
+            if writer {
+                run_dir::write_config(&out, run.config())?;
+            }
+            Ok(run)
+        })
+        .inspect_err(|_| {
+            if created && writer {
+                remove_new_folder(&out);
+            }
+        })?;
+        if let (Some(dir), true) = (&args.init_from, writer) {
             eprintln!("initialised {} from {}", out.display(), dir.display());
         }
         return Ok((out, run));
     };
     let mut rc = run_dir::read_config(dir)?;
-    let lock = run_dir::lock_for_training(dir)?;
+    let lock = if writer {
+        Some(run_dir::lock_for_training(dir)?)
+    } else {
+        None
+    };
     let Some(&last) = checkpoint::list(dir)?.last() else {
         return Err(format!("{}: has no checkpoint to resume from", dir.display()).into());
     };
@@ -328,35 +380,59 @@ fn open_run<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<(PathBuf, 
         rc.train.total_steps = steps;
     }
     apply_overrides(args, &mut rc.train)?;
+    rc.resplit(comm.world(), args.accumulate)
+        .map_err(|e| format!("--resume {}: {e}", dir.display()))?;
     let layout = Model::new(rc.model.clone()).layout;
     let ckpt = checkpoint::load(dir, &layout, last)?;
-    let run = PretrainRun::new(backend, dir, rc, Start::Checkpoint(ckpt), lock)?;
-    run_dir::write_config(dir, run.config())?;
-    eprintln!("resuming {} at step {}", dir.display(), run.trainer().step);
+    let ranks = Ranks {
+        comm: comm.clone(),
+        lock,
+    };
+    let run = PretrainRun::with_ranks(backend, dir, rc, Start::Checkpoint(ckpt), ranks)?;
+    check_ranks_agree(&*comm, run.config())?;
+    if writer {
+        run_dir::write_config(dir, run.config())?;
+        eprintln!("resuming {} at step {}", dir.display(), run.trainer().step);
+    }
     Ok((dir.clone(), run))
 }
 
-fn run_on<B: Backend>(backend: B, args: &PretrainArgs) -> CliResult<ExitCode> {
+fn run_on<B: Backend>(
+    backend: B,
+    args: &PretrainArgs,
+    comm: Rc<dyn Collective>,
+) -> CliResult<ExitCode> {
     // Watched from before the first write: a signal from then on ends the run with a checkpoint.
     let interrupted = watch_signals();
-    let (out, mut run) = open_run(backend, args)?;
+    let printing = if comm.rank() != 0 {
+        Printing::Silent
+    } else if std::io::stderr().is_terminal() {
+        Printing::Bar
+    } else {
+        Printing::Lines
+    };
+    let (out, mut run) = open_run(backend, args, comm)?;
     for repair in run.repairs() {
         eprintln!("note: {repair}");
     }
-    let mut progress = Progress::new(interrupted);
+    let mut progress = Progress::new(interrupted, printing);
     match run.train(args.stop_at, &mut progress) {
         Ok(RunEnd::Finished { step }) => {
             progress.bar.finish();
-            eprintln!("finished at step {step} in {}", out.display());
+            if printing != Printing::Silent {
+                eprintln!("finished at step {step} in {}", out.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Ok(RunEnd::Stopped { step }) => {
             progress.bar.abandon();
-            eprintln!(
-                "interrupted: wrote a checkpoint at step {step}; continue with --resume {} \
-                 (exit status {EXIT_INTERRUPTED})",
-                out.display()
-            );
+            if printing != Printing::Silent {
+                eprintln!(
+                    "interrupted: wrote a checkpoint at step {step}; continue with --resume {} \
+                     (exit status {EXIT_INTERRUPTED})",
+                    out.display()
+                );
+            }
             Ok(ExitCode::from(EXIT_INTERRUPTED))
         }
         Err(e) => {
@@ -376,28 +452,80 @@ fn watch_signals() -> Arc<AtomicBool> {
     interrupted
 }
 
-/// The progress bar on the terminal, and a signal ([`watch_signals`]) as a request to stop with
-/// a checkpoint.
+/// How a rank shows its progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Printing {
+    /// A progress bar on the terminal.
+    Bar,
+    /// One plain line per metrics window, for logs that are files (a Slurm job, `nohup`).
+    Lines,
+    /// Nothing: a rank other than 0.
+    Silent,
+}
+
+/// The progress bar on the terminal (or lines in a log), and a signal ([`watch_signals`]) as a
+/// request to stop with a checkpoint.
 struct Progress {
     bar: ProgressBar,
+    printing: Printing,
     interrupted: Arc<AtomicBool>,
+    /// The step training started at and when, for the time still to go.
+    start: (u64, std::time::Instant),
+    end: u64,
 }
 
 impl Progress {
-    fn new(interrupted: Arc<AtomicBool>) -> Self {
-        let bar = ProgressBar::new(0);
+    fn new(interrupted: Arc<AtomicBool>, printing: Printing) -> Self {
+        let bar = if printing == Printing::Bar {
+            ProgressBar::new(0)
+        } else {
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden())
+        };
         bar.set_style(
             ProgressStyle::with_template(
                 "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta}]",
             )
             .expect("the template is valid"),
         );
-        Progress { bar, interrupted }
+        Progress {
+            bar,
+            printing,
+            interrupted,
+            start: (0, std::time::Instant::now()),
+            end: 0,
+        }
     }
+
+    /// One line of a log: the step, both losses, the discriminator's gain, the rate, the
+    /// training time so far (resumes included) and the time to the end at this session's pace.
+    fn line(&self, m: &Metrics) -> String {
+        let (first, since) = self.start;
+        let pace = since.elapsed().as_secs_f64() / m.step.saturating_sub(first).max(1) as f64;
+        let remaining = pace * self.end.saturating_sub(m.step) as f64;
+        format!(
+            "step {}/{} gen {:.4} disc {:.4} gain {:+.4} {:.0} tok/s elapsed {} remaining {}",
+            m.step,
+            self.end,
+            m.gen_loss,
+            m.disc_loss,
+            m.disc_gain.unwrap_or(f64::NAN),
+            m.tokens_per_s,
+            clock(m.elapsed_s),
+            clock(remaining)
+        )
+    }
+}
+
+/// `h:mm:ss`.
+fn clock(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 impl Observer for Progress {
     fn on_start(&mut self, step: u64, end: u64) {
+        self.start = (step, std::time::Instant::now());
+        self.end = end;
         self.bar.set_length(end);
         self.bar.set_position(step);
     }
@@ -407,6 +535,9 @@ impl Observer for Progress {
     }
 
     fn on_metrics(&mut self, m: &Metrics) {
+        if self.printing == Printing::Lines {
+            eprintln!("{}", self.line(m));
+        }
         self.bar.set_message(format!(
             "gen {:.3} disc {:.4} (gain {:+.4}) {:.0} tok/s",
             m.gen_loss,

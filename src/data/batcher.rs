@@ -133,6 +133,24 @@ impl Batcher {
         Ok(())
     }
 
+    /// Passes over the next `n` examples, as if they had been served: a rank of a data-parallel
+    /// run skips the slices of the global batch that other ranks train on.
+    pub fn skip(&mut self, mut n: u64) {
+        let count = self.example_count();
+        while n > 0 {
+            if self.cursor.position == count {
+                self.cursor = Cursor {
+                    epoch: self.cursor.epoch + 1,
+                    position: 0,
+                };
+                self.shuffle();
+            }
+            let taken = n.min(count - self.cursor.position);
+            self.cursor.position += taken;
+            n -= taken;
+        }
+    }
+
     /// The next `batch_size` examples. The returned batch is reused by the next call, so a
     /// training loop allocates nothing here.
     pub fn next_batch(&mut self) -> &Batch {

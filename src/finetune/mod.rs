@@ -369,6 +369,7 @@ impl<B: Backend> Classifier<B> {
                 params: self.layout.len,
                 acts: need.0,
                 ints: need.1,
+                grad_sum: 0,
             })?;
             self.reserved = need;
         }
@@ -440,7 +441,16 @@ impl<B: Backend> Classifier<B> {
                 site: HEAD_DROPOUT_SITE,
             };
             let (x, y) = (acts.act, acts.dropped);
-            tape.run(be, DropoutOp { x, y, dropout });
+            let sequences = b;
+            tape.run(
+                be,
+                DropoutOp {
+                    x,
+                    y,
+                    dropout,
+                    sequences,
+                },
+            );
             acts.dropped
         } else {
             acts.act
@@ -464,7 +474,7 @@ impl<B: Backend> Classifier<B> {
         StepScalars {
             lr: self.current_lr(),
             dropout_seed: dropout.seed(),
-            sample_seed: 0,
+            ..StepScalars::default()
         }
     }
 

@@ -18,8 +18,15 @@ pub struct RunConfig {
     pub train: TrainConfig,
     /// The prepared shard folder.
     pub data: PathBuf,
-    /// Sequences per step.
+    /// Sequences per micro-batch: a step takes `accumulate` of them on each of `world_size`
+    /// ranks ([`RunConfig::global_batch`]).
     pub batch_size: usize,
+    /// Micro-batches per optimizer step on each rank (`--accumulate`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub accumulate: usize,
+    /// The processes that train the run together (`mpirun -np N`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub world_size: usize,
     /// Steps between lines of `metrics.jsonl`.
     pub log_every: u64,
     /// Steps between checkpoints (one is also written at the last step and on Ctrl-C).
@@ -31,6 +38,48 @@ pub struct RunConfig {
     /// (their next resume records it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_checksum: Option<u32>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+impl RunConfig {
+    /// Sequences per optimizer step over all ranks: `world_size · accumulate · batch_size`.
+    pub fn global_batch(&self) -> usize {
+        self.world_size * self.accumulate * self.batch_size
+    }
+
+    /// Sets the run to continue on `world` ranks with the same global batch, taking
+    /// `accumulate` micro-batches a step when given and else as many as keep the global batch.
+    /// A split that changes the global batch is refused, naming the numbers: the schedule and
+    /// the data order of the run are those of its global batch.
+    pub fn resplit(&mut self, world: usize, accumulate: Option<usize>) -> Result<(), String> {
+        let (global, batch) = (self.global_batch(), self.batch_size);
+        let per_pass = world * batch;
+        let k = accumulate.unwrap_or(global / per_pass.max(1));
+        if k == 0 || world * k * batch != global {
+            return Err(format!(
+                "the run's global batch is {global} sequences ({} ranks × {} micro-batches × \
+                 {batch}); {world} ranks × {} × {batch} differ from it; {}",
+                self.world_size,
+                self.accumulate,
+                accumulate.map_or("--accumulate ?".into(), |k| format!("--accumulate {k}")),
+                if global % per_pass == 0 {
+                    format!("pass --accumulate {}", global / per_pass)
+                } else {
+                    format!("use a number of ranks that divides {}", global / batch)
+                }
+            ));
+        }
+        self.world_size = world;
+        self.accumulate = k;
+        Ok(())
+    }
 }
 
 /// One line of `metrics.jsonl`: means over the steps since the previous line.

@@ -305,11 +305,24 @@ impl StepActs {
     }
 }
 
-/// `x` after dropout into `out`, or `x` itself when there is no dropout.
-fn dropped<B: Backend>(be: &mut B, tape: &mut Tape, d: Option<Dropout>, x: Buf, out: Buf) -> Buf {
+/// `x` (of `sequences` sequences) after dropout into `out`, or `x` itself when there is no
+/// dropout.
+fn dropped<B: Backend>(
+    be: &mut B,
+    tape: &mut Tape,
+    d: Option<Dropout>,
+    (x, out): (Buf, Buf),
+    sequences: usize,
+) -> Buf {
     match d {
         Some(dropout) => {
-            tape.run(be, DropoutOp { x, y: out, dropout });
+            let op = DropoutOp {
+                x,
+                y: out,
+                dropout,
+                sequences,
+            };
+            tape.run(be, op);
             out
         }
         None => x,
@@ -373,13 +386,9 @@ pub fn encoder_forward<B: Backend>(
         saved: acts.embedding_norm,
     };
     tape.run(be, embedding);
-    let mut x = dropped(
-        be,
-        tape,
-        drop.hidden(),
-        acts.embedded,
-        acts.embedded_dropped,
-    );
+    let sequences = shape.batch;
+    let embedded = (acts.embedded, acts.embedded_dropped);
+    let mut x = dropped(be, tape, drop.hidden(), embedded, sequences);
     if let (Some(project), Some(out)) = (p.project, acts.projected) {
         let dims = LinearDims {
             rows: n,
@@ -409,13 +418,8 @@ pub fn encoder_forward<B: Backend>(
         tape.run(be, self_attention);
         let out = l.attention_out.linear(a.ctx, a.attention_out, dims(h, h));
         tape.run(be, out);
-        let branch = dropped(
-            be,
-            tape,
-            drop.hidden(),
-            a.attention_out,
-            a.attention_dropped,
-        );
+        let attended = (a.attention_out, a.attention_dropped);
+        let branch = dropped(be, tape, drop.hidden(), attended, sequences);
         let ln1_out = a.attention_norm_out;
         let norm = |x, residual, params, y, saved| LayerNormOp {
             x,
@@ -436,7 +440,8 @@ pub fn encoder_forward<B: Backend>(
             .linear_gelu(ln1_out, a.ffn_pre, a.ffn_act, dims(h, f));
         tape.run(be, ffn_in);
         tape.run(be, l.ffn_out.linear(a.ffn_act, a.ffn_out, dims(f, h)));
-        let branch = dropped(be, tape, drop.hidden(), a.ffn_out, a.ffn_dropped);
+        let ffn = (a.ffn_out, a.ffn_dropped);
+        let branch = dropped(be, tape, drop.hidden(), ffn, sequences);
         let ln2_out = a.ffn_norm_out;
         tape.run(be, norm(branch, ln1_out, l.ffn_norm, ln2_out, a.ffn_norm));
         x = ln2_out;

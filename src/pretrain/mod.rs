@@ -29,16 +29,20 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod ranks;
 mod window;
 
 use crate::backend::{Backend, Space};
-use crate::data::{Batcher, Cursor, DataError};
+use crate::comm::Collective;
+use crate::data::{Batch, Batcher, Cursor, DataError};
 use crate::io::checkpoint::{self, CheckpointData, TrainingState};
 use crate::io::run_dir::{self, Metrics, RunConfig, TrainingLock};
 use crate::io::IoError;
 use crate::model::Model;
 use crate::train::{StepReport, TrainError, Trainer};
+pub use ranks::{check_ranks_agree, Ranks};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 use window::Window;
 
@@ -128,6 +132,9 @@ pub enum PretrainError {
         /// The step of the run's newest checkpoint, if it has one.
         last_checkpoint: Option<u64>,
     },
+    /// The ranks do not match the run's configuration.
+    #[error("{0}")]
+    Ranks(String),
     /// Any other failure of a step (memory, a batch that does not fit the model).
     #[error(transparent)]
     Train(#[from] TrainError),
@@ -149,7 +156,11 @@ pub struct PretrainRun<B: Backend> {
     elapsed_before: f64,
     /// See [`PretrainRun::repairs`].
     repairs: Vec<String>,
-    _lock: TrainingLock,
+    comm: Rc<dyn Collective>,
+    /// Held by the rank that writes the run directory.
+    lock: Option<TrainingLock>,
+    /// This rank's micro-batches of the current step.
+    micro: Vec<Batch>,
 }
 
 impl<B: Backend> PretrainRun<B> {
@@ -163,10 +174,39 @@ impl<B: Backend> PretrainRun<B> {
     pub fn new(
         backend: B,
         dir: &Path,
-        mut config: RunConfig,
+        config: RunConfig,
         start: Start,
         lock: TrainingLock,
     ) -> Result<Self, PretrainError> {
+        Self::with_ranks(backend, dir, config, start, Ranks::solo(lock))
+    }
+
+    /// [`PretrainRun::new`] for one of the `config.world_size` ranks of a data-parallel run:
+    /// each opens the data and the checkpoint itself and trains its slices of every global
+    /// batch; rank 0, which holds the lock, alone writes.
+    pub fn with_ranks(
+        backend: B,
+        dir: &Path,
+        mut config: RunConfig,
+        start: Start,
+        ranks: Ranks,
+    ) -> Result<Self, PretrainError> {
+        let Ranks { comm, lock } = ranks;
+        if config.world_size != comm.world() || config.accumulate == 0 {
+            return Err(PretrainError::Ranks(format!(
+                "the run is set for {} ranks of {} micro-batches, but {} ranks started",
+                config.world_size,
+                config.accumulate,
+                comm.world()
+            )));
+        }
+        if lock.is_some() != (comm.rank() == 0) {
+            return Err(PretrainError::Ranks(format!(
+                "rank {} {} the run directory's lock; rank 0, and it alone, writes the run",
+                comm.rank(),
+                if lock.is_some() { "holds" } else { "lacks" }
+            )));
+        }
         let mut batcher = Batcher::open(&config.data, config.batch_size, config.train.seed)?;
         let found = batcher.data_checksum();
         match config.data_checksum {
@@ -196,7 +236,7 @@ impl<B: Backend> PretrainRun<B> {
                 .map_err(IoError::from)?,
         };
         let mut trainer = Trainer::new(backend, model, config.train.clone(), &initial)?;
-        trainer.reserve_for(config.batch_size, batcher.seq_len())?;
+        trainer.reserve_for(config.batch_size, batcher.seq_len(), config.accumulate)?;
         let mut elapsed_before = 0.0;
         if let Start::Checkpoint(c) = &start {
             trainer.set_flat(Space::AdamM, &c.adam_m);
@@ -212,17 +252,23 @@ impl<B: Backend> PretrainRun<B> {
             batcher.restore(cursor)?;
             elapsed_before = c.state.elapsed_s;
         }
-        // Everything is checked; only now is the run directory touched.
-        let mut repairs: Vec<String> = run_dir::remove_debris(dir, &lock)?
-            .iter()
-            .map(|p| format!("removed {}, left by a process that was killed", p.display()))
-            .collect();
-        if let Some(torn) = run_dir::truncate_metrics(dir, trainer.step)? {
-            repairs.push(format!(
-                "dropped the unreadable last line of {} (torn by a kill or a full disk): {torn:?}",
-                run_dir::metrics_path(dir).display()
-            ));
+        // Everything is checked; only now is the run directory touched, by its writer.
+        let mut repairs = vec![];
+        if let Some(lock) = &lock {
+            repairs.extend(
+                run_dir::remove_debris(dir, lock)?
+                    .iter()
+                    .map(|p| format!("removed {}, left by a process that was killed", p.display())),
+            );
+            if let Some(torn) = run_dir::truncate_metrics(dir, trainer.step)? {
+                repairs.push(format!(
+                    "dropped the unreadable last line of {} (torn by a kill or a full disk): \
+                     {torn:?}",
+                    run_dir::metrics_path(dir).display()
+                ));
+            }
         }
+        let micro = vec![Batch::default(); config.accumulate];
         Ok(PretrainRun {
             trainer,
             batcher,
@@ -230,7 +276,9 @@ impl<B: Backend> PretrainRun<B> {
             config,
             elapsed_before,
             repairs,
-            _lock: lock,
+            comm,
+            lock,
+            micro,
         })
     }
 
@@ -265,11 +313,11 @@ impl<B: Backend> PretrainRun<B> {
         let before = self.elapsed_before;
         let elapsed = |c: &Instant| before + c.elapsed().as_secs_f64();
         let mut window = Window::default();
-        let tokens_per_step = self.config.batch_size * self.batcher.seq_len();
+        let tokens_per_step = self.config.global_batch() * self.batcher.seq_len();
         while self.trainer.step < end {
             let step_clock = Instant::now();
-            let batch = self.batcher.next_batch();
-            let report = match self.trainer.train_step(batch) {
+            self.next_micro_batches();
+            let report = match self.trainer.train_step_split(&self.micro, &*self.comm) {
                 Ok(r) => r,
                 Err(source @ TrainError::NonFinite { .. }) => {
                     let last_checkpoint = checkpoint::list(&self.dir)?.last().copied();
@@ -285,15 +333,20 @@ impl<B: Backend> PretrainRun<B> {
             let step = self.trainer.step;
             let checkpoint_due =
                 step.is_multiple_of(self.config.checkpoint_every.max(1)) || step == end;
-            let stop = observer.should_stop();
+            let stop = self.agree_to_stop(observer.should_stop());
+            let writes = self.lock.is_some();
             if step.is_multiple_of(self.config.log_every.max(1)) || checkpoint_due || stop {
                 if let Some(m) = window.take(step, report.lr, elapsed(&clock)) {
-                    run_dir::append_metrics(&self.dir, &m)?;
+                    if writes {
+                        run_dir::append_metrics(&self.dir, &m)?;
+                    }
                     observer.on_metrics(&m);
                 }
             }
             if checkpoint_due || stop {
-                self.save(elapsed(&clock))?;
+                if writes {
+                    self.save(elapsed(&clock))?;
+                }
                 observer.on_checkpoint(step);
             }
             if stop {
@@ -303,6 +356,29 @@ impl<B: Backend> PretrainRun<B> {
         Ok(RunEnd::Finished {
             step: self.trainer.step,
         })
+    }
+
+    /// Fills [`PretrainRun::micro`] with this rank's slices of the next global batch: the
+    /// global batch is the next `world · accumulate · batch_size` examples of the data's order,
+    /// and rank r takes slices `r·accumulate ..` of it, so that the data a step sees and the
+    /// batcher's position after it do not depend on the number of ranks.
+    fn next_micro_batches(&mut self) {
+        let slice = self.config.batch_size as u64;
+        let per_rank = slice * self.config.accumulate as u64;
+        let (rank, world) = (self.comm.rank() as u64, self.comm.world() as u64);
+        self.batcher.skip(rank * per_rank);
+        for batch in &mut self.micro {
+            batch.clone_from(self.batcher.next_batch());
+        }
+        self.batcher.skip((world - 1 - rank) * per_rank);
+    }
+
+    /// Whether any rank was asked to stop (a signal reaches one rank, or all at different
+    /// steps): all stop after the same step, or those that go on would wait for the others.
+    fn agree_to_stop(&self, asked: bool) -> bool {
+        let mut votes = [f64::from(u8::from(asked))];
+        self.comm.all_reduce_sum_f64(&mut votes);
+        votes[0] > 0.0
     }
 
     /// Writes a checkpoint of the current step, then keeps only the newest `keep_checkpoints`.

@@ -59,6 +59,8 @@ fn tiny_config(data: &Path) -> RunConfig {
         },
         data: data.to_path_buf(),
         batch_size: 2,
+        accumulate: 1,
+        world_size: 1,
         log_every: 2,
         checkpoint_every: 4,
         keep_checkpoints: 3,

@@ -21,17 +21,29 @@ pub fn max_predictions(seq: usize, mask_prob: f64) -> usize {
     ((mask_prob + 0.005) * seq as f64) as usize
 }
 
-/// Chooses and masks positions for one step, deterministically in (seed, step).
+/// What the masking of a batch is keyed by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaskKeys {
+    /// The run's seed.
+    pub seed: u64,
+    /// The optimizer step.
+    pub step: u64,
+    /// The place of the batch's first sequence in the step's global batch (0 unless the
+    /// batch is a slice of it): a sequence draws the same positions however the global batch
+    /// is split over ranks and micro-batches.
+    pub first_sequence: u64,
+}
+
+/// Chooses and masks positions for one batch, deterministically in its keys.
 pub fn mask_batch(
     batch: &Batch,
     special: &SpecialTokens,
     mask_prob: f64,
-    seed: u64,
-    step: u64,
+    keys: MaskKeys,
     out: &mut Masking,
 ) {
     let max_pred = max_predictions(batch.seq, mask_prob);
-    let stream = Stream::new(seed, Purpose::Mask, step);
+    let stream = Stream::new(keys.seed, Purpose::Mask, keys.step);
     out.positions.clear();
     out.masked_ids.clear();
     out.masked_ids.extend_from_slice(&batch.input_ids);
@@ -50,7 +62,7 @@ pub fn mask_batch(
             .max(1)
             .min(candidates.len());
         // A partial Fisher–Yates shuffle picks k distinct candidates.
-        let draws = (b * 2 * batch.seq) as u32;
+        let draws = ((keys.first_sequence as usize + b) * 2 * batch.seq) as u32;
         for i in 0..k {
             let u = stream.uniform(draws + i as u32);
             let j =
@@ -72,6 +84,14 @@ pub fn mask_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn keys(seed: u64, step: u64) -> MaskKeys {
+        MaskKeys {
+            seed,
+            step,
+            first_sequence: 0,
+        }
+    }
 
     fn batch() -> Batch {
         // Two sequences of 32: [CLS] words [SEP] words [SEP] then padding in the second.
@@ -101,7 +121,7 @@ mod tests {
     fn picks_k_distinct_real_non_special_positions_per_sequence() {
         let b = batch();
         let mut m = Masking::default();
-        mask_batch(&b, &SpecialTokens::default(), 0.15, 9, 0, &mut m);
+        mask_batch(&b, &SpecialTokens::default(), 0.15, keys(9, 0), &mut m);
         let per_row = |r: usize| {
             m.positions
                 .iter()
@@ -132,14 +152,14 @@ mod tests {
         let b = batch();
         let (mut a, mut c) = (Masking::default(), Masking::default());
         let st = SpecialTokens::default();
-        mask_batch(&b, &st, 0.15, 1, 5, &mut a);
-        mask_batch(&b, &st, 0.15, 1, 5, &mut c);
+        mask_batch(&b, &st, 0.15, keys(1, 5), &mut a);
+        mask_batch(&b, &st, 0.15, keys(1, 5), &mut c);
         assert_eq!(a, c);
-        mask_batch(&b, &st, 0.15, 1, 6, &mut c);
+        mask_batch(&b, &st, 0.15, keys(1, 6), &mut c);
         assert_ne!(a, c);
         let (mut masked, mut chosen) = (0, 0);
         for step in 0..500 {
-            mask_batch(&b, &st, 0.15, 3, step, &mut a);
+            mask_batch(&b, &st, 0.15, keys(3, step), &mut a);
             chosen += a.positions.len();
             masked += a
                 .positions
@@ -149,5 +169,38 @@ mod tests {
         }
         let share = masked as f64 / chosen as f64;
         assert!((share - 0.85).abs() < 0.03, "share of [MASK] {share}");
+    }
+
+    #[test]
+    fn a_slice_of_a_batch_masks_as_its_rows_in_the_whole_batch_do() {
+        let (b, st) = (batch(), SpecialTokens::default());
+        let mut whole = Masking::default();
+        mask_batch(&b, &st, 0.15, keys(4, 2), &mut whole);
+        let seq = b.seq;
+        let second = Batch {
+            batch: 1,
+            seq,
+            input_ids: b.input_ids[seq..].to_vec(),
+            token_types: b.token_types[seq..].to_vec(),
+            attention_mask: b.attention_mask[seq..].to_vec(),
+        };
+        let mut part = Masking::default();
+        let as_second = MaskKeys {
+            first_sequence: 1,
+            ..keys(4, 2)
+        };
+        mask_batch(&second, &st, 0.15, as_second, &mut part);
+        let rows_of_second: Vec<u32> = whole
+            .positions
+            .iter()
+            .filter(|&&p| p as usize >= seq)
+            .map(|&p| p - seq as u32)
+            .collect();
+        assert_eq!(part.positions, rows_of_second);
+        assert_eq!(part.masked_ids, whole.masked_ids[seq..]);
+        // Keyed as the first sequence instead, it draws other positions.
+        let mut first = Masking::default();
+        mask_batch(&second, &st, 0.15, keys(4, 2), &mut first);
+        assert_ne!(first.positions, part.positions);
     }
 }

@@ -6,15 +6,16 @@ pub mod schedule;
 mod setup;
 
 use crate::backend::{
-    AdamW, Backend, Buf, OptimizerStep, OutOfMemory, ParamGroup, Pick, ReplaceTokensOp, Sizes,
-    SoftmaxXentOp, Space, StepScalars,
+    AccumulateOp, AdamW, Backend, Buf, OptimizerStep, OutOfMemory, ParamGroup, Pick,
+    ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars,
 };
+use crate::comm::Collective;
 use crate::data::Batch;
 use crate::model::{self, BatchShape, DropoutPlan, Model, StepActs};
 use crate::rng::{Purpose, Stream};
 use crate::tape::Tape;
 use crate::validate::{require, require_non_negative, require_positive};
-pub use masking::{mask_batch, max_predictions, Masking};
+pub use masking::{mask_batch, max_predictions, MaskKeys, Masking};
 pub use setup::place_parameters;
 use std::sync::Arc;
 
@@ -230,7 +231,10 @@ pub struct Trainer<B: Backend> {
     pub dropout: bool,
     tape: Tape,
     acts: Option<Arc<StepActs>>,
-    masking: Masking,
+    /// Whether [`Space::GradSum`] is sized: gradients are accumulated over micro-batches.
+    sums_gradients: bool,
+    /// One per micro-batch of a step.
+    maskings: Vec<Masking>,
     host: Vec<f32>,
     host_ints: Vec<u32>,
 }
@@ -254,7 +258,8 @@ impl<B: Backend> Trainer<B> {
             dropout: true,
             tape: Tape::new(true),
             acts: None,
-            masking: Masking::default(),
+            sums_gradients: false,
+            maskings: vec![],
             host: vec![],
             host_ints: vec![],
         })
@@ -300,9 +305,16 @@ impl<B: Backend> Trainer<B> {
         self.acts.as_deref()
     }
 
-    /// Sizes the backend for steps on `batch` sequences of `seq` tokens now rather than at the
-    /// first step, so that a batch too large for memory is refused before a run writes anything.
-    pub fn reserve_for(&mut self, batch: usize, seq: usize) -> Result<(), TrainError> {
+    /// Sizes the backend for steps on `batch` sequences of `seq` tokens, `accumulate`
+    /// micro-batches a step, now rather than at the first step, so that a batch too large for
+    /// memory is refused before a run writes anything.
+    pub fn reserve_for(
+        &mut self,
+        batch: usize,
+        seq: usize,
+        accumulate: usize,
+    ) -> Result<(), TrainError> {
+        self.sums_gradients |= accumulate > 1;
         self.plan_for(batch, seq, 0).map(drop)
     }
 
@@ -317,7 +329,9 @@ impl<B: Backend> Trainer<B> {
         let max_pred = max_predictions(seq, self.config.mask_prob).max(1);
         if let Some(a) = &self.acts {
             let s = a.shape;
-            if s.batch == batch && s.seq == seq && s.max_masked >= masked {
+            let summing = self.backend.sizes().grad_sum > 0;
+            let fits = s.batch == batch && s.seq == seq && s.max_masked >= masked;
+            if fits && summing == self.sums_gradients {
                 return Ok(Arc::clone(a));
             }
         }
@@ -327,10 +341,12 @@ impl<B: Backend> Trainer<B> {
             max_masked: masked.max(batch * max_pred),
         };
         let acts = Arc::new(StepActs::new(&self.model.config, shape));
+        let params = self.model.layout.len();
         self.backend.reserve(Sizes {
-            params: self.model.layout.len(),
+            params,
             acts: acts.sizes.0,
             ints: acts.sizes.1,
+            grad_sum: if self.sums_gradients { params } else { 0 },
         })?;
         self.acts = Some(Arc::clone(&acts));
         Ok(acts)
@@ -399,14 +415,12 @@ impl<B: Backend> Trainer<B> {
         }
         self.backend
             .begin_step(self.step_scalars(self.current_lr()), None);
-        self.issue_passes(batch, &acts, masked, corruption);
+        let means = Means::of(batch, masked);
+        self.issue_passes(batch, &acts, masked, corruption, means);
         self.backend.end_step();
-        Ok(self.report(
-            batch,
-            &acts,
-            masked,
-            matches!(corruption, Corruption::Generator(_)),
-        ))
+        let picked = matches!(corruption, Corruption::Generator(_));
+        let sums = self.sums(batch, &acts, masked, picked);
+        Ok(sums.report(means, picked, self.config.disc_weight))
     }
 
     fn check_given(&self, batch: &Batch, ids: &[u32]) -> Result<(), TrainError> {
@@ -433,6 +447,8 @@ impl<B: Backend> Trainer<B> {
             lr,
             dropout_seed: Stream::new(seed, Purpose::DropoutSeed, self.step).seed(),
             sample_seed: Stream::new(seed, Purpose::SampleSeed, self.step).seed(),
+            first_sequence: 0,
+            first_pick: 0,
         }
     }
 
@@ -465,14 +481,16 @@ impl<B: Backend> Trainer<B> {
 
     /// Issues the device work of both passes on the loaded inputs: zeroing the gradients, the
     /// generator, its loss and the replacement, the discriminator, its loss, and the backward
-    /// pass. With [`Corruption::Generator`] it writes nothing from the host, so it can be
-    /// recorded; the given replacements must have passed `check_given`.
+    /// pass, each loss a mean over the counts of `means`. With [`Corruption::Generator`] it
+    /// writes nothing from the host, so it can be recorded; the given replacements must have
+    /// passed `check_given`.
     fn issue_passes(
         &mut self,
         batch: &Batch,
         acts: &StepActs,
         masked: usize,
         corruption: Corruption,
+        means: Means,
     ) {
         let grads = self.all(Space::Grad);
         let be = &mut self.backend;
@@ -502,7 +520,7 @@ impl<B: Backend> Trainer<B> {
             logits: acts.gen_logits.prefix(masked * vocab),
             targets: acts.targets.prefix(masked),
             row_loss: acts.gen_row_loss.prefix(masked),
-            grad_scale: 1.0 / masked as f32,
+            grad_scale: 1.0 / means.masked as f32,
             pick,
             rows: masked,
             vocab,
@@ -524,26 +542,26 @@ impl<B: Backend> Trainer<B> {
                 be.write(acts.is_replaced, &self.host);
             }
         }
-        let disc_scale = self.config.disc_weight / batch.real_tokens() as f32;
+        let disc_scale = self.config.disc_weight / means.real_tokens as f32;
         let (tape, model) = (&mut self.tape, &self.model);
         model::discriminator_with_loss(be, tape, model, acts, &mut drop, disc_scale);
         self.tape.backward(be);
     }
 
     /// What a recorded step depends on besides the memory plan's buffers and the
-    /// [`StepScalars`]: every other value the step's operations take from the host.
-    fn step_fingerprint(&self, batch: &Batch, acts: &StepActs, masked: usize, pick: Pick) -> u64 {
+    /// [`StepScalars`]: every other value the step's operations take from the host. `part`
+    /// tells the recordings of a split step apart ([`Part`]).
+    fn step_fingerprint(&self, acts: &StepActs, masked: usize, means: Means, part: Part) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
         let c = &self.config;
         let s = acts.shape;
         (s.batch, s.seq, s.max_masked, masked).hash(&mut h);
-        (
-            batch.real_tokens(),
-            self.dropout,
-            matches!(pick, Pick::Argmax),
-        )
-            .hash(&mut h);
+        let argmax = matches!(self.pick(), Pick::Argmax);
+        (means.real_tokens, self.dropout, argmax).hash(&mut h);
+        if part != Part::Whole {
+            (part, means.masked).hash(&mut h);
+        }
         let floats = [
             c.disc_weight,
             c.beta1,
@@ -556,11 +574,9 @@ impl<B: Backend> Trainer<B> {
         h.finish()
     }
 
-    fn report(&self, batch: &Batch, acts: &StepActs, masked: usize, picked: bool) -> LossReport {
+    /// The sums over the last pass's tokens that its [`LossReport`] is made of.
+    fn sums(&self, batch: &Batch, acts: &StepActs, masked: usize, picked: bool) -> LossSums {
         let sum = |b: Buf| self.read_acts(b).iter().map(|&v| v as f64).sum::<f64>();
-        let real = batch.real_tokens();
-        let gen_loss = (sum(acts.gen_row_loss.prefix(masked)) / masked as f64) as f32;
-        let disc_loss = (sum(acts.disc_row_loss) / real as f64) as f32;
         let logits = self.read_acts(acts.disc_logits);
         let labels = self.read_acts(acts.is_replaced);
         let (mut right, mut replaced) = (0usize, 0usize);
@@ -568,26 +584,24 @@ impl<B: Backend> Trainer<B> {
             right += usize::from((logits[i] > 0.0) == (labels[i] > 0.5));
             replaced += usize::from(labels[i] > 0.5);
         }
-        let mlm_accuracy = picked.then(|| {
+        let hits = if picked {
             let mut picks = vec![0u32; masked];
             self.backend
                 .read_ints(acts.picks.prefix(masked), &mut picks);
             let mut targets = vec![0u32; masked];
             self.backend
                 .read_ints(acts.targets.prefix(masked), &mut targets);
-            let hits = picks.iter().zip(&targets).filter(|(a, b)| a == b).count();
-            hits as f32 / masked as f32
-        });
-        LossReport {
-            gen_loss,
-            disc_loss,
-            total_loss: gen_loss + self.config.disc_weight * disc_loss,
-            mlm_accuracy,
-            disc_accuracy: right as f32 / real as f32,
-            replaced_fraction: replaced as f32 / real as f32,
-            masked,
-            real_tokens: real,
-        }
+            picks.iter().zip(&targets).filter(|(a, b)| a == b).count()
+        } else {
+            0
+        };
+        LossSums([
+            sum(acts.gen_row_loss.prefix(masked)),
+            sum(acts.disc_row_loss),
+            right as f64,
+            replaced as f64,
+            hits as f64,
+        ])
     }
 
     /// The global norm of the current gradients (every unique tensor counted once).
@@ -628,34 +642,180 @@ impl<B: Backend> Trainer<B> {
     /// that records steps (CUDA graphs), the device work of a step whose shape was seen before is
     /// replayed rather than issued again.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepReport, TrainError> {
-        let c = &self.config;
-        let mut masking = std::mem::take(&mut self.masking);
-        let special = self.model.config.special_tokens;
-        mask_batch(
-            batch,
-            &special,
-            c.mask_prob,
-            c.seed,
-            self.step,
-            &mut masking,
-        );
-        let pick = match c.replacement {
-            Replacement::Argmax => Pick::Argmax,
-            Replacement::Sample => Pick::Gumbel,
-        };
+        let mut maskings = std::mem::take(&mut self.maskings);
+        maskings.resize_with(1, Masking::default);
+        self.mask(batch, 0, &mut maskings[0]);
+        let pick = self.pick();
         let scalars = self.step_scalars(self.current_lr());
-        let result = self.load_inputs(batch, &masking).map(|(masked, acts)| {
-            let recording = Some(self.step_fingerprint(batch, &acts, masked, pick));
+        let result = self.load_inputs(batch, &maskings[0]).map(|(masked, acts)| {
+            let means = Means::of(batch, masked);
+            let recording = Some(self.step_fingerprint(&acts, masked, means, Part::Whole));
             if !self.backend.begin_step(scalars, recording) {
                 let corruption = Corruption::Generator(pick);
-                self.issue_passes(batch, &acts, masked, corruption);
+                self.issue_passes(batch, &acts, masked, corruption, means);
                 self.issue_update();
                 self.backend.end_step();
             }
-            self.report(batch, &acts, masked, true)
+            (means, self.sums(batch, &acts, masked, true))
         });
-        self.masking = masking;
-        let loss = result?;
+        self.maskings = maskings;
+        let (means, sums) = result?;
+        self.finish_step(
+            sums.report(means, true, self.config.disc_weight),
+            scalars.lr,
+        )
+    }
+
+    /// One optimizer step on a global batch split over the ranks of `comm` and over
+    /// micro-batches: this process holds `micro`, slices `rank·K .. rank·K + K` of the
+    /// `world·K` equal slices of the global batch, `K = micro.len()`. Every rank calls it at
+    /// the same step with micro-batches of the same size.
+    ///
+    /// The step is the one [`Trainer::train_step`] takes on the whole global batch: masking,
+    /// dropout and Gumbel noise are keyed by each sequence's place in the global batch, and
+    /// both losses are means over the global batch's masked positions and real tokens. The
+    /// gradients of each micro-batch are computed alone and then added, micro-batches in
+    /// order, and summed over the ranks, so only the order of those sums differs from the
+    /// unsplit step. With one micro-batch and one rank it is [`Trainer::train_step`].
+    pub fn train_step_split(
+        &mut self,
+        micro: &[Batch],
+        comm: &dyn Collective,
+    ) -> Result<StepReport, TrainError> {
+        let (accumulate, world, rank) = (micro.len(), comm.world(), comm.rank());
+        match micro {
+            [] => return Err(TrainError::Batch("a step needs a micro-batch".into())),
+            [batch] if world == 1 => return self.train_step(batch),
+            _ => {}
+        }
+        let rows = micro[0].batch;
+        if let Some(b) = micro.iter().find(|b| b.batch != rows) {
+            return Err(TrainError::Batch(format!(
+                "micro-batches of one step must hold as many sequences: {rows} and {}",
+                b.batch
+            )));
+        }
+        let slices = world * accumulate;
+        let first_slice = rank * accumulate;
+        let mut maskings = std::mem::take(&mut self.maskings);
+        maskings.resize_with(accumulate, Masking::default);
+        // Masked positions and real tokens of every slice, summed over the ranks: the means
+        // of the losses and the Gumbel rows of each slice need the whole global batch's.
+        let mut counts = vec![0.0f64; 2 * slices];
+        for (k, (batch, masking)) in micro.iter().zip(&mut maskings).enumerate() {
+            let slice = first_slice + k;
+            self.mask(batch, (slice * rows) as u64, masking);
+            counts[slice] = masking.positions.len() as f64;
+            counts[slices + slice] = batch.real_tokens() as f64;
+        }
+        comm.all_reduce_sum_f64(&mut counts);
+        let means = Means {
+            masked: counts[..slices].iter().sum::<f64>() as usize,
+            real_tokens: counts[slices..].iter().sum::<f64>() as usize,
+        };
+        self.sums_gradients |= accumulate > 1;
+        let lr = self.current_lr();
+        let mut sums = LossSums::default();
+        let mut result = Ok(());
+        for (k, (batch, masking)) in micro.iter().zip(&maskings).enumerate() {
+            let slice = first_slice + k;
+            let scalars = StepScalars {
+                first_sequence: (slice * rows) as u64,
+                first_pick: counts[..slice].iter().sum::<f64>() as u64,
+                ..self.step_scalars(lr)
+            };
+            let part = Part::micro(k, accumulate);
+            match self.micro_step(batch, masking, scalars, means, part) {
+                Ok(s) => sums.add(&s),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.maskings = maskings;
+        result?;
+        if world > 1 {
+            let grads = self.all(Space::Grad);
+            self.backend.all_reduce(grads, comm);
+        }
+        let scalars = self.step_scalars(lr);
+        let recording = Some(self.update_fingerprint());
+        if !self.backend.begin_step(scalars, recording) {
+            self.issue_update();
+            self.backend.end_step();
+        }
+        comm.all_reduce_sum_f64(&mut sums.0);
+        self.finish_step(sums.report(means, true, self.config.disc_weight), lr)
+    }
+
+    /// The passes of one micro-batch of a split step, and the sum of its gradients with
+    /// those of the micro-batches before it.
+    fn micro_step(
+        &mut self,
+        batch: &Batch,
+        masking: &Masking,
+        scalars: StepScalars,
+        means: Means,
+        part: Part,
+    ) -> Result<LossSums, TrainError> {
+        let (masked, acts) = self.load_inputs(batch, masking)?;
+        let recording = Some(self.step_fingerprint(&acts, masked, means, part));
+        if !self.backend.begin_step(scalars, recording) {
+            let corruption = Corruption::Generator(self.pick());
+            self.issue_passes(batch, &acts, masked, corruption, means);
+            let (grads, sum) = (self.all(Space::Grad), self.all(Space::GradSum));
+            let add = match part {
+                Part::Whole | Part::Only | Part::Update => None,
+                Part::First => Some((grads, sum, true)),
+                Part::Middle => Some((grads, sum, false)),
+                Part::Last => Some((sum, grads, false)),
+            };
+            if let Some((src, dst, overwrite)) = add {
+                let op = AccumulateOp {
+                    src,
+                    dst,
+                    overwrite,
+                };
+                self.backend.accumulate(&op);
+            }
+            self.backend.end_step();
+        }
+        Ok(self.sums(batch, &acts, masked, true))
+    }
+
+    /// What a recorded optimizer update depends on besides the step's scalars.
+    fn update_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        let c = &self.config;
+        let floats = [c.beta1, c.beta2, c.eps, c.weight_decay, c.max_grad_norm];
+        (Part::Update, floats.map(f32::to_bits)).hash(&mut h);
+        h.finish()
+    }
+
+    /// Chooses and masks the positions of `batch`, whose first sequence is sequence
+    /// `first_sequence` of the step's global batch.
+    fn mask(&self, batch: &Batch, first_sequence: u64, out: &mut Masking) {
+        let c = &self.config;
+        let special = &self.model.config.special_tokens;
+        let keys = MaskKeys {
+            seed: c.seed,
+            step: self.step,
+            first_sequence,
+        };
+        mask_batch(batch, special, c.mask_prob, keys, out);
+    }
+
+    fn pick(&self) -> Pick {
+        match self.config.replacement {
+            Replacement::Argmax => Pick::Argmax,
+            Replacement::Sample => Pick::Gumbel,
+        }
+    }
+
+    /// Checks the step's losses and counts it.
+    fn finish_step(&mut self, loss: LossReport, lr: f32) -> Result<StepReport, TrainError> {
         if !loss.gen_loss.is_finite() || !loss.disc_loss.is_finite() {
             return Err(TrainError::NonFinite {
                 step: self.step,
@@ -668,9 +828,87 @@ impl<B: Backend> Trainer<B> {
         Ok(StepReport {
             step: self.step,
             loss,
-            lr: scalars.lr,
+            lr,
             grad_norm,
         })
+    }
+}
+
+/// The counts the two losses of a step are means over: the masked positions and the real
+/// tokens of the whole (global) batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Means {
+    masked: usize,
+    real_tokens: usize,
+}
+
+impl Means {
+    /// The counts of one unsplit batch with `masked` chosen positions.
+    fn of(batch: &Batch, masked: usize) -> Self {
+        Means {
+            masked,
+            real_tokens: batch.real_tokens(),
+        }
+    }
+}
+
+/// Which part of a step a recording holds: the micro-batches of a split step differ in how
+/// their gradients join the sum ([`AccumulateOp`]), and its optimizer update is recorded alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Part {
+    /// The passes and the update of an unsplit step.
+    Whole,
+    /// The passes of a rank's only micro-batch (nothing to sum).
+    Only,
+    /// The first of several micro-batches: its gradients start the sum.
+    First,
+    /// Added to the sum.
+    Middle,
+    /// The last: the sum is added to its gradients, where the update reads them.
+    Last,
+    /// The optimizer update after the micro-batches and the all-reduce.
+    Update,
+}
+
+impl Part {
+    fn micro(k: usize, count: usize) -> Self {
+        match (k, count) {
+            (_, 1) => Part::Only,
+            (0, _) => Part::First,
+            (k, n) if k + 1 == n => Part::Last,
+            _ => Part::Middle,
+        }
+    }
+}
+
+/// Sums over tokens that a [`LossReport`] is made of, added over micro-batches and ranks:
+/// generator loss, discriminator loss, tokens the discriminator labelled right, replaced
+/// tokens, and masked positions where the generator's pick was the original.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct LossSums([f64; 5]);
+
+impl LossSums {
+    fn add(&mut self, other: &LossSums) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+    }
+
+    fn report(&self, means: Means, picked: bool, disc_weight: f32) -> LossReport {
+        let [gen, disc, right, replaced, hits] = self.0;
+        let (masked, real) = (means.masked, means.real_tokens);
+        let gen_loss = (gen / masked as f64) as f32;
+        let disc_loss = (disc / real as f64) as f32;
+        LossReport {
+            gen_loss,
+            disc_loss,
+            total_loss: gen_loss + disc_weight * disc_loss,
+            mlm_accuracy: picked.then(|| hits as f32 / masked as f32),
+            disc_accuracy: right as f32 / real as f32,
+            replaced_fraction: replaced as f32 / real as f32,
+            masked,
+            real_tokens: real,
+        }
     }
 }
 

@@ -9,8 +9,7 @@ use crate::backend::{Backend, Buf, OutOfMemory, Sizes, Space};
 pub fn place_parameters<B: Backend>(backend: &mut B, values: &[f32]) -> Result<(), OutOfMemory> {
     backend.reserve(Sizes {
         params: values.len(),
-        acts: 0,
-        ints: 0,
+        ..Sizes::default()
     })?;
     let all = Buf {
         space: Space::Param,

@@ -29,3 +29,23 @@ pub fn forward(x: &[f32], y: &mut [f32], d: DropoutMask) {
 pub fn backward(dy: &[f32], dx: &mut [f32], d: DropoutMask) {
     masked(dy, dx, d, true);
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::Dropout;
+
+    #[test]
+    fn a_slice_of_a_batch_draws_its_part_of_the_whole_batch_mask() {
+        let d = Dropout { p: 0.5, site: 3 };
+        let mut whole = vec![0.0; 4096];
+        d.mask(77, 0).scales(0, &mut whole);
+        // A slice whose first element is element 1234 of the whole (not a multiple of 4).
+        let mut part = vec![0.0; 1000];
+        d.mask(77, 1234).scales(0, &mut part);
+        assert_eq!(part, whole[1234..2234]);
+        // Blocks past 2^32 (elements past 2^34) are new blocks, not the first ones again.
+        let mut far = vec![0.0; 64];
+        d.mask(77, 1 << 34).scales(0, &mut far);
+        assert_ne!(far, whole[..64]);
+    }
+}

@@ -9,9 +9,9 @@ use rayon::prelude::*;
 /// Each logarithm runs in f64 and rounds once to f32 (the rest is f32 arithmetic), so the CUDA
 /// kernel (`gumbel_noise` in kernels/common.cuh) draws exactly the same values, which f32 `ln`
 /// does not guarantee across math libraries.
-pub fn gumbel_noise(seed: u64, row: usize, col: usize) -> f32 {
+pub fn gumbel_noise(seed: u64, row: u64, col: usize) -> f32 {
     let ln = |x: f32| (x as f64).ln() as f32;
-    let stream = Stream::new(seed, Purpose::Gumbel, row as u64);
+    let stream = Stream::new(seed, Purpose::Gumbel, row);
     let u = unit_f32(stream.words(col as u32)[0]);
     -ln(-ln(u + 1e-9) + 1e-9)
 }
@@ -22,6 +22,9 @@ pub struct Picks<'a> {
     pub mode: Pick,
     /// Keys the Gumbel noise (the step's [`StepScalars::sample_seed`](crate::backend::StepScalars)).
     pub sample_seed: u64,
+    /// The Gumbel row of the first row: masked positions of the step's global batch before it
+    /// ([`StepScalars::first_pick`](crate::backend::StepScalars)).
+    pub first_pick: u64,
     /// One token per row.
     pub out: &'a mut [u32],
 }
@@ -37,9 +40,9 @@ pub fn softmax_xent(
     vocab: usize,
 ) {
     let rows = targets.len();
-    let (mode, sample_seed, picks) = match pick {
-        Some(p) => (Some(p.mode), p.sample_seed, Some(p.out)),
-        None => (None, 0, None),
+    let (mode, sample_seed, first_pick, picks) = match pick {
+        Some(p) => (Some(p.mode), p.sample_seed, p.first_pick, Some(p.out)),
+        None => (None, 0, 0, None),
     };
     let per_row = |r: usize, dl: &mut [f32], loss: &mut f32| -> u32 {
         let row = &logits[r * vocab..(r + 1) * vocab];
@@ -57,7 +60,7 @@ pub fn softmax_xent(
             Some(Pick::Gumbel) => argmax(
                 row.iter()
                     .enumerate()
-                    .map(|(j, &x)| x + gumbel_noise(sample_seed, r, j)),
+                    .map(|(j, &x)| x + gumbel_noise(sample_seed, first_pick + r as u64, j)),
             ),
             None => 0,
         }

@@ -17,7 +17,7 @@ pub mod optim;
 use std::marker::PhantomData;
 
 use super::{
-    AttentionOp, Backend, BceHeadOp, Buf, Dropout, DropoutMask, DropoutOp, EmbeddingOp,
+    AccumulateOp, AttentionOp, Backend, BceHeadOp, Buf, DropoutMask, DropoutOp, EmbeddingOp,
     GatherRowsOp, IBuf, LayerNormOp, LayerNormParams, LayerNormSaved, LinearOp, OptimizerStep,
     OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars,
 };
@@ -25,7 +25,7 @@ use super::{
 /// The CPU backend. Memory is one `Vec` per space.
 #[derive(Default)]
 pub struct CpuBackend {
-    spaces: [Vec<f32>; 6],
+    spaces: [Vec<f32>; 7],
     ints: Vec<u32>,
     /// Room for one layer's dropped-out attention probabilities, rebuilt where they are needed.
     scratch: Vec<f32>,
@@ -50,9 +50,17 @@ impl CpuBackend {
         s
     }
 
-    /// The mask of `dropout` in the current step.
-    fn mask(&self, dropout: Option<Dropout>) -> Option<DropoutMask> {
-        dropout.map(|d| d.mask(self.scalars.dropout_seed))
+    /// The mask of `op`'s dropout in the current step.
+    fn attention_mask(&self, op: &AttentionOp) -> Option<DropoutMask> {
+        let offset = op.dims.dropout_offset(self.scalars.first_sequence);
+        op.dropout
+            .map(|d| d.mask(self.scalars.dropout_seed, offset))
+    }
+
+    /// The mask of `op` in the current step.
+    fn dropout_mask(&self, op: &DropoutOp) -> DropoutMask {
+        let offset = op.offset(self.scalars.first_sequence);
+        op.dropout.mask(self.scalars.dropout_seed, offset)
     }
 
     fn frame(&mut self) -> Frame<'_> {
@@ -89,7 +97,7 @@ fn saved_view<'a>(f: &Frame<'a>, saved: LayerNormSaved, rows: usize) -> layernor
 /// is checked to be in bounds and disjoint from every other declared buffer, which is what makes
 /// the views sound.
 struct Frame<'a> {
-    spaces: [(*mut f32, usize); 6],
+    spaces: [(*mut f32, usize); 7],
     ints: (*mut u32, usize),
     _borrow: PhantomData<&'a mut CpuBackend>,
 }
@@ -167,6 +175,7 @@ impl Backend for CpuBackend {
         for space in Space::ALL {
             let len = match space {
                 Space::Act | Space::ActGrad => sizes.acts,
+                Space::GradSum => sizes.grad_sum,
                 _ => sizes.params,
             };
             grow(&mut self.spaces[space.index()], len)?;
@@ -179,6 +188,7 @@ impl Backend for CpuBackend {
             params: self.spaces[Space::Param.index()].len(),
             acts: self.spaces[Space::Act.index()].len(),
             ints: self.ints.len(),
+            grad_sum: self.spaces[Space::GradSum.index()].len(),
         }
     }
 
@@ -331,7 +341,7 @@ impl Backend for CpuBackend {
     }
 
     fn attention_fwd(&mut self, op: &AttentionOp) {
-        let mask = self.mask(op.dropout);
+        let mask = self.attention_mask(op);
         let mut scratch = self.scratch(op.probs.len);
         let f = self.frame();
         let [ctx, probs] = f.w([op.ctx, op.probs], &[op.qkv]);
@@ -349,7 +359,7 @@ impl Backend for CpuBackend {
         let AttentionOp {
             qkv, ctx, probs, ..
         } = *op;
-        let mask = self.mask(op.dropout);
+        let mask = self.attention_mask(op);
         let mut scratch = self.scratch(probs.len);
         let f = self.frame();
         let [dqkv, dscores] = f.w([qkv.grad(), probs.grad()], &[qkv, probs, ctx.grad()]);
@@ -365,14 +375,14 @@ impl Backend for CpuBackend {
     }
 
     fn dropout_fwd(&mut self, op: &DropoutOp) {
-        let mask = op.dropout.mask(self.scalars.dropout_seed);
+        let mask = self.dropout_mask(op);
         let f = self.frame();
         let [y] = f.w([op.y], &[op.x]);
         dropout::forward(f.r(op.x), y, mask);
     }
 
     fn dropout_bwd(&mut self, op: &DropoutOp) {
-        let mask = op.dropout.mask(self.scalars.dropout_seed);
+        let mask = self.dropout_mask(op);
         let (dx, dy) = (op.x.grad(), op.y.grad());
         let f = self.frame();
         let [dx] = f.w([dx], &[dy]);
@@ -402,13 +412,14 @@ impl Backend for CpuBackend {
     }
 
     fn softmax_xent(&mut self, op: &SoftmaxXentOp) {
-        let sample_seed = self.scalars.sample_seed;
+        let (sample_seed, first_pick) = (self.scalars.sample_seed, self.scalars.first_pick);
         let f = self.frame();
         let [row_loss, dlogits] = f.w([op.row_loss, op.logits.grad()], &[op.logits]);
         let targets = op.targets.prefix(op.rows);
         let pick = op.pick.map(|(mode, picks)| losses::Picks {
             mode,
             sample_seed,
+            first_pick,
             out: f.wi(picks.prefix(op.rows), &[targets]),
         });
         let (logits, targets, scale) = (f.r(op.logits), f.ri(targets), op.grad_scale);
@@ -456,6 +467,12 @@ impl Backend for CpuBackend {
             op.grad_scale,
         );
         self.scratch = dlogits;
+    }
+
+    fn accumulate(&mut self, op: &AccumulateOp) {
+        let f = self.frame();
+        let [dst] = f.w([op.dst], &[op.src]);
+        optim::accumulate(f.r(op.src), dst, op.overwrite);
     }
 
     fn grad_norm(&mut self) -> f32 {
@@ -514,6 +531,7 @@ mod tests {
             params: 16,
             acts: 32,
             ints: 8,
+            grad_sum: 16,
         };
         be.reserve(fits).unwrap();
         let huge = Sizes {

@@ -15,6 +15,16 @@ pub fn global_norm(grads: &[f32]) -> f32 {
     partial.iter().sum::<f64>().sqrt() as f32
 }
 
+/// `dst = src` (`overwrite`) or `dst += src`: one micro-batch's gradients into their sum.
+pub fn accumulate(src: &[f32], dst: &mut [f32], overwrite: bool) {
+    assert_eq!(src.len(), dst.len(), "accumulate: lengths");
+    if overwrite {
+        dst.copy_from_slice(src);
+    } else {
+        dst.par_iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+    }
+}
+
 /// Adam without bias correction, with decoupled weight decay:
 /// `m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²; w ← w − lr·(m/(√v+ε) + wd·w)`.
 pub fn adamw(

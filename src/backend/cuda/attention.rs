@@ -38,7 +38,7 @@ impl CudaBackend {
             qkv_p.is_multiple_of(16) && ctx_p.is_multiple_of(16),
             "attention needs 16-byte aligned buffers"
         );
-        let [p, s, site, dev_seed] = self.drop_args(dropout);
+        let [p, s, site, dev_seed] = self.drop_args(dropout, dims.probs_per_sequence());
         let args = [
             Arg::Ptr(qkv_p),
             Arg::Ptr(self.iaddr(key_mask)),
@@ -94,7 +94,7 @@ impl CudaBackend {
         );
         let mask = self.iaddr(key_mask);
         let (seq_i, heads_i) = (int(seq, "seq"), int(heads, "heads"));
-        let [p, s, site, dev_seed] = self.drop_args(dropout);
+        let [p, s, site, dev_seed] = self.drop_args(dropout, dims.probs_per_sequence());
         let grid = (seq.div_ceil(ATT_TILE), heads, batch);
         let args = [
             Arg::Ptr(qkv_p),

@@ -1,21 +1,21 @@
 //! Launchers of `kernels/dropout.cu`: inverted dropout whose mask is drawn again in the backward
-//! pass from the step's seed, which the kernels read from the step memory (`step.rs`).
+//! pass from the step's seed and the batch's first sequence, which the kernels read from the
+//! step memory (`step.rs`).
 
 use super::kernels::Arg;
 use super::memory::Dtype;
-use super::step::STEP_DROPOUT_SEED;
 use super::CudaBackend;
 use crate::backend::{Dropout, DropoutOp};
 
 impl CudaBackend {
     pub(super) fn launch_dropout_fwd(&mut self, op: &DropoutOp) {
-        let DropoutOp { x, y, dropout } = *op;
+        let (x, y, dropout) = (op.x, op.y, op.dropout);
         let n = y.len;
         assert!(x.len >= n, "dropout_fwd: {x:?} is shorter than {y:?}");
         if n == 0 {
             return;
         }
-        let [p, s, site, dev_seed] = self.drop_args(Some(dropout));
+        let [p, s, site, dev_seed] = self.drop_args(Some(dropout), op.per_sequence());
         let args = [
             Arg::Ptr(self.input(x, Dtype::Bf16)),
             Arg::Ptr(self.output(y, Dtype::Bf16, false)),
@@ -36,7 +36,7 @@ impl CudaBackend {
         if n == 0 {
             return;
         }
-        let [p, s, site, dev_seed] = self.drop_args(Some(dropout));
+        let [p, s, site, dev_seed] = self.drop_args(Some(dropout), op.per_sequence());
         let args = [
             Arg::Ptr(self.input(dy, Dtype::Bf16)),
             Arg::Ptr(self.output(dx, Dtype::Bf16, true)),
@@ -51,15 +51,15 @@ impl CudaBackend {
         self.run(self.kernels.dropout_bwd, (blocks, 1, 1), 256, &args);
     }
 
-    /// A dropout's kernel arguments: p, the seed (unused: the kernels read the step's from the
-    /// device), the site, and where the step's dropout seed is.
-    pub(super) fn drop_args(&self, d: Option<Dropout>) -> [Arg; 4] {
+    /// A dropout's kernel arguments: p, the tensor's elements per sequence, the site, and the
+    /// step memory (which holds the step's seed and the batch's first sequence).
+    pub(super) fn drop_args(&self, d: Option<Dropout>, per_sequence: u64) -> [Arg; 4] {
         let d = d.unwrap_or(Dropout { p: 0.0, site: 0 });
         [
             Arg::F32(d.p),
-            Arg::U64(0),
+            Arg::U64(per_sequence),
             Arg::U32(d.site),
-            Arg::Ptr(self.step_scalar(STEP_DROPOUT_SEED)),
+            Arg::Ptr(self.step_scalar(0)),
         ]
     }
 }

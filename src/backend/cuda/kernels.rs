@@ -130,6 +130,7 @@ macro_rules! kernel_table {
 }
 
 kernel_table!(
+    accumulate_f32,
     adamw,
     params_to_bf16,
     attention_fwd_d16,

@@ -5,7 +5,6 @@
 
 use super::kernels::Arg;
 use super::memory::Dtype;
-use super::step::STEP_SAMPLE_SEED;
 use super::{int, width_kernel, CudaBackend};
 use crate::backend::{BceHeadOp, Pick, ReplaceTokensOp, SoftmaxXentOp};
 
@@ -55,14 +54,12 @@ impl CudaBackend {
             Arg::Ptr(self.output(row_loss.prefix(rows), Dtype::F32, false)),
             Arg::F32(grad_scale),
             Arg::I32(mode),
-            // The seed the kernel reads is the step's, from the step memory.
-            Arg::U64(0),
             Arg::Ptr(picks),
             Arg::I32(int(rows, "rows")),
             Arg::I32(v),
             Arg::Ptr(0),
             Arg::Ptr(0),
-            Arg::Ptr(self.step_scalar(STEP_SAMPLE_SEED)),
+            Arg::Ptr(self.step_scalar(0)),
         ];
         self.run(
             self.kernels.softmax_xent_fwd_bwd,

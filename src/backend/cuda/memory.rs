@@ -116,6 +116,7 @@ impl CudaBackend {
     pub(super) fn space_len(&self, space: Space) -> usize {
         match space {
             Space::Act | Space::ActGrad => self.sizes.acts,
+            Space::GradSum => self.sizes.grad_sum,
             _ => self.sizes.params,
         }
     }
@@ -176,7 +177,9 @@ impl CudaBackend {
                 self.tags[i].set(b.offset, b.len, dtype);
                 addr
             }
-            (None, Dtype::F32, Space::Grad | Space::AdamM | Space::AdamV) => self.addr(b),
+            (None, Dtype::F32, Space::Grad | Space::AdamM | Space::AdamV | Space::GradSum) => {
+                self.addr(b)
+            }
             _ => panic!(
                 "{b:?}: the CUDA kernels write {dtype:?} activations or f32 gradients, not this \
                  buffer"

@@ -101,9 +101,9 @@ use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 use half::bf16;
 
 use super::{
-    AttentionOp, Backend, BceHeadOp, Buf, DropoutOp, EmbeddingOp, GatherRowsOp, IBuf, LayerNormOp,
-    LinearOp, OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes, SoftmaxXentOp, Space,
-    StepScalars,
+    AccumulateOp, AttentionOp, Backend, BceHeadOp, Buf, DropoutOp, EmbeddingOp, GatherRowsOp, IBuf,
+    LayerNormOp, LinearOp, OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes,
+    SoftmaxXentOp, Space, StepScalars,
 };
 use blas::{Blas, Gemm};
 use embedding::{EMB_CHUNK, SORT_RADIX, SORT_TILE};
@@ -178,6 +178,14 @@ unsafe impl Send for CudaBackend {}
 
 fn driver_err(what: &str, e: DriverError) -> CudaError {
     kernels::driver("", what, e)
+}
+
+/// A device allocation that `reserve` sizes.
+#[derive(Clone, Copy)]
+enum Slot {
+    Space(Space),
+    ParamsBf16,
+    Ints,
 }
 
 /// The index of an activation space in `tags`.
@@ -301,7 +309,10 @@ impl CudaBackend {
             convert: alloc(0)?,
             bias: alloc(0)?,
         };
-        let spaces = (0..6).map(|_| alloc(0)).collect::<Result<Vec<_>, _>>()?;
+        let spaces = Space::ALL
+            .iter()
+            .map(|_| alloc(0))
+            .collect::<Result<Vec<_>, _>>()?;
         let params_bf16 = alloc(0)?;
         let ints = alloc(0)?;
         let step_memory = alloc(STEP_BYTES)?;
@@ -484,28 +495,24 @@ impl Backend for CudaBackend {
         self.bind();
         let old = self.sizes;
         let cu = self.stream.cu_stream();
-        let resize = |be: &mut Self, which: usize, bytes: usize, old_bytes: usize| {
+        let resize = |be: &mut Self, which: Slot, bytes: usize, old_bytes: usize| {
             let new = be.alloc(bytes).map_err(|e| OutOfMemory {
                 backend: "cuda",
                 bytes,
                 detail: e.to_string(),
             })?;
             let keep = bytes.min(old_bytes);
-            let old_buf = match which {
-                6 => &be.params_bf16,
-                7 => &be.ints,
-                i => &be.spaces[i],
+            let slot = match which {
+                Slot::ParamsBf16 => &mut be.params_bf16,
+                Slot::Ints => &mut be.ints,
+                Slot::Space(space) => &mut be.spaces[space.index()],
             };
             if keep > 0 {
                 // SAFETY: both allocations hold at least `keep` bytes.
-                unsafe { result::memcpy_dtod_async(new.ptr, old_buf.ptr, keep, cu) }
+                unsafe { result::memcpy_dtod_async(new.ptr, slot.ptr, keep, cu) }
                     .unwrap_or_else(|e| panic!("CUDA: keeping values across reserve: {e}"));
             }
-            match which {
-                6 => be.params_bf16 = new,
-                7 => be.ints = new,
-                i => be.spaces[i] = new,
-            }
+            *slot = new;
             Ok(())
         };
         // Recorded steps hold the addresses of the buffers about to be replaced, so they go first,
@@ -517,18 +524,22 @@ impl Backend for CudaBackend {
         }
         if sizes.params != old.params {
             for space in [Space::Param, Space::Grad, Space::AdamM, Space::AdamV] {
-                resize(self, space.index(), 4 * sizes.params, 4 * old.params)?;
+                resize(self, Slot::Space(space), 4 * sizes.params, 4 * old.params)?;
             }
-            resize(self, 6, 2 * sizes.params, 2 * old.params)?;
+            resize(self, Slot::ParamsBf16, 2 * sizes.params, 2 * old.params)?;
+        }
+        if sizes.grad_sum != old.grad_sum {
+            let (new, old) = (4 * sizes.grad_sum, 4 * old.grad_sum);
+            resize(self, Slot::Space(Space::GradSum), new, old)?;
         }
         if sizes.acts != old.acts {
             for space in [Space::Act, Space::ActGrad] {
-                resize(self, space.index(), 4 * sizes.acts, 4 * old.acts)?;
+                resize(self, Slot::Space(space), 4 * sizes.acts, 4 * old.acts)?;
             }
             self.tags.iter_mut().for_each(|t| t.truncate(sizes.acts));
         }
         if sizes.ints != old.ints {
-            resize(self, 7, 4 * sizes.ints, 4 * old.ints)?;
+            resize(self, Slot::Ints, 4 * sizes.ints, 4 * old.ints)?;
         }
         self.sizes = sizes;
         self.size_scratch()
@@ -712,6 +723,11 @@ impl Backend for CudaBackend {
     fn bce_head(&mut self, op: &BceHeadOp) {
         self.bind();
         self.launch_bce_head(op);
+    }
+
+    fn accumulate(&mut self, op: &AccumulateOp) {
+        self.bind();
+        self.launch_accumulate(op);
     }
 
     fn grad_norm(&mut self) -> f32 {

@@ -1,19 +1,41 @@
-//! Launchers of the optimizer: `kernels/grad_norm.cu` (the global gradient norm, deterministic in
-//! f64, and the clipping factor, both left on the device) and `kernels/adamw.cu` (the update,
-//! which reads the clipping factor and the step's learning rate from the device, so that a
-//! recorded step needs no host round trip).
+//! Launchers of the optimizer: `kernels/accumulate.cu` (the sum of a step's micro-batch
+//! gradients), `kernels/grad_norm.cu` (the global gradient norm, deterministic in f64, and the
+//! clipping factor, both left on the device) and `kernels/adamw.cu` (the update, which reads the
+//! clipping factor and the step's learning rate from the device, so that a recorded step needs
+//! no host round trip).
 
 use cudarc::driver::result;
 
 use super::kernels::Arg;
+use super::memory::Dtype;
 use super::step::STEP_LR;
 use super::CudaBackend;
-use crate::backend::{Buf, OptimizerStep, ParamGroup, Space};
+use crate::backend::{AccumulateOp, Buf, OptimizerStep, ParamGroup, Space};
 
 /// Threads per block of `grad_norm`.
 const NORM_THREADS: u32 = 512;
 
 impl CudaBackend {
+    pub(super) fn launch_accumulate(&mut self, op: &AccumulateOp) {
+        let AccumulateOp {
+            src,
+            dst,
+            overwrite,
+        } = *op;
+        assert_eq!(src.len, dst.len, "accumulate: {src:?} and {dst:?}");
+        if src.len == 0 {
+            return;
+        }
+        let args = [
+            Arg::Ptr(self.input(src, Dtype::F32)),
+            Arg::Ptr(self.output(dst, Dtype::F32, !overwrite)),
+            Arg::U64(src.len as u64),
+            Arg::I32(i32::from(overwrite)),
+        ];
+        let blocks = src.len.div_ceil(4 * 256).min(4 * self.sms);
+        self.run(self.kernels.accumulate_f32, (blocks, 1, 1), 256, &args);
+    }
+
     /// The norm of the whole gradient space, read back.
     pub(super) fn measure_grad_norm(&mut self) -> f32 {
         if self.sizes.params == 0 {

@@ -8,11 +8,30 @@ use super::graph::{Plan, StepGraphs};
 use super::CudaBackend;
 use crate::backend::StepScalars;
 
+/// The step memory's layout: `StepValues` in `kernels/common.cuh` (whose `static_assert`s hold
+/// it to the same offsets), which the kernels that read more than one value take whole.
+#[repr(C)]
+#[allow(dead_code)] // only its layout is read, by `offset_of!`
+struct StepValues {
+    dropout_seed: u64,
+    sample_seed: u64,
+    lr: f32,
+    unused: u32,
+    first_sequence: u64,
+    first_pick: u64,
+}
+
 /// Byte offsets of the [`StepScalars`] in the step memory.
-pub(super) const STEP_DROPOUT_SEED: u64 = 0;
-pub(super) const STEP_SAMPLE_SEED: u64 = 8;
-pub(super) const STEP_LR: u64 = 16;
-pub(super) const STEP_BYTES: usize = 32;
+const STEP_DROPOUT_SEED: u64 = std::mem::offset_of!(StepValues, dropout_seed) as u64;
+const STEP_SAMPLE_SEED: u64 = std::mem::offset_of!(StepValues, sample_seed) as u64;
+pub(super) const STEP_LR: u64 = std::mem::offset_of!(StepValues, lr) as u64;
+const STEP_FIRST_SEQUENCE: u64 = std::mem::offset_of!(StepValues, first_sequence) as u64;
+const STEP_FIRST_PICK: u64 = std::mem::offset_of!(StepValues, first_pick) as u64;
+pub(super) const STEP_BYTES: usize = std::mem::size_of::<StepValues>();
+const _: () = assert!(
+    STEP_LR == 16 && STEP_FIRST_SEQUENCE == 24 && STEP_FIRST_PICK == 32 && STEP_BYTES == 40,
+    "the offsets kernels/common.cuh's StepValues asserts"
+);
 
 impl CudaBackend {
     /// The device address of one of the step's values (a `STEP_*` offset).
@@ -29,6 +48,9 @@ impl CudaBackend {
             .copy_from_slice(&scalars.dropout_seed.to_le_bytes());
         host[STEP_SAMPLE_SEED as usize..][..8].copy_from_slice(&scalars.sample_seed.to_le_bytes());
         host[STEP_LR as usize..][..4].copy_from_slice(&scalars.lr.to_le_bytes());
+        host[STEP_FIRST_SEQUENCE as usize..][..8]
+            .copy_from_slice(&scalars.first_sequence.to_le_bytes());
+        host[STEP_FIRST_PICK as usize..][..8].copy_from_slice(&scalars.first_pick.to_le_bytes());
         // SAFETY: the step memory holds STEP_BYTES; pageable copies are staged before returning.
         unsafe {
             result::memcpy_htod_async(self.step_scalar(0), &host[..], self.stream.cu_stream())

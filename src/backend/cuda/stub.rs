@@ -4,9 +4,9 @@
 //! operations are never reached.
 
 use super::{
-    AttentionOp, Backend, BceHeadOp, Buf, DropoutOp, EmbeddingOp, GatherRowsOp, IBuf, LayerNormOp,
-    LinearOp, OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes, SoftmaxXentOp,
-    StepScalars,
+    AccumulateOp, AttentionOp, Backend, BceHeadOp, Buf, DropoutOp, EmbeddingOp, GatherRowsOp, IBuf,
+    LayerNormOp, LinearOp, OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes,
+    SoftmaxXentOp, StepScalars,
 };
 
 #[path = "error.rs"]
@@ -95,6 +95,7 @@ impl Backend for CudaBackend {
         fn softmax_xent(&mut Self, &SoftmaxXentOp);
         fn replace_tokens(&mut Self, &ReplaceTokensOp);
         fn bce_head(&mut Self, &BceHeadOp);
+        fn accumulate(&mut Self, &AccumulateOp);
         fn grad_norm(&mut Self) -> f32;
         fn adamw(&mut Self, &ParamGroup, f32);
         fn optimizer_step(&mut Self, &OptimizerStep);
