@@ -11,6 +11,7 @@
 #      the same run on the CPU (means over 50-step windows within 5%); the CPU curves are read from
 #      data/curve-cpu-{argmax,sample}.jsonl when present (make them here, where CPU time is free),
 #      else computed there;
+#   4c. the same tiny run as two micro-batches of 16 (--accumulate 2), against the CPU's curve;
 #   4b. ELECTRA-Small on the SOTU shards for 150 steps, recorded and issued: tokens/s on real
 #      batches (whose counts vary, so recordings may not be reused);
 #   5. the time of every kernel over three steps of that bench, by ncu (gpu__time_duration), if
@@ -84,6 +85,25 @@ if [ -f "$peer" ] && [ "$(left)" -gt 100 ]; then
   note "peer eager: $(tail -n 1 "$OUT/peer.log" | cut -c1-300)"
 fi
 
+# Compares two metrics.jsonl files (GPU, CPU) by means over windows of five lines, into curve.log.
+compare_curves() {
+  python3 - "$1" "$2" >>"$OUT/curve.log" 2>&1 <<'PY'
+import json, sys
+gpu, cpu = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
+assert len(gpu) == len(cpu) and gpu, "the runs logged different numbers of lines"
+worst = 0.0
+for w in range(0, len(cpu), 5):
+    for key in ("gen_loss", "disc_loss"):
+        g = sum(r[key] for r in gpu[w:w + 5]) / len(gpu[w:w + 5])
+        c = sum(r[key] for r in cpu[w:w + 5]) / len(cpu[w:w + 5])
+        rel = abs(g - c) / abs(c)
+        worst = max(worst, rel)
+        print(f"steps {cpu[w]['step']:>3}-{cpu[min(w + 4, len(cpu) - 1)]['step']:>3} {key:<9} "
+              f"gpu {g:.4f} cpu {c:.4f} rel {rel:.3f}")
+print(f"worst window difference {worst:.3f}: " + ("ok" if worst < 0.05 else "FAILED, over 5%"))
+PY
+}
+
 echo "=== 4. 300 tiny steps, GPU against CPU, with each replacement"
 for mode in argmax sample; do
   [ "$(left)" -gt 90 ] || { note "curve $mode: skipped, deadline"; continue; }
@@ -101,27 +121,30 @@ for mode in argmax sample; do
     cpu=/tmp/curve-cpu/metrics.jsonl
   fi
   echo "=== $mode" >>"$OUT/curve.log"
-  python3 - "$OUT/curve-$mode.jsonl" "$cpu" >>"$OUT/curve.log" 2>&1 <<'PY'
-import json, sys
-gpu, cpu = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
-assert len(gpu) == len(cpu) and gpu, "the runs logged different numbers of lines"
-worst = 0.0
-for w in range(0, len(cpu), 5):
-    for key in ("gen_loss", "disc_loss"):
-        g = sum(r[key] for r in gpu[w:w + 5]) / len(gpu[w:w + 5])
-        c = sum(r[key] for r in cpu[w:w + 5]) / len(cpu[w:w + 5])
-        rel = abs(g - c) / abs(c)
-        worst = max(worst, rel)
-        print(f"steps {cpu[w]['step']:>3}-{cpu[min(w + 4, len(cpu) - 1)]['step']:>3} {key:<9} "
-              f"gpu {g:.4f} cpu {c:.4f} rel {rel:.3f}")
-print(f"worst window difference {worst:.3f}: " + ("ok" if worst < 0.05 else "FAILED, over 5%"))
-PY
+  compare_curves "$OUT/curve-$mode.jsonl" "$cpu"
   note "curve $mode: $(tail -n 1 "$OUT/curve.log")"
   note "curve $mode speed, last window: $(tail -n 1 "$OUT/curve-$mode.jsonl" | grep -o '"tokens_per_s":[0-9.]*')"
   # The GPU's metrics lines go into the log too: at most 8 files come back.
   { echo "=== $mode, the GPU's metrics.jsonl"; cat "$OUT/curve-$mode.jsonl"; } >>"$OUT/curve.log"
   rm -f "$OUT/curve-$mode.jsonl"
 done
+
+echo "=== 4c. the split step on the GPU: --accumulate 2 of batch 16 against the CPU's batch 32"
+# Dropout, masking and the loss means are keyed by the global batch, so two micro-batches of 16
+# follow the curve of one batch of 32; this runs the accumulate kernel and the kernels' offsets.
+if [ "$(left)" -gt 90 ]; then
+  rm -rf /tmp/curve-acc
+  timeout 80 "$bin" pretrain --device cuda --data data/sotu-shards --preset tiny --steps 300 \
+    --batch 16 --accumulate 2 --seed 0 --log-every 10 --checkpoint-every 300 --out /tmp/curve-acc \
+    >>"$OUT/curve.log" 2>&1 || note "accumulate on cuda: FAILED ($(tail -n 2 "$OUT/curve.log"))"
+  cpu=data/curve-cpu-argmax.jsonl
+  [ -f $cpu ] || cpu=/tmp/curve-cpu/metrics.jsonl
+  echo "=== accumulate 2" >>"$OUT/curve.log"
+  compare_curves /tmp/curve-acc/metrics.jsonl "$cpu"
+  note "curve accumulate 2: $(tail -n 1 "$OUT/curve.log")"
+else
+  note "curve accumulate 2: skipped, deadline"
+fi
 
 echo "=== 4b. ELECTRA-Small on the SOTU shards, batch 128: recorded against issued steps"
 # Real batches differ in their masked and real-token counts, which are part of a recording's
