@@ -11,7 +11,8 @@
 #      the same run on the CPU (means over 50-step windows within 5%); the CPU curves are read from
 #      data/curve-cpu-{argmax,sample}.jsonl when present (make them here, where CPU time is free),
 #      else computed there;
-#   4c. the same tiny run as two micro-batches of 16 (--accumulate 2), against the CPU's curve;
+#   4c. the same tiny run as two micro-batches of 16 (--accumulate 2), against the CPU's curve,
+#       and again with the gradient sum over NCCL (ELECTRA_NCCL=1), which must match it bit for bit;
 #   4b. ELECTRA-Small on the SOTU shards for 150 steps, recorded and issued: tokens/s on real
 #      batches (whose counts vary, so recordings may not be reused);
 #   5. the time of every kernel over three steps of that bench, by ncu (gpu__time_duration), if
@@ -132,18 +133,29 @@ done
 echo "=== 4c. the split step on the GPU: --accumulate 2 of batch 16 against the CPU's batch 32"
 # Dropout, masking and the loss means are keyed by the global batch, so two micro-batches of 16
 # follow the curve of one batch of 32; this runs the accumulate kernel and the kernels' offsets.
-if [ "$(left)" -gt 90 ]; then
-  rm -rf /tmp/curve-acc
-  timeout 80 "$bin" pretrain --device cuda --data data/sotu-shards --preset tiny --steps 300 \
-    --batch 16 --accumulate 2 --seed 0 --log-every 10 --checkpoint-every 300 --out /tmp/curve-acc \
-    >>"$OUT/curve.log" 2>&1 || note "accumulate on cuda: FAILED ($(tail -n 2 "$OUT/curve.log"))"
-  cpu=data/curve-cpu-argmax.jsonl
-  [ -f $cpu ] || cpu=/tmp/curve-cpu/metrics.jsonl
-  echo "=== accumulate 2" >>"$OUT/curve.log"
-  compare_curves /tmp/curve-acc/metrics.jsonl "$cpu"
-  note "curve accumulate 2: $(tail -n 1 "$OUT/curve.log")"
+# Then the same with the gradient sum over NCCL on one rank (ELECTRA_NCCL=1): the same losses
+# bit for bit, and what the sum costs per step.
+for nccl in 0 1; do
+  [ "$(left)" -gt 90 ] || { note "curve accumulate 2 (nccl=$nccl): skipped, deadline"; continue; }
+  rm -rf /tmp/curve-acc-$nccl
+  ELECTRA_NCCL=$nccl timeout 80 "$bin" pretrain --device cuda --data data/sotu-shards --preset tiny \
+    --steps 300 --batch 16 --accumulate 2 --seed 0 --log-every 10 --checkpoint-every 300 \
+    --out /tmp/curve-acc-$nccl >>"$OUT/curve.log" 2>&1 \
+    || note "accumulate on cuda (nccl=$nccl): FAILED ($(tail -n 2 "$OUT/curve.log"))"
+  note "accumulate 2 (nccl=$nccl) tokens/s of the windows: $(grep -o '"tokens_per_s":[0-9]*' \
+    /tmp/curve-acc-$nccl/metrics.jsonl 2>/dev/null | cut -d: -f2 | tr '\n' ' ')"
+done
+cpu=data/curve-cpu-argmax.jsonl
+[ -f $cpu ] || cpu=/tmp/curve-cpu/metrics.jsonl
+echo "=== accumulate 2" >>"$OUT/curve.log"
+compare_curves /tmp/curve-acc-0/metrics.jsonl "$cpu"
+note "curve accumulate 2: $(tail -n 1 "$OUT/curve.log")"
+same() { grep -o '"gen_loss":[^,]*,"disc_loss":[^,]*' "$1" 2>/dev/null; }
+if [ -s /tmp/curve-acc-1/metrics.jsonl ] && [ "$(same /tmp/curve-acc-0/metrics.jsonl)" = \
+  "$(same /tmp/curve-acc-1/metrics.jsonl)" ]; then
+  note "nccl at world size 1: the same losses as the plain path, bit for bit"
 else
-  note "curve accumulate 2: skipped, deadline"
+  note "nccl at world size 1: FAILED, the losses differ from the plain path (or a run failed)"
 fi
 
 echo "=== 4b. ELECTRA-Small on the SOTU shards, batch 128: recorded against issued steps"

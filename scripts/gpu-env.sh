@@ -11,4 +11,7 @@ driver=$(ldconfig -p | awk '/libcuda\.so\.1 / && !/stubs/ {print $NF; exit}')
 [ -n "$driver" ] || driver=$(find /usr/local/nvidia /usr/lib/x86_64-linux-gnu /usr/lib64 -name libcuda.so.1 \
   -not -path '*stubs*' 2>/dev/null | head -n 1)
 [ -n "$driver" ] && mkdir -p /tmp/cuda-driver && ln -sf "$driver" /tmp/cuda-driver/libcuda.so
+# cudarc opens libnccl.so, and the Python packages ship only libnccl.so.2: link it there too.
+nccl=$(find ${libs//:/ } -maxdepth 1 -name 'libnccl.so.2' 2>/dev/null | head -n 1)
+[ -n "$nccl" ] && mkdir -p /tmp/cuda-driver && ln -sf "$nccl" /tmp/cuda-driver/libnccl.so
 export LD_LIBRARY_PATH="/tmp/cuda-driver:${libs}${LD_LIBRARY_PATH:-}"

@@ -256,13 +256,10 @@ pub trait Backend {
     /// [`AccumulateOp`].
     fn accumulate(&mut self, op: &AccumulateOp);
 
-    /// Sums `buf` over the ranks of `comm`, in place. This default copies it through the host
-    /// and sums there; a device backend with its own collectives overrides it.
+    /// Sums `buf` over the ranks of `comm`, in place. This default sums through the host
+    /// ([`all_reduce_on_host`]); a device backend with its own collectives overrides it.
     fn all_reduce(&mut self, buf: Buf, comm: &dyn Collective) {
-        let mut host = vec![0.0; buf.len];
-        self.read(buf, &mut host);
-        comm.all_reduce_sum_f32(&mut host);
-        self.write(buf, &host);
+        all_reduce_on_host(self, buf, comm);
     }
 
     /// The L2 norm of the whole gradient space.
@@ -291,6 +288,18 @@ pub trait Backend {
 
     /// Ends the step [`Backend::begin_step`] began; a recording backend runs what it recorded.
     fn end_step(&mut self) {}
+}
+
+/// Sums `buf` over the ranks of `comm` by copying it to the host, summing there with the
+/// collective, and writing the sum back. Does nothing for a world of one.
+pub fn all_reduce_on_host<B: Backend + ?Sized>(be: &mut B, buf: Buf, comm: &dyn Collective) {
+    if comm.world() == 1 {
+        return;
+    }
+    let mut host = vec![0.0; buf.len];
+    be.read(buf, &mut host);
+    comm.all_reduce_sum_f32(&mut host);
+    be.write(buf, &host);
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use super::{
     LayerNormOp, LinearOp, OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes,
     SoftmaxXentOp, StepScalars,
 };
+use crate::comm::Collective;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -182,6 +183,10 @@ impl<B: Backend> Backend for Profiled<B> {
 
     fn accumulate(&mut self, op: &AccumulateOp) {
         self.time(named("accumulate"), |be| be.accumulate(op))
+    }
+
+    fn all_reduce(&mut self, buf: Buf, comm: &dyn Collective) {
+        self.time(named("all_reduce"), |be| be.all_reduce(buf, comm))
     }
 
     fn grad_norm(&mut self) -> f32 {

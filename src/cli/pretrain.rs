@@ -305,9 +305,7 @@ pub fn run(args: &PretrainArgs) -> CliResult<ExitCode> {
             } else {
                 n
             };
-            CudaBackend::new(n)
-                .map_err(Into::into)
-                .and_then(|be| run_on(be, args, comm.clone()))
+            cuda_backend(n, &*comm).and_then(|be| run_on(be, args, comm.clone()))
         }
     };
     match result {
@@ -318,6 +316,22 @@ pub fn run(args: &PretrainArgs) -> CliResult<ExitCode> {
         }
         other => other,
     }
+}
+
+/// GPU `n`, with the gradient sums of a run of several ranks over NCCL; `ELECTRA_NCCL=0` sums
+/// them through host memory instead, `ELECTRA_NCCL=1` uses NCCL on one rank too (a check of the
+/// NCCL path against the plain one).
+fn cuda_backend(n: usize, comm: &dyn Collective) -> CliResult<CudaBackend> {
+    let mut backend = CudaBackend::new(n)?;
+    let nccl = match std::env::var("ELECTRA_NCCL").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => comm.world() > 1,
+    };
+    if nccl {
+        backend.join_nccl(comm)?;
+    }
+    Ok(backend)
 }
 
 /// Opens a new or resumed run: everything is checked before `run.json` is written, and the

@@ -735,10 +735,8 @@ impl<B: Backend> Trainer<B> {
         }
         self.maskings = maskings;
         result?;
-        if world > 1 {
-            let grads = self.all(Space::Grad);
-            self.backend.all_reduce(grads, comm);
-        }
+        let grads = self.all(Space::Grad);
+        self.backend.all_reduce(grads, comm);
         let scalars = self.step_scalars(lr);
         let recording = Some(self.update_fingerprint());
         if !self.backend.begin_step(scalars, recording) {

@@ -15,8 +15,8 @@
 //! # Operations
 //! Each family of kernels has its launchers beside it, one file each, as the CPU reference has one
 //! file per operation: `embedding.rs`, `linear.rs`, `layernorm.rs`, `attention.rs`,
-//! `dropout.rs`, `gather_rows.rs`, `losses.rs`, `optim.rs`, and `step.rs` for the step memory and
-//! the recorded steps. This file keeps the backend's struct, its construction and its memory.
+//! `dropout.rs`, `gather_rows.rs`, `losses.rs`, `optim.rs`, `nccl.rs` for the gradient sums of
+//! data-parallel runs, and `step.rs` for the step memory and the recorded steps. This file keeps the backend's struct, its construction and its memory.
 //!
 //! | trait operation      | device work |
 //! |----------------------|-------------|
@@ -89,6 +89,7 @@ mod layernorm;
 mod linear;
 mod losses;
 mod memory;
+mod nccl;
 mod optim;
 mod step;
 
@@ -101,10 +102,11 @@ use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 use half::bf16;
 
 use super::{
-    AccumulateOp, AttentionOp, Backend, BceHeadOp, Buf, DropoutOp, EmbeddingOp, GatherRowsOp, IBuf,
-    LayerNormOp, LinearOp, OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes,
-    SoftmaxXentOp, Space, StepScalars,
+    all_reduce_on_host, AccumulateOp, AttentionOp, Backend, BceHeadOp, Buf, DropoutOp, EmbeddingOp,
+    GatherRowsOp, IBuf, LayerNormOp, LinearOp, OptimizerStep, OutOfMemory, ParamGroup,
+    ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars,
 };
+use crate::comm::Collective;
 use blas::{Blas, Gemm};
 use embedding::{EMB_CHUNK, SORT_RADIX, SORT_TILE};
 use graph::StepGraphs;
@@ -144,6 +146,8 @@ pub struct CudaBackend {
     // Dropped in this order: the recordings, the library handles and modules, then the memory,
     // then the stream and the context (`Drop` first waits for the stream).
     graphs: StepGraphs,
+    /// The communicator of a data-parallel run's gradient sums (`nccl.rs`), once joined.
+    nccl: Option<nccl::Nccl>,
     blas: Blas,
     kernels: Kernels,
     spaces: Vec<DeviceBuf>,
@@ -329,6 +333,7 @@ impl CudaBackend {
             step_memory,
             in_step: false,
             recording: None,
+            nccl: None,
             _workspace: workspace,
             tags: [Tags::default(), Tags::default()],
             sizes: Sizes::default(),
@@ -728,6 +733,13 @@ impl Backend for CudaBackend {
     fn accumulate(&mut self, op: &AccumulateOp) {
         self.bind();
         self.launch_accumulate(op);
+    }
+
+    fn all_reduce(&mut self, buf: Buf, comm: &dyn Collective) {
+        self.bind();
+        if !self.nccl_all_reduce(buf) {
+            all_reduce_on_host(self, buf, comm);
+        }
     }
 
     fn grad_norm(&mut self) -> f32 {

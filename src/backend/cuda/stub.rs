@@ -59,6 +59,11 @@ impl CudaBackend {
     pub fn matrix_rate(&mut self) -> Result<f64, CudaError> {
         match self.never {}
     }
+
+    /// Never reached (no value exists).
+    pub fn join_nccl(&mut self, _comm: &dyn crate::comm::Collective) -> Result<(), CudaError> {
+        match self.never {}
+    }
 }
 
 /// Trait methods whose body can never run: no value of the stand-in exists.
