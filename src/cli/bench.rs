@@ -1,12 +1,15 @@
 //! `electra bench`: the median training-step time on random token ids, its throughput and model
 //! FLOP rate, the utilisation of the matrix rate measured on the same machine, and a table of time
-//! per fused operation.
+//! per fused operation; over a grid of batch sizes and sequence lengths (a sweep), with one
+//! machine-readable record per configuration for `--json`.
 
 use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend, Device, Profiled};
 use crate::data::Batch;
 use crate::model::config::{ElectraConfig, EncoderConfig};
 use crate::model::Model;
 use crate::train::{max_predictions, TrainConfig, Trainer};
+use serde_json::{json, Value};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -16,13 +19,20 @@ pub struct BenchArgs {
     device: String,
     #[arg(long, default_value = "small")]
     preset: String,
-    #[arg(long, default_value_t = 8, value_parser = at_least_one())]
-    batch: usize,
-    #[arg(long, default_value_t = 128)]
-    seq: usize,
+    /// Sequences per step; a comma-separated list sweeps them (with every --seq).
+    #[arg(long, default_value = "8", value_delimiter = ',', value_parser = at_least_one())]
+    batch: Vec<usize>,
+    /// Tokens per sequence; a comma-separated list sweeps them (with every --batch).
+    #[arg(long, default_value = "128", value_delimiter = ',')]
+    seq: Vec<usize>,
     /// Timed steps, after two untimed ones.
     #[arg(long, default_value_t = 10, value_parser = at_least_one())]
     steps: usize,
+    /// Writes one JSON record per configuration to FILE (JSON Lines): the machine, the commit
+    /// (`ELECTRA_COMMIT`, which the scripts set), the step-time percentiles, throughput, model
+    /// FLOPs, MFU, memory and the per-operation table.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 /// Counts of 0 are refused by clap, as `pretrain` refuses its own.
@@ -81,39 +91,115 @@ fn cpu_matrix_rate() -> f64 {
     2.0 * (k as f64).powi(3) / times[2].as_secs_f64()
 }
 
+/// What a bench runs on: the card, its driver, and the matrix rate MFU is measured against.
+struct Machine {
+    card: String,
+    driver: String,
+    /// FLOP/s, and how it was measured.
+    matrix_rate: (f64, &'static str),
+}
+
 pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    for &seq in &args.seq {
+        let max = ElectraConfig::preset(&args.preset)?.max_position_embeddings;
+        if !(3..=max).contains(&seq) {
+            return Err(format!("--seq {seq}: must be between 3 and {max}").into());
+        }
+    }
     match args.device.parse::<Device>()? {
         Device::Cpu => run_on(CpuBackend::new(), args, |_| {
-            Ok((cpu_matrix_rate(), "f32 GEMM 1024³, measured now"))
+            Ok(Machine {
+                card: cpu_model(),
+                driver: "none".into(),
+                matrix_rate: (cpu_matrix_rate(), "f32 GEMM 1024³, measured now"),
+            })
         }),
         Device::Cuda(n) => run_on(CudaBackend::new(n)?, args, |be| {
-            Ok((be.matrix_rate()?, "bf16 cuBLASLt GEMM 8192³, measured now"))
+            Ok(Machine {
+                card: be.device_name(),
+                driver: be.driver_version(),
+                matrix_rate: (be.matrix_rate()?, "bf16 cuBLASLt GEMM 8192³, measured now"),
+            })
         }),
     }
 }
 
-/// The matrix rate that MFU is measured against, in FLOP/s, and how it was measured.
-type Peak<B> = fn(&mut B) -> Result<(f64, &'static str), Box<dyn std::error::Error>>;
+/// The CPU's model name, from /proc/cpuinfo where there is one.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
 
+/// The most memory this process has held (VmHWM), in bytes, where Linux says.
+fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The value at quantile `q` of sorted `v` (nearest rank).
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// Measures the machine, then each configuration of the grid, printing each; writes their
+/// records to `--json`.
 fn run_on<B: Backend>(
     backend: B,
     args: &BenchArgs,
-    matrix_peak: Peak<B>,
+    machine: fn(&mut B) -> Result<Machine, Box<dyn std::error::Error>>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let config = ElectraConfig::preset(&args.preset)?;
-    if args.seq > config.max_position_embeddings || args.seq < 3 {
-        return Err(format!(
-            "--seq must be between 3 and {}",
-            config.max_position_embeddings
-        )
-        .into());
-    }
     let model = Model::new(config.clone());
     let values = model.initial_values(0)?;
-    let backend = Profiled::new(backend);
-    let mut trainer = Trainer::new(backend, model, TrainConfig::default(), &values)?;
+    let mut trainer = Trainer::new(
+        Profiled::new(backend),
+        model,
+        TrainConfig::default(),
+        &values,
+    )?;
+    let machine = machine(trainer.backend.inner_mut())?;
+    let mut records = vec![];
+    for &batch in &args.batch {
+        for &seq in &args.seq {
+            let record = bench_one(&mut trainer, args, &machine, (batch, seq))?;
+            println!("{record}");
+            records.push(record);
+        }
+    }
+    if let Some(path) = &args.json {
+        let mut text = String::new();
+        for r in &records {
+            text.push_str(&r.to_string());
+            text.push('\n');
+        }
+        crate::io::write_atomic(path, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Times one batch shape: two untimed steps, `args.steps` timed ones, one profiled for the
+/// per-operation table. Prints the table and returns the shape's record.
+fn bench_one<B: Backend>(
+    trainer: &mut Trainer<Profiled<B>>,
+    args: &BenchArgs,
+    machine: &Machine,
+    (batch_size, seq): (usize, usize),
+) -> Result<Value, Box<dyn std::error::Error>> {
+    let config = trainer.model.config.clone();
     let special = config.special_tokens;
-    let batch = Batch::random(args.batch, args.seq, config.vocab_size, 1, &special);
+    let batch = Batch::random(batch_size, seq, config.vocab_size, 1, &special);
+    trainer.backend.set_enabled(false);
+    trainer.backend.reset();
     let mut masked = 0;
     for _ in 0..2 {
         masked = trainer.train_step(&batch)?.loss.masked;
@@ -129,27 +215,25 @@ fn run_on<B: Backend>(
     let t = Instant::now();
     trainer.train_step(&batch)?;
     let profiled = t.elapsed().as_secs_f64();
+    trainer.backend.set_enabled(false);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    let tokens = (args.batch * args.seq) as f64;
-    let flops = step_flops(&config, args.batch, args.seq, masked);
-    let (peak, peak_how) = matrix_peak(trainer.backend.inner_mut())?;
+    let tokens = (batch_size * seq) as f64;
+    let flops = step_flops(&config, batch_size, seq, masked);
+    let (peak, peak_how) = machine.matrix_rate;
     let achieved = flops / median;
     println!(
-        "electra bench: {} backend, preset {}, batch {} × seq {}, {} timed steps ({} threads)",
+        "electra bench: {} backend ({}), preset {}, batch {batch_size} × seq {seq}, {} timed \
+         steps ({} threads)",
         args.device,
+        machine.card,
         args.preset,
-        args.batch,
-        args.seq,
         args.steps,
         rayon::current_num_threads()
     );
     println!("median step        {:.2} ms", median * 1e3);
     println!("tokens/s           {:.0}", tokens / median);
-    println!(
-        "model FLOPs/step   {:.3e} (matrix products only, training = 3 × forward)",
-        flops
-    );
+    println!("model FLOPs/step   {flops:.3e} ({FLOPS_CONVENTION})");
     println!("achieved           {:.1} GFLOP/s", achieved / 1e9);
     println!("matrix peak        {:.1} GFLOP/s ({peak_how})", peak / 1e9);
     println!("MFU                {:.1}%", 100.0 * achieved / peak);
@@ -161,19 +245,36 @@ fn run_on<B: Backend>(
         "{:<36} {:>6} {:>10} {:>7}",
         "operation", "calls", "ms", "share"
     );
+    let mut ops = vec![];
     for (name, calls, time) in trainer.backend.report() {
         let ms = time.as_secs_f64() * 1e3;
         println!(
             "{name:<36} {calls:>6} {ms:>10.2} {:>6.1}%",
             100.0 * ms / (profiled * 1e3)
         );
+        ops.push(json!({"op": name, "calls": calls, "ms": ms}));
     }
-    let line = serde_json::json!({
-        "device": args.device, "preset": args.preset, "batch": args.batch, "seq": args.seq,
-        "median_step_s": median, "tokens_per_s": tokens / median, "model_flops_per_step": flops,
-        "achieved_flops": achieved, "matrix_peak_flops": peak, "mfu": achieved / peak,
-        "max_masked_per_seq": max_predictions(args.seq, 0.15),
-    });
-    println!("{line}");
-    Ok(())
+    let sizes = trainer.backend.sizes();
+    // Seven f32 spaces (parameters, gradients, two moments, their sum; activations and their
+    // gradients) and the integers, as the backend reserved them.
+    let reserved = 4 * (4 * sizes.params + sizes.grad_sum + 2 * sizes.acts + sizes.ints);
+    Ok(json!({
+        "device": args.device, "card": machine.card, "driver": machine.driver,
+        "threads": rayon::current_num_threads(),
+        "commit": std::env::var("ELECTRA_COMMIT").unwrap_or_else(|_| "unknown".into()),
+        "version": env!("CARGO_PKG_VERSION"),
+        "preset": args.preset, "batch": batch_size, "seq": seq, "steps": args.steps,
+        "median_step_s": median, "p10_step_s": quantile(&times, 0.1),
+        "p90_step_s": quantile(&times, 0.9),
+        "tokens_per_s": tokens / median, "model_flops_per_step": flops,
+        "flops_convention": FLOPS_CONVENTION,
+        "achieved_flops": achieved, "matrix_peak_flops": peak, "matrix_peak_how": peak_how,
+        "mfu": achieved / peak, "max_masked_per_seq": max_predictions(seq, 0.15),
+        "masked_per_step": masked,
+        "reserved_bytes": reserved, "peak_resident_bytes": peak_resident_bytes(),
+        "profiled_step_s": profiled, "ops": ops,
+    }))
 }
+
+/// How [`step_flops`] counts.
+const FLOPS_CONVENTION: &str = "matrix products only, training = 3 × forward";

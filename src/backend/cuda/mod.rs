@@ -361,6 +361,18 @@ impl CudaBackend {
         self.device_name.clone()
     }
 
+    /// The CUDA version the driver supports, e.g. "13.0".
+    pub fn driver_version(&self) -> String {
+        let mut v = 0;
+        // SAFETY: writes one int; the driver is loaded (the context exists).
+        match unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) } {
+            cudarc::driver::sys::CUresult::CUDA_SUCCESS => {
+                format!("{}.{}", v / 1000, v % 1000 / 10)
+            }
+            e => format!("unknown ({e:?})"),
+        }
+    }
+
     /// How many device allocations the backend has made; constant across steps of one batch
     /// shape after the first.
     pub fn allocations(&self) -> u64 {

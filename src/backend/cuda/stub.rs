@@ -41,6 +41,11 @@ impl CudaBackend {
     }
 
     /// Never reached (no value exists).
+    pub fn driver_version(&self) -> String {
+        match self.never {}
+    }
+
+    /// Never reached (no value exists).
     pub fn allocations(&self) -> u64 {
         match self.never {}
     }

@@ -1,0 +1,66 @@
+//! `electra bench` as a harness: a sweep writes one complete record per configuration.
+
+mod common;
+
+use common::{fails, s, scratch};
+use std::process::Command;
+
+#[test]
+fn a_sweep_writes_one_complete_record_per_configuration() {
+    let dir = scratch("bench-sweep");
+    let json = dir.join("bench.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_electra"))
+        .args([
+            "bench", "--preset", "tiny", "--batch", "1,2", "--seq", "16,32",
+        ])
+        .args(["--steps", "3", "--json", s(&json)])
+        .env("ELECTRA_COMMIT", "abc1234")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let grid: Vec<(u64, u64)> = records
+        .iter()
+        .map(|r| (r["batch"].as_u64().unwrap(), r["seq"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(grid, [(1, 16), (1, 32), (2, 16), (2, 32)]);
+    for r in &records {
+        let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"));
+        assert_eq!(r["commit"], "abc1234");
+        assert_eq!(
+            (r["device"].as_str(), r["preset"].as_str()),
+            (Some("cpu"), Some("tiny"))
+        );
+        assert!(!r["card"].as_str().unwrap().is_empty());
+        assert_eq!(r["steps"], 3);
+        let (p10, median, p90) = (f("p10_step_s"), f("median_step_s"), f("p90_step_s"));
+        assert!(0.0 < p10 && p10 <= median && median <= p90, "{r}");
+        let tokens = f("batch") * f("seq");
+        assert!((f("tokens_per_s") - tokens / median).abs() <= 1e-6 * f("tokens_per_s"));
+        assert!((f("achieved_flops") - f("model_flops_per_step") / median).abs() <= 1.0);
+        assert!(f("mfu") > 0.0 && f("mfu") <= 1.0, "{r}");
+        assert!(f("matrix_peak_flops") > 1e8, "{r}");
+        assert!(f("reserved_bytes") > 0.0 && f("peak_resident_bytes") >= f("reserved_bytes"));
+        let ops = r["ops"].as_array().unwrap();
+        assert!(ops
+            .iter()
+            .any(|o| o["op"].as_str().unwrap().starts_with("linear")));
+        let total: f64 = ops.iter().map(|o| o["ms"].as_f64().unwrap()).sum();
+        assert!(total <= f("profiled_step_s") * 1e3 * 1.01, "{r}");
+    }
+    // Twice the sequences, twice the model FLOPs (the masked count scales with them too).
+    let flops = |i: usize| records[i]["model_flops_per_step"].as_f64().unwrap();
+    assert!((flops(2) / flops(0) - 2.0).abs() < 1e-9);
+    let e = fails(&[
+        "bench", "--preset", "tiny", "--seq", "16,4000", "--steps", "1",
+    ]);
+    assert!(e.contains("--seq 4000: must be between 3 and"), "{e}");
+}
