@@ -118,4 +118,5 @@ if __name__ == "__main__":
         ref = dword0.astype(np.float64); np.add.at(ref, ids, dsum.astype(np.float64))
         err = np.abs(dword - ref).max()
         assert not np.isnan(dword).any()
+        assert err < 1e-4, f"n={n} vocab={vocab} width={width}: max |dword - ref| = {err:.2e}"
         print(f"n={n} vocab={vocab} width={width}: sort stable ok, max |dword - ref| = {err:.2e}, longest run {np.bincount(ids).max()}")
