@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         seed: 0,
         examples_per_shard: 4,
     };
-    match prepare(&[text.clone()], &out, tokenizer(), &options) {
+    match prepare(std::slice::from_ref(&text), &out, tokenizer(), &options) {
         Ok(summary) => {
             assert!(summary.tokens > 0 && summary.examples > 0);
             let batcher = Batcher::open(&out, 2, 0).expect("prepared data opens");

@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         // What a resume does next, before it reads the checkpoint.
         Ok(cfg) => {
             let model = Model::new(cfg.model);
-            assert!(model.layout.len() > 0);
+            assert!(!model.layout.is_empty());
         }
         Err(e) => names_a_file(&e, &[&config, &run]),
     }
