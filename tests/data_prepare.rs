@@ -3,7 +3,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use electra::data::{prepare, PrepareOptions, Shard, WordPieceTokenizer};
+use electra::data::prepare::UNFINISHED;
+use electra::data::{prepare, Batcher, PrepareOptions, Shard, WordPieceTokenizer};
 
 mod common;
 
@@ -240,6 +241,76 @@ fn invalid_utf8_is_decoded_lossily_and_counted() {
     assert_eq!(text, expected);
 }
 
+/// What a `prepare` killed midway leaves (its mark, finished shards, a temporary one): training
+/// refuses the folder, a second `prepare` into it clears it and writes what a first would have;
+/// beside a file that `prepare` does not write, the mark does not make the folder replaceable.
+#[test]
+fn an_interrupted_prepare_is_refused_by_training_and_cleared_by_the_next() {
+    let dir = scratch("prepare_interrupted");
+    let t = tokenizer(&dir);
+    let input = dir.join("text.txt");
+    let mut state = 7;
+    let text: Vec<String> = (0..40).map(|_| line(&mut state, 12)).collect();
+    fs::write(&input, text.join("\n")).unwrap();
+    let inputs = [input];
+    let reference = dir.join("reference");
+    prepare(&inputs, &reference, &t, &options(0)).unwrap();
+    assert!(
+        !reference.join(UNFINISHED).exists(),
+        "a finished prepare leaves no mark"
+    );
+
+    let out = dir.join("out");
+    fs::create_dir_all(&out).unwrap();
+    fs::write(out.join(UNFINISHED), "").unwrap();
+    fs::copy(
+        reference.join("shard-00000.bin"),
+        out.join("shard-00000.bin"),
+    )
+    .unwrap();
+    fs::write(out.join(".shard-00001.bin.tmp-4242"), b"ELECSHRD half").unwrap();
+    fs::copy(reference.join("vocab.txt"), out.join("vocab.txt")).unwrap();
+    let err = Batcher::open(&out, 2, 0).unwrap_err().to_string();
+    assert!(
+        err.contains(&out.join(UNFINISHED).display().to_string()) && err.contains("did not finish"),
+        "{err}"
+    );
+
+    let summary = prepare(&inputs, &out, &t, &options(0)).unwrap();
+    assert_eq!(summary.removed.len(), 4, "{:?}", summary.removed);
+    let listing = |d: &Path| {
+        let mut files: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), fs::read(e.path()).unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    assert!(
+        listing(&out) == listing(&reference),
+        "prepared again as new"
+    );
+    Batcher::open(&out, 2, 0).unwrap();
+
+    let mixed = dir.join("mixed");
+    fs::create_dir_all(&mixed).unwrap();
+    fs::write(mixed.join(UNFINISHED), "").unwrap();
+    fs::write(mixed.join("notes.txt"), "mine").unwrap();
+    let err = prepare(&inputs, &mixed, &t, &options(0))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("notes.txt") && err.contains("interrupted"),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&mixed).unwrap().count(), 2, "nothing removed");
+}
+
+/// A prepare that fails after it began writing (here: the input holds no token) removes what it
+/// wrote, its mark included.
 #[test]
 fn empty_corpus_is_a_clear_error() {
     let dir = scratch("prepare_empty");

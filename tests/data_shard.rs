@@ -47,7 +47,12 @@ fn round_trip_keeps_header_and_examples() {
     let dir = scratch("shard_round_trip");
     let path = dir.join("shard-00000.bin");
     write_shard(&path);
-    assert!(!dir.join("shard-00000.bin.tmp").exists());
+    // The temporary file was renamed into place: nothing else is left.
+    let names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["shard-00000.bin"]);
     assert_eq!(
         fs::metadata(&path).unwrap().len(),
         (HEADER_LEN + 3 * 8 * 2) as u64

@@ -5,10 +5,17 @@
 //! byte that of a run never killed. The kills come from `tests/c/kill_at.c`, a shim loaded with
 //! LD_PRELOAD, so the engine carries no fault-injection code.
 //!
-//! Needs a C compiler and data/sotu (`scripts/fetch-data.sh`); without them it prints why and
-//! skips.
+//! `electra prepare` is killed the same way at each of its commit points (each shard's `fsync` and
+//! `rename`): training must refuse the folder it left, and `prepare` again into the same `--out`
+//! must clear it and write exactly what a prepare never killed writes.
+//!
+//! Needs a C compiler, and for pretrain data/sotu (`scripts/fetch-data.sh`); without them it
+//! prints why and skips.
 
+use electra::data::prepare::UNFINISHED;
+use electra::data::Batcher;
 use electra::io::checkpoint::{self, MODEL_FILE, OPTIMIZER_FILE};
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -164,4 +171,100 @@ fn copy(from: &Path, root: &Path, name: &str) -> PathBuf {
     let to = root.join(name);
     copy_dir(from, &to);
     to
+}
+
+/// `electra prepare` of `text` into `out` (20 examples of 16 tokens per shard, so several shards),
+/// with the shim killing it at `kill_at` (just after the call when `after`); returns its status
+/// and standard error.
+fn prepare(
+    shim: &Path,
+    text: &Path,
+    out: &Path,
+    kill_at: Option<(u64, bool)>,
+) -> (std::process::ExitStatus, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_electra"));
+    cmd.args(["prepare", "--input", s(text), "--out", s(out)]);
+    cmd.args(["--train-vocab", "120", "--seq-len", "16"]);
+    cmd.args(["--examples-per-shard", "20"]);
+    cmd.env("LD_PRELOAD", shim).env("ELECTRA_KILL_COUNT", "1");
+    if let Some((k, after)) = kill_at {
+        cmd.env("ELECTRA_KILL_AT", k.to_string());
+        if after {
+            cmd.env("ELECTRA_KILL_AFTER", "1");
+        }
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!err.contains("panicked"), "{err}");
+    (out.status, err)
+}
+
+/// Every file of a folder (hidden ones too), by name.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn a_kill_at_any_commit_point_of_prepare_leaves_nothing_training_reads() {
+    let root = scratch("kill-prepare");
+    let Some(shim) = shim(&root) else { return };
+    // Text of our own: no download needed. About 150 examples, so 8 shards.
+    let text = root.join("text.txt");
+    let lines: Vec<String> = (0..300)
+        .map(|i| {
+            format!(
+                "line {i} of the text holds words such as union and state {}",
+                i % 7
+            )
+        })
+        .collect();
+    std::fs::write(&text, lines.join("\n") + "\n").unwrap();
+
+    let reference = root.join("reference");
+    let (status, err) = prepare(&shim, &text, &reference, None);
+    assert!(status.success(), "{err}");
+    let expected = files(&reference);
+    let shards = expected.keys().filter(|n| n.starts_with("shard-")).count();
+    assert!(shards >= 4, "{shards} shards: too few to kill between them");
+    let points = points(&err);
+    assert!(
+        points >= 2 * shards as u64,
+        "{points} kill points for {shards} shards: the shim sees too few"
+    );
+    eprintln!("kill points of prepare: {points} ({shards} shards)");
+    Batcher::open(&reference, 2, 0).expect("the finished folder is data");
+
+    for k in 1..=points {
+        for after in [false, true] {
+            let out = root.join(format!("killed-{k}-{after}"));
+            let (status, err) = prepare(&shim, &text, &out, Some((k, after)));
+            assert_eq!(status.signal(), Some(9), "kill point {k}: {err}");
+            // Nothing that training takes for data, whatever was renamed into place already.
+            let refused = Batcher::open(&out, 2, 0).expect_err("a killed prepare's folder");
+            let refused = refused.to_string();
+            assert!(
+                refused.contains(UNFINISHED) && refused.contains("did not finish"),
+                "kill point {k}: {refused}"
+            );
+            let (status, err) = prepare(&shim, &text, &out, None);
+            assert!(
+                status.success(),
+                "prepare again after kill point {k}: {err}"
+            );
+            assert!(err.contains("note: removed"), "kill point {k}: {err}");
+            assert!(
+                files(&out) == expected,
+                "kill point {k} (after: {after}): the folder prepared again differs"
+            );
+            std::fs::remove_dir_all(&out).unwrap();
+        }
+    }
+    std::fs::remove_dir_all(&root).unwrap();
 }

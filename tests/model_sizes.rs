@@ -89,7 +89,8 @@ fn a_model_too_large_for_memory_says_how_large() {
         "{err}"
     );
 
-    // The same through the command line, from a HF config.json read by `electra loss`.
+    // Through the command line, a HF config.json read by `electra loss` that claims such a model
+    // is refused before anything of its size is allocated: its weights file does not hold it.
     let hf = dir.join("hf");
     for network in ["generator", "discriminator"] {
         let from = fixture().join(network);
@@ -119,11 +120,22 @@ fn a_model_too_large_for_memory_says_how_large() {
     };
     let err = loss(json!({"hidden_size": 65536, "num_attention_heads": 1024,
         "num_hidden_layers": MAX_LAYERS, "intermediate_size": 262144}));
-    assert!(err.contains("could not allocate"), "{err}");
+    let weights = hf.join("discriminator/model.safetensors");
+    assert!(
+        err.contains("the weights do not fit the model") && err.contains(s(&weights)),
+        "{err}"
+    );
     let err = loss(json!({"num_hidden_layers": 1_000_000}));
-    assert!(err.contains("layers, more than the engine's"), "{err}");
+    assert!(
+        err.contains("`num_hidden_layers` must be between 1 and 1024, got 1000000")
+            && err.contains(s(&disc_config)),
+        "{err}"
+    );
     let err = loss(json!({"hidden_size": MAX_SIZE + 1}));
-    assert!(err.contains("hidden_size must be between 1 and"), "{err}");
+    assert!(
+        err.contains("`hidden_size` must be between 1 and") && err.contains(s(&disc_config)),
+        "{err}"
+    );
 }
 
 #[test]

@@ -25,6 +25,9 @@ pub struct PrepareArgs {
     /// Seed of the packing choices.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Examples per shard file; the last one may hold fewer.
+    #[arg(long, default_value_t = PrepareOptions::default().examples_per_shard)]
+    pub examples_per_shard: usize,
 }
 
 pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -51,9 +54,16 @@ pub fn run(args: &PrepareArgs) -> Result<(), Box<dyn std::error::Error>> {
     let options = PrepareOptions {
         seq_len: args.seq_len,
         seed: args.seed,
-        ..PrepareOptions::default()
+        examples_per_shard: args.examples_per_shard,
     };
     let summary = prepare(&args.input, &args.out, &tokenizer, &options)?;
+    if !summary.removed.is_empty() {
+        eprintln!(
+            "note: removed {} file(s) that an interrupted prepare had left in {}",
+            summary.removed.len(),
+            args.out.display()
+        );
+    }
     eprintln!("{summary}");
     Ok(())
 }

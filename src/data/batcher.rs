@@ -47,6 +47,15 @@ impl Batcher {
         if batch_size == 0 {
             return Err(DataError::Invalid("batch size must be at least 1".into()));
         }
+        let unfinished = dir.join(super::prepare::UNFINISHED);
+        if unfinished.exists() {
+            return Err(DataError::Invalid(format!(
+                "{}: the `electra prepare` that wrote this folder did not finish (it was killed, \
+                 or failed), so its data is incomplete; run it again with the same --out, which \
+                 clears what it left",
+                unfinished.display()
+            )));
+        }
         let tokenizer = WordPieceTokenizer::from_vocab_file(&dir.join("vocab.txt"))?;
         let paths = shard_paths(dir)?;
         let shards = open_shards(&paths, &tokenizer)?;

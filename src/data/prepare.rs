@@ -79,6 +79,9 @@ pub struct PrepareSummary {
     pub shards: Vec<PathBuf>,
     /// Wall time of the whole run.
     pub elapsed: Duration,
+    /// What an earlier, interrupted `prepare` into the same folder had left there, removed
+    /// before this one began.
+    pub removed: Vec<PathBuf>,
 }
 
 impl fmt::Display for PrepareSummary {
@@ -107,10 +110,17 @@ impl fmt::Display for PrepareSummary {
     }
 }
 
+/// The file that marks a folder `prepare` is still writing: created before the first shard and
+/// removed once every file is in place. A folder holding it is the work of a `prepare` that was
+/// killed: [`Batcher::open`](super::Batcher::open) refuses it, and the next `prepare` into the
+/// same folder clears it.
+pub const UNFINISHED: &str = ".electra-prepare-unfinished";
+
 /// Packs the text of `inputs` (files, folders, or `-` for stdin) into shards in `output`,
 /// named `shard-00000.bin`, ..., and writes the vocabulary beside them as `vocab.txt` and
-/// `tokenizer.json`, so later steps need no vocabulary flag. `output` must be absent or empty
-/// ([`check_output_dir`]).
+/// `tokenizer.json`, so later steps need no vocabulary flag. `output` must be absent, empty, or
+/// hold only what an interrupted `prepare` left ([`check_output_dir`]), which is removed first.
+/// On an error, what this call wrote is removed again.
 pub fn prepare(
     inputs: &[PathBuf],
     output: &Path,
@@ -119,9 +129,36 @@ pub fn prepare(
 ) -> Result<PrepareSummary> {
     let started = Instant::now();
     let vocab_size = check_options(tokenizer, options)?;
-    let mut corpus = Corpus::open(inputs)?;
-    prepare_output_dir(output)?;
+    let corpus = Corpus::open(inputs)?;
+    let removed = prepare_output_dir(output)?;
+    let result = write_data(corpus, output, tokenizer, options, vocab_size);
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e) => {
+            // Best effort: the error that stopped the run matters more than one in cleaning up,
+            // and whatever stays is marked unfinished.
+            let _ = remove_written(output);
+            return Err(e);
+        }
+    };
+    // The commit point: only now is the folder data.
+    let marker = output.join(UNFINISHED);
+    fs::remove_file(&marker).map_err(|e| DataError::io(&marker, e))?;
+    Ok(PrepareSummary {
+        removed,
+        elapsed: started.elapsed(),
+        ..summary
+    })
+}
 
+/// Everything of [`prepare`] between marking the folder unfinished and unmarking it.
+fn write_data(
+    mut corpus: Corpus,
+    output: &Path,
+    tokenizer: &WordPieceTokenizer,
+    options: &PrepareOptions,
+    vocab_size: u32,
+) -> Result<PrepareSummary> {
     let progress = progress_bar(corpus.total_bytes());
     let packer = Packer {
         tokenizer,
@@ -172,8 +209,14 @@ pub fn prepare(
         });
     }
     let shards = shards.finish()?;
-    tokenizer.save_vocab(&output.join("vocab.txt"))?;
-    tokenizer.save_json(&output.join("tokenizer.json"))?;
+    let (vocab, json) = (output.join("vocab.txt"), output.join("tokenizer.json"));
+    tokenizer.save_vocab(&vocab)?;
+    tokenizer.save_json(&json)?;
+    // On disk before the folder is unmarked, as the shards are (their writer syncs them).
+    for path in [vocab, json] {
+        let synced = fs::File::open(&path).and_then(|f| f.sync_all());
+        synced.map_err(|e| DataError::io(&path, e))?;
+    }
     Ok(PrepareSummary {
         sources: corpus.source_count(),
         bytes: corpus.bytes_read(),
@@ -183,7 +226,8 @@ pub fn prepare(
         examples,
         tokens,
         shards,
-        elapsed: started.elapsed(),
+        elapsed: Duration::ZERO,
+        removed: vec![],
     })
 }
 
@@ -259,14 +303,24 @@ fn check_options(tokenizer: &WordPieceTokenizer, options: &PrepareOptions) -> Re
     Ok(vocab_size as u32)
 }
 
-/// Creates `dir`, refusing one that already holds shards: a batcher reads every shard in a
-/// folder, so leftovers of an earlier run would silently join this one.
-/// Refuses an output folder that exists and is not empty: `prepare` writes only into an absent or
-/// empty folder, so it never mixes its shards with others or replaces a file it did not write.
-pub fn check_output_dir(dir: &Path) -> Result<()> {
+/// Whether `name` is a file that `prepare` writes into its folder, finished or not.
+fn written_by_prepare(name: &str) -> bool {
+    name == UNFINISHED
+        || name == "vocab.txt"
+        || name == "tokenizer.json"
+        || crate::io::is_tmp_name(name)
+        || (name.starts_with("shard-") && name.ends_with(".bin"))
+}
+
+/// Checks the output folder, before anything is read or written: it must be absent, empty, or
+/// hold only what an interrupted `prepare` left (its [`UNFINISHED`] mark, shards, temporary files,
+/// the vocabulary), which is returned for [`prepare`] to remove. Anything else is refused:
+/// `prepare` never mixes its shards with others (a batcher reads every shard in a folder) nor
+/// replaces a file it did not write.
+pub fn check_output_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(_) if dir.exists() && !dir.is_dir() => {
             return Err(DataError::Invalid(format!(
                 "{}: exists and is not a folder; --out names the folder to create",
@@ -275,23 +329,60 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
         }
         Err(e) => return Err(DataError::io(dir, e)),
     };
-    let mut names: Vec<_> = entries.filter_map(|e| Some(e.ok()?.file_name())).collect();
+    let mut names: Vec<String> = entries
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .collect();
     names.sort();
-    if let Some(first) = names.first() {
+    let Some(first) = names.first() else {
+        return Ok(vec![]);
+    };
+    if !names.iter().any(|n| n == UNFINISHED) {
         return Err(DataError::Invalid(format!(
-            "{}: already holds {} file(s) ({} ...); prepare writes only into an absent or empty \
-             folder: choose another --out",
+            "{}: already holds {} file(s) ({first} ...); prepare writes only into an absent or \
+             empty folder: choose another --out",
             dir.display(),
             names.len(),
-            first.to_string_lossy()
         )));
     }
-    Ok(())
+    if let Some(other) = names.iter().find(|n| !written_by_prepare(n)) {
+        return Err(DataError::Invalid(format!(
+            "{}: holds what an interrupted `electra prepare` left ({UNFINISHED}), but also \
+             {other}, which prepare does not write; remove the folder or choose another --out",
+            dir.display(),
+        )));
+    }
+    Ok(names.iter().map(|n| dir.join(n)).collect())
 }
 
-fn prepare_output_dir(dir: &Path) -> Result<()> {
-    check_output_dir(dir)?;
-    fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))
+/// Creates `dir` (see [`check_output_dir`]), removing what an interrupted `prepare` left there,
+/// and marks it [`UNFINISHED`]. Returns what was removed.
+fn prepare_output_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let debris = check_output_dir(dir)?;
+    // The mark goes last, so that a kill while clearing leaves a folder still marked.
+    let (marks, others): (Vec<&PathBuf>, Vec<&PathBuf>) =
+        debris.iter().partition(|p| p.ends_with(UNFINISHED));
+    for path in others.into_iter().chain(marks) {
+        fs::remove_file(path).map_err(|e| DataError::io(path, e))?;
+    }
+    fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    let marker = dir.join(UNFINISHED);
+    fs::File::create(&marker).map_err(|e| DataError::io(&marker, e))?;
+    Ok(debris)
+}
+
+/// Removes what [`prepare`] wrote into `dir`, the mark last.
+fn remove_written(dir: &Path) -> Result<()> {
+    let mut written: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| DataError::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| written_by_prepare(&e.file_name().to_string_lossy()))
+        .map(|e| e.path())
+        .collect();
+    written.sort_by_key(|p| p.ends_with(UNFINISHED));
+    for path in written {
+        fs::remove_file(&path).map_err(|e| DataError::io(&path, e))?;
+    }
+    Ok(())
 }
 
 /// The packing rules, shared read-only by the worker threads.

@@ -227,9 +227,10 @@ impl Shard {
     }
 }
 
-/// Writes one shard, atomically: examples stream into `<path>.tmp`, and only a finished file
-/// with its final count in the header is renamed to `path`. A crash leaves no half shard that a
-/// reader could take for a whole one.
+/// Writes one shard, atomically: examples stream into `.NAME.tmp-PID` beside `path` (the
+/// engine's name for a file not yet committed, which no reader takes for a shard), and only a
+/// finished file with its final count in the header is renamed to `path`. A crash leaves no half
+/// shard that a reader could take for a whole one.
 pub struct ShardWriter {
     path: PathBuf,
     tmp: PathBuf,
@@ -253,9 +254,8 @@ impl ShardWriter {
         if seq_len == 0 {
             return Err(DataError::Invalid("seq len must be at least 1".into()));
         }
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = path.with_file_name(crate::io::tmp_name(&name));
         let file = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
         let header = ShardHeader {
             vocab_size,
@@ -329,7 +329,7 @@ impl ShardWriter {
 }
 
 impl Drop for ShardWriter {
-    // An unfinished shard is removed rather than left behind as a stray `.tmp` file.
+    // An unfinished shard is removed rather than left behind as a stray temporary file.
     fn drop(&mut self) {
         if self.out.take().is_some() {
             let _ = fs::remove_file(&self.tmp);

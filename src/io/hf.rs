@@ -1,7 +1,7 @@
 //! HF ELECTRA directories (`config.json` + `model.safetensors`), the generator
 //! (ElectraForMaskedLM) and the discriminator (ElectraForPreTraining).
 
-use super::tensors::{read_tensors, Tensor};
+use super::tensors::{read_tensors, Tensor, Values};
 use super::IoError;
 use crate::data::WordPieceTokenizer;
 use crate::model::config::{zeroed_values, ElectraConfig, EncoderConfig};
@@ -25,10 +25,13 @@ fn is_derived(name: &str) -> bool {
     name.ends_with("position_ids") || name == "generator_lm_head.weight"
 }
 
-/// Copies the tensors of one file into the flat values, by layout name `prefix + file name`.
+/// Matches the tensors of the files against the layout, by layout name `prefix + file name`,
+/// before anything the size of the model is allocated: a config.json can claim any size, and only
+/// weights that are really there may make the engine allocate one.
 struct Filler<'a> {
     model: &'a Model,
-    values: &'a mut Vec<f32>,
+    /// Each layout tensor found with its shape, and the file's tensor for it.
+    found: Vec<(std::ops::Range<usize>, Tensor)>,
     missing: Vec<String>,
     mismatched: Vec<String>,
 }
@@ -53,16 +56,15 @@ impl Filler<'_> {
                 self.missing.push(format!("{}: {hf_name}", file.display()));
                 continue;
             };
-            match t.to_f32() {
-                Some(v) if t.shape == p.shape => {
-                    self.values[p.buf.offset..p.buf.end()].copy_from_slice(&v)
-                }
-                _ => self.mismatched.push(format!(
+            if matches!(t.values, Values::Float(_)) && t.shape == p.shape {
+                self.found.push((p.buf.offset..p.buf.end(), t));
+            } else {
+                self.mismatched.push(format!(
                     "{}: {hf_name} is {}, expected a float tensor of {:?}",
                     file.display(),
                     t.describe(),
                     p.shape
-                )),
+                ));
             }
         }
     }
@@ -81,7 +83,6 @@ pub fn load_pretraining_pair(generator: &Path, discriminator: &Path) -> Result<L
     )?;
     apply_vocab_specials(discriminator, &mut config)?;
     let model = Model::new(config);
-    let mut values = zeroed_values(model.layout.len())?;
     let gen_file = model_file(generator)?;
     let disc_file = model_file(discriminator)?;
     let mut gen = read_tensors(&gen_file)?;
@@ -105,7 +106,7 @@ pub fn load_pretraining_pair(generator: &Path, discriminator: &Path) -> Result<L
 
     let mut filler = Filler {
         model: &model,
-        values: &mut values,
+        found: vec![],
         missing: vec![],
         mismatched: vec![],
     };
@@ -124,6 +125,12 @@ pub fn load_pretraining_pair(generator: &Path, discriminator: &Path) -> Result<L
     if let Some(problems) = tensor_problems(missing, unknown, mismatched) {
         // Each problem names its file, the generator's or the discriminator's.
         return Err(IoError::Weights(problems));
+    }
+    // Every tensor of the layout is in the files, so this is the size of what was read.
+    let mut values = zeroed_values(model.layout.len())?;
+    for (range, tensor) in filler.found {
+        let floats = tensor.to_f32().expect("checked to hold floats");
+        values[range].copy_from_slice(&floats);
     }
     Ok(Loaded {
         model,

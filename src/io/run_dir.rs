@@ -158,7 +158,8 @@ pub fn write_config(run_dir: &Path, cfg: &RunConfig) -> Result<(), IoError> {
     write_atomic(&config_path(run_dir), &text)
 }
 
-/// Reads `run.json`, with an error that says when the folder is not a run at all.
+/// Reads `run.json`, with an error that says when the folder is not a run at all; its recipe
+/// and model sizes are checked as a new run's are.
 pub fn read_config(run_dir: &Path) -> Result<RunConfig, IoError> {
     if !run_dir.is_dir() {
         return Err(IoError::format(run_dir, "no such run directory"));
@@ -170,6 +171,10 @@ pub fn read_config(run_dir: &Path) -> Result<RunConfig, IoError> {
     cfg.train
         .validate()
         .map_err(|e| IoError::format(&path, format!("train.{e}")))?;
+    // Every reader lays the model out next, which takes time and memory in its sizes.
+    cfg.model
+        .validate()
+        .map_err(|e| IoError::format(&path, format!("the `model` field: {e}")))?;
     Ok(cfg)
 }
 

@@ -211,6 +211,8 @@ impl ElectraConfig {
     pub fn from_hf(generator: &Path, discriminator: &Path) -> Result<Self, ConfigError> {
         let g = HfConfig::read(generator)?;
         let d = HfConfig::read(discriminator)?;
+        g.check(generator)?;
+        d.check(discriminator)?;
         for (field, a, b) in [
             ("vocab_size", g.vocab_size, d.vocab_size),
             ("embedding_size", g.embedding_size, d.embedding_size),
@@ -244,7 +246,14 @@ impl ElectraConfig {
             hidden_dropout_prob: d.hidden_dropout_prob.unwrap_or(0.1),
             attention_probs_dropout_prob: d.attention_probs_dropout_prob.unwrap_or(0.1),
         };
-        cfg.validate_sizes()?;
+        // Each file's fields were checked above; what is left concerns the two together.
+        cfg.validate_sizes().map_err(|e| {
+            ConfigError::Invalid(format!(
+                "{} and {}: {e}",
+                generator.display(),
+                discriminator.display()
+            ))
+        })?;
         Ok(cfg)
     }
 
@@ -314,6 +323,12 @@ impl ElectraConfig {
                     "{name}: layers and intermediate size must be positive"
                 ));
             }
+        }
+        let eps = self.layer_norm_eps;
+        if !(eps.is_finite() && eps >= 0.0) {
+            return bad(format!(
+                "model: layer_norm_eps must be a finite number >= 0, got {eps}"
+            ));
         }
         for (name, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
@@ -398,6 +413,63 @@ impl HfConfig {
                 "hidden_act `{other}` is not supported (expected \"gelu\", the exact erf form)"
             ))),
         }
+    }
+
+    /// Checks the sizes of this one file, naming it and the field as the file spells it: a
+    /// model is built from two of them, and an error must say which one to fix.
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let err = |message: String| {
+            Err(ConfigError::File {
+                path: path.display().to_string(),
+                message,
+            })
+        };
+        for (field, value) in [
+            ("vocab_size", self.vocab_size),
+            ("embedding_size", self.embedding_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if value == 0 || value > MAX_SIZE {
+                return err(format!(
+                    "`{field}` must be between 1 and {MAX_SIZE}, got {value}"
+                ));
+            }
+        }
+        let layers = self.num_hidden_layers;
+        if layers == 0 || layers > MAX_LAYERS {
+            return err(format!(
+                "`num_hidden_layers` must be between 1 and {MAX_LAYERS}, got {layers}"
+            ));
+        }
+        let (heads, hidden) = (self.num_attention_heads, self.hidden_size);
+        if heads == 0 || hidden % heads != 0 {
+            return err(format!(
+                "`num_attention_heads` must divide `hidden_size` ({hidden}), got {heads}"
+            ));
+        }
+        // Stored as f32: a value beyond its range would become infinite.
+        let eps = self.layer_norm_eps as f32;
+        if !(eps.is_finite() && eps >= 0.0) {
+            return err(format!(
+                "`layer_norm_eps` must be a finite number >= 0, got {}",
+                self.layer_norm_eps
+            ));
+        }
+        for (field, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
+        ] {
+            if let Some(p) = p.filter(|p| !(0.0..1.0).contains(p)) {
+                return err(format!("`{field}` must be in [0, 1), got {p}"));
+            }
+        }
+        Ok(())
     }
 
     fn encoder(&self) -> EncoderConfig {
