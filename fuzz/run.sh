@@ -39,4 +39,6 @@ for t in "${targets[@]}"; do
         cargo fuzz run --fuzz-dir fuzz --sanitizer none "$t" "fuzz/corpus/$t" "${replay[@]}" -- \
             -max_total_time="$seconds" "${flags[@]}" "${dict[@]}"
     fi
+    # The scratch folders of the target's processes (fuzz/src/lib.rs), which outlive them.
+    rm -rf /dev/shm/electra-fuzz-"$t"-* "${TMPDIR:-/tmp}"/electra-fuzz-"$t"-*
 done

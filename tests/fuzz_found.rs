@@ -4,6 +4,7 @@
 //! through the targets too); an input of several files holds them joined by the separator of
 //! fuzz/src/lib.rs.
 
+use electra::data::WordPieceTokenizer;
 use electra::io::hf::load_pretraining_dir;
 use electra::io::run_dir::read_config;
 use electra::model::config::ElectraConfig;
@@ -79,7 +80,10 @@ fn a_hf_directory_whose_heads_do_not_divide_the_width_is_named() {
         disc.join("model.safetensors"),
         disc.join("vocab.txt"),
     ];
-    put(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>(), &files);
+    put(
+        &paths.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+        &files,
+    );
     let err = load_pretraining_dir(&dir).err().unwrap().to_string();
     assert_names(
         &err,
@@ -103,4 +107,17 @@ fn a_run_json_with_an_impossible_model_is_refused_before_its_layout() {
         &run.join("run.json"),
         "the `model` field: discriminator: 100000000000 layers, more than the engine's 1024",
     );
+}
+
+/// A `tokenizer.json` (`prepare --vocab`) with a JSON syntax error inside its `decoder` field
+/// panicked in the `tokenizers` crate (`expect("Helper")` in its decoder's Deserialize) instead
+/// of being refused.
+#[test]
+fn a_tokenizer_json_that_is_not_json_is_refused_by_name() {
+    let dir = scratch("fuzz-found-tokenizer-json");
+    let files = regression("tokenizer_json", "json-syntax-error-in-decoder");
+    let path = dir.join("tokenizer.json");
+    put(&[&path], &files);
+    let err = WordPieceTokenizer::load(&path).unwrap_err().to_string();
+    assert_names(&err, &path, "not valid JSON: key must be a string");
 }

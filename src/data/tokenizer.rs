@@ -71,8 +71,13 @@ impl WordPieceTokenizer {
     /// sentences or pad them with ids that are not text.
     pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
         let context = path.display().to_string();
+        let bytes = fs::read(path).map_err(|e| DataError::io(path, e))?;
+        // tokenizers 0.22 panics on a JSON syntax error inside the `decoder` field (an
+        // `expect("Helper")` in its Deserialize), so the syntax is checked here first.
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .map_err(|e| DataError::tokenizer(&context, format!("not valid JSON: {e}")))?;
         let mut inner =
-            Tokenizer::from_file(path).map_err(|e| DataError::tokenizer(&context, e))?;
+            Tokenizer::from_bytes(&bytes).map_err(|e| DataError::tokenizer(&context, e))?;
         inner.with_padding(None);
         inner
             .with_truncation(None)
