@@ -46,7 +46,7 @@ JSON
 
 rm -rf "$seeds"
 mkdir -p "$seeds"/{common,shard,vocab,checkpoint,hf_dir,run_dir,model_config,glue_tsv,batch_file}
-mkdir -p "$seeds"/{prepare_text,tokenizer_json}
+mkdir -p "$seeds"/{prepare_text,tokenizer_json,capi}
 sep=$'\n==electra-fuzz-next-file==\n'
 # join OUT FILE...: the files of one input, separated as fuzz/src/lib.rs splits them.
 join() {
@@ -105,6 +105,12 @@ join "$seeds/run_dir/run" "$work/run/run.json" "$work/run/metrics.jsonl"
 
 join "$seeds/model_config/engine" "$seeds/common/model.json" "$d/config.json"
 join "$seeds/model_config/hf" "$g/config.json" "$d/config.json"
+
+# The C ABI: a model and a recipe as JSON text, a vocabulary, a text to encode.
+printf '{"peak_lr": 0.001, "replacement": "sample"}' > "$work/train.json"
+printf 'the union of these states' > "$work/text-short.txt"
+join "$seeds/capi/micro" "$seeds/common/model.json" "$work/train.json" "$work/shards/vocab.txt" \
+    "$work/text-short.txt"
 
 cp tests/fixtures/hf-tiny/batch.safetensors "$seeds/batch_file/fixture"
 

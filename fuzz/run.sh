@@ -28,7 +28,7 @@ for t in "${targets[@]}"; do
     dict=()
     case "$t" in
         # Readers of JSON and safetensors headers: numbers at the edges of what they check.
-        model_config | run_dir | checkpoint | hf_dir | batch_file) dict=(-dict=fuzz/json.dict) ;;
+        model_config | run_dir | checkpoint | hf_dir | batch_file | capi) dict=(-dict=fuzz/json.dict) ;;
     esac
     replay=("fuzz/seeds/$t")
     [[ -d "fuzz/regressions/$t" ]] && replay+=("fuzz/regressions/$t")
