@@ -26,11 +26,18 @@ fn c_string(bytes: &[u8]) -> CString {
 
 /// Requires `status` to be a clean answer: OK, or an error with a message.
 fn answered(status: ElectraStatus, call: &str) {
-    assert_ne!(status, ElectraStatus::Internal, "{call}: a panic reached the boundary");
+    assert_ne!(
+        status,
+        ElectraStatus::Internal,
+        "{call}: a panic reached the boundary"
+    );
     if status != ElectraStatus::Ok {
         // SAFETY: the library returns a NUL-terminated thread-local message.
         let message = unsafe { CStr::from_ptr(electra_last_error()) };
-        assert!(!message.to_bytes().is_empty(), "{call}: {status:?} without a message");
+        assert!(
+            !message.to_bytes().is_empty(),
+            "{call}: {status:?} without a message"
+        );
     }
 }
 
@@ -45,7 +52,10 @@ fuzz_target!(|data: &[u8]| {
     let (model, train) = (parts[0].map(c_string), parts[1].map(c_string));
     unsafe {
         let mut options = std::mem::zeroed::<ElectraTrainerOptions>();
-        answered(electra_trainer_options_default(&mut options), "options_default");
+        answered(
+            electra_trainer_options_default(&mut options),
+            "options_default",
+        );
         match &model {
             Some(m) => {
                 options.preset = std::ptr::null();
@@ -60,7 +70,10 @@ fuzz_target!(|data: &[u8]| {
             std::ptr::null()
         };
         let mut trainer: *mut ElectraTrainer = std::ptr::null_mut();
-        answered(electra_trainer_create(&options, &mut trainer), "trainer_create");
+        answered(
+            electra_trainer_create(&options, &mut trainer),
+            "trainer_create",
+        );
         if !trainer.is_null() {
             electra_trainer_destroy(trainer);
         }
@@ -84,7 +97,10 @@ fuzz_target!(|data: &[u8]| {
             );
             answered(status, "tokenizer_encode");
             if status == ElectraStatus::Ok {
-                assert!(length <= SEQ, "encode reported {length} tokens for {SEQ} slots");
+                assert!(
+                    length <= SEQ,
+                    "encode reported {length} tokens for {SEQ} slots"
+                );
             }
             electra_tokenizer_destroy(tokenizer);
         }
