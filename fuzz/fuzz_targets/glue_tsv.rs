@@ -4,26 +4,9 @@
 //! Input: one byte choosing the layout, then the file.
 #![no_main]
 
-use electra::data::WordPieceTokenizer;
 use electra::finetune::data::{encode, pad_batch, read_rows, targets, TaskSpec, GLUE_TASKS};
-use electra_fuzz::{names_a_file, put, scratch};
+use electra_fuzz::{names_a_file, put, scratch, seed_tokenizer as tokenizer};
 use libfuzzer_sys::fuzz_target;
-use std::sync::OnceLock;
-
-/// The vocabulary of the seed shards (`fuzz/make-seeds.sh`).
-const VOCAB: &[u8] = include_bytes!("../seeds/common/vocab.txt");
-
-fn tokenizer() -> &'static WordPieceTokenizer {
-    static TOK: OnceLock<WordPieceTokenizer> = OnceLock::new();
-    TOK.get_or_init(|| {
-        let path =
-            std::env::temp_dir().join(format!("electra-fuzz-vocab-{}.txt", std::process::id()));
-        std::fs::write(&path, VOCAB).unwrap();
-        let tok = WordPieceTokenizer::from_vocab_file(&path).expect("the seed vocabulary loads");
-        let _ = std::fs::remove_file(&path);
-        tok
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&choice, file)) = data.split_first() else {

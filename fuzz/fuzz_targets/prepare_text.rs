@@ -3,25 +3,9 @@
 //! which must be data holding every token of the text.
 #![no_main]
 
-use electra::data::{prepare, Batcher, DataError, PrepareOptions, WordPieceTokenizer};
-use electra_fuzz::{names_a_file, put, scratch};
+use electra::data::{prepare, Batcher, DataError, PrepareOptions};
+use electra_fuzz::{names_a_file, put, scratch, seed_tokenizer as tokenizer};
 use libfuzzer_sys::fuzz_target;
-use std::sync::OnceLock;
-
-/// The vocabulary of the seed shards (`fuzz/make-seeds.sh`).
-const VOCAB: &[u8] = include_bytes!("../seeds/common/vocab.txt");
-
-fn tokenizer() -> &'static WordPieceTokenizer {
-    static TOK: OnceLock<WordPieceTokenizer> = OnceLock::new();
-    TOK.get_or_init(|| {
-        let path =
-            std::env::temp_dir().join(format!("electra-fuzz-vocab-{}.txt", std::process::id()));
-        std::fs::write(&path, VOCAB).unwrap();
-        let tok = WordPieceTokenizer::from_vocab_file(&path).expect("the seed vocabulary loads");
-        let _ = std::fs::remove_file(&path);
-        tok
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     let dir = scratch("prepare_text");

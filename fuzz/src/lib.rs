@@ -122,3 +122,19 @@ pub fn names_a_file(err: &impl Display, files: &[&Path]) {
         "the error names none of {files:?}: {message}"
     );
 }
+
+/// The vocabulary of the seed shards (`fuzz/make-seeds.sh`), loaded once per process: the
+/// tokenizer of the targets whose input is text rather than a vocabulary.
+pub fn seed_tokenizer() -> &'static electra::data::WordPieceTokenizer {
+    const VOCAB: &[u8] = include_bytes!("../seeds/common/vocab.txt");
+    static TOK: OnceLock<electra::data::WordPieceTokenizer> = OnceLock::new();
+    TOK.get_or_init(|| {
+        let path =
+            std::env::temp_dir().join(format!("electra-fuzz-vocab-{}.txt", std::process::id()));
+        std::fs::write(&path, VOCAB).unwrap();
+        let tok = electra::data::WordPieceTokenizer::from_vocab_file(&path)
+            .expect("the seed vocabulary loads");
+        let _ = std::fs::remove_file(&path);
+        tok
+    })
+}
