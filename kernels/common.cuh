@@ -33,14 +33,16 @@ typedef __nv_bfloat162 bf162;
 __device__ __forceinline__ float bf2f(bf16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ bf16 f2bf(float x) { return __float2bfloat16_rn(x); }
 
-// Unpacks 8 bf16 held in a 16-byte vector.
-__device__ __forceinline__ void unpack8(const uint4& v, float out[8]) {
-    const bf162* h = reinterpret_cast<const bf162*>(&v);
+// Unpacks 8 bf16 held in a 16-byte vector. The vector is taken by value and its four 32-bit
+// words decoded with shifts (a bf16 is the top half of the f32 with the same value, so this is
+// exact): reading it through a `bf162*` to the caller's memory made nvcc split the 16-byte load
+// into four 4-byte ones.
+__device__ __forceinline__ void unpack8(uint4 v, float out[8]) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        float2 f = __bfloat1622float2(h[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
+        out[2 * i] = __uint_as_float(w[i] << 16);
+        out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
     }
 }
 
