@@ -72,7 +72,11 @@ __device__ __forceinline__ void bias_grad_row(float d[8], const float p[8], bool
 }
 
 // dpre = dy * gelu'(pre) (GELU skipped when `pre` is null; dpre skipped when null; it may alias
-// dy), dbias += sum over rows of dpre (skipped when null).
+// dy), dbias += sum over rows of dpre (skipped when null). Rows are `ld` values apart in every
+// [rows, width] operand. With ld % 8 == 0 and 16-byte aligned rows, the vector path reads whole
+// 8-column groups even past `width` (up to ld, inside the row), and keeps only columns < width:
+// this is how the generator's logits, 30,522 wide in rows padded to 30,528, get 16-byte loads.
+// A vector store would write past width, so with `dpre` the vector path needs width % 8 == 0.
 // Launch: BG_THREADS threads, grid (ceil(width / BG_COLS), G) for any G, e.g. enough blocks for
 // two per SM. Scratch when dbias is non-null: `partials` G * width floats, `counters`
 // ceil(width / BG_COLS) u32, zero before the first launch (left at zero). The sums depend only on
@@ -80,11 +84,12 @@ __device__ __forceinline__ void bias_grad_row(float d[8], const float p[8], bool
 __device__ __forceinline__ void bias_gelu_bwd_body(const bf16* dy, const bf16* __restrict__ pre,
                                                    bf16* dpre, float* __restrict__ dbias,
                                                    float* __restrict__ partials,
-                                                   unsigned* counters, int rows, int width) {
+                                                   unsigned* counters, int rows, int width,
+                                                   int ld) {
     const int col0 = blockIdx.x * BG_COLS + threadIdx.x * 8;
     const int n = width - col0;
-    const bool vec = (width % 8) == 0 && aligned16(dy) && (!pre || aligned16(pre)) &&
-                     (!dpre || aligned16(dpre));
+    const bool vec = (ld % 8) == 0 && (!dpre || (width % 8) == 0) && aligned16(dy) &&
+                     (!pre || aligned16(pre)) && (!dpre || aligned16(dpre));
     float sum[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     if (n > 0) {
         const int step = gridDim.y;
@@ -97,7 +102,7 @@ __device__ __forceinline__ void bias_gelu_bwd_body(const bf16* dy, const bf16* _
             float d[4][8], p[4][8];
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
-                at[u] = (size_t)(r + u * step) * width + col0;
+                at[u] = (size_t)(r + u * step) * ld + col0;
                 load8(dy + at[u], n, vec, d[u]);
             }
             if (pre) {
@@ -109,7 +114,7 @@ __device__ __forceinline__ void bias_gelu_bwd_body(const bf16* dy, const bf16* _
                 bias_grad_row(d[u], p[u], pre != nullptr, dpre, at[u], n, vec, sum);
         }
         for (; r < rows; r += step) {
-            const size_t at = (size_t)r * width + col0;
+            const size_t at = (size_t)r * ld + col0;
             float d[8], p[8];
             load8(dy + at, n, vec, d);
             if (pre) load8(pre + at, n, vec, p);
@@ -144,14 +149,14 @@ bias_gelu_bwd(const bf16* dy, const bf16* __restrict__ pre, bf16* dpre, float* _
               float* __restrict__ partials, unsigned* counters, int rows, int width,
               const unsigned* __restrict__ dev_rows) {
     if (dev_rows) rows = min(rows, (int)*dev_rows);
-    bias_gelu_bwd_body(dy, pre, dpre, dbias, partials, counters, rows, width);
+    bias_gelu_bwd_body(dy, pre, dpre, dbias, partials, counters, rows, width, width);
 }
 
-// dbias += sum over rows of dy: the bias gradient of a linear layer without activation.
-// Same launch and scratch as bias_gelu_bwd.
+// dbias += sum over rows of dy: the bias gradient of a linear layer without activation, whose
+// rows may be padded (ld >= width). Same launch and scratch as bias_gelu_bwd.
 extern "C" __global__ void __launch_bounds__(BG_THREADS)
 bias_bwd(const bf16* __restrict__ dy, float* __restrict__ dbias, float* __restrict__ partials,
-         unsigned* counters, int rows, int width, const unsigned* __restrict__ dev_rows) {
+         unsigned* counters, int rows, int width, int ld, const unsigned* __restrict__ dev_rows) {
     if (dev_rows) rows = min(rows, (int)*dev_rows);
-    bias_gelu_bwd_body(dy, nullptr, nullptr, dbias, partials, counters, rows, width);
+    bias_gelu_bwd_body(dy, nullptr, nullptr, dbias, partials, counters, rows, width, ld);
 }

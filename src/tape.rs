@@ -153,6 +153,11 @@ impl Tape {
         }
     }
 
+    /// The operations of the last recorded pass, in the order they ran.
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
     /// Propagates the gradients already seeded in the loss outputs back to every parameter.
     pub fn backward<B: Backend>(&mut self, be: &mut B) {
         for op in self.ops.iter().rev() {

@@ -468,6 +468,7 @@ fn check_ops(dir: &Path) {
         w: m.param(&f("lin.w")),
         b: Some(m.param(&f("lin.b"))),
         y: m.zeros(20),
+        y_stride: 5,
         gelu_pre: Some(m.zeros(20)),
         dims,
     };
@@ -485,6 +486,7 @@ fn check_ops(dir: &Path) {
     let picks = m.ints(&[0; 3]);
     let op = SoftmaxXentOp {
         logits: m.act(&f("gen.logits")),
+        row_stride: 7,
         targets: m.ints(&u32s(&dir.join("gen.targets"))),
         row_loss: m.zeros(3),
         grad_scale: 1.0 / 3.0,

@@ -294,6 +294,7 @@ fn check_linear(seed: u64, dims: LinearDims, bias: bool, gelu: bool) {
         w,
         b,
         y,
+        y_stride: dims.out,
         gelu_pre: pre,
         dims,
     };
@@ -654,6 +655,7 @@ fn softmax_xent_mean_loss_and_argmax_picks() {
     let scale = 1.0 / rows as f32;
     let op = SoftmaxXentOp {
         logits,
+        row_stride: vocab,
         targets,
         row_loss,
         grad_scale: scale,
@@ -702,6 +704,7 @@ fn softmax_xent_gumbel_picks() {
         lab.begin_step(0.0, 0, seed);
         lab.be.softmax_xent(&SoftmaxXentOp {
             logits,
+            row_stride: vocab,
             targets,
             row_loss,
             grad_scale: 1.0,

@@ -87,7 +87,7 @@ fn losses_logits_gradients_and_one_step_match_huggingface() {
     let err = rel_err(&disc_logits, &floats(&e, "disc_logits"));
     assert!(err < 1e-4, "disc_logits rel err {err:e}");
     let masked = b.masking.positions.len();
-    let gen_logits = t.read_acts(acts.gen_logits.prefix(masked * 512));
+    let gen_logits = acts.unpad_logits(&t.read_acts(acts.generator_logits(masked)), 512);
     let err = rel_err(&gen_logits, &floats(&e, "gen_logits_at_chosen"));
     assert!(err < 1e-4, "gen_logits rel err {err:e}");
 

@@ -252,8 +252,11 @@ pub struct LinearOp {
     pub w: Buf,
     /// The bias, `[out]`.
     pub b: Option<Buf>,
-    /// The output, `[rows, out]`.
+    /// The output, `[rows, out]` with rows `y_stride` apart.
     pub y: Buf,
+    /// Values from one row of `y` (and of its gradient) to the next: `dims.out`, or more to
+    /// start each row on 16 bytes (the generator's logits); only a layer without GELU pads.
+    pub y_stride: usize,
     /// Where the pre-activation goes when the layer ends in GELU, `[rows, out]`.
     pub gelu_pre: Option<Buf>,
     /// The product's sizes.
@@ -362,8 +365,11 @@ pub struct GatherRowsOp {
 /// never stored), and, when `pick` is given, the replacement token into its buffer.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SoftmaxXentOp {
-    /// `[rows, vocab]`.
+    /// `[rows, vocab]` with rows `row_stride` apart; its gradient is written beside it in the
+    /// same layout, padding untouched.
     pub logits: Buf,
+    /// Values from one row of `logits` to the next, at least `vocab`.
+    pub row_stride: usize,
     /// The right class of each row.
     pub targets: IBuf,
     /// Nats per row.

@@ -481,7 +481,8 @@ pub unsafe extern "C" fn electra_linear_forward(
         let mut po = pre.as_ref().map(|p| p.out::<f32>());
         let bias = b.as_ref().map(|b| b.read::<f32>());
         let pv = po.as_mut().map(|o| &mut o.values[..]);
-        linear::forward(&x.read(), &w.read(), bias.as_deref(), &mut yo.values, pv, d);
+        let (xv, wv, yv) = (x.read(), w.read(), &mut yo.values);
+        linear::forward(&xv, &wv, bias.as_deref(), yv, pv, d, d.out);
         yo.commit();
         if let Some(o) = po {
             o.commit();
@@ -531,7 +532,7 @@ pub unsafe extern "C" fn electra_linear_backward(
         linear::backward(
             &x.read(),
             &w.read(),
-            &dy,
+            (&dy, d.out),
             &mut dxo.values,
             &mut dwo.values,
             dbv,
@@ -589,7 +590,8 @@ pub unsafe extern "C" fn electra_generator_loss(
             out: &mut o.values[..],
         });
         let (lv, dv) = (&mut lo.values, &mut do_.values);
-        losses::softmax_xent(&logits.read(), &tv, lv, dv, grad_scale, pick, vocab);
+        let shape = (vocab, vocab);
+        losses::softmax_xent(&logits.read(), &tv, lv, dv, grad_scale, pick, shape);
         lo.commit();
         do_.commit();
         if let Some(o) = po {

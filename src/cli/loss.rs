@@ -46,7 +46,7 @@ fn write_logits(
     let (batch, seq) = (acts.shape.batch, acts.shape.seq);
     let vocab = trainer.model.config.vocab_size;
     let disc = trainer.read_acts(acts.disc_logits.prefix(batch * seq));
-    let gen = trainer.read_acts(acts.gen_logits.prefix(masked * vocab));
+    let gen = acts.unpad_logits(&trainer.read_acts(acts.generator_logits(masked)), vocab);
     let mut ids = vec![0u32; batch * seq];
     trainer.backend.read_ints(acts.corrupted_ids, &mut ids);
     let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();

@@ -522,6 +522,7 @@ impl<B: Backend> Classifier<B> {
             be.write_ints(acts.targets, &ids);
             be.softmax_xent(&SoftmaxXentOp {
                 logits: acts.logits,
+                row_stride: self.outputs,
                 targets: acts.targets,
                 row_loss: acts.row_loss,
                 grad_scale: 1.0 / b as f32,

@@ -234,8 +234,13 @@ pub struct StepActs {
     pub head_out: Buf,
     /// What the head's LayerNorm keeps for backward.
     pub head_norm: LayerNormSaved,
-    /// Generator logits at the chosen positions, `[max_masked, vocab]`.
+    /// Generator logits at the chosen positions, `[max_masked, logits_stride]`: each row holds
+    /// the vocabulary's logits, then padding.
     pub gen_logits: Buf,
+    /// Values from one row of [`StepActs::gen_logits`] to the next: the vocabulary size rounded
+    /// up to a multiple of 8, so that every row starts on 16 bytes of bf16, as the CUDA matrix
+    /// products' fast paths and the softmax kernel's vector path need (BERT's 30,522 is 2 mod 8).
+    pub logits_stride: usize,
     /// Cross-entropy (nats) of each chosen position, `[max_masked]`.
     pub gen_row_loss: Buf,
     /// The discriminator encoder's activations, over every token.
@@ -254,7 +259,27 @@ pub struct StepActs {
     pub sizes: (usize, usize),
 }
 
+/// The row stride of logits over a vocabulary of `vocab`: see [`StepActs::logits_stride`].
+pub fn logits_stride(vocab: usize) -> usize {
+    vocab.next_multiple_of(8)
+}
+
 impl StepActs {
+    /// The generator's logits of the first `rows` chosen positions, padding included.
+    pub fn generator_logits(&self, rows: usize) -> Buf {
+        self.gen_logits.prefix(rows * self.logits_stride)
+    }
+
+    /// Drops the padding of each row of `values`, the generator's logits (or their gradient) as
+    /// read from [`StepActs::generator_logits`]: `[rows, vocab]`.
+    pub fn unpad_logits(&self, values: &[f32], vocab: usize) -> Vec<f32> {
+        values
+            .chunks(self.logits_stride)
+            .flat_map(|row| &row[..vocab])
+            .copied()
+            .collect()
+    }
+
     /// The batch's segments, mask and shape with `ids` as its tokens (the generator's masked
     /// input or the discriminator's corrupted one).
     pub fn tokens(&self, ids: IBuf) -> Tokens {
@@ -290,7 +315,8 @@ impl StepActs {
             head_act: a.acts(m * e),
             head_out: a.acts(m * e),
             head_norm: a.layernorm(m, e),
-            gen_logits: a.acts(m * cfg.vocab_size),
+            gen_logits: a.acts(m * logits_stride(cfg.vocab_size)),
+            logits_stride: logits_stride(cfg.vocab_size),
             gen_row_loss: a.acts(m),
             discriminator: EncoderActs::new(&mut a, &cfg.discriminator, e, shape),
             disc_head_pre: a.acts(n * hd),
@@ -514,7 +540,8 @@ pub fn generator_forward<B: Backend>(
         x: head_out,
         w: model.params.embeddings.word,
         b: Some(head.lm_bias),
-        y: acts.gen_logits.prefix(masked * v),
+        y: acts.generator_logits(masked),
+        y_stride: acts.logits_stride,
         gelu_pre: None,
         dims: dims(e, v),
     };

@@ -302,6 +302,7 @@ impl Dense {
             w: self.weight,
             b: Some(self.bias),
             y,
+            y_stride: dims.out,
             gelu_pre: None,
             dims,
         }

@@ -273,6 +273,12 @@ impl<B: Backend> Trainer<B> {
         }
     }
 
+    /// The operations the last step's forward passes recorded, in order: what a backend was asked
+    /// to run, for checks of a step's shapes and buffers that need no device.
+    pub fn recorded_ops(&self) -> &[crate::tape::Op] {
+        self.tape.ops()
+    }
+
     /// The whole flat buffer of one parameter-shaped space (values, gradients or moments).
     pub fn flat(&self, space: Space) -> Vec<f32> {
         let mut out = vec![0.0; self.model.layout.len()];
@@ -517,7 +523,8 @@ impl<B: Backend> Trainer<B> {
             Corruption::Given(_) => None,
         };
         be.softmax_xent(&SoftmaxXentOp {
-            logits: acts.gen_logits.prefix(masked * vocab),
+            logits: acts.generator_logits(masked),
+            row_stride: acts.logits_stride,
             targets: acts.targets.prefix(masked),
             row_loss: acts.gen_row_loss.prefix(masked),
             grad_scale: 1.0 / means.masked as f32,

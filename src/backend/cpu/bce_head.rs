@@ -29,7 +29,7 @@ pub fn forward_backward(
         inp: w.len(),
         out: 1,
     };
-    linear::forward(h, w, Some(b), logits, None, dims);
+    linear::forward(h, w, Some(b), logits, None, dims, dims.out);
     losses::sigmoid_bce(logits, labels, mask, row_loss, dlogits, grad_scale);
-    linear::backward(h, w, dlogits, dh, dw, Some(db), dims);
+    linear::backward(h, w, (dlogits, dims.out), dh, dw, Some(db), dims);
 }

@@ -29,7 +29,9 @@ pub struct Picks<'a> {
     pub out: &'a mut [u32],
 }
 
-/// Softmax cross-entropy per row, its gradient into `dlogits`, and the replacement pick.
+/// Softmax cross-entropy per row, its gradient into `dlogits`, and the replacement pick; `shape`
+/// is (vocab, row stride): each row's `vocab` logits start `stride` values after the last's, and
+/// the gradient's padding is left as it was.
 pub fn softmax_xent(
     logits: &[f32],
     targets: &[u32],
@@ -37,7 +39,7 @@ pub fn softmax_xent(
     dlogits: &mut [f32],
     grad_scale: f32,
     pick: Option<Picks>,
-    vocab: usize,
+    (vocab, stride): (usize, usize),
 ) {
     let rows = targets.len();
     let (mode, sample_seed, first_pick, picks) = match pick {
@@ -45,7 +47,7 @@ pub fn softmax_xent(
         None => (None, 0, 0, None),
     };
     let per_row = |r: usize, dl: &mut [f32], loss: &mut f32| -> u32 {
-        let row = &logits[r * vocab..(r + 1) * vocab];
+        let row = &logits[r * stride..r * stride + vocab];
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
         let log_z = max + sum.ln();
@@ -65,8 +67,10 @@ pub fn softmax_xent(
             None => 0,
         }
     };
-    let rows_iter = dlogits[..rows * vocab]
-        .par_chunks_mut(vocab)
+    let rows_iter = dlogits
+        .par_chunks_mut(stride)
+        .take(rows)
+        .map(|row| &mut row[..vocab])
         .zip(row_loss[..rows].par_iter_mut())
         .enumerate();
     match picks {
@@ -130,4 +134,60 @@ pub fn sigmoid_bce(
             *loss = x.max(0.0) - x * y + (-x.abs()).exp().ln_1p();
             *d = grad_scale * (1.0 / (1.0 + (-x).exp()) - y);
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Rows padded to a stride: the same losses, gradient bits and picks as dense rows, and the
+    /// gradient's padding left as it was.
+    #[test]
+    fn padded_rows_give_the_dense_results_and_keep_their_padding() {
+        let (rows, vocab, stride) = (4, 11, 16);
+        let dense: Vec<f32> = (0..rows * vocab)
+            .map(|i| (i as f32 * 0.61).sin() * 3.0)
+            .collect();
+        let padded: Vec<f32> = dense
+            .chunks(vocab)
+            .flat_map(|r| r.iter().copied().chain([f32::NAN; 5]))
+            .collect();
+        let targets = [3, 0, 10, 7];
+        let run = |logits: &[f32], stride: usize| {
+            let (mut loss, mut picks) = (vec![0.0; rows], vec![0; rows]);
+            let mut dlogits = vec![f32::NAN; rows * stride];
+            let pick = Picks {
+                mode: Pick::Gumbel,
+                sample_seed: 5,
+                first_pick: 2,
+                out: &mut picks,
+            };
+            softmax_xent(
+                logits,
+                &targets,
+                &mut loss,
+                &mut dlogits,
+                0.25,
+                Some(pick),
+                (vocab, stride),
+            );
+            (loss, dlogits, picks)
+        };
+        let (loss, dl, picks) = run(&dense, vocab);
+        let (loss_p, dl_p, picks_p) = run(&padded, stride);
+        assert_eq!(bits(&loss), bits(&loss_p));
+        assert_eq!(picks, picks_p);
+        for (r, row) in dl_p.chunks(stride).enumerate() {
+            let want = &dl[r * vocab..(r + 1) * vocab];
+            assert_eq!(bits(&row[..vocab]), bits(want), "row {r}");
+            assert!(
+                row[vocab..].iter().all(|v| v.is_nan()),
+                "row {r}: padding written"
+            );
+        }
+    }
 }

@@ -266,6 +266,7 @@ impl Backend for CpuBackend {
             y,
             gelu_pre,
             dims,
+            ..
         } = *op;
         let f = self.frame();
         let reads = [x, w, b.unwrap_or(x)];
@@ -273,11 +274,11 @@ impl Backend for CpuBackend {
         match gelu_pre {
             Some(pre) => {
                 let [y, pre] = f.w([y, pre], &reads);
-                linear::forward(f.r(x), f.r(w), bias, y, Some(pre), dims);
+                linear::forward(f.r(x), f.r(w), bias, y, Some(pre), dims, op.y_stride);
             }
             None => {
                 let [y] = f.w([y], &reads);
-                linear::forward(f.r(x), f.r(w), bias, y, None, dims);
+                linear::forward(f.r(x), f.r(w), bias, y, None, dims, op.y_stride);
             }
         }
     }
@@ -297,7 +298,8 @@ impl Backend for CpuBackend {
         let db = b.map_or(Buf { len: 0, ..w }, Buf::grad);
         let [dx, dw, db_view] = f.w([x.grad(), w.grad(), db], &[x, w, dy]);
         let db = b.map(|_| db_view);
-        linear::backward(f.r(x), f.r(w), f.r(dy), dx, dw, db, op.dims);
+        let dy = (f.r(dy), op.y_stride);
+        linear::backward(f.r(x), f.r(w), dy, dx, dw, db, op.dims);
     }
 
     fn layernorm_fwd(&mut self, op: &LayerNormOp) {
@@ -423,7 +425,8 @@ impl Backend for CpuBackend {
             out: f.wi(picks.prefix(op.rows), &[targets]),
         });
         let (logits, targets, scale) = (f.r(op.logits), f.ri(targets), op.grad_scale);
-        losses::softmax_xent(logits, targets, row_loss, dlogits, scale, pick, op.vocab);
+        let shape = (op.vocab, op.row_stride);
+        losses::softmax_xent(logits, targets, row_loss, dlogits, scale, pick, shape);
     }
 
     fn replace_tokens(&mut self, op: &ReplaceTokensOp) {

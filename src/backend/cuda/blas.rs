@@ -77,7 +77,7 @@ fn dtype(d: Dtype) -> sys::cudaDataType {
 
 /// The largest power of two (at most 256) that divides the address of every column of a matrix
 /// at `ptr` with leading dimension `ld` elements of `bytes` bytes.
-fn alignment(ptr: u64, ld: u64, bytes: usize) -> u32 {
+pub(super) fn alignment(ptr: u64, ld: u64, bytes: usize) -> u32 {
     let a = (1u64 << ptr.trailing_zeros().min(8)) as u32;
     let l = (1u64 << (ld * bytes as u64).trailing_zeros().min(8)) as u32;
     a.min(l)

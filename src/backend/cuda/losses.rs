@@ -19,6 +19,7 @@ impl CudaBackend {
     pub(super) fn launch_softmax_xent(&mut self, op: &SoftmaxXentOp) {
         let SoftmaxXentOp {
             logits,
+            row_stride,
             targets,
             row_loss,
             grad_scale,
@@ -30,7 +31,7 @@ impl CudaBackend {
             return;
         }
         assert!(
-            vocab > 0 && logits.len >= rows * vocab,
+            vocab > 0 && row_stride >= vocab && logits.len >= rows * row_stride,
             "softmax_xent: logits too short"
         );
         assert!(targets.len >= rows && row_loss.len >= rows);
@@ -49,7 +50,7 @@ impl CudaBackend {
         let args = [
             Arg::Ptr(self.input(logits, Dtype::Bf16)),
             Arg::Ptr(self.output(logits.grad(), Dtype::Bf16, false)),
-            Arg::I32(v),
+            Arg::I32(int(row_stride, "row stride")),
             Arg::Ptr(self.iaddr(targets)),
             Arg::Ptr(self.output(row_loss.prefix(rows), Dtype::F32, false)),
             Arg::F32(grad_scale),

@@ -53,6 +53,17 @@ impl Dtype {
     }
 }
 
+/// Where the first value of `b`, read as `dtype`, lies from the start of the allocation that
+/// holds it, in bytes: `2·offset` in the bf16 copy of the parameters, `4·offset` everywhere else
+/// (f32 values, and the 4-byte slots of activations of either type). Allocations start at
+/// multiples of 256 bytes (cuMemAlloc's guarantee), so this decides each operand's alignment.
+pub fn byte_offset(b: Buf, dtype: Dtype) -> u64 {
+    match (b.space, dtype) {
+        (Space::Param, Dtype::Bf16) => 2 * b.offset as u64,
+        _ => 4 * b.offset as u64,
+    }
+}
+
 /// One device allocation, zeroed when made, with its raw address.
 pub struct DeviceBuf {
     // Keeps the allocation alive; freed (stream-ordered) on drop.
@@ -127,7 +138,7 @@ impl CudaBackend {
             b.end() <= self.space_len(b.space),
             "{b:?} is out of its space"
         );
-        self.spaces[b.space.index()].ptr + 4 * b.offset as u64
+        self.spaces[b.space.index()].ptr + byte_offset(b, Dtype::F32)
     }
 
     pub(super) fn iaddr(&self, b: IBuf) -> u64 {
@@ -142,7 +153,7 @@ impl CudaBackend {
     pub(super) fn bf16_param(&self, b: Buf) -> u64 {
         assert_eq!(b.space, Space::Param, "{b:?} is not a parameter");
         assert!(b.end() <= self.sizes.params, "{b:?} is out of its space");
-        self.params_bf16.ptr + 2 * b.offset as u64
+        self.params_bf16.ptr + byte_offset(b, Dtype::Bf16)
     }
 
     pub(super) fn tag_of(&self, b: Buf) -> Option<Dtype> {
