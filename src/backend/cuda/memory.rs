@@ -38,20 +38,7 @@ use super::{act_index, CudaBackend};
 use crate::backend::{Buf, IBuf, Space};
 
 /// The element type of an activation buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Dtype {
-    Bf16,
-    F32,
-}
-
-impl Dtype {
-    pub fn bytes(self) -> usize {
-        match self {
-            Dtype::Bf16 => 2,
-            Dtype::F32 => 4,
-        }
-    }
-}
+pub use super::launch_args::Dtype;
 
 /// One device allocation, zeroed when made, with its raw address.
 pub struct DeviceBuf {
