@@ -4,7 +4,7 @@
 //! addresses and sizes and launch, for the engine and for the C ABI's device ops alike.
 
 use super::dropout::drop_args;
-use super::kernels::{check_aligned, checked_int, Arg, Kernel, Kernels, Launcher, MAX_GRID_YZ};
+use super::kernels::{Arg, Kernel, Kernels, Launcher};
 use super::launch_args::{AttentionBwdArgs, AttentionFwdArgs};
 use super::memory::Dtype;
 use super::{CudaBackend, CudaError};
@@ -131,47 +131,18 @@ fn attention_kernels(k: &Kernels, d: AttentionDims) -> Result<(Kernel, Kernel, K
     })
 }
 
-/// What the kernels need of the sizes: a supported head size, a grid within the device's
-/// limits and sizes within their 32-bit indexing. Returns the kernels, and `seq` and `heads` as
-/// kernel ints.
-fn check_dims(
-    k: &Kernels,
-    d: AttentionDims,
-) -> Result<((Kernel, Kernel, Kernel), i32, i32), CudaError> {
-    let kernels = attention_kernels(k, d)?;
-    let h = d.hidden();
-    if !h.is_multiple_of(8) {
-        return Err(CudaError::Unsupported(format!(
-            "attention: hidden size {h} is not a multiple of 8"
-        )));
-    }
-    if d.heads > MAX_GRID_YZ || d.batch > MAX_GRID_YZ {
-        return Err(CudaError::Argument(format!(
-            "attention: heads = {} and batch = {} must each be at most {MAX_GRID_YZ} (a grid \
-             dimension)",
-            d.heads, d.batch
-        )));
-    }
-    checked_int(d.batch * d.seq * 3 * h, "batch·seq·3·hidden")?;
-    Ok((
-        kernels,
-        checked_int(d.seq, "seq")?,
-        checked_int(d.heads, "heads")?,
-    ))
-}
-
-/// Launches the attention forward pass on `l`'s stream after checking `a`'s sizes and the
-/// kernels' 16-byte alignment of `qkv` and `ctx`.
+/// Launches the attention forward pass on `l`'s stream after checking `a`
+/// ([`AttentionFwdArgs::check`]).
 ///
 /// # Safety
 /// The addresses hold the tensors [`AttentionFwdArgs`] describes for `a.dims`.
 pub(super) unsafe fn attention_fwd(l: &Launcher, a: &AttentionFwdArgs) -> Result<(), CudaError> {
     let d = a.dims;
-    let ((fwd, _, _), seq, heads) = check_dims(l.kernels, d)?;
+    let (seq, heads) = a.check()?;
+    let (fwd, _, _) = attention_kernels(l.kernels, d)?;
     if d.batch * d.seq == 0 {
         return Ok(());
     }
-    check_aligned("attention", 16, &[("qkv", a.qkv), ("ctx", a.ctx)])?;
     let [p, s, site, step] = drop_args(a.dropout, d.probs_per_sequence(), a.step);
     let args = [
         Arg::Ptr(a.qkv),
@@ -190,26 +161,17 @@ pub(super) unsafe fn attention_fwd(l: &Launcher, a: &AttentionFwdArgs) -> Result
 }
 
 /// Launches the attention backward pass (`dq`, then `dk`/`dv`) on `l`'s stream after checking
-/// `a`'s sizes and the kernels' 16-byte alignment of `qkv`, `ctx`, `dctx` and `dqkv`.
+/// `a` ([`AttentionBwdArgs::check`]).
 ///
 /// # Safety
 /// The addresses hold the tensors [`AttentionBwdArgs`] describes for `a.dims`.
 pub(super) unsafe fn attention_bwd(l: &Launcher, a: &AttentionBwdArgs) -> Result<(), CudaError> {
     let d = a.dims;
-    let ((_, dq, dkdv), seq, heads) = check_dims(l.kernels, d)?;
+    let (seq, heads) = a.check()?;
+    let (_, dq, dkdv) = attention_kernels(l.kernels, d)?;
     if d.batch * d.seq == 0 {
         return Ok(());
     }
-    check_aligned(
-        "attention",
-        16,
-        &[
-            ("qkv", a.qkv),
-            ("ctx", a.ctx),
-            ("dctx", a.dctx),
-            ("dqkv", a.dqkv),
-        ],
-    )?;
     let [p, s, site, step] = drop_args(a.dropout, d.probs_per_sequence(), a.step);
     let grid = (d.seq.div_ceil(ATT_TILE), d.heads, d.batch);
     let args = [

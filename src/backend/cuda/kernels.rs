@@ -7,6 +7,7 @@ use std::ffi::{c_void, CString};
 
 use cudarc::driver::{result, sys, DriverError};
 
+use super::launch_args::MAX_GRID_YZ;
 use super::CudaError;
 
 mod embedded {
@@ -237,8 +238,6 @@ pub unsafe fn launch(
 
 /// The largest grid dimension x.
 const MAX_GRID_X: usize = (1 << 31) - 1;
-/// The largest grid dimension y or z.
-pub const MAX_GRID_YZ: usize = 65_535;
 
 /// What a launch needs besides its arguments: the kernels, the stream, the device's
 /// multiprocessor count (which sizes the grids), and where to note the kernel launched. The
@@ -281,28 +280,5 @@ impl Launcher<'_> {
                 .map_err(|e| driver("running kernel", k.name, e))?;
         }
         Ok(())
-    }
-}
-
-/// `v` as a kernel's 32-bit int: the kernels index with `int`, so every size they take must
-/// stay below 2^31 (`what` names it in the error).
-pub fn checked_int(v: usize, what: &str) -> Result<i32, CudaError> {
-    i32::try_from(v).map_err(|_| {
-        CudaError::Argument(format!(
-            "{what} = {v} exceeds the kernels' 32-bit indexing (at most {})",
-            i32::MAX
-        ))
-    })
-}
-
-/// Refuses any named address in `ptrs` that is not a multiple of `align` bytes (`op` names the
-/// operation whose kernels need it).
-pub fn check_aligned(op: &str, align: u64, ptrs: &[(&str, u64)]) -> Result<(), CudaError> {
-    match ptrs.iter().find(|(_, p)| p % align != 0) {
-        Some((name, p)) => Err(CudaError::Argument(format!(
-            "{op}: {name} is at {p:#x}, which is not {align}-byte aligned (the kernels read it \
-             in {align}-byte vectors)"
-        ))),
-        None => Ok(()),
     }
 }

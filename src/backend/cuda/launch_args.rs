@@ -1,11 +1,81 @@
 //! What each fused operation's CUDA launch takes once its buffers are resolved: device addresses,
-//! sizes and the step memory's address. The engine's launchers fill these from its buffers, and
+//! sizes and the step memory's address, and the checks the kernels need of them (supported
+//! sizes, alignment, 32-bit indexing, grid limits), which look at the values only, never at the
+//! memory. The engine's launchers fill these from its buffers, and
 //! the C ABI's device ops (`DeviceOps`) from a caller's device pointers; both then call the same
 //! launch function beside the kernels (`attention.rs`, `layernorm.rs`, `linear.rs`,
-//! `losses.rs`), which checks them and launches on the stream it is given. Shared with the stub
-//! of builds without the `cuda` feature, so that the C ABI names the same types in every build.
+//! `losses.rs`), which runs these checks and launches on the stream it is given. Shared with the
+//! stub of builds without the `cuda` feature, so that the C ABI refuses the same arguments with
+//! the same messages in every build, before it needs a device.
 
+use super::CudaError;
 use crate::backend::{AttentionDims, Dropout, LinearDims};
+
+/// The largest grid dimension y or z.
+pub const MAX_GRID_YZ: usize = 65_535;
+/// The widest row the LayerNorm, embedding and head kernels hold in registers.
+pub const MAX_WIDTH: usize = 1024;
+
+/// `v` as a kernel's 32-bit int: the kernels index with `int`, so every size they take must
+/// stay below 2^31 (`what` names it in the error).
+pub fn checked_int(v: usize, what: &str) -> Result<i32, CudaError> {
+    i32::try_from(v).map_err(|_| {
+        CudaError::Argument(format!(
+            "{what} = {v} exceeds the kernels' 32-bit indexing (at most {})",
+            i32::MAX
+        ))
+    })
+}
+
+/// Refuses the first named address in `ptrs` that is not a multiple of `align` bytes (`op`
+/// names the operation whose kernels need it).
+pub fn check_aligned(op: &str, align: u64, ptrs: &[(&str, u64)]) -> Result<(), CudaError> {
+    match ptrs.iter().find(|(_, p)| p % align != 0) {
+        Some((name, p)) => Err(CudaError::Argument(format!(
+            "{op}: {name} is at {p:#x}, which is not {align}-byte aligned (the kernels read it in \
+             {align}-byte vectors)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Rows of `width` must fit the row-per-warp kernels' registers.
+pub fn check_width(width: usize, what: &str) -> Result<(), CudaError> {
+    if width == 0 || width > MAX_WIDTH {
+        return Err(CudaError::Unsupported(format!(
+            "{what}: width {width} is outside the CUDA kernels' 1..={MAX_WIDTH}"
+        )));
+    }
+    Ok(())
+}
+
+/// `rows` rows of `width` for a row-per-warp kernel: the width, and the sizes as ints.
+fn check_rows(rows: usize, width: usize, what: &str) -> Result<(i32, i32), CudaError> {
+    check_width(width, what)?;
+    checked_int(rows.saturating_mul(width), "rows·width")?;
+    Ok((checked_int(rows, "rows")?, checked_int(width, "width")?))
+}
+
+/// The attention kernels' sizes: a head size they have, a hidden size in 16-byte rows, a grid
+/// within the device's limits and sizes within 32-bit indexing. Returns `seq` and `heads`.
+fn check_attention(d: AttentionDims) -> Result<(i32, i32), CudaError> {
+    if ![16, 32, 64].contains(&d.head_dim) {
+        return Err(CudaError::Unsupported(format!(
+            "attention: head size {} is not supported by the CUDA kernels (16, 32 or 64)",
+            d.head_dim
+        )));
+    }
+    if d.heads > MAX_GRID_YZ || d.batch > MAX_GRID_YZ {
+        return Err(CudaError::Argument(format!(
+            "attention: heads = {} and batch = {} must each be at most {MAX_GRID_YZ} (a grid \
+             dimension)",
+            d.heads, d.batch
+        )));
+    }
+    let elems = d.batch.saturating_mul(d.seq).saturating_mul(3 * d.hidden());
+    checked_int(elems, "batch·seq·3·hidden")?;
+    Ok((checked_int(d.seq, "seq")?, checked_int(d.heads, "heads")?))
+}
 
 /// The element type of a buffer a kernel reads or writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -163,4 +233,113 @@ pub struct BceHeadArgs {
     pub grad_scale: f32,
     pub tokens: usize,
     pub width: usize,
+}
+
+impl AttentionFwdArgs {
+    /// What the kernels need (see `check_attention`), and 16-byte aligned `qkv` and `ctx`.
+    /// Returns `seq` and `heads` as kernel ints.
+    pub fn check(&self) -> Result<(i32, i32), CudaError> {
+        let ints = check_attention(self.dims)?;
+        check_aligned("attention", 16, &[("qkv", self.qkv), ("ctx", self.ctx)])?;
+        Ok(ints)
+    }
+}
+
+impl AttentionBwdArgs {
+    /// As the forward's, with `dctx` and `dqkv` aligned too.
+    pub fn check(&self) -> Result<(i32, i32), CudaError> {
+        let ints = check_attention(self.dims)?;
+        let ptrs = [
+            ("qkv", self.qkv),
+            ("ctx", self.ctx),
+            ("dctx", self.dctx),
+            ("dqkv", self.dqkv),
+        ];
+        check_aligned("attention", 16, &ptrs)?;
+        Ok(ints)
+    }
+}
+
+impl LayerNormFwdArgs {
+    /// A width the kernels hold; returns `rows` and `width` as kernel ints.
+    pub fn check(&self) -> Result<(i32, i32), CudaError> {
+        check_rows(self.rows, self.width, "layernorm_fwd")
+    }
+}
+
+impl LayerNormBwdArgs {
+    /// A width the kernels hold; returns `rows` and `width` as kernel ints.
+    pub fn check(&self) -> Result<(i32, i32), CudaError> {
+        check_rows(self.rows, self.width, "layernorm_bwd")
+    }
+}
+
+/// A linear layer's sizes: at least one input column and sizes within 32-bit indexing. Returns
+/// `rows` and `out`.
+fn check_linear(d: LinearDims) -> Result<(i32, i32), CudaError> {
+    if d.inp == 0 {
+        return Err(CudaError::Argument(
+            "linear: x has no columns (in = 0)".into(),
+        ));
+    }
+    checked_int(d.rows.saturating_mul(d.inp.max(d.out)), "rows·max(in, out)")?;
+    checked_int(d.out.saturating_mul(d.inp), "out·in")?;
+    Ok((checked_int(d.rows, "rows")?, checked_int(d.out, "out")?))
+}
+
+impl LinearFwdArgs {
+    /// The sizes; with GELU a bf16 `y`; without, a 16-byte aligned bias (cuBLASLt's epilogue
+    /// reads it in 16-byte accesses). Returns `rows` and `out` as kernel ints.
+    pub fn check(&self) -> Result<(i32, i32), CudaError> {
+        let ints = check_linear(self.dims)?;
+        if self.pre != 0 && self.y_dtype != Dtype::Bf16 {
+            return Err(CudaError::Argument(
+                "linear: with GELU, y is bf16 (bias_gelu_fwd writes bf16)".into(),
+            ));
+        }
+        if self.pre == 0 && self.bias != 0 {
+            check_aligned("linear", 16, &[("b", self.bias)])?;
+        }
+        Ok(ints)
+    }
+}
+
+impl LinearBwdArgs {
+    /// The sizes; returns `rows` and `out` as kernel ints.
+    pub fn check(&self) -> Result<(i32, i32), CudaError> {
+        check_linear(self.dims)
+    }
+}
+
+impl SoftmaxXentArgs {
+    /// `0 < vocab <= ld`, a known pick mode with somewhere to write the picks, sizes within 32-bit
+    /// indexing. Returns `ld`, `rows` and `vocab` as kernel ints.
+    pub fn check(&self) -> Result<(i32, i32, i32), CudaError> {
+        if self.vocab == 0 || self.ld < self.vocab {
+            return Err(CudaError::Argument(format!(
+                "softmax_xent: vocab = {} with a row stride of {}: expected 0 < vocab <= row \
+                 stride",
+                self.vocab, self.ld
+            )));
+        }
+        if !(0..=2).contains(&self.pick_mode) || (self.pick_mode != 0 && self.picks == 0) {
+            return Err(CudaError::Argument(format!(
+                "softmax_xent: pick mode {} (0 none, 1 argmax, 2 Gumbel; 1 and 2 need picks)",
+                self.pick_mode
+            )));
+        }
+        checked_int(self.rows.saturating_mul(self.ld), "rows·row stride")?;
+        Ok((
+            checked_int(self.ld, "row stride")?,
+            checked_int(self.rows, "rows")?,
+            checked_int(self.vocab, "vocab")?,
+        ))
+    }
+}
+
+impl BceHeadArgs {
+    /// A width the kernels hold; returns `tokens` and `width` as kernel ints.
+    pub fn check(&self) -> Result<(i32, i32), CudaError> {
+        check_rows(self.tokens, self.width, "bce_head")
+    }
 }

@@ -2,7 +2,7 @@
 //! one row per warp. The engine resolves its buffers here; [`layernorm_fwd`] and
 //! [`layernorm_bwd`] check the sizes and launch, for the engine and the C ABI's device ops.
 
-use super::kernels::{checked_int, Arg, Launcher};
+use super::kernels::{Arg, Launcher};
 use super::launch_args::{LayerNormBwdArgs, LayerNormFwdArgs};
 use super::memory::Dtype;
 use super::{try_width_kernel, CudaBackend, CudaError};
@@ -113,10 +113,10 @@ pub(super) unsafe fn layernorm_fwd(l: &Launcher, a: &LayerNormFwdArgs) -> Result
         a.width,
         "layernorm_fwd",
     )?;
+    let (rows, width) = a.check()?;
     if a.rows == 0 {
         return Ok(());
     }
-    checked_int(a.rows * a.width, "rows·width")?;
     let args = [
         Arg::Ptr(a.x),
         Arg::Ptr(a.residual),
@@ -126,8 +126,8 @@ pub(super) unsafe fn layernorm_fwd(l: &Launcher, a: &LayerNormFwdArgs) -> Result
         Arg::Ptr(a.xhat),
         Arg::Ptr(a.rstd),
         Arg::Ptr(0),
-        Arg::I32(checked_int(a.rows, "rows")?),
-        Arg::I32(checked_int(a.width, "width")?),
+        Arg::I32(rows),
+        Arg::I32(width),
         Arg::F32(a.eps),
         Arg::Ptr(0),
     ];
@@ -146,10 +146,10 @@ pub(super) unsafe fn layernorm_bwd(l: &Launcher, a: &LayerNormBwdArgs) -> Result
         a.width,
         "layernorm_bwd",
     )?;
+    let (rows, width) = a.check()?;
     if a.rows == 0 {
         return Ok(());
     }
-    checked_int(a.rows * a.width, "rows·width")?;
     let args = [
         Arg::Ptr(a.dy),
         Arg::Ptr(a.xhat),
@@ -161,8 +161,8 @@ pub(super) unsafe fn layernorm_bwd(l: &Launcher, a: &LayerNormBwdArgs) -> Result
         Arg::Ptr(a.dbias),
         Arg::Ptr(a.partials),
         Arg::Ptr(a.counters),
-        Arg::I32(checked_int(a.rows, "rows")?),
-        Arg::I32(checked_int(a.width, "width")?),
+        Arg::I32(rows),
+        Arg::I32(width),
         Arg::I32(1),
         Arg::Ptr(0),
     ];

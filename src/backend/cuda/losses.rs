@@ -3,7 +3,7 @@
 //! `kernels/sigmoid_bce.cu` (the discriminator's H → 1 projection, its loss and their backward in
 //! one pass, and `replace_tokens`).
 
-use super::kernels::{checked_int, Arg, Launcher};
+use super::kernels::{Arg, Launcher};
 use super::launch_args::{BceHeadArgs, SoftmaxXentArgs};
 use super::memory::Dtype;
 use super::{int, try_width_kernel, CudaBackend, CudaError};
@@ -133,33 +133,21 @@ impl CudaBackend {
 /// # Safety
 /// The addresses hold the tensors [`SoftmaxXentArgs`] describes.
 pub(super) unsafe fn softmax_xent(l: &Launcher, a: &SoftmaxXentArgs) -> Result<(), CudaError> {
+    let (ld, rows, vocab) = a.check()?;
     if a.rows == 0 {
         return Ok(());
     }
-    if a.vocab == 0 || a.ld < a.vocab {
-        return Err(CudaError::Argument(format!(
-            "softmax_xent: vocab = {} and a row stride of {}: expected 0 < vocab <= row stride",
-            a.vocab, a.ld
-        )));
-    }
-    if !(0..=2).contains(&a.pick_mode) || (a.pick_mode != 0 && a.picks == 0) {
-        return Err(CudaError::Argument(format!(
-            "softmax_xent: pick mode {} (0 none, 1 argmax, 2 Gumbel; 1 and 2 need picks)",
-            a.pick_mode
-        )));
-    }
-    checked_int(a.rows * a.ld, "rows·row stride")?;
     let args = [
         Arg::Ptr(a.logits),
         Arg::Ptr(a.dlogits),
-        Arg::I32(checked_int(a.ld, "row stride")?),
+        Arg::I32(ld),
         Arg::Ptr(a.targets),
         Arg::Ptr(a.row_loss),
         Arg::F32(a.grad_scale),
         Arg::I32(a.pick_mode),
         Arg::Ptr(a.picks),
-        Arg::I32(checked_int(a.rows, "rows")?),
-        Arg::I32(checked_int(a.vocab, "vocab")?),
+        Arg::I32(rows),
+        Arg::I32(vocab),
         Arg::Ptr(0),
         Arg::Ptr(0),
         Arg::Ptr(a.step),
@@ -196,10 +184,10 @@ pub(super) unsafe fn bce_head(l: &Launcher, a: &BceHeadArgs) -> Result<(), CudaE
         a.width,
         "bce_head",
     )?;
+    let (tokens, width) = a.check()?;
     if a.tokens == 0 {
         return Ok(());
     }
-    checked_int(a.tokens * a.width, "tokens·hidden")?;
     let args = [
         Arg::Ptr(a.h),
         Arg::Ptr(a.w),
@@ -214,8 +202,8 @@ pub(super) unsafe fn bce_head(l: &Launcher, a: &BceHeadArgs) -> Result<(), CudaE
         Arg::Ptr(a.partials),
         Arg::Ptr(a.counters),
         Arg::F32(a.grad_scale),
-        Arg::I32(checked_int(a.tokens, "tokens")?),
-        Arg::I32(checked_int(a.width, "hidden")?),
+        Arg::I32(tokens),
+        Arg::I32(width),
         Arg::I32(1),
         Arg::Ptr(0),
     ];

@@ -113,12 +113,10 @@ use crate::comm::Collective;
 use blas::Blas;
 use embedding::{EMB_CHUNK, SORT_RADIX, SORT_TILE};
 use graph::StepGraphs;
-use kernels::{checked_int, Arg, Kernel, Kernels, Launcher, MAX_GRID_YZ};
+use kernels::{Arg, Kernel, Kernels, Launcher};
+use launch_args::{check_width, checked_int, MAX_GRID_YZ, MAX_WIDTH};
 use memory::{DeviceBuf, Dtype, Tags};
 use step::STEP_BYTES;
-
-/// The widest row the LayerNorm, embedding and head kernels hold in registers.
-const MAX_WIDTH: usize = 1024;
 
 /// Scratch memory of the kernels, sized by `reserve` and grown only if a call needs more.
 struct Scratch {
@@ -540,11 +538,7 @@ fn try_width_kernel(
     width: usize,
     what: &str,
 ) -> Result<Kernel, CudaError> {
-    if width == 0 || width > MAX_WIDTH {
-        return Err(CudaError::Unsupported(format!(
-            "{what}: width {width} is outside the CUDA kernels' 1..={MAX_WIDTH}"
-        )));
-    }
+    check_width(width, what)?;
     Ok(if width <= 256 { narrow } else { wide })
 }
 
