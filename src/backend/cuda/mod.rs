@@ -95,7 +95,7 @@ mod nccl;
 mod optim;
 mod step;
 
-pub(crate) use device_ops::{DeviceOps, RawStream};
+pub(crate) use device_ops::DeviceOps;
 pub use error::CudaError;
 
 use std::cell::Cell;

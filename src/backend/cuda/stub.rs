@@ -129,7 +129,7 @@ pub(crate) struct DeviceOps {
 }
 
 /// A CUDA stream as the C ABI takes it.
-pub(crate) type RawStream = *mut std::ffi::c_void;
+type RawStream = *mut std::ffi::c_void;
 
 /// Operations whose body can never run: no value of the stand-in exists.
 macro_rules! unreachable_ops {
