@@ -161,6 +161,33 @@ unsafe fn device_dropout(p: *const ElectraDropout) -> CResult<(Option<Dropout>, 
     })
 }
 
+/// The forward pass's tensors, which the backward reads too, and the dropout's seed.
+///
+/// # Safety
+/// Each pointer is NULL or points to its descriptor.
+unsafe fn attention_args(
+    qkv: *const ElectraTensor,
+    key_mask: *const ElectraTensor,
+    ctx: *const ElectraTensor,
+    lse: *const ElectraTensor,
+    heads: usize,
+    dropout_: *const ElectraDropout,
+) -> CResult<(AttentionFwdArgs, u64)> {
+    let d = attention_dims(dims_of(qkv, "qkv", 3)?, heads)?;
+    let (b, t, h, nh) = (d.batch, d.seq, d.hidden(), d.heads);
+    let (dropout, seed) = device_dropout(dropout_)?;
+    let a = AttentionFwdArgs {
+        qkv: dev(qkv, "qkv", BF16, &[b, t, 3 * h], "batch, seq, 3·hidden")?,
+        key_mask: dev(key_mask, "key_mask", U32, &[b, t], "batch, seq")?,
+        ctx: dev(ctx, "ctx", BF16, &[b, t, h], "batch, seq, hidden")?,
+        lse: dev(lse, "lse", F32, &[b, nh, t], "batch, heads, seq")?,
+        dims: d,
+        dropout,
+        step: 0,
+    };
+    Ok((a, seed))
+}
+
 /// Creates the device ops' handle for CUDA device `device` (its primary context): loads the
 /// kernels, creates a cuBLASLt handle and allocates scratch, and writes the handle to `*out`.
 /// `ELECTRA_STATUS_DEVICE` when the library was built without CUDA, or there is no such device
@@ -220,18 +247,7 @@ pub unsafe extern "C" fn electra_cuda_attention_forward(
     stream: *mut c_void,
 ) -> ElectraStatus {
     guard(|| {
-        let d = attention_dims(dims_of(qkv, "qkv", 3)?, heads)?;
-        let (b, t, h, nh) = (d.batch, d.seq, d.hidden(), d.heads);
-        let (dropout, seed) = device_dropout(dropout_)?;
-        let a = AttentionFwdArgs {
-            qkv: dev(qkv, "qkv", BF16, &[b, t, 3 * h], "batch, seq, 3·hidden")?,
-            key_mask: dev(key_mask, "key_mask", U32, &[b, t], "batch, seq")?,
-            ctx: dev(ctx, "ctx", BF16, &[b, t, h], "batch, seq, hidden")?,
-            lse: dev(lse, "lse", F32, &[b, nh, t], "batch, heads, seq")?,
-            dims: d,
-            dropout,
-            step: 0,
-        };
+        let (a, seed) = attention_args(qkv, key_mask, ctx, lse, heads, dropout_)?;
         a.check().map_err(device_failure)?;
         handle(ops)?
             .attention_fwd(a, seed, stream)
@@ -259,19 +275,18 @@ pub unsafe extern "C" fn electra_cuda_attention_backward(
     stream: *mut c_void,
 ) -> ElectraStatus {
     guard(|| {
-        let d = attention_dims(dims_of(qkv, "qkv", 3)?, heads)?;
-        let (b, t, h, nh) = (d.batch, d.seq, d.hidden(), d.heads);
-        let (dropout, seed) = device_dropout(dropout_)?;
+        let (f, seed) = attention_args(qkv, key_mask, ctx, lse, heads, dropout_)?;
+        let (b, t, h) = (f.dims.batch, f.dims.seq, f.dims.hidden());
         let a = AttentionBwdArgs {
-            qkv: dev(qkv, "qkv", BF16, &[b, t, 3 * h], "batch, seq, 3·hidden")?,
-            key_mask: dev(key_mask, "key_mask", U32, &[b, t], "batch, seq")?,
-            ctx: dev(ctx, "ctx", BF16, &[b, t, h], "batch, seq, hidden")?,
-            lse: dev(lse, "lse", F32, &[b, nh, t], "batch, heads, seq")?,
+            qkv: f.qkv,
+            key_mask: f.key_mask,
+            ctx: f.ctx,
+            lse: f.lse,
             dctx: dev(dctx, "dctx", BF16, &[b, t, h], "batch, seq, hidden")?,
             dqkv: dev(dqkv, "dqkv", BF16, &[b, t, 3 * h], "batch, seq, 3·hidden")?,
             delta: 0,
-            dims: d,
-            dropout,
+            dims: f.dims,
+            dropout: f.dropout,
             step: 0,
         };
         a.check().map_err(device_failure)?;

@@ -1,6 +1,7 @@
 //! The ops level: each fused operation of the kernels on caller memory, described by
-//! [`ElectraTensor`]s, computed by the CPU reference (host pointers). The operations hold no
-//! state; outputs must not overlap inputs. Outputs named as gradients (`d…`) are accumulated
+//! [`ElectraTensor`]s, computed by the CPU reference (host pointers); `cuda_ops` has the same
+//! operations on device pointers and a caller's stream, run by the CUDA kernels. The operations
+//! hold no state; outputs must not overlap inputs. Outputs named as gradients (`d…`) are accumulated
 //! (`+=`), as in a backward pass over shared weights, so zero them first for a plain result;
 //! every other output is overwritten.
 

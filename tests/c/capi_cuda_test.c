@@ -11,6 +11,7 @@
  * compiled and run by tests/capi.rs wherever cuda.h is found. Usage: capi_cuda_test [seed]. */
 #define _POSIX_C_SOURCE 200809L
 #include "electra.h"
+#include "check.h"
 
 #include <cuda.h>
 #include <dlfcn.h>
@@ -18,19 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int failures = 0;
-
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "FAILED %s:%d: ", __FILE__, __LINE__);         \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fprintf(stderr, " (last error: %s)\n", electra_last_error());  \
-            failures++;                                                    \
-        }                                                                  \
-    } while (0)
-#define OK(call) CHECK((call) == ELECTRA_STATUS_OK, "%s", #call)
 
 /* The driver entry points this program uses, resolved from libcuda.so.1. */
 static CUresult (*d_init)(unsigned);
@@ -180,23 +168,31 @@ static ElectraTensor dev_t(const Pair *p, uint32_t rank, size_t d0, size_t d1, s
     return desc((void *)(uintptr_t)p->dev, p->dtype, rank, d0, d1, d2);
 }
 
-/* ||device - host|| / ||host|| over what the op wrote (minus `base` for accumulated outputs),
- * NaN anywhere failing. */
-static void compare(const char *what, const Pair *p, const float *base, double tol) {
+/* ||device - host|| / ||host|| over `rows` rows of `width` values `stride` apart (what the op
+ * wrote; minus `base` for accumulated outputs), NaN anywhere failing. */
+static void compare_rows(const char *what, const Pair *p, const float *base, size_t rows, size_t width,
+                         size_t stride, double tol) {
     float *got = download(p);
     double num = 0, den = 0;
     int nan = 0;
-    for (size_t i = 0; i < p->n; i++) {
-        double b = base ? base[i] : 0;
-        double g = got[i] - b, h = p->host[i] - b;
-        if (isnan(got[i]) || isnan(p->host[i])) nan = 1;
-        num += (g - h) * (g - h);
-        den += h * h;
-    }
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < width; c++) {
+            size_t i = r * stride + c;
+            double b = base ? base[i] : 0;
+            double g = got[i] - b, h = p->host[i] - b;
+            if (isnan(got[i]) || isnan(p->host[i])) nan = 1;
+            num += (g - h) * (g - h);
+            den += h * h;
+        }
     double rel = den > 0 ? sqrt(num / den) : sqrt(num);
-    printf("%-22s rel err %.3e (tol %.0e)%s\n", what, rel, tol, nan ? " NaN" : "");
+    printf("%-24s rel err %.3e (tol %.0e)%s\n", what, rel, tol, nan ? " NaN" : "");
     CHECK(!nan && rel <= tol, "%s: rel err %.3e > %.0e or NaN", what, rel, tol);
     free(got);
+}
+
+/* compare_rows over the whole tensor. */
+static void compare(const char *what, const Pair *p, const float *base, double tol) {
+    compare_rows(what, p, base, 1, p->n, p->n, tol);
 }
 
 /* A copy of the host values (the base of an accumulated output). */
@@ -332,17 +328,7 @@ static void generator_loss(ElectraCudaOps *ops, CUstream s) {
     cu(d_stream_sync(s), "cuStreamSynchronize (generator loss)");
     compare("generator row_loss", &loss, NULL, TOL);
     /* Only the columns below vocab are the result; the padding is neither read nor written. */
-    float *got = download(&dl);
-    double num = 0, den = 0;
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < V; v++) {
-            double g = got[r * LD + v], h = dl.host[r * LD + v];
-            num += (g - h) * (g - h);
-            den += h * h;
-        }
-    printf("%-22s rel err %.3e (tol %.0e)\n", "generator dlogits", sqrt(num / den), TOL);
-    CHECK(sqrt(num / den) <= TOL, "generator dlogits: rel err %.3e", sqrt(num / den));
-    free(got);
+    compare_rows("generator dlogits", &dl, NULL, R, V, LD, TOL);
     float *gp_bits = download(&picks);
     CHECK(memcmp(gp_bits, picks.host, R * 4) == 0, "generator picks differ from the host's argmax");
     free(gp_bits);

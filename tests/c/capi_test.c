@@ -4,25 +4,12 @@
  * the encoder's inputs and outputs, and each op's inputs and outputs, which tests/capi.rs checks
  * against the Rust API. Every error path is checked here: its status and its message. */
 #include "electra.h"
+#include "check.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int failures = 0;
-
-#define CHECK(cond, ...)                                              \
-    do {                                                              \
-        if (!(cond)) {                                                \
-            fprintf(stderr, "FAILED %s:%d: ", __FILE__, __LINE__);    \
-            fprintf(stderr, __VA_ARGS__);                             \
-            fprintf(stderr, " (last error: %s)\n", electra_last_error()); \
-            failures++;                                               \
-        }                                                             \
-    } while (0)
-
-#define OK(call) CHECK((call) == ELECTRA_STATUS_OK, "%s", #call)
 
 /* A failing call: its status and a substring of its message. */
 #define FAILS(call, status, text)                                                   \

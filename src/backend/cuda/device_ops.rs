@@ -27,7 +27,7 @@ use super::launch_args::{
 use super::layernorm::{layernorm_bwd, layernorm_bwd_scratch, layernorm_fwd};
 use super::linear::{bias_grad_scratch, linear_bwd, linear_fwd};
 use super::losses::{bce_head, bce_head_scratch, softmax_xent};
-use super::step::STEP_BYTES;
+use super::step::{STEP_BYTES, STEP_DROPOUT_SEED};
 use super::{
     blas_workspace_bytes, driver_err, open_device, partials_bytes, CudaError, OpenDevice,
     COUNTERS_BYTES,
@@ -179,9 +179,11 @@ impl DeviceOps {
     /// read it (no host memory involved, so nothing waits).
     fn set_seed(&mut self, seed: u64, stream: sys::CUstream) -> Result<u64, CudaError> {
         let step = self.owned().step.ptr;
+        let at = step + STEP_DROPOUT_SEED;
+        // The u64 seed, little-endian, as two 32-bit words.
         for (offset, word) in [(0, seed as u32), (4, (seed >> 32) as u32)] {
-            // SAFETY: the step memory holds STEP_BYTES; the seed is its first 8 bytes.
-            unsafe { sys::cuMemsetD32Async(step + offset, word, 1, stream) }
+            // SAFETY: the step memory holds STEP_BYTES, the seed 8 of them at STEP_DROPOUT_SEED.
+            unsafe { sys::cuMemsetD32Async(at + offset, word, 1, stream) }
                 .result()
                 .map_err(|e| driver_err("writing the dropout seed", e))?;
         }

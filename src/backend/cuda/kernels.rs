@@ -197,7 +197,6 @@ pub unsafe fn launch(
     if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
         return Ok(());
     }
-    let sizes: Vec<usize> = args.iter().map(|a| a.size()).collect();
     if args.len() > MAX_ARGS {
         return Err(CudaError::Argument(format!(
             "{}: {} arguments, more than the {MAX_ARGS} a launch passes",
@@ -206,11 +205,18 @@ pub unsafe fn launch(
         )));
     }
     if let Some((declared, count)) = k.params {
-        let declared: Vec<usize> = declared[..count].iter().map(|&b| b as usize).collect();
-        if sizes != declared {
+        // Compared without allocating: a launch allocates nothing unless it fails.
+        let matches = args.len() == count
+            && args
+                .iter()
+                .zip(&declared)
+                .all(|(a, &b)| a.size() == b as usize);
+        if !matches {
             return Err(CudaError::Argument(format!(
-                "{}: arguments of sizes {sizes:?} passed to parameters of sizes {declared:?}",
-                k.name
+                "{}: arguments of sizes {:?} passed to parameters of sizes {:?}",
+                k.name,
+                args.iter().map(|a| a.size()).collect::<Vec<_>>(),
+                &declared[..count]
             )));
         }
     }
