@@ -584,3 +584,46 @@ pub unsafe extern "C" fn electra_cuda_bce_head(
         handle(ops)?.bce_head(a, stream).map_err(device_failure)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    /// What a build without the `cuda` feature answers (the C test, which may run against either
+    /// build of the library, accepts both answers).
+    #[test]
+    #[cfg(not(feature = "cuda"))]
+    fn a_build_without_cuda_says_so() {
+        let mut ops = std::ptr::null_mut();
+        // SAFETY: `ops` is writable.
+        let status = unsafe { electra_cuda_ops_create(0, &mut ops) };
+        assert_eq!(status, ElectraStatus::Device);
+        assert!(ops.is_null());
+        // SAFETY: the thread's last error, valid until the next call.
+        let message = unsafe { CStr::from_ptr(super::super::electra_last_error()) };
+        let message = message.to_str().unwrap();
+        assert!(
+            message.starts_with("CUDA device 0: built without CUDA"),
+            "{message}"
+        );
+    }
+
+    /// The kernels' checks map to the statuses the header documents.
+    #[test]
+    fn the_kernels_checks_map_to_statuses() {
+        for (e, status) in [
+            (
+                CudaError::Argument("a".into()),
+                ElectraStatus::InvalidArgument,
+            ),
+            (CudaError::Unsupported("b".into()), ElectraStatus::Shape),
+            (CudaError::NotBuilt, ElectraStatus::Device),
+            (CudaError::NoDevice("c".into()), ElectraStatus::Device),
+        ] {
+            let message = e.to_string();
+            let f = device_failure(e);
+            assert_eq!((f.status, f.message), (status, message));
+        }
+    }
+}
