@@ -588,7 +588,6 @@ pub unsafe extern "C" fn electra_cuda_bce_head(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ffi::CStr;
 
     /// What a build without the `cuda` feature answers (the C test, which may run against either
     /// build of the library, accepts both answers).
@@ -601,7 +600,7 @@ mod tests {
         assert_eq!(status, ElectraStatus::Device);
         assert!(ops.is_null());
         // SAFETY: the thread's last error, valid until the next call.
-        let message = unsafe { CStr::from_ptr(super::super::electra_last_error()) };
+        let message = unsafe { std::ffi::CStr::from_ptr(super::super::electra_last_error()) };
         let message = message.to_str().unwrap();
         assert!(
             message.starts_with("CUDA device 0: built without CUDA"),

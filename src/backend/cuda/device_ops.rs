@@ -13,6 +13,7 @@
 
 use std::cell::Cell;
 use std::ffi::c_void;
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use cudarc::driver::{result, sys, CudaContext};
@@ -84,7 +85,30 @@ pub(crate) struct DeviceOps {
     sms: usize,
     sync_each_launch: bool,
     last_kernel: Cell<&'static str>,
-    ctx: Arc<CudaContext>,
+    /// Dropped by hand, last, inside `drop`, where the caller's current context is put back
+    /// after it (cudarc's `CudaContext` binds itself to the thread when made and when dropped).
+    ctx: ManuallyDrop<Arc<CudaContext>>,
+}
+
+/// The calling thread's current context, made current again when this drops, so that making
+/// and destroying a handle leave the caller's choice of context as they found it.
+struct Restore(sys::CUcontext);
+
+impl Restore {
+    /// Saves the current context; call only once the driver library is known to be present.
+    fn save() -> Self {
+        let mut current = std::ptr::null_mut();
+        // SAFETY: writes one handle; before cuInit it fails and leaves NULL (no context).
+        let _ = unsafe { sys::cuCtxGetCurrent(&mut current) };
+        Restore(current)
+    }
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        // SAFETY: the context was current on this thread when saved (or NULL: none).
+        let _ = unsafe { sys::cuCtxSetCurrent(self.0) };
+    }
 }
 
 /// The handle's context made current on this thread for the guard's life; the caller's own
@@ -117,13 +141,15 @@ impl DeviceOps {
     /// kernels, creates a cuBLASLt handle and allocates the scratch. [`CudaError::NoDevice`] when
     /// there is no driver or no such device.
     pub fn new(ordinal: usize) -> Result<Self, CudaError> {
+        // SAFETY: only probes whether the library can be opened (its entry points panic if not).
+        let _restore = unsafe { sys::is_culib_present() }.then(Restore::save);
         let OpenDevice { ctx, major, sms } = open_device(ordinal)?;
         let mut ops = DeviceOps {
             owned: None,
             sms,
             sync_each_launch: std::env::var_os("ELECTRA_CUDA_SYNC").is_some_and(|v| v != "0"),
             last_kernel: Cell::new("(none)"),
-            ctx,
+            ctx: ManuallyDrop::new(ctx),
         };
         let _current = ops.enter()?;
         let ws_bytes = blas_workspace_bytes(major);
@@ -343,11 +369,14 @@ impl DeviceOps {
 
 impl Drop for DeviceOps {
     fn drop(&mut self) {
+        let _restore = Restore::save();
         // The handle's memory may still be in use by queued work on the caller's streams: wait
         // for it, then free everything with the context current.
         if let Ok(_current) = self.enter() {
             let _ = result::ctx::synchronize();
             drop(self.owned.take());
         }
+        // SAFETY: dropped once, here; nothing uses the context after.
+        unsafe { ManuallyDrop::drop(&mut self.ctx) };
     }
 }
