@@ -18,7 +18,7 @@ fi
 [ -n "${NVCC:-}" ] || [ ! -x .cuda/site-packages/nvidia/cu13/bin/nvcc ] || export NVCC=$PWD/.cuda/site-packages/nvidia/cu13/bin/nvcc
 cargo build --release --features cuda --lib
 mkdir -p .device/bin .device/lib
-cp target/release/libelectra.so .device/lib/
+cp "${CARGO_TARGET_DIR:-target}/release/libelectra.so" .device/lib/
 strip .device/lib/libelectra.so 2>/dev/null || true
 # shellcheck disable=SC2016 # $ORIGIN is for the dynamic linker, not the shell
 cc -std=c99 -O2 -Wall -Wextra -Werror -pedantic -Iinclude -isystem "$include" \
