@@ -10,11 +10,19 @@
  *   electra_last_error() names the argument and what was expected (shape, dtype, size, file).
  *   The message is per thread and stays valid until the next call on that thread; a successful
  *   call clears it. No Rust panic crosses this boundary (ELECTRA_STATUS_INTERNAL instead).
- * - Structs passed in carry struct_size = sizeof(struct), so that later versions can grow them.
+ * - Structs passed in carry struct_size = sizeof(struct), so that later versions can grow them:
+ *   a program compiled against an older header keeps working (the fields it lacks take their
+ *   defaults); a struct_size smaller than the first version's is refused.
  * - Threading: a handle may move between threads but must be used by one thread at a time
  *   (calls on one handle must not overlap; the library does not lock). Different handles are
  *   independent. The ops hold no state and may be called concurrently. CPU work runs on the
  *   library's own thread pool (rayon; RAYON_NUM_THREADS sets its size).
+ * - Device ops (electra_cuda_*, on an ElectraCudaOps handle): device pointers and a caller's
+ *   cudaStream_t (NULL: the legacy default stream). Each call checks its arguments, enqueues its
+ *   work on the stream and returns without synchronising; the buffers must stay valid until the
+ *   stream reaches the work. Calls through one handle share its scratch: order them (one stream,
+ *   or events); use one handle per concurrent stream. A build without CUDA declares them too,
+ *   and electra_cuda_ops_create returns ELECTRA_STATUS_DEVICE.
  * - Check at start-up: electra_abi_version() == ELECTRA_ABI_VERSION.
  */
 
@@ -32,6 +40,10 @@
 
 // ElectraTensor dtype: `uint32_t` elements (token ids, masks, targets).
 #define ELECTRA_DTYPE_U32 1
+
+// ElectraTensor dtype: bfloat16 elements (the upper 16 bits of an f32), the activations of the
+// device ops (electra_cuda_*).
+#define ELECTRA_DTYPE_BF16 2
 
 
 // The outcome of a call. Anything but `Ok` leaves a message for [`electra_last_error`].
@@ -55,13 +67,18 @@ typedef enum ElectraStatus {
   ELECTRA_STATUS_CONFIG = 7,
   // A file or directory could not be read or written, or is not in the expected format.
   ELECTRA_STATUS_IO = 8,
-  // The device is unknown or not available in this build.
+  // The device is unknown or not available in this build (a build without CUDA), or a CUDA
+  // call failed.
   ELECTRA_STATUS_DEVICE = 9,
   // A training step failed: a non-finite loss (the step was not taken) or no memory.
   ELECTRA_STATUS_TRAINING = 10,
   // A bug in the library (a caught panic); the handle involved should be destroyed.
   ELECTRA_STATUS_INTERNAL = 11,
 } ElectraStatus;
+
+// An opaque handle for the device ops on one CUDA device: its kernels, a cuBLASLt handle and
+// scratch memory.
+typedef struct ElectraCudaOps ElectraCudaOps;
 
 // An opaque encoder handle: a discriminator's weights on a device.
 typedef struct ElectraEncoder ElectraEncoder;
@@ -75,9 +92,10 @@ typedef struct ElectraTrainer ElectraTrainer;
 // A tensor in the caller's memory: `shape[0..rank]` row-major, where a row (the last dimension)
 // may be followed by padding: row `r` starts `r · row_stride` elements after `data`.
 typedef struct ElectraTensor {
-  // The first element (host memory).
+  // The first element: host memory for the ops, device memory for the device ops
+  // (`electra_cuda_*`).
   void *data;
-  // `ELECTRA_DTYPE_F32` or `ELECTRA_DTYPE_U32`.
+  // `ELECTRA_DTYPE_F32`, `ELECTRA_DTYPE_U32` or `ELECTRA_DTYPE_BF16` (device ops only).
   uint32_t dtype;
   // The number of dimensions, 1 to 4.
   uint32_t rank;
@@ -177,6 +195,162 @@ uint32_t electra_abi_version(void);
 // The message of the last failed call on this thread (empty when the last call succeeded). The
 // string belongs to the library and stays valid until the next call on this thread.
 const char *electra_last_error(void);
+
+// Creates the device ops' handle for CUDA device `device` (its primary context): loads the
+// kernels, creates a cuBLASLt handle and allocates scratch, and writes the handle to `*out`.
+// `ELECTRA_STATUS_DEVICE` when the library was built without CUDA, or there is no such device
+// or driver. Destroy with [`electra_cuda_ops_destroy`].
+//
+// # Safety
+// `out` is NULL or writable.
+enum ElectraStatus electra_cuda_ops_create(int32_t device, struct ElectraCudaOps **out);
+
+// Frees the handle after waiting for the device's queued work (which may still use its
+// scratch); NULL is ignored.
+//
+// # Safety
+// `ops` is NULL or a handle from [`electra_cuda_ops_create`] not destroyed before.
+void electra_cuda_ops_destroy(struct ElectraCudaOps *ops);
+
+// Attention forward on the device: `qkv [batch, seq, 3·hidden]` bf16 (16-byte aligned),
+// `key_mask [batch, seq]` u32 → `ctx [batch, seq, hidden]` bf16 (16-byte aligned) and `lse
+// [batch, heads, seq]` f32, each row's log-sum-exp of the scaled scores, which the backward
+// reads (the CUDA kernels keep no probabilities, unlike the host op's `probs`). Head sizes 16,
+// 32 and 64. `dropout` NULL for none.
+//
+// # Safety
+// `ops` is NULL or a live handle; each descriptor pointer is NULL or valid, and describes
+// device memory of the handle's device that stays valid until `stream` reaches the work.
+enum ElectraStatus electra_cuda_attention_forward(struct ElectraCudaOps *ops,
+                                                  const struct ElectraTensor *qkv,
+                                                  const struct ElectraTensor *key_mask,
+                                                  const struct ElectraTensor *ctx,
+                                                  const struct ElectraTensor *lse,
+                                                  size_t heads,
+                                                  const struct ElectraDropout *dropout_,
+                                                  void *stream);
+
+// Attention backward on the device: from the forward's `qkv`, `key_mask`, `ctx` and `lse`, and
+// `dctx [batch, seq, hidden]` bf16, accumulates `dqkv [batch, seq, 3·hidden]` bf16 (all bf16
+// tensors 16-byte aligned). `dropout` must be the forward pass's.
+//
+// # Safety
+// As for [`electra_cuda_attention_forward`].
+enum ElectraStatus electra_cuda_attention_backward(struct ElectraCudaOps *ops,
+                                                   const struct ElectraTensor *qkv,
+                                                   const struct ElectraTensor *key_mask,
+                                                   const struct ElectraTensor *ctx,
+                                                   const struct ElectraTensor *lse,
+                                                   const struct ElectraTensor *dctx,
+                                                   const struct ElectraTensor *dqkv,
+                                                   size_t heads,
+                                                   const struct ElectraDropout *dropout_,
+                                                   void *stream);
+
+// Residual + LayerNorm forward on the device: `y = LayerNorm(x + residual)·gain + bias` over
+// rows of `x [rows, width]` bf16 (`residual` bf16, NULL for none; `gain`, `bias` `[width]`
+// f32), saving `xhat [rows, width]` bf16 and `rstd [rows]` f32. Widths 1 to 1024.
+//
+// # Safety
+// As for [`electra_cuda_attention_forward`].
+enum ElectraStatus electra_cuda_layernorm_forward(struct ElectraCudaOps *ops,
+                                                  const struct ElectraTensor *x,
+                                                  const struct ElectraTensor *residual,
+                                                  const struct ElectraTensor *gain,
+                                                  const struct ElectraTensor *bias,
+                                                  float eps,
+                                                  const struct ElectraTensor *y,
+                                                  const struct ElectraTensor *xhat,
+                                                  const struct ElectraTensor *rstd,
+                                                  void *stream);
+
+// Residual + LayerNorm backward on the device: from `dy [rows, width]` bf16, `gain` f32 and
+// the saved `xhat` (bf16), `rstd` (f32), accumulates `dx` (bf16; the same into `dresidual`,
+// bf16, NULL when the forward had no residual), `dgain` and `dbias` (f32).
+//
+// # Safety
+// As for [`electra_cuda_attention_forward`].
+enum ElectraStatus electra_cuda_layernorm_backward(struct ElectraCudaOps *ops,
+                                                   const struct ElectraTensor *dy,
+                                                   const struct ElectraTensor *gain,
+                                                   const struct ElectraTensor *xhat,
+                                                   const struct ElectraTensor *rstd,
+                                                   const struct ElectraTensor *dx,
+                                                   const struct ElectraTensor *dresidual,
+                                                   const struct ElectraTensor *dgain,
+                                                   const struct ElectraTensor *dbias,
+                                                   void *stream);
+
+// Linear layer with fused bias and GELU on the device, forward: `y = x·wᵀ + b` for
+// `x [rows, in]`, `w [out, in]` (bf16, PyTorch's layout). Without `pre` (NULL): `y` bf16 or f32
+// and `b [out]` (NULL for none) of `y`'s dtype, 16-byte aligned (cuBLASLt's bias epilogue reads
+// it). With `pre [rows, out]` bf16: `pre = x·wᵀ + b` with `b` f32, and `y = gelu(pre)` bf16.
+//
+// # Safety
+// As for [`electra_cuda_attention_forward`].
+enum ElectraStatus electra_cuda_linear_forward(struct ElectraCudaOps *ops,
+                                               const struct ElectraTensor *x,
+                                               const struct ElectraTensor *w,
+                                               const struct ElectraTensor *b,
+                                               const struct ElectraTensor *y,
+                                               const struct ElectraTensor *pre,
+                                               void *stream);
+
+// Linear layer backward on the device: from `x`, `w` and `dy [rows, out]` (bf16), and `pre`
+// (bf16) when the forward pass applied GELU (NULL otherwise), accumulates `dx [rows, in]`
+// (bf16), `dw [out, in]` (f32) and `db [out]` (f32, NULL to skip).
+//
+// # Safety
+// As for [`electra_cuda_attention_forward`].
+enum ElectraStatus electra_cuda_linear_backward(struct ElectraCudaOps *ops,
+                                                const struct ElectraTensor *x,
+                                                const struct ElectraTensor *w,
+                                                const struct ElectraTensor *dy,
+                                                const struct ElectraTensor *pre,
+                                                const struct ElectraTensor *dx,
+                                                const struct ElectraTensor *dw,
+                                                const struct ElectraTensor *db,
+                                                void *stream);
+
+// The generator's loss with the argmax replacement on the device, one pass over each row of
+// `logits [rows, vocab]` bf16 (rows may be padded: `row_stride`, which `dlogits` must share):
+// the cross-entropy against `targets [rows]` (u32, each below vocab: not checked on the device)
+// into `row_loss [rows]` f32, its gradient times `grad_scale` into `dlogits [rows, vocab]` bf16
+// (overwritten; it may be `logits` itself), and the most likely token of each row into
+// `picks [rows]` (u32; NULL to skip).
+//
+// # Safety
+// As for [`electra_cuda_attention_forward`].
+enum ElectraStatus electra_cuda_generator_loss(struct ElectraCudaOps *ops,
+                                               const struct ElectraTensor *logits,
+                                               const struct ElectraTensor *targets,
+                                               float grad_scale,
+                                               const struct ElectraTensor *row_loss,
+                                               const struct ElectraTensor *dlogits,
+                                               const struct ElectraTensor *picks,
+                                               void *stream);
+
+// The discriminator's per-token head fused with its loss on the device, forward and backward:
+// for `h [tokens, hidden]` bf16, `w [hidden]`, `b [1]`, `labels [tokens]` (f32) and
+// `mask [tokens]` (u32): `logits [tokens]` and `row_loss [tokens]` (f32, overwritten) as the
+// host op computes them, and accumulates `dh` (bf16), `dw` and `db` (f32). Hidden sizes 1 to
+// 1024.
+//
+// # Safety
+// As for [`electra_cuda_attention_forward`].
+enum ElectraStatus electra_cuda_bce_head(struct ElectraCudaOps *ops,
+                                         const struct ElectraTensor *h,
+                                         const struct ElectraTensor *w,
+                                         const struct ElectraTensor *b,
+                                         const struct ElectraTensor *labels,
+                                         const struct ElectraTensor *mask,
+                                         float grad_scale,
+                                         const struct ElectraTensor *logits,
+                                         const struct ElectraTensor *row_loss,
+                                         const struct ElectraTensor *dh,
+                                         const struct ElectraTensor *dw,
+                                         const struct ElectraTensor *db,
+                                         void *stream);
 
 // Loads a discriminator from `dir`: a HF directory (`config.json` + `model.safetensors`, as
 // `ElectraForPreTraining` or `ElectraModel` save it, or `electra export`'s `discriminator/`) or
@@ -381,9 +555,13 @@ enum ElectraStatus electra_bce_head(const struct ElectraTensor *h,
 
 // Fills `options` with the defaults: the `tiny` preset, the CPU, seed 0, the preset's
 // vocabulary (no `vocab_file`), 1000 steps with 100 of warmup, and the recipe's defaults (`train_json` NULL).
+// A program compiled against an older header sets `options->struct_size = sizeof *options`
+// first, and only its version's fields are written; with any other value (unset) the whole
+// struct of this header is written.
 //
 // # Safety
-// `options` is NULL or points to writable memory for an `ElectraTrainerOptions`.
+// `options` is NULL or points to writable memory for an `ElectraTrainerOptions` of this
+// header, or of the version whose size `struct_size` holds.
 enum ElectraStatus electra_trainer_options_default(struct ElectraTrainerOptions *options);
 
 // Creates a trainer with a new model (random weights keyed by the seed, or `init_from`'s) at

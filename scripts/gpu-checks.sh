@@ -4,6 +4,8 @@
 #   1. each test of tests/cuda_parity.rs on its own (a hang or crash costs one test, not all);
 #      a failing test runs again synchronously (ELECTRA_CUDA_SYNC=1, which names the kernel) and,
 #      for the first two, under compute-sanitizer's memcheck;
+#   1b. the C ABI's device ops (electra_cuda_*) against its host ops, on the caller's device
+#      memory and stream (tests/c/capi_cuda_test.c, bundled by scripts/bundle-capi-cuda-test.sh);
 #   2. `electra bench --device cuda --preset small --batch 128 --seq 128`, recorded steps and
 #      issued launch by launch (ELECTRA_CUDA_GRAPH=0);
 #   3. the HF peer on the same card, eager;
@@ -18,7 +20,7 @@
 #   5. the time of every kernel over three steps of that bench, by ncu (gpu__time_duration), if
 #      the deadline leaves room;
 #   6. the HF peer with torch.compile, if the deadline leaves room.
-# Build here with ../shared/tools/device-bundle, then one device call with carry [".device",
+# Build here with ../shared/tools/device-bundle and then scripts/bundle-capi-cuda-test.sh, then one device call with carry [".device",
 # "data/sotu-shards", "data/curve-cpu-argmax.jsonl", "data/curve-cpu-sample.jsonl"] and command
 # `bash scripts/gpu-checks.sh` (BENCHMARKS.md, "GPU", says how to make the CPU curves).
 # DEADLINE (seconds, default 480) bounds the whole run.
@@ -67,6 +69,22 @@ for name in "${failed[@]}"; do
         --print-limit 8 "$parity" --exact "$name" --test-threads=1 2>&1 | tail -n 60; } >>"$OUT/failures.log"
   fi
 done
+
+echo "=== 1b. the C ABI's device ops against its host ops"
+# Its log goes into parity.log: at most 8 files come back.
+if [ -x .device/bin/capi_cuda_test ]; then
+  timeout 60 .device/bin/capi_cuda_test >"$OUT/one.log" 2>&1
+  rc=$?
+  { echo "=== capi_cuda_test (rc $rc)"; cat "$OUT/one.log"; } >>"$OUT/parity.log"
+  if [ $rc -eq 0 ] && grep -q "all device op checks passed" "$OUT/one.log"; then
+    note "capi device ops: ok ($(grep -c 'rel err' "$OUT/one.log") outputs compared)"
+  else
+    note "capi device ops: FAILED (rc $rc): $(grep -E 'FAILED|skipped' "$OUT/one.log" | head -n 3 | tr '\n' ' ')"
+  fi
+  rm -f "$OUT/one.log"
+else
+  note "capi device ops: not bundled (run scripts/bundle-capi-cuda-test.sh after device-bundle)"
+fi
 
 echo "=== 2. electra bench, small, 128 x 128"
 for mode in recorded issued; do

@@ -238,6 +238,69 @@ fn run_c_program(work: &Path, fx: &Path) -> PathBuf {
     out
 }
 
+/// The folder of `cuda.h`: `CUDA_HOME`'s, or the pip install of nvcc that
+/// `scripts/install-cuda-compiler.sh` makes in `.cuda/`.
+fn cuda_include() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::env::var_os("CUDA_HOME")
+        .map(|h| PathBuf::from(h).join("include"))
+        .into_iter()
+        .chain([root.join(".cuda/site-packages/nvidia/cu13/include")])
+        .find(|d| d.join("cuda.h").is_file())
+}
+
+/// `tests/c/capi_cuda_test.c` (each device op against the host op, on a GPU) compiles against
+/// the header and the library wherever cuda.h is, and runs: on a machine with no GPU, or with
+/// a library built without CUDA, it reports that it skipped; with both, every op must agree.
+#[test]
+fn device_ops_c_test_compiles_and_runs() {
+    let Some(cuda) = cuda_include() else {
+        eprintln!(
+            "skipped: no cuda.h (CUDA_HOME, or .cuda/ from scripts/install-cuda-compiler.sh)"
+        );
+        return;
+    };
+    if !has("cc") {
+        eprintln!("skipped: no C compiler (cc) on PATH");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = lib_dir();
+    let exe = scratch("capi-cuda").join("capi_cuda_test");
+    let status = Command::new("cc")
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+        .arg("-I")
+        .arg(root.join("include"))
+        // cuda.h itself is not pedantic C99: a system header's warnings are not ours.
+        .arg("-isystem")
+        .arg(&cuda)
+        .arg(root.join("tests/c/capi_cuda_test.c"))
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .args(["-lelectra", "-ldl", "-lm", "-o"])
+        .arg(&exe)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "compiling tests/c/capi_cuda_test.c failed"
+    );
+    let result = Command::new(&exe).output().unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stdout}\n{stderr}");
+    if stdout.contains("skipped:") {
+        eprintln!("{}", stdout.trim());
+        // Only a library without CUDA may skip where a device is.
+        assert!(
+            !(cfg!(feature = "cuda") && stdout.contains("built without CUDA")),
+            "{stdout}"
+        );
+    } else {
+        assert!(stdout.contains("all device op checks passed"), "{stdout}");
+    }
+}
+
 #[test]
 fn c_program_matches_the_rust_api() {
     if !has("cc") {

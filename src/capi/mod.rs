@@ -12,8 +12,9 @@
 //!   was expected (shape, dtype, size, file). The message is per thread; a successful call clears
 //!   it.
 //! - Structs passed in or filled out begin with `struct_size`, which the caller sets to
-//!   `sizeof(struct)`, so that later versions can add fields at the end and still tell an older
-//!   caller's struct apart.
+//!   `sizeof(struct)`, so that later versions can add fields at the end and still serve a caller
+//!   compiled against an older header ([`Versioned`]): its fields are read and written, the
+//!   newer ones take their defaults; a size that is no version's is refused.
 //! - No Rust panic crosses the boundary: an internal failure returns
 //!   [`ElectraStatus::Internal`] with the panic's message.
 //!
@@ -21,8 +22,11 @@
 //! A handle may be used from any thread, but by one thread at a time: calls on the same handle
 //! must not overlap (the library does not lock). Different handles are independent and may be used
 //! concurrently. The ops hold no state and may be called from any number of threads. The CPU
-//! computations themselves run on the library's rayon thread pool.
+//! computations themselves run on the library's rayon thread pool. The device ops
+//! ([`cuda_ops`]) follow the handle rule, and their calls through one handle must also be
+//! ordered on the device (one stream, or streams ordered by the caller).
 
+pub mod cuda_ops;
 pub mod encoder;
 pub mod ops;
 pub mod trainer;
@@ -59,7 +63,8 @@ pub enum ElectraStatus {
     Config = 7,
     /// A file or directory could not be read or written, or is not in the expected format.
     Io = 8,
-    /// The device is unknown or not available in this build.
+    /// The device is unknown or not available in this build (a build without CUDA), or a CUDA
+    /// call failed.
     Device = 9,
     /// A training step failed: a non-finite loss (the step was not taken) or no memory.
     Training = 10,
@@ -187,19 +192,68 @@ pub(crate) unsafe fn slice_mut<'a, T>(p: *mut T, len: usize, name: &str) -> CRes
     Ok(std::slice::from_raw_parts_mut(p, len))
 }
 
-/// Checks the `struct_size` a caller set in a struct of type `T` named `name`.
-pub(crate) fn check_struct_size<T>(struct_size: usize, name: &str) -> CResult<()> {
-    let expected = std::mem::size_of::<T>();
-    if struct_size != expected {
+/// A struct that carries its size (`struct_size`, its first field), so that later versions can
+/// add fields at its end and still serve callers compiled against an older header.
+pub(crate) trait Versioned: Copy {
+    /// `sizeof` the struct in each version of the header, oldest first; the last is this
+    /// library's. A caller's `struct_size` must be one of them.
+    const SIZES: &'static [usize];
+    /// The values of the fields a caller's older struct lacks.
+    fn defaults() -> Self;
+}
+
+/// Checks the `struct_size` a caller set in a struct of type `T` named `name`: the size of one
+/// of its versions (older ones are served: see [`read_versioned`], [`write_versioned`]).
+pub(crate) fn check_struct_size<T: Versioned>(struct_size: usize, name: &str) -> CResult<()> {
+    let current = std::mem::size_of::<T>();
+    debug_assert_eq!(T::SIZES.last(), Some(&current));
+    if !T::SIZES.contains(&struct_size) {
+        let which = if struct_size < T::SIZES[0] {
+            format!("smaller than its first version's {}", T::SIZES[0])
+        } else if struct_size > current {
+            format!("larger than this library's {current} (a newer header than the library)")
+        } else {
+            format!("not the size of any version ({:?})", T::SIZES)
+        };
         return Err(fail(
             ElectraStatus::InvalidArgument,
             format!(
-                "{name}.struct_size is {struct_size}, expected {expected} (sizeof the struct in \
-                 this library's electra.h; set it with sizeof)"
+                "{name}.struct_size is {struct_size}, {which}; expected {current} (sizeof the \
+                 struct in this library's electra.h; set it with sizeof)"
             ),
         ));
     }
     Ok(())
+}
+
+/// The struct `name` a caller passed in: its `struct_size` checked, the bytes it holds copied,
+/// and the fields past them (added by versions newer than the caller's header) at their
+/// defaults.
+///
+/// # Safety
+/// `p` is NULL or points to a `T` of at least `struct_size` readable bytes.
+pub(crate) unsafe fn read_versioned<T: Versioned>(p: *const T, name: &str) -> CResult<T> {
+    if p.is_null() {
+        return Err(fail(ElectraStatus::NullPointer, format!("{name} is NULL")));
+    }
+    // `struct_size` is the first field of every versioned struct, in every version.
+    let size = std::ptr::read_unaligned(p as *const usize);
+    check_struct_size::<T>(size, name)?;
+    let mut value = T::defaults();
+    std::ptr::copy_nonoverlapping(p as *const u8, &mut value as *mut T as *mut u8, size);
+    Ok(value)
+}
+
+/// Writes `value` into the caller's struct at `p`, only the first `struct_size` bytes (which the
+/// caller set, and [`check_struct_size`] checked), so an older caller's smaller struct is not
+/// overrun; `struct_size` itself keeps the caller's value.
+///
+/// # Safety
+/// `p` points to a `T` of at least `struct_size` writable bytes, `struct_size` checked.
+pub(crate) unsafe fn write_versioned<T: Versioned>(p: *mut T, value: &T, struct_size: usize) {
+    let keep = std::mem::size_of::<usize>();
+    let src = (value as *const T as *const u8).add(keep);
+    std::ptr::copy_nonoverlapping(src, (p as *mut u8).add(keep), struct_size - keep);
 }
 
 /// Checks that the caller's buffer `name` of `given` values can hold `needed`.
@@ -269,8 +323,96 @@ pub extern "C" fn electra_last_error() -> *const c_char {
 
 #[cfg(test)]
 mod tests {
-    use super::ops::{ELECTRA_DTYPE_F32, ELECTRA_DTYPE_U32};
-    use super::ELECTRA_ABI_VERSION;
+    use super::ops::{ELECTRA_DTYPE_BF16, ELECTRA_DTYPE_F32, ELECTRA_DTYPE_U32};
+    use super::{read_versioned, write_versioned, ElectraStatus, Versioned, ELECTRA_ABI_VERSION};
+
+    /// A struct in its second version, which added `added` to the first's `old`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    struct Grown {
+        struct_size: usize,
+        old: u32,
+        added: u64,
+    }
+
+    /// The first version, as a caller compiled against the older header has it.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct GrownV1 {
+        struct_size: usize,
+        old: u32,
+    }
+
+    impl Versioned for Grown {
+        const SIZES: &'static [usize] =
+            &[std::mem::size_of::<GrownV1>(), std::mem::size_of::<Grown>()];
+        fn defaults() -> Self {
+            Grown {
+                struct_size: std::mem::size_of::<Grown>(),
+                old: 1,
+                added: 77,
+            }
+        }
+    }
+
+    #[test]
+    fn an_older_callers_struct_is_read_with_defaults_and_written_within_its_size() {
+        let v1 = GrownV1 {
+            struct_size: std::mem::size_of::<GrownV1>(),
+            old: 5,
+        };
+        // SAFETY: `v1` holds its struct_size bytes.
+        let read = unsafe { read_versioned(&v1 as *const GrownV1 as *const Grown, "g") }.unwrap();
+        assert_eq!((read.old, read.added), (5, 77));
+        // Written back: only the caller's bytes. A canary after them must survive.
+        #[repr(C)]
+        struct WithCanary {
+            v1: GrownV1,
+            canary: [u8; 16],
+        }
+        let mut out = WithCanary {
+            v1,
+            canary: [0xAB; 16],
+        };
+        let value = Grown {
+            struct_size: 999,
+            old: 9,
+            added: 1 << 40,
+        };
+        // SAFETY: `out.v1` holds its struct_size bytes, checked above.
+        unsafe {
+            write_versioned(
+                &mut out.v1 as *mut GrownV1 as *mut Grown,
+                &value,
+                v1.struct_size,
+            )
+        };
+        assert_eq!(out.v1.old, 9);
+        assert_eq!(out.v1.struct_size, std::mem::size_of::<GrownV1>());
+        assert!(
+            out.canary.iter().all(|&b| b == 0xAB),
+            "wrote past the caller's struct"
+        );
+    }
+
+    #[test]
+    fn a_size_below_the_first_version_or_between_versions_is_refused() {
+        for (size, text) in [
+            (8, "smaller than its first version's 16"),
+            (20, "not the size of any version"),
+            (64, "larger than this library's 24"),
+        ] {
+            let g = Grown {
+                struct_size: size,
+                old: 0,
+                added: 0,
+            };
+            // SAFETY: `g` holds the current size, at least what each case claims to read.
+            let err = unsafe { read_versioned(&g, "g") }.unwrap_err();
+            assert_eq!(err.status, ElectraStatus::InvalidArgument);
+            assert!(err.message.contains(text), "{}", err.message);
+        }
+    }
 
     #[test]
     fn the_header_defines_the_abi_constants_of_the_library() {
@@ -279,6 +421,7 @@ mod tests {
             ("ELECTRA_ABI_VERSION", ELECTRA_ABI_VERSION),
             ("ELECTRA_DTYPE_F32", ELECTRA_DTYPE_F32),
             ("ELECTRA_DTYPE_U32", ELECTRA_DTYPE_U32),
+            ("ELECTRA_DTYPE_BF16", ELECTRA_DTYPE_BF16),
         ] {
             let define = format!("#define {name} {value}\n");
             assert!(

@@ -1,6 +1,7 @@
 //! The ops level: each fused operation of the kernels on caller memory, described by
-//! [`ElectraTensor`]s, computed by the CPU reference (host pointers). The operations hold no
-//! state; outputs must not overlap inputs. Outputs named as gradients (`d…`) are accumulated
+//! [`ElectraTensor`]s, computed by the CPU reference (host pointers); `cuda_ops` has the same
+//! operations on device pointers and a caller's stream, run by the CUDA kernels. The operations
+//! hold no state; outputs must not overlap inputs. Outputs named as gradients (`d…`) are accumulated
 //! (`+=`), as in a backward pass over shared weights, so zero them first for a plain result;
 //! every other output is overwritten.
 
@@ -14,15 +15,19 @@ use std::ffi::c_void;
 pub const ELECTRA_DTYPE_F32: u32 = 0;
 /// `uint32_t` elements (token ids, masks, targets).
 pub const ELECTRA_DTYPE_U32: u32 = 1;
+/// bfloat16 elements (`uint16_t` bits: the upper half of an f32), the activations of the CUDA
+/// device ops (`electra_cuda_*`).
+pub const ELECTRA_DTYPE_BF16: u32 = 2;
 
 /// A tensor in the caller's memory: `shape[0..rank]` row-major, where a row (the last dimension)
 /// may be followed by padding: row `r` starts `r · row_stride` elements after `data`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ElectraTensor {
-    /// The first element (host memory).
+    /// The first element: host memory for the ops, device memory for the device ops
+    /// (`electra_cuda_*`).
     pub data: *mut c_void,
-    /// `ELECTRA_DTYPE_F32` or `ELECTRA_DTYPE_U32`.
+    /// `ELECTRA_DTYPE_F32`, `ELECTRA_DTYPE_U32` or `ELECTRA_DTYPE_BF16` (device ops only).
     pub dtype: u32,
     /// The number of dimensions, 1 to 4.
     pub rank: u32,
@@ -57,21 +62,22 @@ impl Elem for u32 {
     const DTYPE: u32 = ELECTRA_DTYPE_U32;
 }
 
-fn dtype_name(d: u32) -> String {
+pub(super) fn dtype_name(d: u32) -> String {
     match d {
         ELECTRA_DTYPE_F32 => "f32".into(),
         ELECTRA_DTYPE_U32 => "u32".into(),
+        ELECTRA_DTYPE_BF16 => "bf16".into(),
         other => format!("unknown dtype {other}"),
     }
 }
 
 /// A checked tensor argument: its name, its descriptor, and the geometry of its rows.
-struct Arg<'a> {
-    name: &'a str,
-    t: ElectraTensor,
-    rows: usize,
-    width: usize,
-    stride: usize,
+pub(super) struct Arg<'a> {
+    pub(super) name: &'a str,
+    pub(super) t: ElectraTensor,
+    pub(super) rows: usize,
+    pub(super) width: usize,
+    pub(super) stride: usize,
 }
 
 /// Checks the tensor `name` has element type `T` and the shape `expected` (with `dims`, the
@@ -85,16 +91,32 @@ unsafe fn arg<'a, T: Elem>(
     expected: &[usize],
     dims: &str,
 ) -> CResult<Arg<'a>> {
+    arg_of(p, name, &[T::DTYPE], expected, dims)
+}
+
+/// Checks the tensor `name` has one of the element types `dtypes` and the shape `expected`
+/// (with `dims`, the names of the sizes, for the message).
+///
+/// # Safety
+/// `p` is NULL or points to an `ElectraTensor`.
+pub(super) unsafe fn arg_of<'a>(
+    p: *const ElectraTensor,
+    name: &'a str,
+    dtypes: &[u32],
+    expected: &[usize],
+    dims: &str,
+) -> CResult<Arg<'a>> {
     let t = *p
         .as_ref()
         .ok_or_else(|| fail(ElectraStatus::NullPointer, format!("{name} is NULL")))?;
-    if t.dtype != T::DTYPE {
+    if !dtypes.contains(&t.dtype) {
+        let names: Vec<String> = dtypes.iter().map(|&d| dtype_name(d)).collect();
         return Err(fail(
             ElectraStatus::Dtype,
             format!(
                 "{name} has dtype {}, expected {}",
                 dtype_name(t.dtype),
-                dtype_name(T::DTYPE)
+                names.join(" or ")
             ),
         ));
     }
@@ -209,7 +231,11 @@ unsafe fn opt_arg<'a, T: Elem>(
 ///
 /// # Safety
 /// `p` is NULL or points to an `ElectraTensor`.
-unsafe fn dims_of(p: *const ElectraTensor, name: &str, rank: usize) -> CResult<[usize; 4]> {
+pub(super) unsafe fn dims_of(
+    p: *const ElectraTensor,
+    name: &str,
+    rank: usize,
+) -> CResult<[usize; 4]> {
     let t = p
         .as_ref()
         .ok_or_else(|| fail(ElectraStatus::NullPointer, format!("{name} is NULL")))?;
@@ -226,7 +252,7 @@ unsafe fn dims_of(p: *const ElectraTensor, name: &str, rank: usize) -> CResult<[
 ///
 /// # Safety
 /// `p` is NULL or points to an `ElectraDropout`.
-unsafe fn dropout(p: *const ElectraDropout) -> CResult<Option<DropoutMask>> {
+pub(super) unsafe fn dropout(p: *const ElectraDropout) -> CResult<Option<DropoutMask>> {
     let Some(d) = p.as_ref() else { return Ok(None) };
     if !(0.0..1.0).contains(&d.p) {
         return Err(fail(
@@ -243,7 +269,7 @@ unsafe fn dropout(p: *const ElectraDropout) -> CResult<Option<DropoutMask>> {
 }
 
 /// The attention sizes from `qkv [batch, seq, 3·hidden]` and `heads`.
-fn attention_dims(q: [usize; 4], heads: usize) -> CResult<AttentionDims> {
+pub(super) fn attention_dims(q: [usize; 4], heads: usize) -> CResult<AttentionDims> {
     let (batch, seq, three_h) = (q[0], q[1], q[2]);
     if three_h % 3 != 0 || heads == 0 || (three_h / 3) % heads != 0 {
         return Err(fail(
@@ -447,7 +473,10 @@ pub unsafe extern "C" fn electra_layernorm_backward(
 }
 
 /// The shapes of a linear layer from `x [rows, in]` and `w [out, in]`.
-unsafe fn linear_dims(x: *const ElectraTensor, w: *const ElectraTensor) -> CResult<LinearDims> {
+pub(super) unsafe fn linear_dims(
+    x: *const ElectraTensor,
+    w: *const ElectraTensor,
+) -> CResult<LinearDims> {
     let (xs, ws) = (dims_of(x, "x", 2)?, dims_of(w, "w", 2)?);
     Ok(LinearDims {
         rows: xs[0],

@@ -3,8 +3,8 @@
 //! exports HF directories.
 
 use super::{
-    c_str, check_out, check_struct_size, deref_mut, fail, free, guard, hand_out, opt_c_str, slice,
-    CResult, ElectraStatus,
+    c_str, check_out, check_struct_size, deref_mut, fail, free, guard, hand_out, opt_c_str,
+    read_versioned, slice, write_versioned, CResult, ElectraStatus, Versioned,
 };
 use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Device, Space};
 use crate::data::{Batch, WordPieceTokenizer};
@@ -84,6 +84,36 @@ pub struct ElectraStepMetrics {
     pub masked: u64,
     /// Real (non-padding) tokens in the batch.
     pub real_tokens: u64,
+}
+
+impl Versioned for ElectraTrainerOptions {
+    // Version 1 (ELECTRA_ABI_VERSION 1): the fields up to `warmup_steps`.
+    const SIZES: &'static [usize] = &[std::mem::size_of::<ElectraTrainerOptions>()];
+    /// The defaults [`electra_trainer_options_default`] writes.
+    fn defaults() -> Self {
+        ElectraTrainerOptions {
+            struct_size: std::mem::size_of::<ElectraTrainerOptions>(),
+            preset: c"tiny".as_ptr(),
+            model_json: std::ptr::null(),
+            init_from: std::ptr::null(),
+            train_json: std::ptr::null(),
+            device: std::ptr::null(),
+            seed: 0,
+            vocab_size: 0,
+            vocab_file: std::ptr::null(),
+            total_steps: 1000,
+            warmup_steps: 100,
+        }
+    }
+}
+
+impl Versioned for ElectraStepMetrics {
+    // Version 1 (ELECTRA_ABI_VERSION 1): the fields up to `real_tokens`.
+    const SIZES: &'static [usize] = &[std::mem::size_of::<ElectraStepMetrics>()];
+    /// An output struct: nothing is read from the caller's, so the defaults are never seen.
+    fn defaults() -> Self {
+        ElectraStepMetrics::default()
+    }
 }
 
 /// A trainer on one of the backends.
@@ -255,28 +285,32 @@ fn run_config(model: &ElectraConfig, train: &TrainConfig) -> RunConfig {
 
 /// Fills `options` with the defaults: the `tiny` preset, the CPU, seed 0, the preset's
 /// vocabulary (no `vocab_file`), 1000 steps with 100 of warmup, and the recipe's defaults (`train_json` NULL).
+/// A program compiled against an older header sets `options->struct_size = sizeof *options`
+/// first, and only its version's fields are written; with any other value (unset) the whole
+/// struct of this header is written.
 ///
 /// # Safety
-/// `options` is NULL or points to writable memory for an `ElectraTrainerOptions`.
+/// `options` is NULL or points to writable memory for an `ElectraTrainerOptions` of this
+/// header, or of the version whose size `struct_size` holds.
 #[no_mangle]
 pub unsafe extern "C" fn electra_trainer_options_default(
     options: *mut ElectraTrainerOptions,
 ) -> ElectraStatus {
     guard(|| {
-        let o = deref_mut(options, "options")?;
-        *o = ElectraTrainerOptions {
-            struct_size: std::mem::size_of::<ElectraTrainerOptions>(),
-            preset: c"tiny".as_ptr(),
-            model_json: std::ptr::null(),
-            init_from: std::ptr::null(),
-            train_json: std::ptr::null(),
-            device: std::ptr::null(),
-            seed: 0,
-            vocab_size: 0,
-            vocab_file: std::ptr::null(),
-            total_steps: 1000,
-            warmup_steps: 100,
-        };
+        if options.is_null() {
+            return Err(fail(ElectraStatus::NullPointer, "options is NULL"));
+        }
+        // A caller compiled against an older header sets struct_size first, so that only its
+        // version's fields are written; one that left it unset gets this version's struct.
+        let size = std::ptr::read_unaligned(options as *const usize);
+        let defaults = ElectraTrainerOptions::defaults();
+        if size != std::mem::size_of::<ElectraTrainerOptions>()
+            && ElectraTrainerOptions::SIZES.contains(&size)
+        {
+            write_versioned(options, &defaults, size);
+        } else {
+            options.write(defaults);
+        }
         Ok(())
     })
 }
@@ -294,10 +328,7 @@ pub unsafe extern "C" fn electra_trainer_create(
 ) -> ElectraStatus {
     guard(|| {
         check_out(out, "out")?;
-        let o = options
-            .as_ref()
-            .ok_or_else(|| fail(ElectraStatus::NullPointer, "options is NULL"))?;
-        check_struct_size::<ElectraTrainerOptions>(o.struct_size, "options")?;
+        let o = &read_versioned(options, "options")?;
         let train_json = opt_c_str(o.train_json, "options.train_json")?;
         let device = opt_c_str(o.device, "options.device")?.unwrap_or("cpu");
         let (config, values) = model_config(o)?;
@@ -460,15 +491,20 @@ pub unsafe extern "C" fn electra_trainer_step(
 ) -> ElectraStatus {
     guard(|| {
         let t = deref_mut(trainer, "trainer")?;
-        if let Some(m) = metrics_out.as_ref() {
-            check_struct_size::<ElectraStepMetrics>(m.struct_size, "metrics")?;
+        // The caller's struct_size, read alone: an older caller's struct may be smaller.
+        let metrics_size = match metrics_out.is_null() {
+            true => None,
+            false => Some(std::ptr::read_unaligned(metrics_out as *const usize)),
+        };
+        if let Some(size) = metrics_size {
+            check_struct_size::<ElectraStepMetrics>(size, "metrics")?;
         }
         let b = read_batch(input_ids, attention_mask, token_types, batch, seq)?;
         let report =
             with_trainer!(&mut t.engine, tr => tr.train_step(&b)).map_err(train_failure)?;
         t.run.batch_size = batch;
-        if let Some(m) = metrics_out.as_mut() {
-            *m = metrics(&report);
+        if let Some(size) = metrics_size {
+            write_versioned(metrics_out, &metrics(&report), size);
         }
         Ok(())
     })

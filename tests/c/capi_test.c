@@ -4,25 +4,12 @@
  * the encoder's inputs and outputs, and each op's inputs and outputs, which tests/capi.rs checks
  * against the Rust API. Every error path is checked here: its status and its message. */
 #include "electra.h"
+#include "check.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int failures = 0;
-
-#define CHECK(cond, ...)                                              \
-    do {                                                              \
-        if (!(cond)) {                                                \
-            fprintf(stderr, "FAILED %s:%d: ", __FILE__, __LINE__);    \
-            fprintf(stderr, __VA_ARGS__);                             \
-            fprintf(stderr, " (last error: %s)\n", electra_last_error()); \
-            failures++;                                               \
-        }                                                             \
-    } while (0)
-
-#define OK(call) CHECK((call) == ELECTRA_STATUS_OK, "%s", #call)
 
 /* A failing call: its status and a substring of its message. */
 #define FAILS(call, status, text)                                                   \
@@ -134,7 +121,9 @@ static void trainer_section(const char *fx, const char *out) {
     FAILS(electra_trainer_step(t, ids, mask, types, batch, seq, &m), ELECTRA_STATUS_INVALID_ARGUMENT, "attention_mask must hold only 0 and 1");
     mask[0] = 1;
     m.struct_size = 3;
-    FAILS(electra_trainer_step(t, ids, mask, types, batch, seq, &m), ELECTRA_STATUS_INVALID_ARGUMENT, "metrics.struct_size is 3");
+    FAILS(electra_trainer_step(t, ids, mask, types, batch, seq, &m), ELECTRA_STATUS_INVALID_ARGUMENT, "metrics.struct_size is 3, smaller than its first version's");
+    m.struct_size = sizeof m + 8; /* a newer header's struct: refused, not guessed at */
+    FAILS(electra_trainer_step(t, ids, mask, types, batch, seq, &m), ELECTRA_STATUS_INVALID_ARGUMENT, "a newer header than the library");
     OK(electra_trainer_get_step(t, &step));
     CHECK(step == steps, "a refused step changed the step count to %llu", (unsigned long long)step);
     FAILS(electra_trainer_get_step(t, NULL), ELECTRA_STATUS_NULL_POINTER, "step is NULL");
@@ -178,7 +167,7 @@ static void trainer_section(const char *fx, const char *out) {
     FAILS(electra_trainer_create(&o, &none), ELECTRA_STATUS_DEVICE, "unknown device `tpu`");
     o.device = NULL;
     o.struct_size = 8;
-    FAILS(electra_trainer_create(&o, &none), ELECTRA_STATUS_INVALID_ARGUMENT, "options.struct_size is 8");
+    FAILS(electra_trainer_create(&o, &none), ELECTRA_STATUS_INVALID_ARGUMENT, "options.struct_size is 8, smaller than its first version's");
     FAILS(electra_trainer_create(NULL, &none), ELECTRA_STATUS_NULL_POINTER, "options is NULL");
     OK(electra_trainer_options_default(&o));
     FAILS(electra_trainer_create(&o, NULL), ELECTRA_STATUS_NULL_POINTER, "out is NULL");
@@ -389,6 +378,113 @@ static void ops_section(const char *out) {
     free(gl); free(bh); free(bw);
 }
 
+/* The device ops' checks, which run on the host before the handle is used: every argument error
+ * below is reported with a NULL handle, on any machine. The addresses are never dereferenced. */
+static void cuda_ops_section(void) {
+    ElectraCudaOps *ops = NULL;
+    ElectraStatus st = electra_cuda_ops_create(0, &ops);
+    /* A handle where there is a GPU; else ELECTRA_STATUS_DEVICE saying why: a library built without
+     * CUDA (src/capi/cuda_ops.rs's unit test holds such a build to that message), or no device. */
+    const char *why = electra_last_error();
+    CHECK(st == ELECTRA_STATUS_OK || (st == ELECTRA_STATUS_DEVICE && (strstr(why, "CUDA device 0: built without CUDA") ||
+                                                                     strstr(why, "CUDA device 0: no CUDA device"))),
+          "electra_cuda_ops_create returned %d: %s", (int)st, why);
+    CHECK((st == ELECTRA_STATUS_OK) == (ops != NULL), "create wrote a handle only on success");
+    electra_cuda_ops_destroy(ops);
+    ops = NULL;
+    FAILS(electra_cuda_ops_create(-1, &ops), ELECTRA_STATUS_INVALID_ARGUMENT, "device is -1");
+    FAILS(electra_cuda_ops_create(0, NULL), ELECTRA_STATUS_NULL_POINTER, "out is NULL");
+    electra_cuda_ops_destroy(NULL);
+
+    /* Attention: batch 2, seq 5, 2 heads of 16. */
+    enum { B = 2, T = 5, NH = 2, H = 32 };
+    char *base = (char *)(uintptr_t)0x100000; /* a 16-byte aligned "device" address */
+    ElectraTensor qkv = tensor(base, ELECTRA_DTYPE_BF16, 3, B, T, 3 * H, 0);
+    ElectraTensor km = tensor(base + 0x1000, ELECTRA_DTYPE_U32, 2, B, T, 0, 0);
+    ElectraTensor ctx = tensor(base + 0x2000, ELECTRA_DTYPE_BF16, 3, B, T, H, 0);
+    ElectraTensor lse = tensor(base + 0x3000, ELECTRA_DTYPE_F32, 3, B, NH, T, 0);
+    ElectraTensor dctx = ctx, dqkv = qkv;
+    dctx.data = base + 0x4000;
+    dqkv.data = base + 0x5000;
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &ctx, &lse, NH, NULL, NULL), ELECTRA_STATUS_NULL_POINTER, "ops is NULL");
+    FAILS(electra_cuda_attention_backward(NULL, &qkv, &km, &ctx, &lse, &dctx, &dqkv, NH, NULL, NULL), ELECTRA_STATUS_NULL_POINTER, "ops is NULL");
+    ElectraTensor f32_qkv = qkv;
+    f32_qkv.dtype = ELECTRA_DTYPE_F32;
+    FAILS(electra_cuda_attention_forward(NULL, &f32_qkv, &km, &ctx, &lse, NH, NULL, NULL), ELECTRA_STATUS_DTYPE, "qkv has dtype f32, expected bf16");
+    ElectraTensor bf16_mask = km;
+    bf16_mask.dtype = ELECTRA_DTYPE_BF16;
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &bf16_mask, &ctx, &lse, NH, NULL, NULL), ELECTRA_STATUS_DTYPE, "key_mask has dtype bf16, expected u32");
+    ElectraTensor probs_shaped = tensor(base + 0x3000, ELECTRA_DTYPE_F32, 4, B, NH, T, T);
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &ctx, &probs_shaped, NH, NULL, NULL), ELECTRA_STATUS_SHAPE, "lse has shape [2, 2, 5, 5] (rank 4), expected [2, 2, 5]");
+    ElectraTensor odd_qkv = qkv;
+    odd_qkv.data = base + 8; /* aligned to its bf16 elements, not to the kernels' 16 bytes */
+    FAILS(electra_cuda_attention_forward(NULL, &odd_qkv, &km, &ctx, &lse, NH, NULL, NULL), ELECTRA_STATUS_INVALID_ARGUMENT, "qkv is at 0x100008, which is not 16-byte aligned");
+    ElectraTensor odd_dctx = dctx;
+    odd_dctx.data = base + 0x4000 + 4;
+    FAILS(electra_cuda_attention_backward(NULL, &qkv, &km, &ctx, &lse, &odd_dctx, &dqkv, NH, NULL, NULL), ELECTRA_STATUS_INVALID_ARGUMENT, "dctx is at 0x104004, which is not 16-byte aligned");
+    ElectraTensor half_ctx = ctx;
+    half_ctx.data = base + 0x2000 + 1;
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &half_ctx, &lse, NH, NULL, NULL), ELECTRA_STATUS_INVALID_ARGUMENT, "ctx.data is at 0x102001, not aligned to its 2-byte elements");
+    /* 4 heads of 8: a head size the kernels do not have. */
+    ElectraTensor lse4 = tensor(base + 0x3000, ELECTRA_DTYPE_F32, 3, B, 4, T, 0);
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &ctx, &lse4, 4, NULL, NULL), ELECTRA_STATUS_SHAPE, "head size 8 is not supported");
+    ElectraTensor padded_ctx = ctx;
+    padded_ctx.row_stride = H + 8;
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &padded_ctx, &lse, NH, NULL, NULL), ELECTRA_STATUS_SHAPE, "the CUDA kernels read contiguous rows");
+    ElectraDropout bad_drop = {1.0f, 1, 0};
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &ctx, &lse, NH, &bad_drop, NULL), ELECTRA_STATUS_INVALID_ARGUMENT, "dropout.p is 1");
+
+    /* LayerNorm: bf16 activations are required, f32 parameters. */
+    enum { R = 4, W = 64 };
+    ElectraTensor x = tensor(base, ELECTRA_DTYPE_BF16, 2, R, W, 0, 0), g = tensor(base + 0x1000, ELECTRA_DTYPE_F32, 1, W, 0, 0, 0);
+    ElectraTensor bb = tensor(base + 0x2000, ELECTRA_DTYPE_F32, 1, W, 0, 0, 0), y = tensor(base + 0x3000, ELECTRA_DTYPE_BF16, 2, R, W, 0, 0);
+    ElectraTensor xh = tensor(base + 0x4000, ELECTRA_DTYPE_BF16, 2, R, W, 0, 0), rs = tensor(base + 0x5000, ELECTRA_DTYPE_F32, 1, R, 0, 0, 0);
+    FAILS(electra_cuda_layernorm_forward(NULL, &x, NULL, &g, &bb, 1e-12f, &y, &xh, &rs, NULL), ELECTRA_STATUS_NULL_POINTER, "ops is NULL");
+    ElectraTensor f32_x = x;
+    f32_x.dtype = ELECTRA_DTYPE_F32;
+    FAILS(electra_cuda_layernorm_forward(NULL, &f32_x, NULL, &g, &bb, 1e-12f, &y, &xh, &rs, NULL), ELECTRA_STATUS_DTYPE, "x has dtype f32, expected bf16");
+    ElectraTensor bf16_g = g;
+    bf16_g.dtype = ELECTRA_DTYPE_BF16;
+    FAILS(electra_cuda_layernorm_backward(NULL, &y, &bf16_g, &xh, &rs, &x, NULL, &g, &bb, NULL), ELECTRA_STATUS_DTYPE, "gain has dtype bf16, expected f32");
+    ElectraTensor wide = tensor(base, ELECTRA_DTYPE_BF16, 2, R, 2000, 0, 0), wide_g = tensor(base, ELECTRA_DTYPE_F32, 1, 2000, 0, 0, 0);
+    FAILS(electra_cuda_layernorm_forward(NULL, &wide, NULL, &wide_g, &wide_g, 1e-12f, &wide, &wide, &rs, NULL), ELECTRA_STATUS_SHAPE, "width 2000 is outside the CUDA kernels' 1..=1024");
+    ElectraTensor short_rstd = tensor(base + 0x5000, ELECTRA_DTYPE_F32, 1, R - 1, 0, 0, 0);
+    FAILS(electra_cuda_layernorm_backward(NULL, &y, &g, &xh, &short_rstd, &x, NULL, &g, &bb, NULL), ELECTRA_STATUS_SHAPE, "rstd has shape [3]");
+
+    /* Linear: the bias epilogue's 16-byte alignment, and y's dtype with GELU. */
+    ElectraTensor lx = tensor(base, ELECTRA_DTYPE_BF16, 2, R, W, 0, 0), lw = tensor(base + 0x1000, ELECTRA_DTYPE_BF16, 2, 8, W, 0, 0);
+    ElectraTensor lb = tensor(base + 0x2004, ELECTRA_DTYPE_BF16, 1, 8, 0, 0, 0), ly = tensor(base + 0x3000, ELECTRA_DTYPE_BF16, 2, R, 8, 0, 0);
+    FAILS(electra_cuda_linear_forward(NULL, &lx, &lw, &lb, &ly, NULL, NULL), ELECTRA_STATUS_INVALID_ARGUMENT, "b is at 0x102004, which is not 16-byte aligned");
+    lb.data = base + 0x2000;
+    FAILS(electra_cuda_linear_forward(NULL, &lx, &lw, &lb, &ly, NULL, NULL), ELECTRA_STATUS_NULL_POINTER, "ops is NULL");
+    ElectraTensor lpre = tensor(base + 0x4000, ELECTRA_DTYPE_BF16, 2, R, 8, 0, 0), f32_y = ly;
+    f32_y.dtype = ELECTRA_DTYPE_F32;
+    FAILS(electra_cuda_linear_forward(NULL, &lx, &lw, NULL, &f32_y, &lpre, NULL), ELECTRA_STATUS_DTYPE, "y has dtype f32, expected bf16");
+    FAILS(electra_cuda_linear_forward(NULL, &lx, &lw, &lb, &ly, &lpre, NULL), ELECTRA_STATUS_DTYPE, "b has dtype bf16, expected f32");
+    ElectraTensor u32_y = ly;
+    u32_y.dtype = ELECTRA_DTYPE_U32;
+    FAILS(electra_cuda_linear_forward(NULL, &lx, &lw, NULL, &u32_y, NULL, NULL), ELECTRA_STATUS_DTYPE, "y has dtype u32, expected bf16 or f32");
+    ElectraTensor ldw = tensor(base + 0x5000, ELECTRA_DTYPE_BF16, 2, 8, W, 0, 0);
+    FAILS(electra_cuda_linear_backward(NULL, &lx, &lw, &ly, NULL, &lx, &ldw, NULL, NULL), ELECTRA_STATUS_DTYPE, "dw has dtype bf16, expected f32");
+
+    /* Generator loss: dlogits shares the logits' row stride. */
+    ElectraTensor lg = tensor(base, ELECTRA_DTYPE_BF16, 2, 3, 7, 0, 0), tg = tensor(base + 0x1000, ELECTRA_DTYPE_U32, 1, 3, 0, 0, 0);
+    ElectraTensor rl = tensor(base + 0x2000, ELECTRA_DTYPE_F32, 1, 3, 0, 0, 0), dl = tensor(base + 0x3000, ELECTRA_DTYPE_BF16, 2, 3, 7, 0, 0);
+    lg.row_stride = 8;
+    FAILS(electra_cuda_generator_loss(NULL, &lg, &tg, 1.0f, &rl, &dl, NULL, NULL), ELECTRA_STATUS_SHAPE, "dlogits has row_stride 7, expected logits' 8");
+    dl.row_stride = 8;
+    FAILS(electra_cuda_generator_loss(NULL, &lg, &tg, 1.0f, &rl, &dl, NULL, NULL), ELECTRA_STATUS_NULL_POINTER, "ops is NULL");
+
+    /* BCE head: hidden above the kernels' 1024. */
+    ElectraTensor bh = tensor(base, ELECTRA_DTYPE_BF16, 2, 4, 1100, 0, 0), bw = tensor(base, ELECTRA_DTYPE_F32, 1, 1100, 0, 0, 0);
+    ElectraTensor b1 = tensor(base, ELECTRA_DTYPE_F32, 1, 1, 0, 0, 0), b4 = tensor(base, ELECTRA_DTYPE_F32, 1, 4, 0, 0, 0);
+    ElectraTensor m4 = tensor(base, ELECTRA_DTYPE_U32, 1, 4, 0, 0, 0);
+    FAILS(electra_cuda_bce_head(NULL, &bh, &bw, &b1, &b4, &m4, 1.0f, &b4, &b4, &bh, &bw, &b1, NULL), ELECTRA_STATUS_SHAPE, "bce_head: width 1100");
+    ElectraTensor f32_h = bh;
+    f32_h.dtype = ELECTRA_DTYPE_F32;
+    FAILS(electra_cuda_bce_head(NULL, &f32_h, &bw, &b1, &b4, &m4, 1.0f, &b4, &b4, &bh, &bw, &b1, NULL), ELECTRA_STATUS_DTYPE, "h has dtype f32, expected bf16");
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: %s FIXTURES OUT\n", argv[0]);
@@ -399,6 +495,7 @@ int main(int argc, char **argv) {
     trainer_section(argv[1], argv[2]);
     encoder_section(argv[2]);
     ops_section(argv[2]);
+    cuda_ops_section();
     if (failures) {
         fprintf(stderr, "%d checks failed\n", failures);
         return 1;

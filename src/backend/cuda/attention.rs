@@ -1,10 +1,13 @@
 //! Launchers of `kernels/attention.cu`: flash-style self-attention with the key-padding mask and
 //! dropout on the probabilities, forward and backward (`dq`, then `dk`/`dv`), one kernel per head
-//! size.
+//! size. The engine resolves its buffers here; [`attention_fwd`] and [`attention_bwd`] check the
+//! addresses and sizes and launch, for the engine and for the C ABI's device ops alike.
 
-use super::kernels::{Arg, Kernel};
+use super::dropout::drop_args;
+use super::kernels::{Arg, Kernel, Kernels, Launcher};
+use super::launch_args::{AttentionBwdArgs, AttentionFwdArgs};
 use super::memory::Dtype;
-use super::{int, CudaBackend, MAX_GRID_YZ};
+use super::{CudaBackend, CudaError};
 use crate::backend::{AttentionDims, AttentionOp};
 
 /// Queries (and keys) per tile.
@@ -22,7 +25,6 @@ impl CudaBackend {
             dims,
             dropout,
         } = *op;
-        let k = self.attention_kernels(dims).0;
         let AttentionDims {
             batch, seq, heads, ..
         } = dims;
@@ -31,32 +33,17 @@ impl CudaBackend {
             return;
         }
         self.check_attention(op);
-        let qkv_p = self.input(qkv, Dtype::Bf16);
-        let ctx_p = self.output(ctx.prefix(tokens * h), Dtype::Bf16, false);
-        let lse = self.output(probs.prefix(batch * heads * seq), Dtype::F32, false);
-        assert!(
-            qkv_p.is_multiple_of(16) && ctx_p.is_multiple_of(16),
-            "attention needs 16-byte aligned buffers"
-        );
-        let [p, s, site, dev_seed] = self.drop_args(dropout, dims.probs_per_sequence());
-        let args = [
-            Arg::Ptr(qkv_p),
-            Arg::Ptr(self.iaddr(key_mask)),
-            Arg::Ptr(ctx_p),
-            Arg::Ptr(lse),
-            Arg::I32(int(seq, "seq")),
-            Arg::I32(int(heads, "heads")),
-            p,
-            s,
-            site,
-            dev_seed,
-        ];
-        self.run(
-            k,
-            (seq.div_ceil(ATT_TILE), heads, batch),
-            ATT_THREADS,
-            &args,
-        );
+        let a = AttentionFwdArgs {
+            qkv: self.input(qkv, Dtype::Bf16),
+            key_mask: self.iaddr(key_mask),
+            ctx: self.output(ctx.prefix(tokens * h), Dtype::Bf16, false),
+            lse: self.output(probs.prefix(batch * heads * seq), Dtype::F32, false),
+            dims,
+            dropout,
+            step: self.step_scalar(0),
+        };
+        // SAFETY: `check_attention` checked that the buffers hold the shapes `dims` describes.
+        Self::launched(unsafe { attention_fwd(&self.launcher(), &a) });
     }
 
     pub(super) fn launch_attention_bwd(&mut self, op: &AttentionOp) {
@@ -69,7 +56,6 @@ impl CudaBackend {
             dropout,
         } = *op;
         let (dctx, dqkv) = (ctx.grad(), qkv.grad());
-        let (_, dq, dkdv) = self.attention_kernels(dims);
         let AttentionDims {
             batch, seq, heads, ..
         } = dims;
@@ -80,82 +66,23 @@ impl CudaBackend {
         self.check_attention(op);
         assert!(dctx.len >= tokens * h && dqkv.len >= tokens * 3 * h);
         let stats = batch * heads * seq;
-        let qkv_p = self.input(qkv, Dtype::Bf16);
-        let ctx_p = self.input(ctx, Dtype::Bf16);
-        let dctx_p = self.input(dctx, Dtype::Bf16);
-        let lse = self.input(probs.prefix(stats), Dtype::F32);
-        let delta = self.output(probs.grad().prefix(stats), Dtype::F32, false);
-        let dqkv_p = self.output(dqkv.prefix(tokens * 3 * h), Dtype::Bf16, true);
-        assert!(
-            [qkv_p, ctx_p, dctx_p, dqkv_p]
-                .iter()
-                .all(|a| a.is_multiple_of(16)),
-            "attention needs 16-byte aligned buffers"
-        );
-        let mask = self.iaddr(key_mask);
-        let (seq_i, heads_i) = (int(seq, "seq"), int(heads, "heads"));
-        let [p, s, site, dev_seed] = self.drop_args(dropout, dims.probs_per_sequence());
-        let grid = (seq.div_ceil(ATT_TILE), heads, batch);
-        let args = [
-            Arg::Ptr(qkv_p),
-            Arg::Ptr(mask),
-            Arg::Ptr(ctx_p),
-            Arg::Ptr(dctx_p),
-            Arg::Ptr(lse),
-            Arg::Ptr(delta),
-            Arg::Ptr(dqkv_p),
-            Arg::I32(seq_i),
-            Arg::I32(heads_i),
-            Arg::I32(1),
-            p,
-            s,
-            site,
-            dev_seed,
-        ];
-        self.run(dq, grid, ATT_THREADS, &args);
-        let args = [
-            Arg::Ptr(qkv_p),
-            Arg::Ptr(mask),
-            Arg::Ptr(dctx_p),
-            Arg::Ptr(lse),
-            Arg::Ptr(delta),
-            Arg::Ptr(dqkv_p),
-            Arg::I32(seq_i),
-            Arg::I32(heads_i),
-            Arg::I32(1),
-            p,
-            s,
-            site,
-            dev_seed,
-        ];
-        self.run(dkdv, grid, ATT_THREADS, &args);
+        let a = AttentionBwdArgs {
+            qkv: self.input(qkv, Dtype::Bf16),
+            key_mask: self.iaddr(key_mask),
+            ctx: self.input(ctx, Dtype::Bf16),
+            dctx: self.input(dctx, Dtype::Bf16),
+            lse: self.input(probs.prefix(stats), Dtype::F32),
+            delta: self.output(probs.grad().prefix(stats), Dtype::F32, false),
+            dqkv: self.output(dqkv.prefix(tokens * 3 * h), Dtype::Bf16, true),
+            dims,
+            dropout,
+            step: self.step_scalar(0),
+        };
+        // SAFETY: as in the forward pass, and the gradients were checked above.
+        Self::launched(unsafe { attention_bwd(&self.launcher(), &a) });
     }
 
-    /// The forward, dq and dk/dv kernels for a head size.
-    fn attention_kernels(&self, d: AttentionDims) -> (Kernel, Kernel, Kernel) {
-        let k = &self.kernels;
-        match d.head_dim {
-            16 => (
-                k.attention_fwd_d16,
-                k.attention_bwd_dq_d16,
-                k.attention_bwd_dkdv_d16,
-            ),
-            32 => (
-                k.attention_fwd_d32,
-                k.attention_bwd_dq_d32,
-                k.attention_bwd_dkdv_d32,
-            ),
-            64 => (
-                k.attention_fwd_d64,
-                k.attention_bwd_dq_d64,
-                k.attention_bwd_dkdv_d64,
-            ),
-            other => panic!(
-                "attention: head size {other} is not supported by the CUDA kernels (16, 32 or 64)"
-            ),
-        }
-    }
-
+    /// The engine's buffers hold what `op.dims` describes.
     fn check_attention(&self, op: &AttentionOp) {
         let AttentionOp {
             qkv,
@@ -167,15 +94,6 @@ impl CudaBackend {
         } = *op;
         let (tokens, h) = (d.batch * d.seq, d.hidden());
         assert!(
-            h.is_multiple_of(8),
-            "attention: hidden size {h} is not a multiple of 8"
-        );
-        assert!(
-            d.heads <= MAX_GRID_YZ && d.batch <= MAX_GRID_YZ,
-            "attention: grid too large"
-        );
-        int(tokens * 3 * h, "batch·seq·3·hidden");
-        assert!(
             qkv.len >= tokens * 3 * h && ctx.len >= tokens * h,
             "attention: buffers too short"
         );
@@ -185,4 +103,108 @@ impl CudaBackend {
         );
         assert!(key_mask.len >= tokens, "attention: key mask too short");
     }
+}
+
+/// The forward, dq and dk/dv kernels for a head size.
+fn attention_kernels(k: &Kernels, d: AttentionDims) -> Result<(Kernel, Kernel, Kernel), CudaError> {
+    Ok(match d.head_dim {
+        16 => (
+            k.attention_fwd_d16,
+            k.attention_bwd_dq_d16,
+            k.attention_bwd_dkdv_d16,
+        ),
+        32 => (
+            k.attention_fwd_d32,
+            k.attention_bwd_dq_d32,
+            k.attention_bwd_dkdv_d32,
+        ),
+        64 => (
+            k.attention_fwd_d64,
+            k.attention_bwd_dq_d64,
+            k.attention_bwd_dkdv_d64,
+        ),
+        other => {
+            return Err(CudaError::Unsupported(format!(
+                "attention: head size {other} is not supported by the CUDA kernels (16, 32 or 64)"
+            )))
+        }
+    })
+}
+
+/// Launches the attention forward pass on `l`'s stream after checking `a`
+/// ([`AttentionFwdArgs::check`]).
+///
+/// # Safety
+/// The addresses hold the tensors [`AttentionFwdArgs`] describes for `a.dims`.
+pub(super) unsafe fn attention_fwd(l: &Launcher, a: &AttentionFwdArgs) -> Result<(), CudaError> {
+    let d = a.dims;
+    let (seq, heads) = a.check()?;
+    let (fwd, _, _) = attention_kernels(l.kernels, d)?;
+    if d.batch * d.seq == 0 {
+        return Ok(());
+    }
+    let [p, s, site, step] = drop_args(a.dropout, d.probs_per_sequence(), a.step);
+    let args = [
+        Arg::Ptr(a.qkv),
+        Arg::Ptr(a.key_mask),
+        Arg::Ptr(a.ctx),
+        Arg::Ptr(a.lse),
+        Arg::I32(seq),
+        Arg::I32(heads),
+        p,
+        s,
+        site,
+        step,
+    ];
+    let grid = (d.seq.div_ceil(ATT_TILE), d.heads, d.batch);
+    l.run(fwd, grid, ATT_THREADS, &args)
+}
+
+/// Launches the attention backward pass (`dq`, then `dk`/`dv`) on `l`'s stream after checking
+/// `a` ([`AttentionBwdArgs::check`]).
+///
+/// # Safety
+/// The addresses hold the tensors [`AttentionBwdArgs`] describes for `a.dims`.
+pub(super) unsafe fn attention_bwd(l: &Launcher, a: &AttentionBwdArgs) -> Result<(), CudaError> {
+    let d = a.dims;
+    let (seq, heads) = a.check()?;
+    let (_, dq, dkdv) = attention_kernels(l.kernels, d)?;
+    if d.batch * d.seq == 0 {
+        return Ok(());
+    }
+    let [p, s, site, step] = drop_args(a.dropout, d.probs_per_sequence(), a.step);
+    let grid = (d.seq.div_ceil(ATT_TILE), d.heads, d.batch);
+    let args = [
+        Arg::Ptr(a.qkv),
+        Arg::Ptr(a.key_mask),
+        Arg::Ptr(a.ctx),
+        Arg::Ptr(a.dctx),
+        Arg::Ptr(a.lse),
+        Arg::Ptr(a.delta),
+        Arg::Ptr(a.dqkv),
+        Arg::I32(seq),
+        Arg::I32(heads),
+        Arg::I32(1),
+        p,
+        s,
+        site,
+        step,
+    ];
+    l.run(dq, grid, ATT_THREADS, &args)?;
+    let args = [
+        Arg::Ptr(a.qkv),
+        Arg::Ptr(a.key_mask),
+        Arg::Ptr(a.dctx),
+        Arg::Ptr(a.lse),
+        Arg::Ptr(a.delta),
+        Arg::Ptr(a.dqkv),
+        Arg::I32(seq),
+        Arg::I32(heads),
+        Arg::I32(1),
+        p,
+        s,
+        site,
+        step,
+    ];
+    l.run(dkdv, grid, ATT_THREADS, &args)
 }

@@ -17,6 +17,7 @@ use cudarc::cublaslt::sys;
 use cudarc::driver::{result as driver, sys as driver_sys};
 use half::bf16;
 
+use super::kernels::Launcher;
 use super::memory::Dtype;
 use super::{driver_err, CudaBackend, CudaError};
 
@@ -125,11 +126,11 @@ impl Blas {
         beta: f32,
         bias: Option<u64>,
     ) -> Result<(), CudaError> {
-        assert_eq!(
-            g.bias,
-            bias.is_some(),
-            "the bias epilogue needs a bias vector"
-        );
+        if g.bias != bias.is_some() {
+            return Err(CudaError::Argument(format!(
+                "cublasLtMatmul {g:?}: the bias epilogue and a bias vector go together (given {bias:?})"
+            )));
+        }
         let key = PlanKey {
             gemm: g,
             align: [
@@ -281,6 +282,29 @@ impl Drop for Blas {
         self.plans.clear();
         // SAFETY: made by `new`, destroyed once.
         let _ = unsafe { lt::destroy_handle(self.handle) };
+    }
+}
+
+impl Launcher<'_> {
+    /// Runs `g` through `blas` on the launcher's stream (see [`Blas::matmul`]).
+    ///
+    /// # Safety
+    /// As for [`Blas::matmul`].
+    pub unsafe fn gemm(
+        &self,
+        blas: &mut Blas,
+        g: Gemm,
+        abd: (u64, u64, u64),
+        beta: f32,
+        bias: Option<u64>,
+    ) -> Result<(), CudaError> {
+        self.last_kernel.set("cublasLtMatmul");
+        blas.matmul(self.stream, g, abd, beta, bias)?;
+        if self.sync_each_launch {
+            driver::stream::synchronize(self.stream)
+                .map_err(|e| driver_err(&format!("cublasLtMatmul {g:?}"), e))?;
+        }
+        Ok(())
     }
 }
 

@@ -51,15 +51,20 @@ impl CudaBackend {
         self.run(self.kernels.dropout_bwd, (blocks, 1, 1), 256, &args);
     }
 
-    /// A dropout's kernel arguments: p, the tensor's elements per sequence, the site, and the
-    /// step memory (which holds the step's seed and the batch's first sequence).
+    /// A dropout's kernel arguments (see [`drop_args`]), reading the backend's step memory.
     pub(super) fn drop_args(&self, d: Option<Dropout>, per_sequence: u64) -> [Arg; 4] {
-        let d = d.unwrap_or(Dropout { p: 0.0, site: 0 });
-        [
-            Arg::F32(d.p),
-            Arg::U64(per_sequence),
-            Arg::U32(d.site),
-            Arg::Ptr(self.step_scalar(0)),
-        ]
+        drop_args(d, per_sequence, self.step_scalar(0))
     }
+}
+
+/// A dropout's kernel arguments: p (0 for none), the tensor's elements per sequence, the site,
+/// and `step`, the step memory (which holds the step's seed and the batch's first sequence).
+pub(super) fn drop_args(d: Option<Dropout>, per_sequence: u64, step: u64) -> [Arg; 4] {
+    let d = d.unwrap_or(Dropout { p: 0.0, site: 0 });
+    [
+        Arg::F32(d.p),
+        Arg::U64(per_sequence),
+        Arg::U32(d.site),
+        Arg::Ptr(step),
+    ]
 }

@@ -39,6 +39,11 @@ pub enum CudaError {
     /// The device or a requested shape is outside what the kernels support.
     #[error("unsupported by the CUDA backend: {0}")]
     Unsupported(String),
+    /// A launch argument the kernels cannot take: a misaligned address, a size past their 32-bit
+    /// indexing or the grid's limits (the message names the argument). Checked before anything
+    /// is launched.
+    #[error("{0}")]
+    Argument(String),
 }
 
 impl CudaError {

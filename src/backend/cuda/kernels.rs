@@ -1,11 +1,13 @@
 //! The hand-written kernels: the fatbins build.rs embeds, loaded as one module per `kernels/*.cu`
 //! file, their entry points resolved once by name, and a launch that allocates nothing.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 
 use cudarc::driver::{result, sys, DriverError};
 
+use super::launch_args::MAX_GRID_YZ;
 use super::CudaError;
 
 mod embedded {
@@ -180,35 +182,43 @@ pub fn driver(doing: &str, what: &str, e: DriverError) -> CudaError {
 }
 
 /// Launches `k` on `stream` with `block` threads per block and no dynamic shared memory. A grid
-/// with a zero dimension launches nothing (there is no work).
+/// with a zero dimension launches nothing (there is no work). Arguments that do not match the
+/// kernel's parameters in number or size are refused before the launch.
 ///
 /// # Safety
-/// The arguments must match the kernel's parameters in number, order and size, and every pointer
-/// must address device memory the kernel may touch for this launch shape.
+/// Every pointer must address device memory the kernel may touch for this launch shape.
 pub unsafe fn launch(
     stream: sys::CUstream,
     k: Kernel,
     grid: (u32, u32, u32),
     block: u32,
     args: &[Arg],
-) -> Result<(), DriverError> {
+) -> Result<(), CudaError> {
     if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
         return Ok(());
     }
-    assert!(args.len() <= MAX_ARGS, "{}: too many arguments", k.name);
-    if let Some((sizes, count)) = k.params {
+    if args.len() > MAX_ARGS {
+        return Err(CudaError::Argument(format!(
+            "{}: {} arguments, more than the {MAX_ARGS} a launch passes",
+            k.name,
+            args.len()
+        )));
+    }
+    if let Some((declared, count)) = k.params {
+        // Compared without allocating: a launch allocates nothing unless it fails.
         let matches = args.len() == count
             && args
                 .iter()
-                .zip(&sizes)
+                .zip(&declared)
                 .all(|(a, &b)| a.size() == b as usize);
-        assert!(
-            matches,
-            "{}: arguments of sizes {:?} passed to parameters of sizes {:?}",
-            k.name,
-            args.iter().map(|a| a.size()).collect::<Vec<_>>(),
-            &sizes[..count]
-        );
+        if !matches {
+            return Err(CudaError::Argument(format!(
+                "{}: arguments of sizes {:?} passed to parameters of sizes {:?}",
+                k.name,
+                args.iter().map(|a| a.size()).collect::<Vec<_>>(),
+                &declared[..count]
+            )));
+        }
     }
     let mut params = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
     for (p, a) in params.iter_mut().zip(args) {
@@ -229,4 +239,52 @@ pub unsafe fn launch(
         stream,
         &mut params[..args.len()],
     )
+    .map_err(|e| driver("launching kernel", k.name, e))
+}
+
+/// The largest grid dimension x.
+const MAX_GRID_X: usize = (1 << 31) - 1;
+
+/// What a launch needs besides its arguments: the kernels, the stream, the device's
+/// multiprocessor count (which sizes the grids), and where to note the kernel launched. The
+/// engine's backend and the C ABI's device ops each make one per call.
+pub struct Launcher<'a> {
+    pub kernels: &'a Kernels,
+    pub stream: sys::CUstream,
+    pub sms: usize,
+    /// Synchronise after each launch (`ELECTRA_CUDA_SYNC=1`), which names a faulting kernel.
+    pub sync_each_launch: bool,
+    pub last_kernel: &'a Cell<&'static str>,
+}
+
+impl Launcher<'_> {
+    /// Launches `k` on the stream (see [`launch`]); a grid past the device's limits is refused.
+    ///
+    /// # Safety
+    /// Every pointer in `args` must address device memory the kernel may touch for this shape:
+    /// the launch functions beside the kernels check the sizes they are given, their callers
+    /// that the memory holds them.
+    pub unsafe fn run(
+        &self,
+        k: Kernel,
+        grid: (usize, usize, usize),
+        block: u32,
+        args: &[Arg],
+    ) -> Result<(), CudaError> {
+        self.last_kernel.set(k.name);
+        if grid.0 > MAX_GRID_X || grid.1 > MAX_GRID_YZ || grid.2 > MAX_GRID_YZ {
+            return Err(CudaError::Argument(format!(
+                "{}: grid {grid:?} exceeds the device's limits ({MAX_GRID_X}, {MAX_GRID_YZ}, \
+                 {MAX_GRID_YZ})",
+                k.name
+            )));
+        }
+        let grid = (grid.0 as u32, grid.1 as u32, grid.2 as u32);
+        launch(self.stream, k, grid, block, args)?;
+        if self.sync_each_launch {
+            result::stream::synchronize(self.stream)
+                .map_err(|e| driver("running kernel", k.name, e))?;
+        }
+        Ok(())
+    }
 }

@@ -1,9 +1,11 @@
 //! Launchers of `kernels/layernorm_residual.cu`: `y = LayerNorm(x + residual)` and its backward,
-//! one row per warp.
+//! one row per warp. The engine resolves its buffers here; [`layernorm_fwd`] and
+//! [`layernorm_bwd`] check the sizes and launch, for the engine and the C ABI's device ops.
 
-use super::kernels::Arg;
+use super::kernels::{Arg, Launcher};
+use super::launch_args::{LayerNormBwdArgs, LayerNormFwdArgs};
 use super::memory::Dtype;
-use super::{int, width_kernel, CudaBackend};
+use super::{try_width_kernel, CudaBackend, CudaError};
 use crate::backend::{Buf, LayerNormOp};
 
 /// Rows (warps) per block of the LayerNorm, embedding and head kernels.
@@ -22,12 +24,6 @@ impl CudaBackend {
             rows,
             width,
         } = *op;
-        let k = width_kernel(
-            self.kernels.layernorm_residual_fwd_w256,
-            self.kernels.layernorm_residual_fwd_w1024,
-            width,
-            "layernorm_fwd",
-        );
         if rows == 0 {
             return;
         }
@@ -35,21 +31,20 @@ impl CudaBackend {
         assert!(x.len >= n && y.len >= n && saved.xhat.len >= n && saved.rstd.len >= rows);
         assert!(residual.is_none_or(|r| r.len >= n));
         assert!(p.gain.len >= width && p.bias.len >= width);
-        let args = [
-            Arg::Ptr(self.input(x, Dtype::Bf16)),
-            Arg::Ptr(residual.map_or(0, |r| self.input(r, Dtype::Bf16))),
-            Arg::Ptr(self.input(p.gain, Dtype::F32)),
-            Arg::Ptr(self.input(p.bias, Dtype::F32)),
-            Arg::Ptr(self.output(y, Dtype::Bf16, false)),
-            Arg::Ptr(self.output(saved.xhat, Dtype::Bf16, false)),
-            Arg::Ptr(self.output(saved.rstd, Dtype::F32, false)),
-            Arg::Ptr(0),
-            Arg::I32(int(rows, "rows")),
-            Arg::I32(int(width, "width")),
-            Arg::F32(p.eps),
-            Arg::Ptr(0),
-        ];
-        self.run(k, (self.ln_grid(rows), 1, 1), LN_THREADS, &args);
+        let a = LayerNormFwdArgs {
+            x: self.input(x, Dtype::Bf16),
+            residual: residual.map_or(0, |r| self.input(r, Dtype::Bf16)),
+            gain: self.input(p.gain, Dtype::F32),
+            bias: self.input(p.bias, Dtype::F32),
+            y: self.output(y, Dtype::Bf16, false),
+            xhat: self.output(saved.xhat, Dtype::Bf16, false),
+            rstd: self.output(saved.rstd, Dtype::F32, false),
+            rows,
+            width,
+            eps: p.eps,
+        };
+        // SAFETY: the buffers were checked to hold `rows` rows of `width` above.
+        Self::launched(unsafe { layernorm_fwd(&self.launcher(), &a) });
     }
 
     pub(super) fn launch_layernorm_bwd(&mut self, op: &LayerNormOp) {
@@ -63,12 +58,6 @@ impl CudaBackend {
             width,
         } = *op;
         let (dy, dx, dresidual) = (y.grad(), x.grad(), residual.map(Buf::grad));
-        let k = width_kernel(
-            self.kernels.layernorm_residual_bwd_w256,
-            self.kernels.layernorm_residual_bwd_w1024,
-            width,
-            "layernorm_bwd",
-        );
         if rows == 0 {
             return;
         }
@@ -76,30 +65,106 @@ impl CudaBackend {
         assert!(dy.len >= n && dx.len >= n && saved.xhat.len >= n && saved.rstd.len >= rows);
         assert!(dresidual.is_none_or(|r| r.len >= n));
         assert!(p.gain.len >= width && p.bias.len >= width);
-        let grid = self.ln_grid(rows);
-        ensure!(self, partials)(4 * grid * 2 * width);
-        let args = [
-            Arg::Ptr(self.input(dy, Dtype::Bf16)),
-            Arg::Ptr(self.input(saved.xhat, Dtype::Bf16)),
-            Arg::Ptr(self.input(saved.rstd, Dtype::F32)),
-            Arg::Ptr(self.input(p.gain, Dtype::F32)),
-            Arg::Ptr(self.output(dx, Dtype::Bf16, true)),
-            Arg::Ptr(dresidual.map_or(0, |r| self.output(r, Dtype::Bf16, true))),
-            Arg::Ptr(self.output(p.gain.grad(), Dtype::F32, true)),
-            Arg::Ptr(self.output(p.bias.grad(), Dtype::F32, true)),
-            Arg::Ptr(self.scratch.partials.ptr),
-            Arg::Ptr(self.scratch.counters.ptr),
-            Arg::I32(int(rows, "rows")),
-            Arg::I32(int(width, "width")),
-            Arg::I32(1),
-            Arg::Ptr(0),
-        ];
-        self.run(k, (grid, 1, 1), LN_THREADS, &args);
+        ensure!(self, partials)(layernorm_bwd_scratch(self.sms, rows, width));
+        let a = LayerNormBwdArgs {
+            dy: self.input(dy, Dtype::Bf16),
+            xhat: self.input(saved.xhat, Dtype::Bf16),
+            rstd: self.input(saved.rstd, Dtype::F32),
+            gain: self.input(p.gain, Dtype::F32),
+            dx: self.output(dx, Dtype::Bf16, true),
+            dresidual: dresidual.map_or(0, |r| self.output(r, Dtype::Bf16, true)),
+            dgain: self.output(p.gain.grad(), Dtype::F32, true),
+            dbias: self.output(p.bias.grad(), Dtype::F32, true),
+            partials: self.scratch.partials.ptr,
+            counters: self.scratch.counters.ptr,
+            rows,
+            width,
+        };
+        // SAFETY: as in the forward pass, and the partials were sized for this shape.
+        Self::launched(unsafe { layernorm_bwd(&self.launcher(), &a) });
     }
 
-    /// The LayerNorm kernels' grid for `rows` rows: one row per warp per step, at most two
-    /// blocks per multiprocessor, and fixed for a shape (their reductions depend on it).
+    /// The LayerNorm kernels' grid for `rows` rows (see [`ln_grid`]).
     pub(super) fn ln_grid(&self, rows: usize) -> usize {
-        rows.div_ceil(LN_WARPS).clamp(1, 2 * self.sms)
+        ln_grid(self.sms, rows)
     }
+}
+
+/// The LayerNorm kernels' grid for `rows` rows on `sms` multiprocessors: one row per warp per
+/// step, at most two blocks per multiprocessor, and fixed for a shape (their reductions depend
+/// on it).
+pub(super) fn ln_grid(sms: usize, rows: usize) -> usize {
+    rows.div_ceil(LN_WARPS).clamp(1, 2 * sms)
+}
+
+/// The bytes of f32 partial sums the backward's gain and bias reduction needs.
+pub(super) fn layernorm_bwd_scratch(sms: usize, rows: usize, width: usize) -> usize {
+    4 * ln_grid(sms, rows) * 2 * width
+}
+
+/// Launches the residual + LayerNorm forward pass on `l`'s stream after checking the width.
+///
+/// # Safety
+/// The addresses hold the tensors [`LayerNormFwdArgs`] describes.
+pub(super) unsafe fn layernorm_fwd(l: &Launcher, a: &LayerNormFwdArgs) -> Result<(), CudaError> {
+    let k = try_width_kernel(
+        l.kernels.layernorm_residual_fwd_w256,
+        l.kernels.layernorm_residual_fwd_w1024,
+        a.width,
+        "layernorm_fwd",
+    )?;
+    let (rows, width) = a.check()?;
+    if a.rows == 0 {
+        return Ok(());
+    }
+    let args = [
+        Arg::Ptr(a.x),
+        Arg::Ptr(a.residual),
+        Arg::Ptr(a.gain),
+        Arg::Ptr(a.bias),
+        Arg::Ptr(a.y),
+        Arg::Ptr(a.xhat),
+        Arg::Ptr(a.rstd),
+        Arg::Ptr(0),
+        Arg::I32(rows),
+        Arg::I32(width),
+        Arg::F32(a.eps),
+        Arg::Ptr(0),
+    ];
+    l.run(k, (ln_grid(l.sms, a.rows), 1, 1), LN_THREADS, &args)
+}
+
+/// Launches the residual + LayerNorm backward pass on `l`'s stream after checking the width.
+///
+/// # Safety
+/// The addresses hold the tensors [`LayerNormBwdArgs`] describes, `partials` holds
+/// [`layernorm_bwd_scratch`] bytes and `counters` (zero) one counter.
+pub(super) unsafe fn layernorm_bwd(l: &Launcher, a: &LayerNormBwdArgs) -> Result<(), CudaError> {
+    let k = try_width_kernel(
+        l.kernels.layernorm_residual_bwd_w256,
+        l.kernels.layernorm_residual_bwd_w1024,
+        a.width,
+        "layernorm_bwd",
+    )?;
+    let (rows, width) = a.check()?;
+    if a.rows == 0 {
+        return Ok(());
+    }
+    let args = [
+        Arg::Ptr(a.dy),
+        Arg::Ptr(a.xhat),
+        Arg::Ptr(a.rstd),
+        Arg::Ptr(a.gain),
+        Arg::Ptr(a.dx),
+        Arg::Ptr(a.dresidual),
+        Arg::Ptr(a.dgain),
+        Arg::Ptr(a.dbias),
+        Arg::Ptr(a.partials),
+        Arg::Ptr(a.counters),
+        Arg::I32(rows),
+        Arg::I32(width),
+        Arg::I32(1),
+        Arg::Ptr(0),
+    ];
+    l.run(k, (ln_grid(l.sms, a.rows), 1, 1), LN_THREADS, &args)
 }

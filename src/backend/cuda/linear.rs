@@ -1,12 +1,15 @@
 //! Launchers of the linear layers: cuBLASLt for the products (`blas.rs`) and
-//! `kernels/bias_gelu.cu` for the bias and GELU around them.
+//! `kernels/bias_gelu.cu` for the bias and GELU around them. The engine resolves its buffers
+//! here; [`linear_fwd`] and [`linear_bwd`] check them and launch, for the engine and the C
+//! ABI's device ops.
 
 use cudarc::driver::result;
 
-use super::blas::Gemm;
-use super::kernels::Arg;
+use super::blas::{Blas, Gemm};
+use super::kernels::{Arg, Launcher};
+use super::launch_args::{LinearBwdArgs, LinearFwdArgs, MAX_GRID_YZ};
 use super::memory::Dtype;
-use super::{int, CudaBackend, MAX_GRID_YZ};
+use super::{CudaBackend, CudaError};
 use crate::backend::{Buf, LinearDims, LinearOp};
 
 /// Threads of the bias kernels.
@@ -23,53 +26,37 @@ impl CudaBackend {
             y,
             gelu_pre,
             dims,
-            ..
+            y_stride,
         } = *op;
         let LinearDims { rows, inp, out } = dims;
         if rows == 0 || out == 0 {
             return;
         }
-        assert!(inp > 0, "linear_fwd: no inputs");
-        check_stride(op);
-        assert!(x.len >= rows * inp && w.len >= out * inp && y.len >= rows * op.y_stride);
+        assert!(x.len >= rows * inp && w.len >= out * inp && y.len >= rows * y_stride);
         assert!(
             b.is_none_or(|b| b.len >= out),
             "bias shorter than the output"
         );
-        let p = forward_product(op);
-        let wa = self.input(p.a, Dtype::Bf16);
-        let xb = self.input(p.b, Dtype::Bf16);
-        match gelu_pre {
-            None => {
-                let bias = b.map(|b| self.bias_operand(b.prefix(out), p.gemm.out));
-                let d = self.output(p.d, p.gemm.out, false);
-                self.gemm(p.gemm, wa, xb, d, 0.0, bias);
-            }
-            Some(pre) => {
-                assert!(pre.len >= rows * out);
-                let d = self.output(p.d, Dtype::Bf16, false);
-                self.gemm(p.gemm, wa, xb, d, 0.0, None);
-                let bias = b.map_or(0, |b| self.input(b, Dtype::F32));
-                let yd = self.output(y, Dtype::Bf16, false);
-                let col_blocks = out.div_ceil(BG_COLS);
-                let groups = (4 * self.sms / col_blocks).clamp(1, rows.min(MAX_GRID_YZ));
-                let args = [
-                    Arg::Ptr(d),
-                    Arg::Ptr(bias),
-                    Arg::Ptr(d),
-                    Arg::Ptr(yd),
-                    Arg::I32(int(rows, "rows")),
-                    Arg::I32(int(out, "out")),
-                    Arg::Ptr(0),
-                ];
-                self.run(
-                    self.kernels.bias_gelu_fwd,
-                    (col_blocks, groups, 1),
-                    BG_THREADS,
-                    &args,
-                );
-            }
-        }
+        assert!(gelu_pre.is_none_or(|p| p.len >= rows * out));
+        let y_dtype = output_dtype(out, gelu_pre.is_some());
+        let a = LinearFwdArgs {
+            w: self.input(w, Dtype::Bf16),
+            x: self.input(x, Dtype::Bf16),
+            bias: match (b, gelu_pre) {
+                (None, _) => 0,
+                // The epilogue's bias, in the output's type.
+                (Some(b), None) => self.bias_operand(b.prefix(out), y_dtype),
+                (Some(b), Some(_)) => self.input(b, Dtype::F32),
+            },
+            pre: gelu_pre.map_or(0, |p| self.output(p, Dtype::Bf16, false)),
+            y: self.output(y, y_dtype, false),
+            y_dtype,
+            dims,
+            y_stride,
+        };
+        let (l, blas) = self.launcher_with_blas();
+        // SAFETY: the buffers were checked to hold the matrices `dims` describes.
+        Self::launched(unsafe { linear_fwd(&l, blas, &a) });
     }
 
     pub(super) fn launch_linear_bwd(&mut self, op: &LinearOp) {
@@ -80,52 +67,58 @@ impl CudaBackend {
             y,
             gelu_pre,
             dims,
-            ..
+            y_stride,
         } = *op;
         let (dy, dx, dw, db) = (y.grad(), x.grad(), w.grad(), b.map(Buf::grad));
         let LinearDims { rows, inp, out } = dims;
         if rows == 0 || out == 0 {
             return;
         }
-        assert!(inp > 0, "linear_bwd: no inputs");
-        check_stride(op);
-        assert!(x.len >= rows * inp && w.len >= out * inp && dy.len >= rows * op.y_stride);
+        assert!(x.len >= rows * inp && w.len >= out * inp && dy.len >= rows * y_stride);
         assert!(dw.len >= out * inp && db.is_none_or(|b| b.len >= out));
         assert!(dx.len >= rows * inp);
+        assert!(gelu_pre.is_none_or(|p| p.len >= rows * out));
+        if db.is_some() {
+            let (partials, counters) = bias_grad_scratch(self.sms, rows, out);
+            ensure!(self, partials)(partials);
+            ensure!(self, counters)(counters);
+        }
         let dbias = db.map_or(0, |d| self.output(d, Dtype::F32, true));
-        let dy_b = match gelu_pre {
-            Some(pre) => {
-                assert!(pre.len >= rows * out);
-                let dyp = self.input(dy, Dtype::Bf16);
-                let prep = self.input(pre, Dtype::Bf16);
-                let dpre = self.output(pre.grad(), Dtype::Bf16, false);
-                self.bias_grad(dyp, prep, dpre, dbias, rows, (out, out));
-                dpre
+        let (dy, pre, dpre) = match gelu_pre {
+            Some(pre) => (
+                self.input(dy, Dtype::Bf16),
+                self.input(pre, Dtype::Bf16),
+                self.output(pre.grad(), Dtype::Bf16, false),
+            ),
+            None if self.tag_of(dy) == Some(Dtype::F32) => {
+                // A one-column output's f32 gradient, rounded to bf16 for the products.
+                let n = rows * out;
+                ensure!(self, convert)(2 * n);
+                let conv = self.scratch.convert.ptr;
+                let args = [Arg::Ptr(self.addr(dy)), Arg::Ptr(conv), Arg::U64(n as u64)];
+                let blocks = n.div_ceil(256).min(4 * self.sms);
+                self.run(self.kernels.params_to_bf16, (blocks, 1, 1), 256, &args);
+                (conv, 0, 0)
             }
-            None => {
-                let dyp = if self.tag_of(dy) == Some(Dtype::F32) {
-                    // A one-column output's f32 gradient, rounded to bf16 for the products.
-                    let n = rows * out;
-                    ensure!(self, convert)(2 * n);
-                    let conv = self.scratch.convert.ptr;
-                    let args = [Arg::Ptr(self.addr(dy)), Arg::Ptr(conv), Arg::U64(n as u64)];
-                    let blocks = n.div_ceil(256).min(4 * self.sms);
-                    self.run(self.kernels.params_to_bf16, (blocks, 1, 1), 256, &args);
-                    conv
-                } else {
-                    self.input(dy, Dtype::Bf16)
-                };
-                self.bias_grad(dyp, 0, 0, dbias, rows, (out, op.y_stride));
-                dyp
-            }
+            None => (self.input(dy, Dtype::Bf16), 0, 0),
         };
-        let [input_grad, weight_grad] = backward_products(op);
-        let wa = self.input(input_grad.a, Dtype::Bf16);
-        let d = self.output(input_grad.d, Dtype::Bf16, true);
-        self.gemm(input_grad.gemm, wa, dy_b, d, 1.0, None);
-        let xa = self.input(weight_grad.a, Dtype::Bf16);
-        let d = self.output(weight_grad.d, Dtype::F32, true);
-        self.gemm(weight_grad.gemm, xa, dy_b, d, 1.0, None);
+        let a = LinearBwdArgs {
+            x: self.input(x, Dtype::Bf16),
+            w: self.input(w, Dtype::Bf16),
+            dy,
+            pre,
+            dpre,
+            dx: self.output(dx, Dtype::Bf16, true),
+            dw: self.output(dw, Dtype::F32, true),
+            dbias,
+            partials: self.scratch.partials.ptr,
+            counters: self.scratch.counters.ptr,
+            dims,
+            y_stride,
+        };
+        let (l, blas) = self.launcher_with_blas();
+        // SAFETY: as in the forward pass; the bias reduction's scratch was sized above.
+        Self::launched(unsafe { linear_bwd(&l, blas, &a) });
     }
 
     /// A copy of a bias vector the bias epilogue can read (16-byte aligned), as `dtype`.
@@ -142,95 +135,153 @@ impl CudaBackend {
             .unwrap_or_else(|e| panic!("CUDA: staging a bias vector: {e}"));
         dst
     }
+}
 
-    /// `bias_gelu_bwd` (with `pre`) or `bias_bwd`: `dpre = dy·gelu'(pre)` and `dbias += Σ dpre`,
-    /// over `rows` rows of `width` values, `stride` apart in `dy` (`width` with GELU).
-    fn bias_grad(
-        &mut self,
-        dy: u64,
-        pre: u64,
-        dpre: u64,
-        dbias: u64,
-        rows: usize,
-        (width, stride): (usize, usize),
-    ) {
-        let col_blocks = width.div_ceil(BG_COLS);
-        let groups = (2 * self.sms / col_blocks).clamp(1, rows.min(MAX_GRID_YZ));
-        if dbias != 0 {
-            ensure!(self, partials)(4 * groups * width);
-            ensure!(self, counters)(4 * col_blocks);
-        }
-        let (partials, counters) = (self.scratch.partials.ptr, self.scratch.counters.ptr);
-        let (rows, width) = (int(rows, "rows"), int(width, "width"));
-        let stride = int(stride, "row stride");
-        if pre != 0 {
+/// The bias kernels' grid for `rows` × `width` on `sms` multiprocessors: blocks of columns, and
+/// groups of rows (fixed for a shape, as the reduction's order depends on it).
+fn bias_grid(sms: usize, per_sm: usize, rows: usize, width: usize) -> (usize, usize) {
+    let col_blocks = width.div_ceil(BG_COLS);
+    let groups = (per_sm * sms / col_blocks).clamp(1, rows.min(MAX_GRID_YZ));
+    (col_blocks, groups)
+}
+
+/// The bytes of f32 partial sums and of u32 counters the bias gradient's reduction needs.
+pub(super) fn bias_grad_scratch(sms: usize, rows: usize, width: usize) -> (usize, usize) {
+    let (col_blocks, groups) = bias_grid(sms, 2, rows, width);
+    (4 * groups * width, 4 * col_blocks)
+}
+
+/// Launches a linear layer's forward pass on `l`'s stream: `y = x·wᵀ + b` by cuBLASLt, or with
+/// GELU `pre = x·wᵀ` by cuBLASLt, then `bias_gelu_fwd` (`pre += b`, `y = gelu(pre)`).
+///
+/// # Safety
+/// The addresses hold the tensors [`LinearFwdArgs`] describes for `a.dims`.
+pub(super) unsafe fn linear_fwd(
+    l: &Launcher,
+    blas: &mut Blas,
+    a: &LinearFwdArgs,
+) -> Result<(), CudaError> {
+    let LinearDims { rows, out, .. } = a.dims;
+    if rows == 0 || out == 0 {
+        return Ok(());
+    }
+    let (rows_i, out_i) = a.check()?;
+    if a.pre == 0 {
+        let mut p = forward_product(a.dims, a.y_stride, a.y_dtype, (a.w, a.x, a.y));
+        p.gemm.bias = a.bias != 0;
+        let bias = p.gemm.bias.then_some(a.bias);
+        return l.gemm(blas, p.gemm, (p.a, p.b, p.d), 0.0, bias);
+    }
+    let p = forward_product(a.dims, out, Dtype::Bf16, (a.w, a.x, a.pre));
+    l.gemm(blas, p.gemm, (p.a, p.b, p.d), 0.0, None)?;
+    let (col_blocks, groups) = bias_grid(l.sms, 4, rows, out);
+    let args = [
+        Arg::Ptr(a.pre),
+        Arg::Ptr(a.bias),
+        Arg::Ptr(a.pre),
+        Arg::Ptr(a.y),
+        Arg::I32(rows_i),
+        Arg::I32(out_i),
+        Arg::Ptr(0),
+    ];
+    l.run(
+        l.kernels.bias_gelu_fwd,
+        (col_blocks, groups, 1),
+        BG_THREADS,
+        &args,
+    )
+}
+
+/// Launches a linear layer's backward pass on `l`'s stream: `bias_gelu_bwd` (`dpre` and the
+/// bias gradient) or `bias_bwd` (the bias gradient), then cuBLASLt `dx += dy·w` (bf16) and
+/// `dw += dyᵀ·x` (f32).
+///
+/// # Safety
+/// The addresses hold the tensors [`LinearBwdArgs`] describes for `a.dims`; with `dbias`,
+/// `partials` and `counters` hold [`bias_grad_scratch`] bytes (the counters zero).
+pub(super) unsafe fn linear_bwd(
+    l: &Launcher,
+    blas: &mut Blas,
+    a: &LinearBwdArgs,
+) -> Result<(), CudaError> {
+    let LinearDims { rows, out, .. } = a.dims;
+    if rows == 0 || out == 0 {
+        return Ok(());
+    }
+    let (rows_i, out_i, ld) = a.check()?;
+    let (col_blocks, groups) = bias_grid(l.sms, 2, rows, out);
+    let grid = (col_blocks, groups, 1);
+    let dy_b = if a.pre != 0 {
+        let args = [
+            Arg::Ptr(a.dy),
+            Arg::Ptr(a.pre),
+            Arg::Ptr(a.dpre),
+            Arg::Ptr(a.dbias),
+            Arg::Ptr(a.partials),
+            Arg::Ptr(a.counters),
+            Arg::I32(rows_i),
+            Arg::I32(out_i),
+            Arg::Ptr(0),
+        ];
+        l.run(l.kernels.bias_gelu_bwd, grid, BG_THREADS, &args)?;
+        a.dpre
+    } else {
+        if a.dbias != 0 {
             let args = [
-                Arg::Ptr(dy),
-                Arg::Ptr(pre),
-                Arg::Ptr(dpre),
-                Arg::Ptr(dbias),
-                Arg::Ptr(partials),
-                Arg::Ptr(counters),
-                Arg::I32(rows),
-                Arg::I32(width),
+                Arg::Ptr(a.dy),
+                Arg::Ptr(a.dbias),
+                Arg::Ptr(a.partials),
+                Arg::Ptr(a.counters),
+                Arg::I32(rows_i),
+                Arg::I32(out_i),
+                Arg::I32(ld),
                 Arg::Ptr(0),
             ];
-            self.run(
-                self.kernels.bias_gelu_bwd,
-                (col_blocks, groups, 1),
-                BG_THREADS,
-                &args,
-            );
-        } else if dbias != 0 {
-            let args = [
-                Arg::Ptr(dy),
-                Arg::Ptr(dbias),
-                Arg::Ptr(partials),
-                Arg::Ptr(counters),
-                Arg::I32(rows),
-                Arg::I32(width),
-                Arg::I32(stride),
-                Arg::Ptr(0),
-            ];
-            self.run(
-                self.kernels.bias_bwd,
-                (col_blocks, groups, 1),
-                BG_THREADS,
-                &args,
-            );
+            l.run(l.kernels.bias_bwd, grid, BG_THREADS, &args)?;
         }
+        a.dy
+    };
+    // The GELU's gradient is dense; a padded `dy` is read in place.
+    let dy_stride = if a.pre != 0 { out } else { a.y_stride };
+    let [input_grad, weight_grad] =
+        backward_products(a.dims, dy_stride, (a.x, a.w, dy_b, a.dx, a.dw));
+    for p in [input_grad, weight_grad] {
+        l.gemm(blas, p.gemm, (p.a, p.b, p.d), 1.0, None)?;
+    }
+    Ok(())
+}
+
+/// The type of a linear layer's output: a one-column output (a score per row) stays f32, as a
+/// loss reads it; every other is bf16.
+pub(super) fn output_dtype(out: usize, gelu: bool) -> Dtype {
+    if out == 1 && !gelu {
+        Dtype::F32
+    } else {
+        Dtype::Bf16
     }
 }
 
-/// A padded output row (`y_stride > out`) only where the launchers handle one: without GELU, and
-/// not as a one-column f32 score, whose conversion to bf16 reads its rows as dense.
-fn check_stride(op: &LinearOp) {
-    let out = op.dims.out;
-    assert!(
-        op.y_stride == out || (op.y_stride > out && op.gelu_pre.is_none() && out > 1),
-        "linear: row stride {} for {out} outputs",
-        op.y_stride
-    );
-}
-
 /// One matrix product of a linear layer as the launchers issue it: its cuBLASLt descriptor and
-/// the buffers of its operands `A`, `B` and `D` (see [`Gemm`]). Stated apart from the launch so
-/// that the operands' alignment can be checked on the host, by the same description.
+/// its operands `A`, `B` and `D` (see [`Gemm`]): device addresses at a launch, the engine's
+/// buffers in the host test of their alignment, so that both read one description.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Product {
+pub(super) struct Product<T> {
     pub gemm: Gemm,
-    pub a: Buf,
-    pub b: Buf,
-    pub d: Buf,
+    pub a: T,
+    pub b: T,
+    pub d: T,
 }
 
-/// The forward product, `y = x·wᵀ (+ b)`, or `pre = x·wᵀ` before a GELU. Row-major `y [rows, out]`
-/// is column-major `out × rows`, so cuBLASLt computes `yᵀ = w·xᵀ` with `w` read transposed. A
-/// one-column output (a score per row) stays f32, as a loss reads it; the bias epilogue adds the
-/// bias when no GELU follows (else the GELU kernel adds it).
-pub(super) fn forward_product(op: &LinearOp) -> Product {
-    let LinearDims { rows, inp, out } = op.dims;
-    let d = op.gelu_pre.unwrap_or(op.y);
+/// The forward product `d = x·wᵀ` of type `out_type`, rows `d_stride` elements apart, without its
+/// bias (the caller sets the epilogue's). Row-major `d [rows, out]` is column-major
+/// `out × rows`, so cuBLASLt computes `dᵀ = w·xᵀ` with `w` read transposed.
+pub(super) fn forward_product<T>(
+    dims: LinearDims,
+    d_stride: usize,
+    out_type: Dtype,
+    (w, x, d): (T, T, T),
+) -> Product<T> {
+    let LinearDims { rows, inp, out } = dims;
     Product {
         gemm: Gemm {
             m: out as u64,
@@ -240,51 +291,50 @@ pub(super) fn forward_product(op: &LinearOp) -> Product {
             trans_b: false,
             lda: inp as u64,
             ldb: inp as u64,
-            ldd: op.y_stride as u64,
-            out: if out == 1 && op.gelu_pre.is_none() {
-                Dtype::F32
-            } else {
-                Dtype::Bf16
-            },
-            bias: op.gelu_pre.is_none() && op.b.is_some(),
+            ldd: d_stride as u64,
+            out: out_type,
+            bias: false,
         },
-        a: op.w,
-        b: op.x,
+        a: w,
+        b: x,
         d,
     }
 }
 
-/// The backward products, both reading the gradient at the product's output (`dpre` after a
-/// GELU, else `dy`) as `B` and accumulating into `D`: the input gradient `dx += dy·w`
-/// (column-major `dxᵀ = wᵀ·dyᵀ`) and the weight gradient `dw += dyᵀ·x` (column-major
-/// `dwᵀ = xᵀ·dy`), in f32.
-pub(super) fn backward_products(op: &LinearOp) -> [Product; 2] {
-    let LinearDims { rows, inp, out } = op.dims;
-    let dy = op.gelu_pre.unwrap_or(op.y).grad();
-    let product = |n, k, trans_b, out_type| Gemm {
+/// The backward products, both reading the gradient at the product's output, `dy` (rows
+/// `dy_stride` elements apart), as `B` and accumulating into `D`: the input gradient
+/// `dx += dy·w` (column-major `dxᵀ = wᵀ·dyᵀ`, bf16) and the weight gradient `dw += dyᵀ·x`
+/// (column-major `dwᵀ = xᵀ·dy`, f32).
+pub(super) fn backward_products<T: Copy>(
+    dims: LinearDims,
+    dy_stride: usize,
+    (x, w, dy, dx, dw): (T, T, T, T, T),
+) -> [Product<T>; 2] {
+    let LinearDims { rows, inp, out } = dims;
+    let gemm = |n, k, trans_b, out_type| Gemm {
         m: inp as u64,
         n,
         k,
         trans_a: false,
         trans_b,
         lda: inp as u64,
-        ldb: op.y_stride as u64,
+        ldb: dy_stride as u64,
         ldd: inp as u64,
         out: out_type,
         bias: false,
     };
     [
         Product {
-            gemm: product(rows as u64, out as u64, false, Dtype::Bf16),
-            a: op.w,
+            gemm: gemm(rows as u64, out as u64, false, Dtype::Bf16),
+            a: w,
             b: dy,
-            d: op.x.grad(),
+            d: dx,
         },
         Product {
-            gemm: product(out as u64, rows as u64, true, Dtype::F32),
-            a: op.x,
+            gemm: gemm(out as u64, rows as u64, true, Dtype::F32),
+            a: x,
             b: dy,
-            d: op.w.grad(),
+            d: dw,
         },
     ]
 }
@@ -314,12 +364,16 @@ mod tests {
         let mut out = vec![];
         for op in trainer.recorded_ops() {
             let Op::Linear(op) = op else { continue };
-            let [input_grad, weight_grad] = backward_products(op);
-            for (pass, p) in [
-                ("fwd", forward_product(op)),
-                ("dx", input_grad),
-                ("dw", weight_grad),
-            ] {
+            let (dims, gelu) = (op.dims, op.gelu_pre.is_some());
+            let y_type = output_dtype(dims.out, gelu);
+            let y = op.gelu_pre.unwrap_or(op.y);
+            let forward = forward_product(dims, op.y_stride, y_type, (op.w, op.x, y));
+            let [input_grad, weight_grad] = backward_products(
+                dims,
+                op.y_stride,
+                (op.x, op.w, y.grad(), op.x.grad(), op.w.grad()),
+            );
+            for (pass, p) in [("fwd", forward), ("dx", input_grad), ("dw", weight_grad)] {
                 let g = p.gemm;
                 let (d_type, d_bytes) = (g.out, g.out.bytes());
                 out.push((

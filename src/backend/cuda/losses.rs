@@ -3,9 +3,10 @@
 //! `kernels/sigmoid_bce.cu` (the discriminator's H → 1 projection, its loss and their backward in
 //! one pass, and `replace_tokens`).
 
-use super::kernels::Arg;
+use super::kernels::{Arg, Launcher};
+use super::launch_args::{BceHeadArgs, SoftmaxXentArgs};
 use super::memory::Dtype;
-use super::{int, width_kernel, CudaBackend};
+use super::{int, try_width_kernel, CudaBackend, CudaError};
 use crate::backend::{BceHeadOp, Pick, ReplaceTokensOp, SoftmaxXentOp};
 
 /// Threads per row of the softmax cross-entropy.
@@ -31,11 +32,11 @@ impl CudaBackend {
             return;
         }
         assert!(
-            vocab > 0 && row_stride >= vocab && logits.len >= rows * row_stride,
+            logits.len >= rows * row_stride,
             "softmax_xent: logits too short"
         );
         assert!(targets.len >= rows && row_loss.len >= rows);
-        let (mode, picks) = match pick {
+        let (pick_mode, picks) = match pick {
             None => (0, 0),
             Some((mode, picks)) => {
                 assert!(picks.len >= rows, "softmax_xent: picks too short");
@@ -46,28 +47,21 @@ impl CudaBackend {
                 }
             }
         };
-        let v = int(vocab, "vocab");
-        let args = [
-            Arg::Ptr(self.input(logits, Dtype::Bf16)),
-            Arg::Ptr(self.output(logits.grad(), Dtype::Bf16, false)),
-            Arg::I32(int(row_stride, "row stride")),
-            Arg::Ptr(self.iaddr(targets)),
-            Arg::Ptr(self.output(row_loss.prefix(rows), Dtype::F32, false)),
-            Arg::F32(grad_scale),
-            Arg::I32(mode),
-            Arg::Ptr(picks),
-            Arg::I32(int(rows, "rows")),
-            Arg::I32(v),
-            Arg::Ptr(0),
-            Arg::Ptr(0),
-            Arg::Ptr(self.step_scalar(0)),
-        ];
-        self.run(
-            self.kernels.softmax_xent_fwd_bwd,
-            (rows, 1, 1),
-            SX_THREADS,
-            &args,
-        );
+        let a = SoftmaxXentArgs {
+            logits: self.input(logits, Dtype::Bf16),
+            dlogits: self.output(logits.grad(), Dtype::Bf16, false),
+            ld: row_stride,
+            targets: self.iaddr(targets),
+            row_loss: self.output(row_loss.prefix(rows), Dtype::F32, false),
+            grad_scale,
+            pick_mode,
+            picks,
+            rows,
+            vocab,
+            step: self.step_scalar(0),
+        };
+        // SAFETY: the buffers were checked to hold `rows` rows above.
+        Self::launched(unsafe { softmax_xent(&self.launcher(), &a) });
     }
 
     pub(super) fn launch_replace_tokens(&mut self, op: &ReplaceTokensOp) {
@@ -107,41 +101,115 @@ impl CudaBackend {
             grad_scale,
         } = *op;
         let (tokens, width) = (row_loss.len, w.len);
-        let k = width_kernel(
-            self.kernels.sigmoid_bce_head_fwd_bwd_w256,
-            self.kernels.sigmoid_bce_head_fwd_bwd_w1024,
-            width,
-            "bce_head",
-        );
         if tokens == 0 {
             return;
         }
         assert_eq!(b.len, 1, "bce_head: one bias");
         assert!(h.len >= tokens * width && logits.len >= tokens);
         assert!(labels.len >= tokens && mask.len >= tokens);
-        int(tokens * width, "tokens·hidden");
-        let grid = tokens.div_ceil(BCE_WARPS).min(2 * self.sms);
-        ensure!(self, partials)(4 * grid * (width + 1));
+        ensure!(self, partials)(bce_head_scratch(self.sms, tokens, width));
         let h = h.prefix(tokens * width);
-        let args = [
-            Arg::Ptr(self.input(h, Dtype::Bf16)),
-            Arg::Ptr(self.input(w, Dtype::F32)),
-            Arg::Ptr(self.input(b, Dtype::F32)),
-            Arg::Ptr(self.input(labels, Dtype::F32)),
-            Arg::Ptr(self.iaddr(mask)),
-            Arg::Ptr(self.output(logits.prefix(tokens), Dtype::F32, false)),
-            Arg::Ptr(self.output(row_loss, Dtype::F32, false)),
-            Arg::Ptr(self.output(h.grad(), Dtype::Bf16, true)),
-            Arg::Ptr(self.output(w.grad(), Dtype::F32, true)),
-            Arg::Ptr(self.output(b.grad(), Dtype::F32, true)),
-            Arg::Ptr(self.scratch.partials.ptr),
-            Arg::Ptr(self.scratch.counters.ptr),
-            Arg::F32(grad_scale),
-            Arg::I32(int(tokens, "tokens")),
-            Arg::I32(int(width, "hidden")),
-            Arg::I32(1),
-            Arg::Ptr(0),
-        ];
-        self.run(k, (grid, 1, 1), BCE_THREADS, &args);
+        let a = BceHeadArgs {
+            h: self.input(h, Dtype::Bf16),
+            w: self.input(w, Dtype::F32),
+            b: self.input(b, Dtype::F32),
+            labels: self.input(labels, Dtype::F32),
+            mask: self.iaddr(mask),
+            logits: self.output(logits.prefix(tokens), Dtype::F32, false),
+            row_loss: self.output(row_loss, Dtype::F32, false),
+            dh: self.output(h.grad(), Dtype::Bf16, true),
+            dw: self.output(w.grad(), Dtype::F32, true),
+            db: self.output(b.grad(), Dtype::F32, true),
+            partials: self.scratch.partials.ptr,
+            counters: self.scratch.counters.ptr,
+            grad_scale,
+            tokens,
+            width,
+        };
+        // SAFETY: the buffers were checked to hold `tokens` rows above, the partials sized.
+        Self::launched(unsafe { bce_head(&self.launcher(), &a) });
     }
+}
+
+/// Launches the generator's loss (`softmax_xent_fwd_bwd`, one block per row) on `l`'s stream
+/// after checking the sizes.
+///
+/// # Safety
+/// The addresses hold the tensors [`SoftmaxXentArgs`] describes.
+pub(super) unsafe fn softmax_xent(l: &Launcher, a: &SoftmaxXentArgs) -> Result<(), CudaError> {
+    let (ld, rows, vocab) = a.check()?;
+    if a.rows == 0 {
+        return Ok(());
+    }
+    let args = [
+        Arg::Ptr(a.logits),
+        Arg::Ptr(a.dlogits),
+        Arg::I32(ld),
+        Arg::Ptr(a.targets),
+        Arg::Ptr(a.row_loss),
+        Arg::F32(a.grad_scale),
+        Arg::I32(a.pick_mode),
+        Arg::Ptr(a.picks),
+        Arg::I32(rows),
+        Arg::I32(vocab),
+        Arg::Ptr(0),
+        Arg::Ptr(0),
+        Arg::Ptr(a.step),
+    ];
+    l.run(
+        l.kernels.softmax_xent_fwd_bwd,
+        (a.rows, 1, 1),
+        SX_THREADS,
+        &args,
+    )
+}
+
+/// The BCE head's grid for `tokens` on `sms` multiprocessors (fixed for a shape: its
+/// reduction's order depends on it).
+fn bce_grid(sms: usize, tokens: usize) -> usize {
+    tokens.div_ceil(BCE_WARPS).min(2 * sms)
+}
+
+/// The bytes of f32 partial sums the BCE head's reduction of `dw` and `db` needs.
+pub(super) fn bce_head_scratch(sms: usize, tokens: usize, width: usize) -> usize {
+    4 * bce_grid(sms, tokens) * (width + 1)
+}
+
+/// Launches the discriminator's head and loss (`sigmoid_bce_head_fwd_bwd_w*`) on `l`'s stream
+/// after checking the sizes.
+///
+/// # Safety
+/// The addresses hold the tensors [`BceHeadArgs`] describes; `partials` holds
+/// [`bce_head_scratch`] bytes and `counters` (zero) one counter.
+pub(super) unsafe fn bce_head(l: &Launcher, a: &BceHeadArgs) -> Result<(), CudaError> {
+    let k = try_width_kernel(
+        l.kernels.sigmoid_bce_head_fwd_bwd_w256,
+        l.kernels.sigmoid_bce_head_fwd_bwd_w1024,
+        a.width,
+        "bce_head",
+    )?;
+    let (tokens, width) = a.check()?;
+    if a.tokens == 0 {
+        return Ok(());
+    }
+    let args = [
+        Arg::Ptr(a.h),
+        Arg::Ptr(a.w),
+        Arg::Ptr(a.b),
+        Arg::Ptr(a.labels),
+        Arg::Ptr(a.mask),
+        Arg::Ptr(a.logits),
+        Arg::Ptr(a.row_loss),
+        Arg::Ptr(a.dh),
+        Arg::Ptr(a.dw),
+        Arg::Ptr(a.db),
+        Arg::Ptr(a.partials),
+        Arg::Ptr(a.counters),
+        Arg::F32(a.grad_scale),
+        Arg::I32(tokens),
+        Arg::I32(width),
+        Arg::I32(1),
+        Arg::Ptr(0),
+    ];
+    l.run(k, (bce_grid(l.sms, a.tokens), 1, 1), BCE_THREADS, &args)
 }

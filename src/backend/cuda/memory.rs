@@ -38,20 +38,7 @@ use super::{act_index, CudaBackend};
 use crate::backend::{Buf, IBuf, Space};
 
 /// The element type of an activation buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Dtype {
-    Bf16,
-    F32,
-}
-
-impl Dtype {
-    pub fn bytes(self) -> usize {
-        match self {
-            Dtype::Bf16 => 2,
-            Dtype::F32 => 4,
-        }
-    }
-}
+pub use super::launch_args::Dtype;
 
 /// Where the first value of `b`, read as `dtype`, lies from the start of the allocation that
 /// holds it, in bytes: `2·offset` in the bf16 copy of the parameters, `4·offset` everywhere else

@@ -79,12 +79,14 @@ macro_rules! ensure {
 
 mod attention;
 mod blas;
+mod device_ops;
 mod dropout;
 mod embedding;
 mod error;
 mod gather_rows;
 mod graph;
 mod kernels;
+pub(crate) mod launch_args;
 mod layernorm;
 mod linear;
 mod losses;
@@ -93,6 +95,7 @@ mod nccl;
 mod optim;
 mod step;
 
+pub(crate) use device_ops::DeviceOps;
 pub use error::CudaError;
 
 use std::cell::Cell;
@@ -107,17 +110,13 @@ use super::{
     ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars,
 };
 use crate::comm::Collective;
-use blas::{Blas, Gemm};
+use blas::Blas;
 use embedding::{EMB_CHUNK, SORT_RADIX, SORT_TILE};
 use graph::StepGraphs;
-use kernels::{launch, Arg, Kernel, Kernels};
+use kernels::{Arg, Kernel, Kernels, Launcher};
+use launch_args::{check_width, checked_int, MAX_GRID_YZ, MAX_WIDTH};
 use memory::{DeviceBuf, Dtype, Tags};
 use step::STEP_BYTES;
-
-/// The widest row the LayerNorm, embedding and head kernels hold in registers.
-const MAX_WIDTH: usize = 1024;
-/// The largest grid dimension y or z.
-const MAX_GRID_YZ: usize = 65_535;
 
 /// Scratch memory of the kernels, sized by `reserve` and grown only if a call needs more.
 struct Scratch {
@@ -203,7 +202,7 @@ fn act_index(space: Space) -> Option<usize> {
 
 /// `v` as a kernel's 32-bit int: every tensor the kernels index has fewer than 2^31 elements.
 fn int(v: usize, what: &str) -> i32 {
-    i32::try_from(v).unwrap_or_else(|_| panic!("{what} = {v} exceeds the kernels' 32-bit indexing"))
+    checked_int(v, what).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Grows a scratch buffer to at least `bytes` (new memory is zero; the old is not kept).
@@ -224,77 +223,106 @@ fn grow(
     Ok(())
 }
 
-fn grid_dim(v: usize) -> u32 {
-    u32::try_from(v).expect("grid dimension fits in u32")
+/// cuBLASLt's workspace on a device of compute capability `major`: NVIDIA's recommendation,
+/// 32 MiB on Hopper, 4 MiB before.
+fn blas_workspace_bytes(major: i32) -> usize {
+    if major >= 9 {
+        32 << 20
+    } else {
+        4 << 20
+    }
+}
+
+/// The f32 partial sums that cover every row reduction on `sms` multiprocessors: the LayerNorm
+/// backward's grid of at most 2·SMs blocks, 2·width partials each; the bias and BCE head
+/// reductions stay under 2·SMs·(1024 + 1) values by their choice of grid.
+fn partials_bytes(sms: usize) -> usize {
+    4 * 2 * sms * 2 * MAX_WIDTH
+}
+
+/// The "last block" counters of the reductions (zero, and left at zero by every kernel).
+const COUNTERS_BYTES: usize = 4 * 4096;
+
+/// An opened device: its (primary) context, compute capability major and multiprocessor count.
+struct OpenDevice {
+    ctx: Arc<CudaContext>,
+    major: i32,
+    sms: usize,
+}
+
+/// Opens device `ordinal` for the kernels: a driver, the device, compute capability 8.0 or newer,
+/// and cuBLASLt. [`CudaError::NoDevice`] when there is no driver or no such device.
+fn open_device(ordinal: usize) -> Result<OpenDevice, CudaError> {
+    // SAFETY: only probes whether the library can be opened.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(CudaError::NoDevice(
+            "the CUDA driver library (libcuda.so) is not installed".into(),
+        ));
+    }
+    let count = CudaContext::device_count().map_err(|e| {
+        if e.0 == sys::CUresult::CUDA_ERROR_NO_DEVICE {
+            CudaError::NoDevice(format!("the CUDA driver reports {e}"))
+        } else if e.0 == sys::CUresult::CUDA_ERROR_STUB_LIBRARY {
+            // cudarc opens `libcuda.so` before `libcuda.so.1`, and toolkits ship a stub under
+            // the first name: a library path that lists the stub's folder hides the driver.
+            CudaError::NoDevice(
+                "the libcuda.so found first is the CUDA toolkit's stub, not the driver: put the \
+                 folder of the driver's libcuda.so.1 (see `ldconfig -p | grep libcuda`) before \
+                 any toolkit folder in LD_LIBRARY_PATH, with a libcuda.so link to it"
+                    .into(),
+            )
+        } else {
+            driver_err("initialising the driver", e)
+        }
+    })?;
+    if count <= 0 {
+        return Err(CudaError::NoDevice("the driver sees no GPU".into()));
+    }
+    if ordinal >= count as usize {
+        return Err(CudaError::NoDevice(format!(
+            "device {ordinal} was asked for; there are {count} (0 to {})",
+            count - 1
+        )));
+    }
+    let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("creating the context", e))?;
+    let (major, minor) = ctx
+        .compute_capability()
+        .map_err(|e| driver_err("reading the compute capability", e))?;
+    if major < 8 {
+        return Err(CudaError::Unsupported(format!(
+            "device {ordinal} has compute capability {major}.{minor}; the kernels need 8.0 or \
+             newer (bf16 tensor cores)"
+        )));
+    }
+    // SAFETY: only probes whether the library can be opened.
+    if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
+        return Err(CudaError::Unsupported(
+            "cuBLASLt (libcublasLt.so.13) is not installed beside the driver".into(),
+        ));
+    }
+    let sms = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(|e| driver_err("reading the multiprocessor count", e))?
+        .max(1) as usize;
+    Ok(OpenDevice { ctx, major, sms })
 }
 
 impl CudaBackend {
     /// Opens device `ordinal`, loads the kernels and creates the cuBLASLt handle. Fails with
     /// [`CudaError::NoDevice`] when there is no driver or no such device.
     pub fn new(ordinal: usize) -> Result<Self, CudaError> {
-        // SAFETY: only probes whether the library can be opened.
-        if !unsafe { sys::is_culib_present() } {
-            return Err(CudaError::NoDevice(
-                "the CUDA driver library (libcuda.so) is not installed".into(),
-            ));
-        }
-        let count = CudaContext::device_count().map_err(|e| {
-            if e.0 == sys::CUresult::CUDA_ERROR_NO_DEVICE {
-                CudaError::NoDevice(format!("the CUDA driver reports {e}"))
-            } else if e.0 == sys::CUresult::CUDA_ERROR_STUB_LIBRARY {
-                // cudarc opens `libcuda.so` before `libcuda.so.1`, and toolkits ship a stub under
-                // the first name: a library path that lists the stub's folder hides the driver.
-                CudaError::NoDevice(
-                    "the libcuda.so found first is the CUDA toolkit's stub, not the driver: put the \
-                     folder of the driver's libcuda.so.1 (see `ldconfig -p | grep libcuda`) before \
-                     any toolkit folder in LD_LIBRARY_PATH, with a libcuda.so link to it"
-                        .into(),
-                )
-            } else {
-                driver_err("initialising the driver", e)
-            }
-        })?;
-        if count <= 0 {
-            return Err(CudaError::NoDevice("the driver sees no GPU".into()));
-        }
-        if ordinal >= count as usize {
-            return Err(CudaError::NoDevice(format!(
-                "device {ordinal} was asked for; there are {count} (0 to {})",
-                count - 1
-            )));
-        }
-        let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("creating the context", e))?;
-        let (major, minor) = ctx
-            .compute_capability()
-            .map_err(|e| driver_err("reading the compute capability", e))?;
-        if major < 8 {
-            return Err(CudaError::Unsupported(format!(
-                "device {ordinal} has compute capability {major}.{minor}; the kernels need 8.0 or \
-                 newer (bf16 tensor cores)"
-            )));
-        }
+        let OpenDevice { ctx, major, sms } = open_device(ordinal)?;
         // SAFETY: the backend orders all its work on one stream and frees memory stream-ordered,
         // so cudarc's per-allocation events are not needed (and would not be capturable).
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx
             .new_stream()
             .map_err(|e| driver_err("creating the stream", e))?;
-        // SAFETY: only probes whether the library can be opened.
-        if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
-            return Err(CudaError::Unsupported(
-                "cuBLASLt (libcublasLt.so.13) is not installed beside the driver".into(),
-            ));
-        }
-        let sms = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(|e| driver_err("reading the multiprocessor count", e))?
-            .max(1) as usize;
         let device_name = ctx
             .name()
             .unwrap_or_else(|_| format!("CUDA device {ordinal}"));
         let kernels = Kernels::load()?;
-        // NVIDIA's recommendation: 32 MiB of workspace on Hopper, 4 MiB before.
-        let ws_bytes = if major >= 9 { 32 << 20 } else { 4 << 20 };
+        let ws_bytes = blas_workspace_bytes(major);
         let mut allocations = 0;
         let mut alloc = |bytes: usize| {
             allocations += 1;
@@ -422,10 +450,8 @@ impl CudaBackend {
     fn size_scratch(&mut self) -> Result<(), OutOfMemory> {
         let Sizes { acts, ints, .. } = self.sizes;
         let sms = self.sms;
-        // LayerNorm backward: a grid of at most 2·SMs blocks, 2·width partials each; the bias
-        // reductions stay under 2·SMs·1024 values by their choice of grid.
-        try_ensure!(self, partials)(4 * 2 * sms * 2 * MAX_WIDTH)?;
-        try_ensure!(self, counters)(4 * 4096)?;
+        try_ensure!(self, partials)(partials_bytes(sms))?;
+        try_ensure!(self, counters)(COUNTERS_BYTES)?;
         try_ensure!(self, norm)(16 * 2 * sms + 16)?;
         for i in 0..4 {
             try_ensure!(self, sort[i])(4 * ints)?;
@@ -443,33 +469,42 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Launches `k`; panics with its name if the launch fails (or, with `ELECTRA_CUDA_SYNC`, if
-    /// it faults).
-    fn run(&self, k: Kernel, grid: (usize, usize, usize), block: u32, args: &[Arg]) {
-        self.last_kernel.set(k.name);
-        let grid = (grid_dim(grid.0), grid_dim(grid.1), grid_dim(grid.2));
-        // SAFETY: every call site passes the arguments its kernel declares, with pointers into
-        // buffers whose bounds it checked for the launch shape.
-        unsafe { launch(self.stream.cu_stream(), k, grid, block, args) }
-            .unwrap_or_else(|e| panic!("CUDA: launching kernel {} failed: {e}", k.name));
-        if self.sync_each_launch {
-            self.stream
-                .synchronize()
-                .unwrap_or_else(|e| panic!("CUDA: kernel {} failed: {e}", k.name));
+    /// What the launch functions beside the kernels need, on the backend's stream.
+    fn launcher(&self) -> Launcher<'_> {
+        Launcher {
+            kernels: &self.kernels,
+            stream: self.stream.cu_stream(),
+            sms: self.sms,
+            sync_each_launch: self.sync_each_launch,
+            last_kernel: &self.last_kernel,
         }
     }
 
-    fn gemm(&mut self, g: Gemm, a: u64, b: u64, d: u64, beta: f32, bias: Option<u64>) {
-        self.last_kernel.set("cublasLtMatmul");
-        let stream = self.stream.cu_stream();
-        // SAFETY: the call sites check that the buffers hold the matrices `g` describes.
-        unsafe { self.blas.matmul(stream, g, (a, b, d), beta, bias) }
+    /// [`launcher`](Self::launcher) beside the cuBLASLt handle, for the products.
+    fn launcher_with_blas(&mut self) -> (Launcher<'_>, &mut Blas) {
+        let l = Launcher {
+            kernels: &self.kernels,
+            stream: self.stream.cu_stream(),
+            sms: self.sms,
+            sync_each_launch: self.sync_each_launch,
+            last_kernel: &self.last_kernel,
+        };
+        (l, &mut self.blas)
+    }
+
+    /// Launches `k`; panics with its name if the launch fails (or, with `ELECTRA_CUDA_SYNC`, if
+    /// it faults).
+    fn run(&self, k: Kernel, grid: (usize, usize, usize), block: u32, args: &[Arg]) {
+        // SAFETY: every call site passes the arguments its kernel declares, with pointers into
+        // buffers whose bounds it checked for the launch shape.
+        unsafe { self.launcher().run(k, grid, block, args) }
             .unwrap_or_else(|e| panic!("CUDA: {e}"));
-        if self.sync_each_launch {
-            self.stream
-                .synchronize()
-                .unwrap_or_else(|e| panic!("CUDA: cublasLtMatmul {g:?} failed: {e}"));
-        }
+    }
+
+    /// Panics with the error of a launch function beside the kernels: the trait's operations
+    /// return nothing, and the engine's own buffers failing those checks is a bug.
+    fn launched(result: Result<(), CudaError>) {
+        result.unwrap_or_else(|e| panic!("CUDA: {e}"));
     }
 
     fn sync(&self) {
@@ -492,15 +527,19 @@ impl Drop for CudaBackend {
 }
 
 fn width_kernel(narrow: Kernel, wide: Kernel, width: usize, what: &str) -> Kernel {
-    assert!(
-        width > 0 && width <= MAX_WIDTH,
-        "{what}: width {width} is outside the CUDA kernels' 1..={MAX_WIDTH}"
-    );
-    if width <= 256 {
-        narrow
-    } else {
-        wide
-    }
+    try_width_kernel(narrow, wide, width, what).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The kernel of a row-per-warp family for rows of `width`: `narrow` up to 256, `wide` up to
+/// [`MAX_WIDTH`], which is all the registers hold.
+fn try_width_kernel(
+    narrow: Kernel,
+    wide: Kernel,
+    width: usize,
+    what: &str,
+) -> Result<Kernel, CudaError> {
+    check_width(width, what)?;
+    Ok(if width <= 256 { narrow } else { wide })
 }
 
 impl Backend for CudaBackend {

@@ -22,7 +22,7 @@ struct StepValues {
 }
 
 /// Byte offsets of the [`StepScalars`] in the step memory.
-const STEP_DROPOUT_SEED: u64 = std::mem::offset_of!(StepValues, dropout_seed) as u64;
+pub(super) const STEP_DROPOUT_SEED: u64 = std::mem::offset_of!(StepValues, dropout_seed) as u64;
 const STEP_SAMPLE_SEED: u64 = std::mem::offset_of!(StepValues, sample_seed) as u64;
 pub(super) const STEP_LR: u64 = std::mem::offset_of!(StepValues, lr) as u64;
 const STEP_FIRST_SEQUENCE: u64 = std::mem::offset_of!(StepValues, first_sequence) as u64;

@@ -12,6 +12,13 @@ use super::{
 #[path = "error.rs"]
 mod error;
 pub use error::CudaError;
+#[path = "launch_args.rs"]
+pub(crate) mod launch_args;
+
+use launch_args::{
+    AttentionBwdArgs, AttentionFwdArgs, BceHeadArgs, LayerNormBwdArgs, LayerNormFwdArgs,
+    LinearBwdArgs, LinearFwdArgs, SoftmaxXentArgs,
+};
 
 /// Uninhabited: a build without CUDA has no CUDA backend value.
 #[derive(Debug)]
@@ -111,5 +118,46 @@ impl Backend for CudaBackend {
         fn optimizer_step(&mut Self, &OptimizerStep);
         fn last_grad_norm(&Self) -> f32;
         fn begin_step(&mut Self, StepScalars, Option<u64>) -> bool;
+    }
+}
+
+/// The C ABI's device ops in a build without CUDA: [`DeviceOps::new`] always fails with
+/// [`CudaError::NotBuilt`], so no operation is ever reached.
+#[derive(Debug)]
+pub(crate) struct DeviceOps {
+    never: Never,
+}
+
+/// A CUDA stream as the C ABI takes it.
+type RawStream = *mut std::ffi::c_void;
+
+/// Operations whose body can never run: no value of the stand-in exists.
+macro_rules! unreachable_ops {
+    ($(fn $name:ident($($arg:ty),*);)*) => {$(
+        /// Never reached (no value exists).
+        ///
+        /// # Safety
+        /// None needed: it cannot be called.
+        pub unsafe fn $name(&mut self, $(_: $arg),*) -> Result<(), CudaError> {
+            match self.never {}
+        }
+    )*};
+}
+
+impl DeviceOps {
+    /// Always [`CudaError::NotBuilt`].
+    pub fn new(_ordinal: usize) -> Result<Self, CudaError> {
+        Err(CudaError::NotBuilt)
+    }
+
+    unreachable_ops! {
+        fn attention_fwd(AttentionFwdArgs, u64, RawStream);
+        fn attention_bwd(AttentionBwdArgs, u64, RawStream);
+        fn layernorm_fwd(LayerNormFwdArgs, RawStream);
+        fn layernorm_bwd(LayerNormBwdArgs, RawStream);
+        fn linear_fwd(LinearFwdArgs, RawStream);
+        fn linear_bwd(LinearBwdArgs, RawStream);
+        fn softmax_xent(SoftmaxXentArgs, RawStream);
+        fn bce_head(BceHeadArgs, RawStream);
     }
 }

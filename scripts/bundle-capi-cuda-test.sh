@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Adds the C ABI's GPU test to .device/ (run after ../shared/tools/device-bundle, which empties
+# .device/): libelectra.so built with --features cuda (release, stripped) in .device/lib, and
+# tests/c/capi_cuda_test.c compiled against it into .device/bin/capi_cuda_test, which finds the
+# library through its rpath ($ORIGIN/../lib). scripts/gpu-checks.sh runs it (step 1b); the GPU
+# machine has no Rust toolchain, so both are built here. Needs nvcc and cuda.h: CUDA_HOME, or the
+# pip install of scripts/install-cuda-compiler.sh in .cuda/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+include=.cuda/site-packages/nvidia/cu13/include
+if [ -n "${CUDA_HOME:-}" ] && [ -f "$CUDA_HOME/include/cuda.h" ]; then
+    include=$CUDA_HOME/include
+fi
+[ -f "$include/cuda.h" ] || {
+    echo "bundle-capi-cuda-test: no cuda.h (set CUDA_HOME or run scripts/install-cuda-compiler.sh)" >&2
+    exit 1
+}
+[ -n "${NVCC:-}" ] || [ ! -x .cuda/site-packages/nvidia/cu13/bin/nvcc ] || export NVCC=$PWD/.cuda/site-packages/nvidia/cu13/bin/nvcc
+cargo build --release --features cuda --lib
+mkdir -p .device/bin .device/lib
+cp "${CARGO_TARGET_DIR:-target}/release/libelectra.so" .device/lib/
+strip .device/lib/libelectra.so 2>/dev/null || true
+# shellcheck disable=SC2016 # $ORIGIN is for the dynamic linker, not the shell
+cc -std=c99 -O2 -Wall -Wextra -Werror -pedantic -Iinclude -isystem "$include" \
+    tests/c/capi_cuda_test.c -L.device/lib -Wl,-rpath,'$ORIGIN/../lib' -lelectra -ldl -lm \
+    -o .device/bin/capi_cuda_test
+du -sh .device/lib/libelectra.so .device/bin/capi_cuda_test
