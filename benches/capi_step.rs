@@ -2,7 +2,8 @@
 //! calls it) against the same step through the Rust API (`Trainer::train_step`): what the
 //! boundary costs (issue 17 asks under 1%). The two paths alternate, one step each per round and
 //! the first of the pair swapped every round, so that the drift of a shared machine falls on both
-//! alike; the medians of the rounds and their ratio are printed.
+//! alike. Printed: the medians of each path, and the median and quartiles of the rounds' own
+//! C/Rust ratios (each from two steps a few hundred milliseconds apart, so slow drift cancels).
 
 use electra::backend::cpu::CpuBackend;
 use electra::capi::trainer::{
@@ -16,15 +17,23 @@ use electra::train::{TrainConfig, Trainer};
 use std::time::Instant;
 
 const VOCAB: u32 = 1000;
-const ROUNDS: usize = 40;
+const ROUNDS: usize = 60;
 const WARMUP: usize = 3;
 
-fn median(mut times: Vec<f64>) -> f64 {
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+/// The value at `q` (0 to 1) of the sorted `values`.
+fn quantile(mut values: Vec<f64>, q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * q).round() as usize]
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs one round without warm-up,
+    // a smoke test (and a short run to count instructions under callgrind).
+    let (warmup, rounds) = if std::env::args().any(|a| a == "--bench") {
+        (WARMUP, ROUNDS)
+    } else {
+        (0, 1)
+    };
     let (batch, seq) = (8, 128);
     let mut config = ElectraConfig::preset("tiny").unwrap();
     config.vocab_size = VOCAB as usize;
@@ -79,27 +88,32 @@ fn main() {
     };
 
     let (mut rust, mut c) = (vec![], vec![]);
-    for round in 0..WARMUP + ROUNDS {
+    for round in 0..warmup + rounds {
         let (r, cc) = if round % 2 == 0 {
             (rust_step(), c_step())
         } else {
             let cc = c_step();
             (rust_step(), cc)
         };
-        if round >= WARMUP {
+        if round >= warmup {
             rust.push(r);
             c.push(cc);
         }
     }
     // SAFETY: the handle is live and not used after this.
     unsafe { electra_trainer_destroy(handle) };
-    let (r, cc) = (median(rust), median(c));
+    let ratios: Vec<f64> = c.iter().zip(&rust).map(|(c, r)| c / r).collect();
+    let (r, cc) = (quantile(rust, 0.5), quantile(c, 0.5));
     println!(
-        "tiny CPU step, batch {batch} x {seq}, median of {ROUNDS} alternating rounds \
-         ({} threads): Rust API {:.2} ms, C API {:.2} ms, C/Rust {:.4}",
+        "tiny CPU step, batch {batch} x {seq}, {rounds} alternating rounds ({} threads): \
+         medians Rust API {:.2} ms, C API {:.2} ms (C/Rust {:.4}); per-round C/Rust median \
+         {:.4}, quartiles {:.4} to {:.4}",
         rayon::current_num_threads(),
         r * 1e3,
         cc * 1e3,
-        cc / r
+        cc / r,
+        quantile(ratios.clone(), 0.5),
+        quantile(ratios.clone(), 0.25),
+        quantile(ratios, 0.75),
     );
 }
