@@ -4,6 +4,14 @@
 //! Every handle is fixed by the [`Arena`] for a batch shape, so the record is the same for every
 //! step of that shape: clearing and refilling it allocates nothing once its capacity is reached.
 //! With recording off (inference), the forward operations run and nothing is kept.
+//!
+//! # Activation gradients
+//! The backward operations add to the gradients of their inputs, since an activation read by two
+//! operations gets a gradient from each. Nothing zeroes the activation gradients before a step:
+//! the backward pass zeroes each range just before the first operation that adds to it (or
+//! that reads it when nothing wrote it: an output no loss depends on), so ranges no backward pass
+//! touches (the CPU's attention scratch on the GPU, the other half of a bf16 value's 4-byte slot)
+//! cost nothing, and the values of the last step never leak into this one.
 
 use crate::backend::{
     AttentionOp, Backend, Buf, DropoutOp, EmbeddingOp, GatherRowsOp, IBuf, LayerNormOp,
@@ -106,6 +114,47 @@ impl Op {
         }
     }
 
+    /// The gradient at this operation's output, which its backward pass reads.
+    fn output_grad(&self) -> Buf {
+        match self {
+            Op::Embedding(op) => op.out.grad().prefix(op.ids.len * op.params.norm.gain.len),
+            Op::Linear(op) => op.y.grad().prefix(op.dims.rows * op.y_stride),
+            Op::LayerNorm(op) => op.y.grad().prefix(op.rows * op.width),
+            Op::Attention(op) => {
+                let d = op.dims;
+                op.ctx.grad().prefix(d.batch * d.seq * d.hidden())
+            }
+            Op::Dropout(op) => op.y.grad().prefix(op.x.len),
+            Op::GatherRows(op) => op.out.grad().prefix(op.rows.len * op.width),
+        }
+    }
+
+    /// The activation gradients this operation's backward pass adds to (parameter gradients
+    /// aside, and the scratch a backend overwrites).
+    fn input_grads(&self) -> [Option<Buf>; 2] {
+        match self {
+            Op::Embedding(_) => [None, None],
+            Op::Linear(op) => {
+                let dx = op.x.grad().prefix(op.dims.rows * op.dims.inp);
+                [Some(dx), None]
+            }
+            Op::LayerNorm(op) => {
+                let n = op.rows * op.width;
+                let dres = op.residual.map(|r| r.grad().prefix(n));
+                [Some(op.x.grad().prefix(n)), dres]
+            }
+            Op::Attention(op) => {
+                let d = op.dims;
+                [
+                    Some(op.qkv.grad().prefix(d.batch * d.seq * 3 * d.hidden())),
+                    None,
+                ]
+            }
+            Op::Dropout(op) => [Some(op.x.grad()), None],
+            Op::GatherRows(op) => [Some(op.x.grad()), None],
+        }
+    }
+
     fn backward<B: Backend>(&self, be: &mut B) {
         match self {
             Op::Embedding(op) => be.embedding_bwd(op),
@@ -123,14 +172,27 @@ impl Op {
 pub struct Tape {
     ops: Vec<Op>,
     recording: bool,
+    /// The activation-gradient ranges zeroed in the last backward pass, each with the index of
+    /// the operation before whose backward pass it was zeroed (kept to reuse its memory).
+    zeroed: Vec<(usize, Buf)>,
+    /// The activation-gradient ranges that hold this pass's values, sorted, disjoint, merged.
+    held: Vec<(usize, usize)>,
+}
+
+/// How much of a range of activation gradients holds this backward pass's values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    Nothing,
+    All,
+    Part,
 }
 
 impl Tape {
     /// A tape that records (`true`, for training) or only runs the forward pass.
     pub fn new(recording: bool) -> Self {
         Tape {
-            ops: vec![],
             recording,
+            ..Tape::default()
         }
     }
 
@@ -158,10 +220,146 @@ impl Tape {
         &self.ops
     }
 
-    /// Propagates the gradients already seeded in the loss outputs back to every parameter.
-    pub fn backward<B: Backend>(&mut self, be: &mut B) {
-        for op in self.ops.iter().rev() {
+    /// Propagates the gradients the losses left in `seeds` (activation gradients written before
+    /// this pass, holding this step's values) back to every parameter, zeroing each other
+    /// activation gradient just before the first operation that adds to it or reads it (see the
+    /// module's documentation).
+    ///
+    /// # Panics
+    /// If an operation adds to or reads a range that is only partly this pass's: the model
+    /// addresses each gradient whole or by a prefix, and its first writer covers what later ones
+    /// touch.
+    pub fn backward<B: Backend>(&mut self, be: &mut B, seeds: &[Buf]) {
+        self.plan_zeroing(seeds);
+        let mut zeroed = self.zeroed.iter().peekable();
+        for (i, op) in self.ops.iter().enumerate().rev() {
+            while let Some(&(_, range)) = zeroed.next_if(|(at, _)| *at == i) {
+                be.fill(range, 0.0);
+            }
             op.backward(be);
         }
+    }
+
+    /// The activation-gradient ranges the last backward pass zeroed, each with the index (into
+    /// [`Tape::ops`]) of the operation before whose backward pass it was zeroed, in the order
+    /// the pass ran.
+    pub fn zeroed(&self) -> &[(usize, Buf)] {
+        &self.zeroed
+    }
+
+    /// Fills `zeroed` for a backward pass over the recorded operations after `seeds`.
+    fn plan_zeroing(&mut self, seeds: &[Buf]) {
+        self.zeroed.clear();
+        self.held.clear();
+        for &seed in seeds {
+            self.hold(seed);
+        }
+        for i in (0..self.ops.len()).rev() {
+            let op = self.ops[i];
+            let [a, b] = op.input_grads();
+            for (range, adds) in [(Some(op.output_grad()), false), (a, true), (b, true)] {
+                let Some(range) = range.filter(|r| r.len > 0) else {
+                    continue;
+                };
+                match self.held_of(range) {
+                    Held::All => {}
+                    Held::Nothing => {
+                        self.zeroed.push((i, range));
+                        self.hold(range);
+                    }
+                    Held::Part => panic!(
+                        "tape: operation {i} ({op:?}) {} {range:?}, of which only a part holds \
+                         this pass's gradients",
+                        if adds { "adds to" } else { "reads" }
+                    ),
+                }
+            }
+        }
+    }
+
+    fn held_of(&self, b: Buf) -> Held {
+        assert_eq!(
+            b.space,
+            Space::ActGrad,
+            "{b:?} is not an activation gradient"
+        );
+        let (start, end) = (b.offset, b.end());
+        let mut covered = 0;
+        for &(s, e) in &self.held {
+            covered += e.min(end).saturating_sub(s.max(start));
+        }
+        match covered {
+            0 => Held::Nothing,
+            c if c == end - start => Held::All,
+            _ => Held::Part,
+        }
+    }
+
+    /// Records that `b` holds this pass's values.
+    fn hold(&mut self, b: Buf) {
+        assert_eq!(
+            b.space,
+            Space::ActGrad,
+            "{b:?} is not an activation gradient"
+        );
+        let (mut start, mut end) = (b.offset, b.end());
+        self.held.retain(|&(s, e)| {
+            let touches = s <= end && start <= e;
+            if touches {
+                start = start.min(s);
+                end = end.max(e);
+            }
+            !touches
+        });
+        let at = self.held.partition_point(|&(s, _)| s < start);
+        self.held.insert(at, (start, end));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Dropout;
+
+    /// A dropout from `x` to `y`: an operation that reads `y`'s gradient and adds to `x`'s.
+    fn dropout(x: Buf, y: Buf) -> Op {
+        Op::Dropout(DropoutOp {
+            x,
+            y,
+            dropout: Dropout { p: 0.1, site: 0 },
+            sequences: 1,
+        })
+    }
+
+    fn tape(ops: &[Op]) -> Tape {
+        Tape {
+            ops: ops.to_vec(),
+            ..Tape::new(true)
+        }
+    }
+
+    /// `a` read by two operations: the later one (the first to run backward) zeroes the
+    /// gradient it adds to, the earlier one adds to it; an output nothing wrote the gradient of
+    /// is zeroed before its reader; the seed is not touched.
+    #[test]
+    fn the_first_writer_of_each_gradient_zeroes_it() {
+        let mut arena = Arena::default();
+        let [a, b, c] = [8, 8, 8].map(|n| arena.acts(n));
+        let mut t = tape(&[dropout(a, b), dropout(a, c)]);
+        t.plan_zeroing(&[b.grad()]);
+        assert_eq!(t.zeroed(), [(1, c.grad()), (1, a.grad())]);
+        // With both outputs seeded, only the shared input's gradient is zeroed, once.
+        t.plan_zeroing(&[b.grad(), c.grad()]);
+        assert_eq!(t.zeroed(), [(1, a.grad())]);
+    }
+
+    /// A gradient read whole when only its prefix holds this pass's values is a model the
+    /// zeroing cannot serve: it stops, naming the range.
+    #[test]
+    #[should_panic(expected = "of which only a part holds this pass's gradients")]
+    fn a_gradient_partly_written_stops_the_pass() {
+        let mut arena = Arena::default();
+        let [a, b] = [8, 8].map(|n| arena.acts(n));
+        tape(&[dropout(a, b)]).plan_zeroing(&[b.grad().prefix(4)]);
     }
 }

@@ -1,11 +1,15 @@
 //! Gradient accumulation and data-parallel steps in the library, with two ranks played by two
 //! threads (an in-process [`Collective`]), so that the split step is checked without MPI:
-//! `tests/mpi_ranks.rs` runs the same under `mpirun`.
+//! `tests/mpi_ranks.rs` runs the same under `mpirun`. And what a step adds to: nothing zeroes the
+//! activation gradients before a step (the tape zeroes each range before the first operation
+//! that adds to it or reads it, `src/tape.rs`), so none may leak from the step before.
 
 use electra::backend::cpu::CpuBackend;
-use electra::backend::Space;
+use electra::backend::{Backend, Buf, Space};
 use electra::comm::{Collective, Solo};
 use electra::data::Batch;
+use electra::finetune::data::Target;
+use electra::finetune::{Classifier, FtOptions};
 use electra::model::{config::ElectraConfig, Model};
 use electra::train::{StepReport, TrainConfig, Trainer};
 use std::sync::{Arc, Barrier, Mutex};
@@ -233,4 +237,101 @@ fn micro_batches_of_different_sizes_are_refused() {
     let micro = [rows(&b, 0..4), rows(&b, 4..7)];
     let e = t.train_step_split(&micro, &Solo).unwrap_err().to_string();
     assert!(e.contains("as many sequences: 4 and 3"), "{e}");
+}
+
+/// Every activation gradient the backend holds, set to NaN, which any value a step reads before
+/// writing it carries into the weights.
+fn poison<B: Backend>(be: &mut B) {
+    let all = Buf {
+        space: Space::ActGrad,
+        offset: 0,
+        len: be.sizes().acts,
+    };
+    be.fill(all, f32::NAN);
+}
+
+fn bits(state: Vec<Vec<f32>>) -> Vec<Vec<u32>> {
+    state
+        .into_iter()
+        .map(|v| v.into_iter().map(f32::to_bits).collect())
+        .collect()
+}
+
+/// Whole steps and steps of two micro-batches, with dropout and the generator's sampled
+/// replacement, after the activation gradients were poisoned: the reports, weights and moments
+/// are bit for bit those of the same steps without the poison.
+#[test]
+fn a_step_reads_no_activation_gradient_it_did_not_write() {
+    let (mut clean, mut poisoned) = (trainer(), trainer());
+    for step in 0..4u64 {
+        let whole = global_batch(step);
+        let micro = [rows(&whole, 0..4), rows(&whole, 4..8)];
+        if step > 0 {
+            poison(&mut poisoned.backend);
+        }
+        let (a, b) = if step % 2 == 0 {
+            (clean.train_step(&whole), poisoned.train_step(&whole))
+        } else {
+            (
+                clean.train_step_split(&micro, &Solo),
+                poisoned.train_step_split(&micro, &Solo),
+            )
+        };
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a.loss.total_loss.is_finite() && a.grad_norm.is_finite());
+        assert_eq!(a, b, "step {step}: the reports differ");
+        assert!(
+            bits(state(&clean)) == bits(state(&poisoned)),
+            "step {step}: the weights or moments differ"
+        );
+    }
+}
+
+/// The same for fine-tuning, classification and regression.
+#[test]
+fn a_fine_tuning_step_reads_no_activation_gradient_it_did_not_write() {
+    let config = trainer().model.config.clone();
+    for (outputs, regression) in [(2, false), (1, true)] {
+        let values = Classifier::<CpuBackend>::initial_values(&config, outputs, 3, None).unwrap();
+        let options = FtOptions {
+            lr: 2e-3,
+            total_steps: 10,
+            ..FtOptions::default()
+        };
+        let new = || {
+            let be = CpuBackend::new();
+            Classifier::new(be, &config, outputs, regression, options.clone(), &values).unwrap()
+        };
+        let (mut clean, mut poisoned) = (new(), new());
+        let targets: Vec<Target> = (0..8)
+            .map(|i| match regression {
+                true => Target::Value(i as f32 / 4.0),
+                false => Target::Class(i % 2),
+            })
+            .collect();
+        for step in 0..3u64 {
+            let batch = global_batch(30 + step);
+            if step > 0 {
+                poison(&mut poisoned.backend);
+            }
+            let a = clean.train_step(&batch, &targets).unwrap();
+            let p = poisoned.train_step(&batch, &targets).unwrap();
+            assert!(a.is_finite());
+            assert_eq!(a.to_bits(), p.to_bits(), "outputs {outputs}, step {step}");
+        }
+        let weights = |c: &Classifier<CpuBackend>| {
+            let all = Buf {
+                space: Space::Param,
+                offset: 0,
+                len: values.len(),
+            };
+            let mut v = vec![0.0; all.len];
+            c.backend.read(all, &mut v);
+            bits(vec![v])
+        };
+        assert!(
+            weights(&clean) == weights(&poisoned),
+            "outputs {outputs}: the weights differ"
+        );
+    }
 }

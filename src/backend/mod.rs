@@ -64,7 +64,9 @@ pub enum Space {
     AdamV,
     /// The activation arena, sized once per batch shape.
     Act,
-    /// Gradients of activations, laid out exactly like [`Space::Act`].
+    /// Gradients of activations, laid out exactly like [`Space::Act`]. Backward operations add
+    /// to the gradients of their inputs; nothing zeroes the space before a step: the tape zeroes
+    /// each range before its first writer (see [`crate::tape`]).
     ActGrad,
     /// The sum of the gradients of an optimizer step's earlier micro-batches, laid out like
     /// [`Space::Param`]; sized only for gradient accumulation ([`Sizes::grad_sum`]).

@@ -395,12 +395,6 @@ impl<B: Backend> Classifier<B> {
                 len: self.layout.len,
             };
             be.fill(grads, 0.0);
-            let act_grads = Buf {
-                space: Space::ActGrad,
-                offset: 0,
-                len: acts.sizes.0,
-            };
-            be.fill(act_grads, 0.0);
         }
         self.tape.clear();
         self.tape.set_recording(train);
@@ -534,7 +528,7 @@ impl<B: Backend> Classifier<B> {
             be.read(acts.row_loss, &mut rows);
             (rows.iter().map(|&v| v as f64).sum::<f64>() / b as f64) as f32
         };
-        self.tape.backward(&mut self.backend);
+        self.tape.backward(&mut self.backend, &[acts.logits.grad()]);
         Ok(loss)
     }
 

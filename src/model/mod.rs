@@ -270,6 +270,16 @@ impl StepActs {
         self.gen_logits.prefix(rows * self.logits_stride)
     }
 
+    /// The activation gradients the two losses write before the backward pass: the generator's
+    /// logits' (overwritten by [`Backend::softmax_xent`]) and the discriminator head's input's
+    /// (zeroed, then added to by [`Backend::bce_head`], in [`discriminator_with_loss`]).
+    pub fn loss_grads(&self, masked: usize) -> [Buf; 2] {
+        [
+            self.generator_logits(masked).grad(),
+            self.disc_head_act.grad(),
+        ]
+    }
+
     /// Drops the padding of each row of `values`, the generator's logits (or their gradient) as
     /// read from [`StepActs::generator_logits`]: `[rows, vocab]`.
     pub fn unpad_logits(&self, values: &[f32], vocab: usize) -> Vec<f32> {
@@ -581,6 +591,8 @@ pub fn discriminator_with_loss<B: Backend>(
         .dense
         .linear_gelu(hidden, acts.disc_head_pre, act, dims);
     tape.run(be, dense);
+    // The head adds to its input's gradient, which nothing has written in this step.
+    be.fill(act.grad(), 0.0);
     be.bce_head(&BceHeadOp {
         h: act,
         w: head.prediction.weight,

@@ -500,13 +500,7 @@ impl<B: Backend> Trainer<B> {
     ) {
         let grads = self.all(Space::Grad);
         let be = &mut self.backend;
-        let act_grads = Buf {
-            space: Space::ActGrad,
-            offset: 0,
-            len: acts.sizes.0,
-        };
         be.fill(grads, 0.0);
-        be.fill(act_grads, 0.0);
 
         self.tape.clear();
         let cfg = &self.model.config;
@@ -552,7 +546,7 @@ impl<B: Backend> Trainer<B> {
         let disc_scale = self.config.disc_weight / means.real_tokens as f32;
         let (tape, model) = (&mut self.tape, &self.model);
         model::discriminator_with_loss(be, tape, model, acts, &mut drop, disc_scale);
-        self.tape.backward(be);
+        self.tape.backward(be, &acts.loss_grads(masked));
     }
 
     /// What a recorded step depends on besides the memory plan's buffers and the

@@ -87,6 +87,13 @@ impl Tags {
         self.map.get(&offset).map(|&(_, d)| d)
     }
 
+    /// The type of the buffer recorded at `offset` if that record covers `len` values.
+    pub fn covering(&self, offset: usize, len: usize) -> Option<Dtype> {
+        self.map
+            .get(&offset)
+            .and_then(|&(have, d)| (have >= len).then_some(d))
+    }
+
     /// Records that `[offset, offset + len)` now holds `dtype`, forgetting what overlapped it.
     /// Re-recording a buffer already known (every step after the first) allocates nothing.
     pub fn set(&mut self, offset: usize, len: usize, dtype: Dtype) {
@@ -297,5 +304,9 @@ mod tests {
         t.truncate(4);
         assert_eq!(t.get(4), None);
         assert_eq!(t.get(0), Some(Dtype::Bf16));
+        // What a zero fill may take as one buffer's type: a record at its start, long enough.
+        assert_eq!(t.covering(0, 4), Some(Dtype::Bf16));
+        assert_eq!(t.covering(0, 5), None);
+        assert_eq!(t.covering(1, 2), None);
     }
 }

@@ -680,8 +680,15 @@ impl Backend for CudaBackend {
         match act_index(dst.space) {
             Some(i) => {
                 if value.to_bits() == 0 {
-                    // Zero in either type; the buffers keep their types.
-                    self.memset32(addr, 0, dst.len);
+                    // Zero in either type; the buffers keep their types. A buffer known to hold
+                    // bf16 needs only the first half of its slots: the backward pass zeroes each
+                    // activation gradient before its first writer, one buffer at a time.
+                    // (Two bf16 zeros a word; an odd length zeroes one value more, still in the
+                    // buffer's own slots.)
+                    match self.tags[i].covering(dst.offset, dst.len) {
+                        Some(Dtype::Bf16) => self.memset32(addr, 0, dst.len.div_ceil(2)),
+                        _ => self.memset32(addr, 0, dst.len),
+                    }
                 } else if value.is_nan() {
                     // 0x7FC0 is a bf16 NaN, 0x7FC07FC0 an f32 NaN: poisoned in either type.
                     self.memset32(addr, 0x7FC0_7FC0, dst.len);
