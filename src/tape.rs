@@ -9,9 +9,11 @@
 //! The backward operations add to the gradients of their inputs, since an activation read by two
 //! operations gets a gradient from each. Nothing zeroes the activation gradients before a step:
 //! the backward pass zeroes each range just before the first operation that adds to it (or
-//! that reads it when nothing wrote it: an output no loss depends on), so ranges no backward pass
-//! touches (the CPU's attention scratch on the GPU, the other half of a bf16 value's 4-byte slot)
-//! cost nothing, and the values of the last step never leak into this one.
+//! that reads it when nothing wrote it: an output no loss depends on), or, when that operation
+//! is a linear layer, has it set the range instead of adding to it
+//! ([`LinearOp::overwrite_dx`]). Ranges no backward pass touches (the CPU's attention scratch on
+//! the GPU, the other half of a bf16 value's 4-byte slot) cost nothing, and the values of the
+//! last step never leak into this one.
 
 use crate::backend::{
     AttentionOp, Backend, Buf, DropoutOp, EmbeddingOp, GatherRowsOp, IBuf, LayerNormOp,
@@ -247,7 +249,8 @@ impl Tape {
         &self.zeroed
     }
 
-    /// Fills `zeroed` for a backward pass over the recorded operations after `seeds`.
+    /// Fills `zeroed` for a backward pass over the recorded operations after `seeds`, and tells
+    /// each linear layer whether it is the first writer of its input's gradient.
     fn plan_zeroing(&mut self, seeds: &[Buf]) {
         self.zeroed.clear();
         self.held.clear();
@@ -256,15 +259,21 @@ impl Tape {
         }
         for i in (0..self.ops.len()).rev() {
             let op = self.ops[i];
-            let [a, b] = op.input_grads();
-            for (range, adds) in [(Some(op.output_grad()), false), (a, true), (b, true)] {
+            let [dx, other] = op.input_grads();
+            let mut overwrite_dx = false;
+            for (range, adds) in [(Some(op.output_grad()), false), (dx, true), (other, true)] {
                 let Some(range) = range.filter(|r| r.len > 0) else {
                     continue;
                 };
                 match self.held_of(range) {
                     Held::All => {}
                     Held::Nothing => {
-                        self.zeroed.push((i, range));
+                        // A linear layer's product sets its input's gradient (`beta = 0`).
+                        if matches!(op, Op::Linear(_)) && Some(range) == dx {
+                            overwrite_dx = true;
+                        } else {
+                            self.zeroed.push((i, range));
+                        }
                         self.hold(range);
                     }
                     Held::Part => panic!(
@@ -273,6 +282,9 @@ impl Tape {
                         if adds { "adds to" } else { "reads" }
                     ),
                 }
+            }
+            if let Op::Linear(linear) = &mut self.ops[i] {
+                linear.overwrite_dx = overwrite_dx;
             }
         }
     }
@@ -319,7 +331,7 @@ impl Tape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Dropout;
+    use crate::backend::{Dropout, LinearDims};
 
     /// A dropout from `x` to `y`: an operation that reads `y`'s gradient and adds to `x`'s.
     fn dropout(x: Buf, y: Buf) -> Op {
@@ -351,6 +363,41 @@ mod tests {
         // With both outputs seeded, only the shared input's gradient is zeroed, once.
         t.plan_zeroing(&[b.grad(), c.grad()]);
         assert_eq!(t.zeroed(), [(1, a.grad())]);
+    }
+
+    /// A linear layer that is the first writer of its input's gradient sets it instead of having
+    /// it zeroed; one that comes second adds to it.
+    #[test]
+    fn a_linear_layer_writing_first_overwrites() {
+        let mut arena = Arena::default();
+        let [a, b, c] = [8, 4, 8].map(|n| arena.acts(n));
+        let dims = LinearDims {
+            rows: 2,
+            inp: 4,
+            out: 2,
+        };
+        let linear = Op::Linear(LinearOp {
+            x: a,
+            w: Buf {
+                space: Space::Param,
+                offset: 0,
+                len: 8,
+            },
+            b: None,
+            y: b,
+            y_stride: 2,
+            gelu_pre: None,
+            dims,
+            overwrite_dx: false,
+        });
+        let overwrites = |t: &Tape, i: usize| matches!(t.ops[i], Op::Linear(l) if l.overwrite_dx);
+        let mut t = tape(&[dropout(a, c), linear]);
+        t.plan_zeroing(&[b.grad(), c.grad()]);
+        assert!(t.zeroed().is_empty() && overwrites(&t, 1));
+        let mut t = tape(&[linear, dropout(a, c)]);
+        t.plan_zeroing(&[b.grad(), c.grad()]);
+        assert_eq!(t.zeroed(), [(1, a.grad())]);
+        assert!(!overwrites(&t, 0));
     }
 
     /// A gradient read whole when only its prefix holds this pass's values is a model the

@@ -534,6 +534,7 @@ fn check_ops(dir: &Path) {
         y_stride: 5,
         gelu_pre: Some(m.zeros(20)),
         dims,
+        overwrite_dx: false,
     };
     m.be.linear_fwd(&op);
     m.be.write(op.y.grad(), &f("lin.dy"));

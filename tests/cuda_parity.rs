@@ -369,6 +369,7 @@ fn linear_case_padded(
         y_stride,
         gelu_pre: pre,
         dims,
+        overwrite_dx: false,
     };
     lab.both(|be| be.linear_fwd(&op));
     let tag = format!("linear {rows}x{inp}->{out} (+{pad}) gelu={gelu} bias={bias}");
@@ -397,6 +398,15 @@ fn linear_case_padded(
     if let Some(pre) = pre {
         lab.compare(&format!("{tag} dpre"), pre.grad(), BF16_TOL);
     }
+    // As the first writer of dx (the tape's `overwrite_dx`), the layer sets it: what dx held,
+    // NaN here, is never read (cuBLASLt's beta = 0).
+    lab.both(|be| be.fill(x.grad(), f32::NAN));
+    let first = LinearOp {
+        overwrite_dx: true,
+        ..op
+    };
+    lab.both(|be| be.linear_bwd(&first));
+    lab.compare(&format!("{tag} dx set"), x.grad(), BF16_TOL);
 }
 
 #[test]
@@ -873,6 +883,7 @@ fn adamw_updates_weights_moments_and_the_bf16_copy() {
             y_stride: out,
             gelu_pre: None,
             dims,
+            overwrite_dx: false,
         };
         lab.both(|be| be.linear_fwd(&op));
         lab.compare(&format!("linear after adamw at +{first}"), y, BF16_TOL);

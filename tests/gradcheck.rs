@@ -297,6 +297,7 @@ fn check_linear(seed: u64, dims: LinearDims, bias: bool, gelu: bool) {
         y_stride: dims.out,
         gelu_pre: pre,
         dims,
+        overwrite_dx: false,
     };
     gradcheck(
         &mut lab,

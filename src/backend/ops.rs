@@ -243,7 +243,8 @@ pub struct EmbeddingOp {
 
 /// `y = x·wᵀ + b`, and with `gelu_pre = Some(pre)`: `pre = x·wᵀ + b; y = gelu(pre)` (erf form).
 /// Backward, given `y.grad()`: with GELU it first forms the pre-activation's gradient in
-/// `pre.grad()`; then `x.grad() += dy·w`, `w.grad() += dyᵀ·x`, `b.grad() += Σ dy`.
+/// `pre.grad()`; then `x.grad() += dy·w` (`=` with `overwrite_dx`), `w.grad() += dyᵀ·x`,
+/// `b.grad() += Σ dy`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinearOp {
     /// The input, `[rows, inp]`.
@@ -261,6 +262,9 @@ pub struct LinearOp {
     pub gelu_pre: Option<Buf>,
     /// The product's sizes.
     pub dims: LinearDims,
+    /// The backward pass sets the first `rows · inp` values of `x.grad()` instead of adding to
+    /// them, as the first operation of a backward pass to write them does (the tape sets it).
+    pub overwrite_dx: bool,
 }
 
 impl LinearOp {

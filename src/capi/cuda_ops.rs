@@ -479,6 +479,7 @@ pub unsafe extern "C" fn electra_cuda_linear_backward(
             counters: 0,
             dims: d,
             y_stride: out,
+            overwrite_dx: false,
         };
         a.check().map_err(device_failure)?;
         handle(ops)?.linear_bwd(a, stream).map_err(device_failure)

@@ -554,6 +554,7 @@ pub fn generator_forward<B: Backend>(
         y_stride: acts.logits_stride,
         gelu_pre: None,
         dims: dims(e, v),
+        overwrite_dx: false,
     };
     tape.run(be, lm);
 }

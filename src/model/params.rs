@@ -305,6 +305,7 @@ impl Dense {
             y_stride: dims.out,
             gelu_pre: None,
             dims,
+            overwrite_dx: false,
         }
     }
 

@@ -299,6 +299,9 @@ impl Backend for CpuBackend {
         let [dx, dw, db_view] = f.w([x.grad(), w.grad(), db], &[x, w, dy]);
         let db = b.map(|_| db_view);
         let dy = (f.r(dy), op.y_stride);
+        if op.overwrite_dx {
+            dx[..op.dims.rows * op.dims.inp].fill(0.0);
+        }
         linear::backward(f.r(x), f.r(w), dy, dx, dw, db, op.dims);
     }
 

@@ -180,10 +180,9 @@ pub struct LinearFwdArgs {
 }
 
 /// A linear layer's backward: bf16 `x`, `w`, `dy [rows, out]` (rows `y_stride` apart, as the
-/// forward's `y`) and `pre` (0 without GELU, else
-/// `dpre`, bf16 `[rows, out]`, receives the gradient at the pre-activation); accumulates `dx`
-/// (bf16), `dw` (f32) and `dbias` (f32, 0 to skip). `partials`, `counters`: the bias
-/// reduction's scratch.
+/// forward's `y`) and `pre` (0 without GELU, else `dpre`, bf16 `[rows, out]`, receives the
+/// gradient at the pre-activation); accumulates `dx` (bf16; sets it with `overwrite_dx`), `dw`
+/// (f32) and `dbias` (f32, 0 to skip). `partials`, `counters`: the bias reduction's scratch.
 #[derive(Clone, Copy, Debug)]
 pub struct LinearBwdArgs {
     pub x: u64,
@@ -198,6 +197,7 @@ pub struct LinearBwdArgs {
     pub counters: u64,
     pub dims: LinearDims,
     pub y_stride: usize,
+    pub overwrite_dx: bool,
 }
 
 /// `softmax_xent_fwd_bwd`: bf16 `logits` and `dlogits` (overwritten) with `ld` elements from one
@@ -426,6 +426,7 @@ mod tests {
                 out: 30,
             },
             y_stride: 32,
+            overwrite_dx: false,
         };
         assert_eq!(backward.check().unwrap(), (4, 30, 32));
         let gelu = LinearBwdArgs {

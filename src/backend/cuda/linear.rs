@@ -27,6 +27,7 @@ impl CudaBackend {
             gelu_pre,
             dims,
             y_stride,
+            overwrite_dx: _,
         } = *op;
         let LinearDims { rows, inp, out } = dims;
         if rows == 0 || out == 0 {
@@ -68,6 +69,7 @@ impl CudaBackend {
             gelu_pre,
             dims,
             y_stride,
+            overwrite_dx,
         } = *op;
         let (dy, dx, dw, db) = (y.grad(), x.grad(), w.grad(), b.map(Buf::grad));
         let LinearDims { rows, inp, out } = dims;
@@ -108,13 +110,14 @@ impl CudaBackend {
             dy,
             pre,
             dpre,
-            dx: self.output(dx, Dtype::Bf16, true),
+            dx: self.output(dx, Dtype::Bf16, !overwrite_dx),
             dw: self.output(dw, Dtype::F32, true),
             dbias,
             partials: self.scratch.partials.ptr,
             counters: self.scratch.counters.ptr,
             dims,
             y_stride,
+            overwrite_dx,
         };
         let (l, blas) = self.launcher_with_blas();
         // SAFETY: as in the forward pass; the bias reduction's scratch was sized above.
@@ -193,8 +196,8 @@ pub(super) unsafe fn linear_fwd(
 }
 
 /// Launches a linear layer's backward pass on `l`'s stream: `bias_gelu_bwd` (`dpre` and the
-/// bias gradient) or `bias_bwd` (the bias gradient), then cuBLASLt `dx += dy·w` (bf16) and
-/// `dw += dyᵀ·x` (f32).
+/// bias gradient) or `bias_bwd` (the bias gradient), then cuBLASLt `dx += dy·w` (bf16; `=` with
+/// `overwrite_dx`) and `dw += dyᵀ·x` (f32).
 ///
 /// # Safety
 /// The addresses hold the tensors [`LinearBwdArgs`] describes for `a.dims`; with `dbias`,
@@ -245,10 +248,16 @@ pub(super) unsafe fn linear_bwd(
     let dy_stride = if a.pre != 0 { out } else { a.y_stride };
     let [input_grad, weight_grad] =
         backward_products(a.dims, dy_stride, (a.x, a.w, dy_b, a.dx, a.dw));
-    for p in [input_grad, weight_grad] {
-        l.gemm(blas, p.gemm, (p.a, p.b, p.d), 1.0, None)?;
-    }
-    Ok(())
+    let dx_beta = if a.overwrite_dx { 0.0 } else { 1.0 };
+    l.gemm(
+        blas,
+        input_grad.gemm,
+        (input_grad.a, input_grad.b, input_grad.d),
+        dx_beta,
+        None,
+    )?;
+    let p = weight_grad;
+    l.gemm(blas, p.gemm, (p.a, p.b, p.d), 1.0, None)
 }
 
 /// The type of a linear layer's output: a one-column output (a score per row) stays f32, as a
