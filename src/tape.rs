@@ -10,8 +10,8 @@
 //! operations gets a gradient from each. Nothing zeroes the activation gradients before a step:
 //! the backward pass zeroes each range just before the first operation that adds to it (or
 //! that reads it when nothing wrote it: an output no loss depends on), or, when that operation
-//! is a linear layer, has it set the range instead of adding to it
-//! ([`LinearOp::overwrite_dx`]). Ranges no backward pass touches (the CPU's attention scratch on
+//! can, has it set the range instead of adding to it ([`LinearOp::overwrite_dx`],
+//! [`AttentionOp::overwrite_dqkv`], [`DropoutOp::overwrite_dx`]). Ranges no backward pass touches (the CPU's attention scratch on
 //! the GPU, the other half of a bf16 value's 4-byte slot) cost nothing, and the values of the
 //! last step never leak into this one.
 
@@ -157,6 +157,18 @@ impl Op {
         }
     }
 
+    /// Makes the backward pass set the gradient of its first input (`input_grads()[0]`) rather
+    /// than add to it, or not; false for an operation that can only add.
+    fn set_overwrite(&mut self, overwrite: bool) -> bool {
+        match self {
+            Op::Linear(op) => op.overwrite_dx = overwrite,
+            Op::Attention(op) => op.overwrite_dqkv = overwrite,
+            Op::Dropout(op) => op.overwrite_dx = overwrite,
+            Op::Embedding(_) | Op::LayerNorm(_) | Op::GatherRows(_) => return false,
+        }
+        true
+    }
+
     fn backward<B: Backend>(&self, be: &mut B) {
         match self {
             Op::Embedding(op) => be.embedding_bwd(op),
@@ -250,7 +262,8 @@ impl Tape {
     }
 
     /// Fills `zeroed` for a backward pass over the recorded operations after `seeds`, and tells
-    /// each linear layer whether it is the first writer of its input's gradient.
+    /// each operation that can set its input's gradient whether it is that gradient's first
+    /// writer.
     fn plan_zeroing(&mut self, seeds: &[Buf]) {
         self.zeroed.clear();
         self.held.clear();
@@ -260,6 +273,7 @@ impl Tape {
         for i in (0..self.ops.len()).rev() {
             let op = self.ops[i];
             let [dx, other] = op.input_grads();
+            let can_overwrite = self.ops[i].set_overwrite(false);
             let mut overwrite_dx = false;
             for (range, adds) in [(Some(op.output_grad()), false), (dx, true), (other, true)] {
                 let Some(range) = range.filter(|r| r.len > 0) else {
@@ -268,8 +282,9 @@ impl Tape {
                 match self.held_of(range) {
                     Held::All => {}
                     Held::Nothing => {
-                        // A linear layer's product sets its input's gradient (`beta = 0`).
-                        if matches!(op, Op::Linear(_)) && Some(range) == dx {
+                        // The operation sets its input's gradient itself (a linear layer's
+                        // `beta = 0`, the kernels' overwrite mode).
+                        if can_overwrite && Some(range) == dx {
                             overwrite_dx = true;
                         } else {
                             self.zeroed.push((i, range));
@@ -283,9 +298,7 @@ impl Tape {
                     ),
                 }
             }
-            if let Op::Linear(linear) = &mut self.ops[i] {
-                linear.overwrite_dx = overwrite_dx;
-            }
+            self.ops[i].set_overwrite(overwrite_dx);
         }
     }
 
@@ -333,13 +346,48 @@ mod tests {
     use super::*;
     use crate::backend::{Dropout, LinearDims};
 
-    /// A dropout from `x` to `y`: an operation that reads `y`'s gradient and adds to `x`'s.
+    /// Rows of 4 gathered from `x` into `out`: an operation that reads `out`'s gradient and can
+    /// only add to `x`'s.
+    fn gather(x: Buf, out: Buf) -> Op {
+        Op::GatherRows(GatherRowsOp {
+            x,
+            rows: IBuf {
+                offset: 0,
+                len: out.len / 4,
+            },
+            out,
+            width: 4,
+        })
+    }
+
     fn dropout(x: Buf, y: Buf) -> Op {
         Op::Dropout(DropoutOp {
             x,
             y,
             dropout: Dropout { p: 0.1, site: 0 },
             sequences: 1,
+            overwrite_dx: false,
+        })
+    }
+
+    fn linear(x: Buf, y: Buf) -> Op {
+        Op::Linear(LinearOp {
+            x,
+            w: Buf {
+                space: Space::Param,
+                offset: 0,
+                len: 8,
+            },
+            b: None,
+            y,
+            y_stride: 2,
+            gelu_pre: None,
+            dims: LinearDims {
+                rows: 2,
+                inp: 4,
+                out: 2,
+            },
+            overwrite_dx: false,
         })
     }
 
@@ -350,14 +398,23 @@ mod tests {
         }
     }
 
-    /// `a` read by two operations: the later one (the first to run backward) zeroes the
-    /// gradient it adds to, the earlier one adds to it; an output nothing wrote the gradient of
-    /// is zeroed before its reader; the seed is not touched.
+    fn overwrites(t: &Tape, i: usize) -> bool {
+        match t.ops[i] {
+            Op::Linear(op) => op.overwrite_dx,
+            Op::Dropout(op) => op.overwrite_dx,
+            Op::Attention(op) => op.overwrite_dqkv,
+            _ => false,
+        }
+    }
+
+    /// `a` read by two operations that can only add: the later one (the first to run backward)
+    /// has the gradient zeroed before it, the earlier one adds to it; an output whose gradient
+    /// nothing wrote is zeroed before its reader; a seed is not touched.
     #[test]
     fn the_first_writer_of_each_gradient_zeroes_it() {
         let mut arena = Arena::default();
         let [a, b, c] = [8, 8, 8].map(|n| arena.acts(n));
-        let mut t = tape(&[dropout(a, b), dropout(a, c)]);
+        let mut t = tape(&[gather(a, b), gather(a, c)]);
         t.plan_zeroing(&[b.grad()]);
         assert_eq!(t.zeroed(), [(1, c.grad()), (1, a.grad())]);
         // With both outputs seeded, only the shared input's gradient is zeroed, once.
@@ -365,36 +422,23 @@ mod tests {
         assert_eq!(t.zeroed(), [(1, a.grad())]);
     }
 
-    /// A linear layer that is the first writer of its input's gradient sets it instead of having
-    /// it zeroed; one that comes second adds to it.
+    /// A linear layer or a dropout that is the first writer of its input's gradient sets it
+    /// instead of having it zeroed; one that comes second adds to it.
     #[test]
-    fn a_linear_layer_writing_first_overwrites() {
+    fn an_operation_writing_first_overwrites_when_it_can() {
         let mut arena = Arena::default();
         let [a, b, c] = [8, 4, 8].map(|n| arena.acts(n));
-        let dims = LinearDims {
-            rows: 2,
-            inp: 4,
-            out: 2,
-        };
-        let linear = Op::Linear(LinearOp {
-            x: a,
-            w: Buf {
-                space: Space::Param,
-                offset: 0,
-                len: 8,
-            },
-            b: None,
-            y: b,
-            y_stride: 2,
-            gelu_pre: None,
-            dims,
-            overwrite_dx: false,
-        });
-        let overwrites = |t: &Tape, i: usize| matches!(t.ops[i], Op::Linear(l) if l.overwrite_dx);
-        let mut t = tape(&[dropout(a, c), linear]);
-        t.plan_zeroing(&[b.grad(), c.grad()]);
-        assert!(t.zeroed().is_empty() && overwrites(&t, 1));
-        let mut t = tape(&[linear, dropout(a, c)]);
+        for first in [linear(a, b), dropout(a, c)] {
+            let other = match first {
+                Op::Linear(_) => gather(a, c),
+                _ => linear(a, b),
+            };
+            let mut t = tape(&[other, first]);
+            t.plan_zeroing(&[b.grad(), c.grad()]);
+            assert!(t.zeroed().is_empty(), "{:?}", t.zeroed());
+            assert!(overwrites(&t, 1) && !overwrites(&t, 0));
+        }
+        let mut t = tape(&[linear(a, b), gather(a, c)]);
         t.plan_zeroing(&[b.grad(), c.grad()]);
         assert_eq!(t.zeroed(), [(1, a.grad())]);
         assert!(!overwrites(&t, 0));
@@ -407,6 +451,6 @@ mod tests {
     fn a_gradient_partly_written_stops_the_pass() {
         let mut arena = Arena::default();
         let [a, b] = [8, 8].map(|n| arena.acts(n));
-        tape(&[dropout(a, b)]).plan_zeroing(&[b.grad().prefix(4)]);
+        tape(&[gather(a, b)]).plan_zeroing(&[b.grad().prefix(4)]);
     }
 }

@@ -476,6 +476,7 @@ fn check_ops(dir: &Path) {
         probs: m.zeros(2 * 2 * 5 * 5),
         dims,
         dropout: Some(Dropout { p: 0.1, site: 3 }),
+        overwrite_dqkv: false,
     };
     let scalars = StepScalars {
         lr: 0.0,

@@ -186,6 +186,7 @@ impl Lab {
             y: dst,
             dropout: Dropout { p: 0.0, site: 0 },
             sequences: 1,
+            overwrite_dx: false,
         };
         self.both(|be| be.dropout_fwd(&identity));
     }
@@ -557,6 +558,7 @@ fn attention_case(
         probs,
         dims,
         dropout: drop.then_some(Dropout { p: 0.1, site: 3 }),
+        overwrite_dqkv: false,
     };
     lab.both(|be| be.attention_fwd(&op));
     let tag = format!("attention b{batch} t{seq} h{heads} d{head_dim} dropout={drop}");
@@ -567,6 +569,15 @@ fn attention_case(
     lab.both(|be| be.attention_bwd(&op));
     // P is recomputed and dS rounded to bf16 before its two products: one rounding more.
     lab.compare(&format!("{tag} dqkv"), qkv.grad(), 2.0 * BF16_TOL);
+    // As the first writer of dqkv (the tape's `overwrite_dqkv`), both kernels set their
+    // columns: what dqkv held, NaN here, is never read.
+    lab.both(|be| be.fill(qkv.grad(), f32::NAN));
+    let first = AttentionOp {
+        overwrite_dqkv: true,
+        ..op
+    };
+    lab.both(|be| be.attention_bwd(&first));
+    lab.compare(&format!("{tag} dqkv set"), qkv.grad(), 2.0 * BF16_TOL);
 }
 
 #[test]
@@ -634,6 +645,7 @@ fn dropout_forward_and_backward() {
             y,
             dropout: Dropout { p: 0.1, site: 5 },
             sequences,
+            overwrite_dx: false,
         };
         lab.both(|be| be.dropout_fwd(&op));
         lab.compare(&format!("dropout n{n} y"), y, BF16_TOL);
@@ -641,6 +653,13 @@ fn dropout_forward_and_backward() {
         lab.randomize(x.grad(), -1.0, 1.0);
         lab.both(|be| be.dropout_bwd(&op));
         lab.compare(&format!("dropout n{n} dx"), x.grad(), BF16_TOL);
+        lab.both(|be| be.fill(x.grad(), f32::NAN));
+        let first = DropoutOp {
+            overwrite_dx: true,
+            ..op
+        };
+        lab.both(|be| be.dropout_bwd(&first));
+        lab.compare(&format!("dropout n{n} dx set"), x.grad(), BF16_TOL);
     }
 }
 

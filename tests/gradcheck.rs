@@ -425,6 +425,7 @@ fn check_attention(seed: u64, dropout: Option<Dropout>) {
         probs,
         dims,
         dropout,
+        overwrite_dqkv: false,
     };
     let grads = gradcheck(
         &mut lab,
@@ -487,6 +488,7 @@ fn a_sequence_without_real_tokens_attends_uniformly_and_passes_no_score_gradient
         probs,
         dims,
         dropout: None,
+        overwrite_dqkv: false,
     };
     let grads = gradcheck(
         &mut lab,
@@ -523,6 +525,7 @@ fn dropout_masks_scales_and_its_gradient() {
         y,
         dropout: d,
         sequences: 1,
+        overwrite_dx: false,
     };
     gradcheck(
         &mut lab,

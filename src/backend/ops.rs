@@ -322,10 +322,14 @@ pub struct AttentionOp {
     pub dims: AttentionDims,
     /// Dropout on the probabilities.
     pub dropout: Option<Dropout>,
+    /// The backward pass sets the first `batch · seq · 3 · hidden` values of `qkv.grad()`
+    /// instead of adding to them, as the first operation of a backward pass to write them does
+    /// (the tape sets it).
+    pub overwrite_dqkv: bool,
 }
 
-/// `y = x ∘ mask / (1 − p)`; backward `x.grad() += y.grad() ∘ mask / (1 − p)` with the same
-/// mask. `y.len` elements.
+/// `y = x ∘ mask / (1 − p)`; backward `x.grad() += y.grad() ∘ mask / (1 − p)` (`=` with
+/// `overwrite_dx`) with the same mask. `y.len` elements.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DropoutOp {
     /// The input.
@@ -336,6 +340,9 @@ pub struct DropoutOp {
     pub dropout: Dropout,
     /// The sequences the tensor holds (its first dimension): `y.len / sequences` elements each.
     pub sequences: usize,
+    /// The backward pass sets `x.grad()` instead of adding to it, as the first operation of a
+    /// backward pass to write it does (the tape sets it).
+    pub overwrite_dx: bool,
 }
 
 impl DropoutOp {

@@ -288,6 +288,7 @@ pub unsafe extern "C" fn electra_cuda_attention_backward(
             dims: f.dims,
             dropout: f.dropout,
             step: 0,
+            overwrite_dqkv: false,
         };
         a.check().map_err(device_failure)?;
         handle(ops)?

@@ -443,6 +443,7 @@ impl<B: Backend> Classifier<B> {
                     y,
                     dropout,
                     sequences,
+                    overwrite_dx: false,
                 },
             );
             acts.dropped

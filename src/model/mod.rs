@@ -357,6 +357,7 @@ fn dropped<B: Backend>(
                 y: out,
                 dropout,
                 sequences,
+                overwrite_dx: false,
             };
             tape.run(be, op);
             out
@@ -450,6 +451,7 @@ pub fn encoder_forward<B: Backend>(
             probs: a.probs,
             dims: attention,
             dropout: drop.attention(),
+            overwrite_dqkv: false,
         };
         tape.run(be, self_attention);
         let out = l.attention_out.linear(a.ctx, a.attention_out, dims(h, h));

@@ -368,6 +368,10 @@ impl Backend for CpuBackend {
         let mut scratch = self.scratch(probs.len);
         let f = self.frame();
         let [dqkv, dscores] = f.w([qkv.grad(), probs.grad()], &[qkv, probs, ctx.grad()]);
+        if op.overwrite_dqkv {
+            let d = op.dims;
+            dqkv[..d.batch * d.seq * 3 * d.hidden()].fill(0.0);
+        }
         let (qkv, probs, dctx) = (f.r(qkv), f.r(probs), f.r(ctx.grad()));
         let key_mask = f.ri(op.key_mask);
         let pass = attention::Pass {
@@ -391,6 +395,9 @@ impl Backend for CpuBackend {
         let (dx, dy) = (op.x.grad(), op.y.grad());
         let f = self.frame();
         let [dx] = f.w([dx], &[dy]);
+        if op.overwrite_dx {
+            dx.fill(0.0);
+        }
         dropout::backward(f.r(dy), dx, mask);
     }
 

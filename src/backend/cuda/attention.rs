@@ -24,6 +24,7 @@ impl CudaBackend {
             probs,
             dims,
             dropout,
+            overwrite_dqkv: _,
         } = *op;
         let AttentionDims {
             batch, seq, heads, ..
@@ -54,6 +55,7 @@ impl CudaBackend {
             probs,
             dims,
             dropout,
+            overwrite_dqkv,
         } = *op;
         let (dctx, dqkv) = (ctx.grad(), qkv.grad());
         let AttentionDims {
@@ -73,10 +75,11 @@ impl CudaBackend {
             dctx: self.input(dctx, Dtype::Bf16),
             lse: self.input(probs.prefix(stats), Dtype::F32),
             delta: self.output(probs.grad().prefix(stats), Dtype::F32, false),
-            dqkv: self.output(dqkv.prefix(tokens * 3 * h), Dtype::Bf16, true),
+            dqkv: self.output(dqkv.prefix(tokens * 3 * h), Dtype::Bf16, !overwrite_dqkv),
             dims,
             dropout,
             step: self.step_scalar(0),
+            overwrite_dqkv,
         };
         // SAFETY: as in the forward pass, and the gradients were checked above.
         Self::launched(unsafe { attention_bwd(&self.launcher(), &a) });
@@ -184,7 +187,7 @@ pub(super) unsafe fn attention_bwd(l: &Launcher, a: &AttentionBwdArgs) -> Result
         Arg::Ptr(a.dqkv),
         Arg::I32(seq),
         Arg::I32(heads),
-        Arg::I32(1),
+        Arg::I32(i32::from(!a.overwrite_dqkv)),
         p,
         s,
         site,
@@ -200,7 +203,7 @@ pub(super) unsafe fn attention_bwd(l: &Launcher, a: &AttentionBwdArgs) -> Result
         Arg::Ptr(a.dqkv),
         Arg::I32(seq),
         Arg::I32(heads),
-        Arg::I32(1),
+        Arg::I32(i32::from(!a.overwrite_dqkv)),
         p,
         s,
         site,

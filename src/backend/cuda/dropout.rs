@@ -39,12 +39,12 @@ impl CudaBackend {
         let [p, s, site, dev_seed] = self.drop_args(Some(dropout), op.per_sequence());
         let args = [
             Arg::Ptr(self.input(dy, Dtype::Bf16)),
-            Arg::Ptr(self.output(dx, Dtype::Bf16, true)),
+            Arg::Ptr(self.output(dx, Dtype::Bf16, !op.overwrite_dx)),
             Arg::U64(n as u64),
             p,
             s,
             site,
-            Arg::I32(1),
+            Arg::I32(i32::from(!op.overwrite_dx)),
             dev_seed,
         ];
         let blocks = n.div_ceil(4).div_ceil(256).min(8 * self.sms);

@@ -112,7 +112,7 @@ pub struct AttentionFwdArgs {
 
 /// `attention_bwd_dq_d*` then `attention_bwd_dkdv_d*`: the forward's `qkv`, `key_mask`, `ctx`
 /// and `lse`, the gradient `dctx` (bf16), `delta` (f32 `[batch, heads, seq]`, written) and
-/// `dqkv` (bf16, accumulated).
+/// `dqkv` (bf16, accumulated, or set with `overwrite_dqkv`).
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionBwdArgs {
     pub qkv: u64,
@@ -125,6 +125,7 @@ pub struct AttentionBwdArgs {
     pub dims: AttentionDims,
     pub dropout: Option<Dropout>,
     pub step: u64,
+    pub overwrite_dqkv: bool,
 }
 
 /// `layernorm_residual_fwd_w*`: bf16 `x`, `residual` (0 for none), `y`, `xhat` `[rows, width]`;
