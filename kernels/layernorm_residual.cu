@@ -76,18 +76,18 @@ LN_FWD(layernorm_residual_fwd_w256, 1)
 LN_FWD(layernorm_residual_fwd_w1024, 4)
 
 // dx (and dres, when non-null) = LN backward of dy; dgain += sum dy*xhat, dbias += sum dy.
-// `accumulate`: 0 overwrites dx/dres, 1 adds. Scratch: `partials` gridDim.x * 2 * width floats,
-// `counter` one u32, zero before the first launch (left at zero).
+// `accumulate_dx`, `accumulate_dres`: 0 overwrites dx (dres), 1 adds to it. Scratch: `partials`
+// gridDim.x * 2 * width floats, `counter` one u32, zero before the first launch (left at zero).
 #define LN_BWD(NAME, CH)                                                                           \
     extern "C" __global__ void __launch_bounds__(LN_THREADS)                                       \
         NAME(const bf16* __restrict__ dy, const bf16* __restrict__ xhat,                           \
              const float* __restrict__ rstd, const float* __restrict__ gain, bf16* dx, bf16* dres, \
              float* __restrict__ dgain, float* __restrict__ dbias, float* __restrict__ partials,   \
-             unsigned* counter, int rows, int width, int accumulate,                               \
+             unsigned* counter, int rows, int width, int accumulate_dx, int accumulate_dres,       \
              const unsigned* __restrict__ dev_rows) {                                              \
         if (dev_rows) rows = min(rows, (int)*dev_rows);                                            \
         ln_backward<CH, bf16>(dy, xhat, rstd, gain, dx, dres, dgain, dbias, partials, counter,     \
-                              rows, width, accumulate != 0);                                       \
+                              rows, width, accumulate_dx != 0, accumulate_dres != 0);              \
     }
 LN_BWD(layernorm_residual_bwd_w256, 1)
 LN_BWD(layernorm_residual_bwd_w1024, 4)

@@ -11,9 +11,10 @@
 //! the backward pass zeroes each range just before the first operation that adds to it (or
 //! that reads it when nothing wrote it: an output no loss depends on), or, when that operation
 //! can, has it set the range instead of adding to it ([`LinearOp::overwrite_dx`],
-//! [`AttentionOp::overwrite_dqkv`], [`DropoutOp::overwrite_dx`]). Ranges no backward pass touches (the CPU's attention scratch on
-//! the GPU, the other half of a bf16 value's 4-byte slot) cost nothing, and the values of the
-//! last step never leak into this one.
+//! [`AttentionOp::overwrite_dqkv`], [`DropoutOp::overwrite_dx`],
+//! [`LayerNormOp::overwrite_dx`] and [`LayerNormOp::overwrite_dresidual`]). Ranges no backward
+//! pass touches (the CPU's attention scratch on the GPU, the other half of a bf16 value's 4-byte
+//! slot) cost nothing, and the values of the last step never leak into this one.
 
 use crate::backend::{
     AttentionOp, Backend, Buf, DropoutOp, EmbeddingOp, GatherRowsOp, IBuf, LayerNormOp,
@@ -157,16 +158,19 @@ impl Op {
         }
     }
 
-    /// Makes the backward pass set the gradient of its first input (`input_grads()[0]`) rather
-    /// than add to it, or not; false for an operation that can only add.
-    fn set_overwrite(&mut self, overwrite: bool) -> bool {
+    /// The flags that make the backward pass set each of [`Op::input_grads`] rather than add to
+    /// it: `None` for a gradient the operation can only add to.
+    fn overwrite_flags(&mut self) -> [Option<&mut bool>; 2] {
         match self {
-            Op::Linear(op) => op.overwrite_dx = overwrite,
-            Op::Attention(op) => op.overwrite_dqkv = overwrite,
-            Op::Dropout(op) => op.overwrite_dx = overwrite,
-            Op::Embedding(_) | Op::LayerNorm(_) | Op::GatherRows(_) => return false,
+            Op::Linear(op) => [Some(&mut op.overwrite_dx), None],
+            Op::Attention(op) => [Some(&mut op.overwrite_dqkv), None],
+            Op::Dropout(op) => [Some(&mut op.overwrite_dx), None],
+            Op::LayerNorm(op) => [
+                Some(&mut op.overwrite_dx),
+                op.residual.is_some().then_some(&mut op.overwrite_dresidual),
+            ],
+            Op::Embedding(_) | Op::GatherRows(_) => [None, None],
         }
-        true
     }
 
     fn backward<B: Backend>(&self, be: &mut B) {
@@ -272,33 +276,39 @@ impl Tape {
         }
         for i in (0..self.ops.len()).rev() {
             let op = self.ops[i];
+            let can_overwrite = self.ops[i].overwrite_flags().map(|f| f.is_some());
+            let mut overwrite = [false; 2];
             let [dx, other] = op.input_grads();
-            let can_overwrite = self.ops[i].set_overwrite(false);
-            let mut overwrite_dx = false;
-            for (range, adds) in [(Some(op.output_grad()), false), (dx, true), (other, true)] {
-                let Some(range) = range.filter(|r| r.len > 0) else {
-                    continue;
-                };
+            let ranges = [
+                (Some(op.output_grad()), None),
+                (dx, Some(0)),
+                (other, Some(1)),
+            ];
+            for (range, input) in ranges.map(|(r, k)| (r.filter(|r| r.len > 0), k)) {
+                let Some(range) = range else { continue };
                 match self.held_of(range) {
                     Held::All => {}
                     Held::Nothing => {
                         // The operation sets its input's gradient itself (a linear layer's
                         // `beta = 0`, the kernels' overwrite mode).
-                        if can_overwrite && Some(range) == dx {
-                            overwrite_dx = true;
-                        } else {
-                            self.zeroed.push((i, range));
+                        match input.filter(|&k| can_overwrite[k]) {
+                            Some(k) => overwrite[k] = true,
+                            None => self.zeroed.push((i, range)),
                         }
                         self.hold(range);
                     }
                     Held::Part => panic!(
                         "tape: operation {i} ({op:?}) {} {range:?}, of which only a part holds \
                          this pass's gradients",
-                        if adds { "adds to" } else { "reads" }
+                        if input.is_some() { "adds to" } else { "reads" }
                     ),
                 }
             }
-            self.ops[i].set_overwrite(overwrite_dx);
+            for (flag, set) in self.ops[i].overwrite_flags().into_iter().zip(overwrite) {
+                if let Some(flag) = flag {
+                    *flag = set;
+                }
+            }
         }
     }
 
@@ -344,7 +354,7 @@ impl Tape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Dropout, LinearDims};
+    use crate::backend::{Dropout, LayerNormParams, LinearDims};
 
     /// Rows of 4 gathered from `x` into `out`: an operation that reads `out`'s gradient and can
     /// only add to `x`'s.
@@ -388,6 +398,30 @@ mod tests {
                 out: 2,
             },
             overwrite_dx: false,
+        })
+    }
+
+    /// `y = LayerNorm(x + residual)` over 2 rows of 4.
+    fn layernorm(x: Buf, residual: Option<Buf>, y: Buf) -> Op {
+        let param = |offset| Buf {
+            space: Space::Param,
+            offset,
+            len: 4,
+        };
+        Op::LayerNorm(LayerNormOp {
+            x,
+            residual,
+            params: LayerNormParams {
+                gain: param(0),
+                bias: param(4),
+                eps: 1e-12,
+            },
+            y,
+            saved: Arena::default().layernorm(2, 4),
+            rows: 2,
+            width: 4,
+            overwrite_dx: false,
+            overwrite_dresidual: false,
         })
     }
 
@@ -442,6 +476,32 @@ mod tests {
         t.plan_zeroing(&[b.grad(), c.grad()]);
         assert_eq!(t.zeroed(), [(1, a.grad())]);
         assert!(!overwrites(&t, 0));
+    }
+
+    /// A LayerNorm decides for each of its two inputs: it sets the branch's gradient, which it
+    /// writes first, and adds to the residual's, which a later layer (earlier in the backward
+    /// pass) wrote; without a residual, it has no second flag to set.
+    #[test]
+    fn a_layernorm_overwrites_each_input_it_writes_first() {
+        let mut arena = Arena::default();
+        let [x, res, y, z] = [8, 8, 8, 4].map(|n| arena.acts(n));
+        let flags = |t: &Tape, i: usize| match t.ops[i] {
+            Op::LayerNorm(op) => (op.overwrite_dx, op.overwrite_dresidual),
+            _ => unreachable!(),
+        };
+        let mut t = tape(&[layernorm(x, Some(res), y), linear(res, z)]);
+        t.plan_zeroing(&[y.grad(), z.grad()]);
+        assert!(t.zeroed().is_empty(), "{:?}", t.zeroed());
+        assert!(overwrites(&t, 1));
+        assert_eq!(flags(&t, 0), (true, false));
+        // Alone, it sets both.
+        let mut t = tape(&[layernorm(x, Some(res), y)]);
+        t.plan_zeroing(&[y.grad()]);
+        assert_eq!(flags(&t, 0), (true, true));
+        assert!(t.zeroed().is_empty(), "{:?}", t.zeroed());
+        let mut t = tape(&[layernorm(x, None, y)]);
+        t.plan_zeroing(&[y.grad()]);
+        assert_eq!(flags(&t, 0), (true, false));
     }
 
     /// A gradient read whole when only its prefix holds this pass's values is a model the

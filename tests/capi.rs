@@ -510,6 +510,8 @@ fn check_ops(dir: &Path) {
         },
         rows,
         width,
+        overwrite_dx: false,
+        overwrite_dresidual: false,
     };
     m.be.layernorm_fwd(&op);
     m.be.write(op.y.grad(), &f("ln.dy"));

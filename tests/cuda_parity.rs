@@ -245,6 +245,19 @@ impl Lab {
         self.check_values(what, &rows(&c), &rows(&g), tol);
     }
 
+    /// Runs a backward pass that is the first writer of the gradients `set` (the tape's overwrite
+    /// flags) on both backends, with those gradients filled with NaN first: the kernels must set
+    /// them without reading what they held. Then compares each.
+    fn set_over_nan(&mut self, set: &[(String, Buf)], tol: f64, f: impl Fn(&mut dyn Backend)) {
+        for &(_, grad) in set {
+            self.both(|be| be.fill(grad, f32::NAN));
+        }
+        self.both(f);
+        for (what, grad) in set {
+            self.compare(&format!("{what} set"), *grad, tol);
+        }
+    }
+
     /// Compares what was added to a buffer that held `before` on both backends.
     fn compare_added(&self, what: &str, b: Buf, before: &[f32], tol: f64) {
         let (c, g) = self.read(b);
@@ -399,15 +412,14 @@ fn linear_case_padded(
     if let Some(pre) = pre {
         lab.compare(&format!("{tag} dpre"), pre.grad(), BF16_TOL);
     }
-    // As the first writer of dx (the tape's `overwrite_dx`), the layer sets it: what dx held,
-    // NaN here, is never read (cuBLASLt's beta = 0).
-    lab.both(|be| be.fill(x.grad(), f32::NAN));
+    // As the first writer of dx (the tape's `overwrite_dx`), the layer sets it (cuBLASLt's
+    // beta = 0).
     let first = LinearOp {
         overwrite_dx: true,
         ..op
     };
-    lab.both(|be| be.linear_bwd(&first));
-    lab.compare(&format!("{tag} dx set"), x.grad(), BF16_TOL);
+    let dx = [(format!("{tag} dx"), x.grad())];
+    lab.set_over_nan(&dx, BF16_TOL, |be| be.linear_bwd(&first));
 }
 
 #[test]
@@ -479,6 +491,8 @@ fn layernorm_case(lab: &mut Lab, rows: usize, width: usize, residual: bool) {
         saved,
         rows,
         width,
+        overwrite_dx: false,
+        overwrite_dresidual: false,
     };
     lab.both(|be| be.layernorm_fwd(&op));
     let tag = format!("layernorm {rows}x{width} residual={residual}");
@@ -500,6 +514,31 @@ fn layernorm_case(lab: &mut Lab, rows: usize, width: usize, residual: bool) {
     }
     lab.compare_added(&format!("{tag} dgain"), p.gain.grad(), &dg, BF16_TOL);
     lab.compare_added(&format!("{tag} dbias"), p.bias.grad(), &db, BF16_TOL);
+
+    // As the first writer of dx and dresidual (the tape's flags), the kernel sets them.
+    let first = LayerNormOp {
+        overwrite_dx: true,
+        overwrite_dresidual: true,
+        ..op
+    };
+    let mut set = vec![(format!("{tag} dx"), x.grad())];
+    set.extend(res.map(|r| (format!("{tag} dresidual"), r.grad())));
+    lab.set_over_nan(&set, BF16_TOL, |be| be.layernorm_bwd(&first));
+    // Each flag on its own: dx set, the residual's gradient added to.
+    if let Some(r) = res {
+        let before = lab.randomize(r.grad(), -1.0, 1.0);
+        let dx_only = LayerNormOp {
+            overwrite_dresidual: false,
+            ..first
+        };
+        lab.set_over_nan(&set[..1], BF16_TOL, |be| be.layernorm_bwd(&dx_only));
+        lab.compare_added(
+            &format!("{tag} dresidual added"),
+            r.grad(),
+            &before,
+            BF16_TOL,
+        );
+    }
 }
 
 #[test]
@@ -569,15 +608,13 @@ fn attention_case(
     lab.both(|be| be.attention_bwd(&op));
     // P is recomputed and dS rounded to bf16 before its two products: one rounding more.
     lab.compare(&format!("{tag} dqkv"), qkv.grad(), 2.0 * BF16_TOL);
-    // As the first writer of dqkv (the tape's `overwrite_dqkv`), both kernels set their
-    // columns: what dqkv held, NaN here, is never read.
-    lab.both(|be| be.fill(qkv.grad(), f32::NAN));
+    // As the first writer of dqkv (the tape's `overwrite_dqkv`), both kernels set their columns.
     let first = AttentionOp {
         overwrite_dqkv: true,
         ..op
     };
-    lab.both(|be| be.attention_bwd(&first));
-    lab.compare(&format!("{tag} dqkv set"), qkv.grad(), 2.0 * BF16_TOL);
+    let dqkv = [(format!("{tag} dqkv"), qkv.grad())];
+    lab.set_over_nan(&dqkv, 2.0 * BF16_TOL, |be| be.attention_bwd(&first));
 }
 
 #[test]
@@ -653,13 +690,12 @@ fn dropout_forward_and_backward() {
         lab.randomize(x.grad(), -1.0, 1.0);
         lab.both(|be| be.dropout_bwd(&op));
         lab.compare(&format!("dropout n{n} dx"), x.grad(), BF16_TOL);
-        lab.both(|be| be.fill(x.grad(), f32::NAN));
         let first = DropoutOp {
             overwrite_dx: true,
             ..op
         };
-        lab.both(|be| be.dropout_bwd(&first));
-        lab.compare(&format!("dropout n{n} dx set"), x.grad(), BF16_TOL);
+        let dx = [(format!("dropout n{n} dx"), x.grad())];
+        lab.set_over_nan(&dx, BF16_TOL, |be| be.dropout_bwd(&first));
     }
 }
 

@@ -361,6 +361,8 @@ fn check_layernorm(seed: u64, rows: usize, width: usize, residual: bool) {
         saved,
         rows,
         width,
+        overwrite_dx: false,
+        overwrite_dresidual: false,
     };
     let grads = gradcheck(
         &mut lab,

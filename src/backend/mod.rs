@@ -179,7 +179,8 @@ pub struct Sizes {
 /// CUDA backend; the CPU implementation is the specification the kernels are tested against.
 ///
 /// Forward operations overwrite their outputs. Backward operations accumulate (`+=`) into every
-/// gradient they produce.
+/// gradient they produce, except an activation gradient whose operation has its `overwrite_`
+/// flag set (by the tape, for the first writer of that gradient), which it sets (`=`).
 pub trait Backend {
     /// A short name for messages and benchmarks.
     fn name(&self) -> &'static str;

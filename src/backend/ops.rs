@@ -276,8 +276,9 @@ impl LinearOp {
     }
 }
 
-/// `y = LayerNorm(x + residual)` over `rows` rows of `width`. Backward sends the input's gradient
-/// to both `x.grad()` and `residual.grad()`.
+/// `y = LayerNorm(x + residual)` over `rows` rows of `width`. Backward adds the input's gradient
+/// to both `x.grad()` and `residual.grad()` (their first `rows · width` values), or sets either
+/// with its `overwrite_` flag.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LayerNormOp {
     /// The input (a residual branch after dropout).
@@ -294,6 +295,11 @@ pub struct LayerNormOp {
     pub rows: usize,
     /// Features per row.
     pub width: usize,
+    /// The backward pass sets `x.grad()` instead of adding to it, as the first operation of a
+    /// backward pass to write it does (the tape sets it).
+    pub overwrite_dx: bool,
+    /// The same for `residual.grad()`.
+    pub overwrite_dresidual: bool,
 }
 
 /// Multi-head self-attention. `qkv` is `[batch·seq, 3·hidden]` (queries, keys, values side by

@@ -381,6 +381,8 @@ pub unsafe extern "C" fn electra_cuda_layernorm_backward(
             counters: 0,
             rows,
             width,
+            overwrite_dx: false,
+            overwrite_dresidual: false,
         };
         a.check().map_err(device_failure)?;
         handle(ops)?

@@ -467,6 +467,8 @@ pub fn encoder_forward<B: Backend>(
             saved,
             rows: n,
             width: h,
+            overwrite_dx: false,
+            overwrite_dresidual: false,
         };
         tape.run(
             be,
@@ -545,6 +547,8 @@ pub fn generator_forward<B: Backend>(
         saved: acts.head_norm,
         rows: masked,
         width: e,
+        overwrite_dx: false,
+        overwrite_dresidual: false,
     };
     tape.run(be, norm);
     // The output layer is tied to the word embeddings.

@@ -913,7 +913,35 @@ impl LossSums {
 
 #[cfg(test)]
 mod tests {
-    use super::TrainConfig;
+    use super::{TrainConfig, Trainer};
+    use crate::backend::cpu::CpuBackend;
+    use crate::data::Batch;
+    use crate::model::{config::ElectraConfig, Model};
+    use crate::tape::Op;
+
+    /// Every operation of a pretraining step that is the first writer of an activation gradient
+    /// sets it through its overwrite mode, so that the backward pass zeroes only the input of
+    /// the gather of masked rows, which adds to some rows only: nothing else costs a fill.
+    #[test]
+    fn a_pretraining_step_zeroes_only_what_no_kernel_can_set() {
+        let mut config = ElectraConfig::preset("tiny").unwrap();
+        config.vocab_size = 300;
+        let model = Model::new(config);
+        let values = model.initial_values(3).unwrap();
+        let recipe = TrainConfig::default();
+        let mut t = Trainer::new(CpuBackend::new(), model, recipe, &values).unwrap();
+        let special = t.model.config.special_tokens;
+        t.train_step(&Batch::random(4, 32, 300, 1, &special))
+            .unwrap();
+        let zeroed = t.tape.zeroed();
+        let ops = t.tape.ops();
+        assert_eq!(zeroed.len(), 1, "{zeroed:?}");
+        let (at, range) = zeroed[0];
+        let Op::GatherRows(gather) = ops[at] else {
+            panic!("operation {at} ({:?}) had {range:?} zeroed", ops[at]);
+        };
+        assert_eq!(range, gather.x.grad());
+    }
 
     #[test]
     fn the_recipe_validates_and_each_bad_number_is_named() {

@@ -314,6 +314,7 @@ impl Backend for CpuBackend {
             saved,
             rows,
             width,
+            ..
         } = *op;
         let f = self.frame();
         let reads = [x, residual.unwrap_or(x), p.gain, p.bias];
@@ -331,12 +332,22 @@ impl Backend for CpuBackend {
             saved,
             rows,
             width,
+            overwrite_dx,
+            overwrite_dresidual,
         } = *op;
         let f = self.frame();
         let dresidual = residual.map_or(Buf { len: 0, ..x }, Buf::grad);
         let writes = [x.grad(), dresidual, p.gain.grad(), p.bias.grad()];
         let dy = y.grad();
         let [dx, dres, dgain, dbias] = f.w(writes, &[dy, p.gain, saved.xhat, saved.rstd]);
+        for (grad, overwrite) in [
+            (&mut *dx, overwrite_dx),
+            (&mut *dres, overwrite_dresidual && residual.is_some()),
+        ] {
+            if overwrite {
+                grad[..rows * width].fill(0.0);
+            }
+        }
         let grads = layernorm::NormGrads {
             gain: dgain,
             bias: dbias,

@@ -145,7 +145,8 @@ pub struct LayerNormFwdArgs {
 }
 
 /// `layernorm_residual_bwd_w*`: bf16 `dy`, `xhat`, and `dx`, `dresidual` (0 for none),
-/// accumulated; f32 `rstd`, `gain`, and `dgain`, `dbias`, accumulated. `partials` and `counters`
+/// accumulated, or set with `overwrite_dx`, `overwrite_dresidual`; f32 `rstd`, `gain`, and
+/// `dgain`, `dbias`, accumulated. `partials` and `counters`
 /// are the reduction's scratch ([`layernorm_bwd_scratch`](super::layernorm) bytes, counters
 /// zero).
 #[derive(Clone, Copy, Debug)]
@@ -162,6 +163,8 @@ pub struct LayerNormBwdArgs {
     pub counters: u64,
     pub rows: usize,
     pub width: usize,
+    pub overwrite_dx: bool,
+    pub overwrite_dresidual: bool,
 }
 
 /// A linear layer's forward: bf16 `x [rows, in]`, `w [out, in]`; `y [rows, out]` of `y_dtype`,

@@ -23,6 +23,7 @@ impl CudaBackend {
             saved,
             rows,
             width,
+            ..
         } = *op;
         if rows == 0 {
             return;
@@ -56,6 +57,8 @@ impl CudaBackend {
             saved,
             rows,
             width,
+            overwrite_dx,
+            overwrite_dresidual,
         } = *op;
         let (dy, dx, dresidual) = (y.grad(), x.grad(), residual.map(Buf::grad));
         if rows == 0 {
@@ -71,14 +74,16 @@ impl CudaBackend {
             xhat: self.input(saved.xhat, Dtype::Bf16),
             rstd: self.input(saved.rstd, Dtype::F32),
             gain: self.input(p.gain, Dtype::F32),
-            dx: self.output(dx, Dtype::Bf16, true),
-            dresidual: dresidual.map_or(0, |r| self.output(r, Dtype::Bf16, true)),
+            dx: self.output(dx, Dtype::Bf16, !overwrite_dx),
+            dresidual: dresidual.map_or(0, |r| self.output(r, Dtype::Bf16, !overwrite_dresidual)),
             dgain: self.output(p.gain.grad(), Dtype::F32, true),
             dbias: self.output(p.bias.grad(), Dtype::F32, true),
             partials: self.scratch.partials.ptr,
             counters: self.scratch.counters.ptr,
             rows,
             width,
+            overwrite_dx,
+            overwrite_dresidual,
         };
         // SAFETY: as in the forward pass, and the partials were sized for this shape.
         Self::launched(unsafe { layernorm_bwd(&self.launcher(), &a) });
@@ -163,7 +168,8 @@ pub(super) unsafe fn layernorm_bwd(l: &Launcher, a: &LayerNormBwdArgs) -> Result
         Arg::Ptr(a.counters),
         Arg::I32(rows),
         Arg::I32(width),
-        Arg::I32(1),
+        Arg::I32(i32::from(!a.overwrite_dx)),
+        Arg::I32(i32::from(!a.overwrite_dresidual)),
         Arg::Ptr(0),
     ];
     l.run(k, (ln_grid(l.sms, a.rows), 1, 1), LN_THREADS, &args)
