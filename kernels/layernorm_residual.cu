@@ -12,9 +12,12 @@
 // block-wide barriers for every statistic.
 //
 // Entry points: `_w256` for width <= 256, `_w1024` for width <= 1024 (same arguments).
-// Launch (all): blockDim = 256 (LN_THREADS: 8 warps, one row per warp per step); any grid, e.g.
-// min(ceil(rows / 8), 2 * SMs); no dynamic shared memory. The backward's gain/bias sums depend
-// only on the grid size: keep it fixed for a given shape and results are bitwise reproducible.
+// Launch (all): blockDim = 256 (LN_THREADS: 8 warps, one row per warp per step); any grid; no
+// dynamic shared memory. The forward is given ceil(rows / 8) blocks, one row per warp: no sum
+// crosses rows, and a warp's next row would wait on this one's statistics. The backward is given
+// min(ceil(rows / 8), 2 * SMs): each block leaves one partial row of the gain/bias sums, which
+// depend only on the grid size: keep it fixed for a given shape and results are bitwise
+// reproducible.
 #include "layernorm.cuh"
 
 // y = LN(x + residual) * gain + bias; saves xhat (bf16) and rstd (f32), and the mean when `mean`

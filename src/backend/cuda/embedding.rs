@@ -5,7 +5,7 @@
 //! gradients.
 
 use super::kernels::Arg;
-use super::layernorm::LN_THREADS;
+use super::layernorm::{ln_fwd_grid, LN_THREADS};
 use super::memory::Dtype;
 use super::{int, width_kernel, CudaBackend, MAX_GRID_YZ};
 use crate::backend::{EmbeddingOp, IBuf};
@@ -73,7 +73,7 @@ impl CudaBackend {
             Arg::I32(int(width, "width")),
             Arg::F32(p.norm.eps),
         ];
-        self.run(k, (self.ln_grid(rows), 1, 1), LN_THREADS, &args);
+        self.run(k, (ln_fwd_grid(rows), 1, 1), LN_THREADS, &args);
     }
 
     pub(super) fn launch_embedding_bwd(&mut self, op: &EmbeddingOp) {

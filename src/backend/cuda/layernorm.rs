@@ -89,17 +89,25 @@ impl CudaBackend {
         Self::launched(unsafe { layernorm_bwd(&self.launcher(), &a) });
     }
 
-    /// The LayerNorm kernels' grid for `rows` rows (see [`ln_grid`]).
+    /// The backward LayerNorm kernels' grid for `rows` rows (see [`ln_grid`]).
     pub(super) fn ln_grid(&self, rows: usize) -> usize {
         ln_grid(self.sms, rows)
     }
 }
 
-/// The LayerNorm kernels' grid for `rows` rows on `sms` multiprocessors: one row per warp per
-/// step, at most two blocks per multiprocessor, and fixed for a shape (their reductions depend
-/// on it).
+/// The backward LayerNorm kernels' grid for `rows` rows on `sms` multiprocessors: one row per
+/// warp per step, at most two blocks per multiprocessor (each block leaves a partial row of the
+/// gain and bias gradients for the last one to add), and fixed for a shape (their reductions
+/// depend on it).
 pub(super) fn ln_grid(sms: usize, rows: usize) -> usize {
     rows.div_ceil(LN_WARPS).clamp(1, 2 * sms)
+}
+
+/// The forward LayerNorm kernels' grid: one warp per row. They sum nothing across rows, so their
+/// results do not depend on the grid, and a warp's next row would wait for this row's statistics:
+/// as many warps as rows keep the most loads in flight.
+pub(super) fn ln_fwd_grid(rows: usize) -> usize {
+    rows.div_ceil(LN_WARPS).max(1)
 }
 
 /// The bytes of f32 partial sums the backward's gain and bias reduction needs.
@@ -136,7 +144,7 @@ pub(super) unsafe fn layernorm_fwd(l: &Launcher, a: &LayerNormFwdArgs) -> Result
         Arg::F32(a.eps),
         Arg::Ptr(0),
     ];
-    l.run(k, (ln_grid(l.sms, a.rows), 1, 1), LN_THREADS, &args)
+    l.run(k, (ln_fwd_grid(a.rows), 1, 1), LN_THREADS, &args)
 }
 
 /// Launches the residual + LayerNorm backward pass on `l`'s stream after checking the width.
