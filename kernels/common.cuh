@@ -302,6 +302,25 @@ __device__ __forceinline__ float dropout_one(const DropoutSite& d, unsigned long
     return dropout_scale_of(d, philox_word(dropout_words(d, g >> 2), (int)(g & 3)));
 }
 
+// The multipliers of elements `index` .. `index + min(n, 8) - 1` of this tensor (0 past them):
+// the eight lie in two blocks of four of the global tensor, or three when they start inside one,
+// so two or three Philox calls, and each word is picked by selects (no indexed register array,
+// which would go to local memory).
+__device__ __forceinline__ void dropout_scales8(const DropoutSite& d, unsigned long long index,
+                                                int n, float s[8]) {
+    const unsigned long long g = d.offset + index;
+    const int off = (int)(g & 3);
+    const Philox4 a = dropout_words(d, g >> 2), b = dropout_words(d, (g >> 2) + 1);
+    const Philox4 c = off != 0 ? dropout_words(d, (g >> 2) + 2) : a;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int j = off + i;  // the element's word among the three blocks' twelve
+        const uint32_t w = j < 4 ? philox_word(a, j) : j < 8 ? philox_word(b, j - 4)
+                                                             : philox_word(c, j - 8);
+        s[i] = i < n ? dropout_scale_of(d, w) : 0.f;
+    }
+}
+
 // The dropout of one launch: `per_sequence` elements of the tensor per sequence, the seed and
 // the first sequence from the step memory (a recorded step serves every step and micro-batch).
 __device__ __forceinline__ DropoutSite make_dropout(float p, unsigned long long per_sequence,
@@ -314,6 +333,14 @@ __device__ __forceinline__ DropoutSite make_dropout(float p, unsigned long long 
     d.p = p;
     d.keep = 1.0f / (1.0f - p);
     return d;
+}
+
+// As make_dropout, for a launch whose dropout is optional: with p = 0 (none) `step` is not read,
+// and may be null (the C ABI's device ops pass none).
+__device__ __forceinline__ DropoutSite make_optional_dropout(float p, unsigned long long per_sequence,
+                                                             uint32_t site,
+                                                             const StepValues* __restrict__ step) {
+    return p > 0.f ? make_dropout(p, per_sequence, site, step) : DropoutSite{};
 }
 
 // ---------------------------------------------------------------------------------------------

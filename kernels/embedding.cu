@@ -112,7 +112,7 @@ EMB_FWD(embedding_fwd_w1024, 4)
              float* __restrict__ dgain, float* __restrict__ dbias, float* __restrict__ partials, \
              unsigned* counter, int rows, int width) {                                           \
         ln_backward<CH, float>(dy, xhat, rstd, gain, dsum, (float*)nullptr, dgain, dbias,        \
-                               partials, counter, rows, width, false, false);                    \
+                               partials, counter, rows, width, false, false, DropoutSite{});     \
     }
 EMB_BWD_LN(embedding_bwd_layernorm_w256, 1)
 EMB_BWD_LN(embedding_bwd_layernorm_w1024, 4)

@@ -98,10 +98,11 @@ __device__ __forceinline__ void ln_store_row(const float v[CH][8], int lane, int
     }
 }
 
-// The LayerNorm backward over rows: dx = LN'(dy), written (or added, with `acc_dx`) to `dx` and,
-// when non-null, to `dres` (added with `acc_dres`); dgain/dbias reduced into `partials` and
-// finalised by the last block. A thread stores dx before dres, so with dres == dx and only
-// `acc_dres` the row gets twice the gradient, as it should.
+// The LayerNorm backward over rows: g = LN'(dy), written (or added, with `acc_dx`) to `dx` through
+// the dropout `drop` (g times the forward's mask; `drop.p` 0 for none) and, when non-null, to
+// `dres` (added with `acc_dres`); dgain/dbias reduced into `partials` and finalised by the last
+// block. A thread stores dx before dres, so with dres == dx, no dropout and only `acc_dres` the
+// row gets twice the gradient, as it should.
 // Launch: LN_THREADS threads, any grid; `partials` holds gridDim.x * 2 * width floats.
 template <int CH, typename OutT>
 __device__ __forceinline__ void ln_backward(const bf16* __restrict__ dy, const bf16* __restrict__ xhat,
@@ -109,7 +110,8 @@ __device__ __forceinline__ void ln_backward(const bf16* __restrict__ dy, const b
                                             const float* __restrict__ gain, OutT* dx, OutT* dres,
                                             float* __restrict__ dgain, float* __restrict__ dbias,
                                             float* __restrict__ partials, unsigned* counter,
-                                            int rows, int width, bool acc_dx, bool acc_dres) {
+                                            int rows, int width, bool acc_dx, bool acc_dres,
+                                            const DropoutSite& drop) {
     __shared__ float acc[2 * CH * 256];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const bool vec = (width % 8) == 0 && aligned16(dy) && aligned16(xhat) && aligned16(dx) &&
@@ -163,7 +165,15 @@ __device__ __forceinline__ void ln_backward(const bf16* __restrict__ dy, const b
                 pg[c][i] += d[c][i] * xh[c][i];
                 pb[c][i] += d[c][i];
             }
-            store8_any(dx + base + col0, n, vec, out, acc_dx);
+            if (drop.p > 0.f) {
+                float s[8], dropped[8];
+                dropout_scales8(drop, base + col0, n, s);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) dropped[i] = out[i] * s[i];
+                store8_any(dx + base + col0, n, vec, dropped, acc_dx);
+            } else {
+                store8_any(dx + base + col0, n, vec, out, acc_dx);
+            }
             if (dres) store8_any(dres + base + col0, n, vec, out, acc_dres);
         }
     }

@@ -1,9 +1,13 @@
-// Residual add + LayerNorm (BERT's post-LN "LN(x + residual)"), forward and backward.
+// Dropout + residual add + LayerNorm (BERT's post-LN "LN(dropout(x) + residual)"), forward and
+// backward.
 //
-// Fuses: the residual add, the row statistics, the normalisation, the affine gain/bias and the
-// saving of what the backward needs, in one read of x (and the residual) and one write of y and
-// xhat. Backward fuses the input gradient (written to both the branch and the residual stream,
-// which receive the same gradient) with the deterministic gain/bias gradient reduction.
+// Fuses: the branch's hidden dropout, the residual add, the row statistics, the normalisation,
+// the affine gain/bias and the saving of what the backward needs, in one read of x (and the
+// residual) and one write of y and xhat. Backward fuses the input gradient (written to the
+// residual stream and, through the same dropout mask, to the branch) with the deterministic
+// gain/bias gradient reduction. The dropout mask is drawn again in the backward pass (Philox, as
+// dropout.cu draws it for a tensor of `drop_per_seq` elements per sequence): neither the dropped
+// branch nor its gradient is ever written.
 //
 // Layout: x, residual, y, xhat, dy, dx, dres are bf16 row-major [rows, width]; gain, bias, dgain,
 // dbias are f32 [width] (master weights and their gradients); rstd (and the optional mean) are f32
@@ -20,15 +24,16 @@
 // reproducible.
 #include "layernorm.cuh"
 
-// y = LN(x + residual) * gain + bias; saves xhat (bf16) and rstd (f32), and the mean when `mean`
-// is non-null. `residual` may be null. `dev_rows`, when non-null, is read on the device and caps
-// `rows` (row counts that only the device knows, under graph replay).
+// y = LN(dropout(x) + residual) * gain + bias; saves xhat (bf16) and rstd (f32), and the mean
+// when `mean` is non-null. `residual` may be null; `drop.p` 0 for no dropout. `dev_rows`, when
+// non-null, is read on the device and caps `rows` (row counts that only the device knows, under
+// graph replay).
 template <int CH>
 __device__ __forceinline__ void layernorm_residual_fwd_body(
     const bf16* __restrict__ x, const bf16* __restrict__ residual, const float* __restrict__ gain,
     const float* __restrict__ bias, bf16* __restrict__ y, bf16* __restrict__ xhat,
     float* __restrict__ rstd, float* __restrict__ mean, int rows, int width, float eps,
-    const unsigned* __restrict__ dev_rows) {
+    const DropoutSite& drop, const unsigned* __restrict__ dev_rows) {
     if (dev_rows) rows = min(rows, (int)*dev_rows);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const bool vec = (width % 8) == 0 && aligned16(x) && aligned16(y) && aligned16(xhat) &&
@@ -44,6 +49,12 @@ __device__ __forceinline__ void layernorm_residual_fwd_body(
             const int n = width - col0;
             if (n > 0) {
                 load8(x + base + col0, n, vec, v[c]);
+                if (drop.p > 0.f) {
+                    float s[8];
+                    dropout_scales8(drop, base + col0, n, s);
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) v[c][i] *= s[i];
+                }
                 if (residual) {
                     float rv[8];
                     load8(residual + base + col0, n, vec, rv);
@@ -66,31 +77,42 @@ __device__ __forceinline__ void layernorm_residual_fwd_body(
     }
 }
 
+// The dropout arguments, in every entry: drop_p (0 for none), drop_per_seq (x's elements per
+// sequence), drop_site, step (the step memory: the seed and the first sequence; not read, and
+// may be null, without dropout).
 #define LN_FWD(NAME, CH)                                                                          \
     extern "C" __global__ void __launch_bounds__(LN_THREADS)                                      \
         NAME(const bf16* __restrict__ x, const bf16* __restrict__ residual,                       \
              const float* __restrict__ gain, const float* __restrict__ bias, bf16* __restrict__ y, \
              bf16* __restrict__ xhat, float* __restrict__ rstd, float* __restrict__ mean,         \
-             int rows, int width, float eps, const unsigned* __restrict__ dev_rows) {             \
+             int rows, int width, float eps, float drop_p, unsigned long long drop_per_seq,       \
+             unsigned drop_site, const StepValues* __restrict__ step,                             \
+             const unsigned* __restrict__ dev_rows) {                                             \
         layernorm_residual_fwd_body<CH>(x, residual, gain, bias, y, xhat, rstd, mean, rows,       \
-                                        width, eps, dev_rows);                                    \
+                                        width, eps,                                               \
+                                        make_optional_dropout(drop_p, drop_per_seq, drop_site,    \
+                                                              step),                              \
+                                        dev_rows);                                                \
     }
 LN_FWD(layernorm_residual_fwd_w256, 1)
 LN_FWD(layernorm_residual_fwd_w1024, 4)
 
-// dx (and dres, when non-null) = LN backward of dy; dgain += sum dy*xhat, dbias += sum dy.
-// `accumulate_dx`, `accumulate_dres`: 0 overwrites dx (dres), 1 adds to it. Scratch: `partials`
-// gridDim.x * 2 * width floats, `counter` one u32, zero before the first launch (left at zero).
+// g = LN backward of dy: dres = g (when non-null), dx = g * the forward's dropout mask;
+// dgain += sum dy*xhat, dbias += sum dy. `accumulate_dx`, `accumulate_dres`: 0 overwrites dx
+// (dres), 1 adds to it. Scratch: `partials` gridDim.x * 2 * width floats, `counter` one u32, zero
+// before the first launch (left at zero).
 #define LN_BWD(NAME, CH)                                                                           \
     extern "C" __global__ void __launch_bounds__(LN_THREADS)                                       \
         NAME(const bf16* __restrict__ dy, const bf16* __restrict__ xhat,                           \
              const float* __restrict__ rstd, const float* __restrict__ gain, bf16* dx, bf16* dres, \
              float* __restrict__ dgain, float* __restrict__ dbias, float* __restrict__ partials,   \
              unsigned* counter, int rows, int width, int accumulate_dx, int accumulate_dres,       \
-             const unsigned* __restrict__ dev_rows) {                                              \
+             float drop_p, unsigned long long drop_per_seq, unsigned drop_site,                    \
+             const StepValues* __restrict__ step, const unsigned* __restrict__ dev_rows) {         \
         if (dev_rows) rows = min(rows, (int)*dev_rows);                                            \
         ln_backward<CH, bf16>(dy, xhat, rstd, gain, dx, dres, dgain, dbias, partials, counter,     \
-                              rows, width, accumulate_dx != 0, accumulate_dres != 0);              \
+                              rows, width, accumulate_dx != 0, accumulate_dres != 0,               \
+                              make_optional_dropout(drop_p, drop_per_seq, drop_site, step));       \
     }
 LN_BWD(layernorm_residual_bwd_w256, 1)
 LN_BWD(layernorm_residual_bwd_w1024, 4)

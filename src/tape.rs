@@ -420,6 +420,8 @@ mod tests {
             saved: Arena::default().layernorm(2, 4),
             rows: 2,
             width: 4,
+            dropout: None,
+            sequences: 1,
             overwrite_dx: false,
             overwrite_dresidual: false,
         })

@@ -510,6 +510,8 @@ fn check_ops(dir: &Path) {
         },
         rows,
         width,
+        dropout: None,
+        sequences: 1,
         overwrite_dx: false,
         overwrite_dresidual: false,
     };

@@ -469,8 +469,13 @@ fn linear_one_column_is_f32() {
 
 // ---- layernorm ------------------------------------------------------------------------------
 
-fn layernorm_case(lab: &mut Lab, rows: usize, width: usize, residual: bool) {
+/// A LayerNorm of `rows` rows of `width`, with a residual or not, and with its branch's dropout
+/// or not (rows of `sequences` sequences, at a random first sequence of the step's batch).
+fn layernorm_case(lab: &mut Lab, rows: usize, width: usize, residual: bool, dropout: bool) {
     lab.reset();
+    let dropout_seed = lab.rng.next_u64();
+    lab.begin_step(0.0, dropout_seed, 0);
+    let sequences = if rows.is_multiple_of(4) { 4 } else { 1 };
     let x = lab.act(rows * width, -2.0, 2.0);
     let res = residual.then(|| lab.act(rows * width, -2.0, 2.0));
     let p = LayerNormParams {
@@ -491,11 +496,13 @@ fn layernorm_case(lab: &mut Lab, rows: usize, width: usize, residual: bool) {
         saved,
         rows,
         width,
+        dropout: dropout.then_some(Dropout { p: 0.1, site: 7 }),
+        sequences,
         overwrite_dx: false,
         overwrite_dresidual: false,
     };
     lab.both(|be| be.layernorm_fwd(&op));
-    let tag = format!("layernorm {rows}x{width} residual={residual}");
+    let tag = format!("layernorm {rows}x{width} residual={residual} dropout={dropout}");
     lab.compare(&format!("{tag} y"), y, BF16_TOL);
     lab.compare(&format!("{tag} xhat"), saved.xhat, BF16_TOL);
     lab.compare(&format!("{tag} rstd"), saved.rstd, F32_TOL);
@@ -544,17 +551,29 @@ fn layernorm_case(lab: &mut Lab, rows: usize, width: usize, residual: bool) {
 #[test]
 fn layernorm_narrow() {
     let Some(mut lab) = Lab::small() else { return };
-    layernorm_case(&mut lab, 37, 200, true);
-    layernorm_case(&mut lab, 64, 256, false);
-    layernorm_case(&mut lab, 5, 64, true);
+    layernorm_case(&mut lab, 37, 200, true, false);
+    layernorm_case(&mut lab, 64, 256, false, false);
+    layernorm_case(&mut lab, 5, 64, true, false);
+}
+
+#[test]
+fn layernorm_of_a_dropped_out_branch() {
+    // Each lane's eight columns on two whole blocks of four of the mask (widths 256 and 768), a
+    // last lane with four columns (width 100), and rows and sequences that start inside a block
+    // (width 90: odd rows, and sequences of 270 values at a random first sequence).
+    let Some(mut lab) = Lab::small() else { return };
+    layernorm_case(&mut lab, 64, 256, true, true);
+    layernorm_case(&mut lab, 37, 100, true, true);
+    layernorm_case(&mut lab, 36, 768, true, true);
+    layernorm_case(&mut lab, 12, 90, false, true);
 }
 
 #[test]
 fn layernorm_wide() {
     let Some(mut lab) = Lab::small() else { return };
-    layernorm_case(&mut lab, 37, 768, true);
-    layernorm_case(&mut lab, 23, 1000, false);
-    layernorm_case(&mut lab, 300, 1024, true);
+    layernorm_case(&mut lab, 37, 768, true, false);
+    layernorm_case(&mut lab, 23, 1000, false, false);
+    layernorm_case(&mut lab, 300, 1024, true, false);
 }
 
 // ---- attention ------------------------------------------------------------------------------

@@ -339,8 +339,9 @@ fn linear_without_bias() {
     check_linear(3, dims, false, false);
 }
 
-fn check_layernorm(seed: u64, rows: usize, width: usize, residual: bool) {
+fn check_layernorm(seed: u64, rows: usize, width: usize, residual: bool, dropout: Option<Dropout>) {
     let mut lab = Lab::new(seed);
+    lab.begin_step(0.0, seed, 0);
     let x = lab.act(rows * width, -1.0, 1.0);
     let res = residual.then(|| lab.act(rows * width, -1.0, 1.0));
     let params = LayerNormParams {
@@ -361,6 +362,8 @@ fn check_layernorm(seed: u64, rows: usize, width: usize, residual: bool) {
         saved,
         rows,
         width,
+        dropout,
+        sequences: rows,
         overwrite_dx: false,
         overwrite_dresidual: false,
     };
@@ -373,23 +376,41 @@ fn check_layernorm(seed: u64, rows: usize, width: usize, residual: bool) {
         &wrt,
     );
     if residual {
-        assert_eq!(grads[0], grads[3], "dx and dresidual differ");
+        // The branch's gradient is the sum's through the dropout mask, the residual's the sum's.
+        let mask = dropout.map(|d| d.mask(seed, 0));
+        let scale = |i| mask.map_or(1.0, |m| m.scale_at(i));
+        let dres_masked: Vec<f32> = grads[3]
+            .iter()
+            .enumerate()
+            .map(|(i, g)| g * scale(i))
+            .collect();
+        assert_eq!(
+            grads[0], dres_masked,
+            "dx is not dresidual through the mask"
+        );
     }
 }
 
 #[test]
 fn layernorm() {
-    check_layernorm(4, 7, 13, false);
+    check_layernorm(4, 7, 13, false, None);
 }
 
 #[test]
 fn layernorm_with_residual() {
-    check_layernorm(5, 5, 7, true);
+    check_layernorm(5, 5, 7, true, None);
 }
 
 #[test]
 fn layernorm_with_residual_of_width_five() {
-    check_layernorm(6, 3, 5, true);
+    check_layernorm(6, 3, 5, true, None);
+}
+
+#[test]
+fn layernorm_of_a_dropped_out_branch() {
+    let d = Dropout { p: 0.3, site: 4 };
+    check_layernorm(8, 6, 12, true, Some(d));
+    check_layernorm(9, 4, 9, false, Some(d));
 }
 
 #[test]

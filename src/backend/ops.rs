@@ -276,12 +276,13 @@ impl LinearOp {
     }
 }
 
-/// `y = LayerNorm(x + residual)` over `rows` rows of `width`. Backward adds the input's gradient
-/// to both `x.grad()` and `residual.grad()` (their first `rows · width` values), or sets either
-/// with its `overwrite_` flag.
+/// `y = LayerNorm(dropout(x) + residual)` over `rows` rows of `width`: BERT's post-LN sum of a
+/// residual branch, its hidden dropout included (none when `dropout` is `None`). Backward adds
+/// the sum's gradient to `residual.grad()` and, through the same dropout mask, to `x.grad()`
+/// (their first `rows · width` values), or sets either with its `overwrite_` flag.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LayerNormOp {
-    /// The input (a residual branch after dropout).
+    /// The input (a residual branch, before its dropout).
     pub x: Buf,
     /// What is added to `x` before normalising.
     pub residual: Option<Buf>,
@@ -295,11 +296,31 @@ pub struct LayerNormOp {
     pub rows: usize,
     /// Features per row.
     pub width: usize,
+    /// The dropout on `x`: its mask is the one a [`DropoutOp`] over the first `rows · width`
+    /// values of `x` with the same `sequences` draws.
+    pub dropout: Option<Dropout>,
+    /// The sequences the rows belong to (their first dimension), which key the dropout mask
+    /// (read only with dropout).
+    pub sequences: usize,
     /// The backward pass sets `x.grad()` instead of adding to it, as the first operation of a
     /// backward pass to write it does (the tape sets it).
     pub overwrite_dx: bool,
     /// The same for `residual.grad()`.
     pub overwrite_dresidual: bool,
+}
+
+impl LayerNormOp {
+    /// Elements of `x` per sequence.
+    pub fn per_sequence(&self) -> u64 {
+        per_sequence(self.rows * self.width, self.sequences)
+    }
+
+    /// The mask of the dropout on `x` in the step whose dropout seed is `seed`, for a batch
+    /// whose first sequence is sequence `first_sequence` of the step's global batch.
+    pub fn dropout_mask(&self, seed: u64, first_sequence: u64) -> Option<DropoutMask> {
+        let offset = first_sequence * self.per_sequence();
+        self.dropout.map(|d| d.mask(seed, offset))
+    }
 }
 
 /// Multi-head self-attention. `qkv` is `[batch·seq, 3·hidden]` (queries, keys, values side by
@@ -351,10 +372,16 @@ pub struct DropoutOp {
     pub overwrite_dx: bool,
 }
 
+/// The elements per sequence of a tensor of `len` elements over `sequences` sequences: what
+/// keys a dropout mask to each sequence's place in the step's global batch.
+fn per_sequence(len: usize, sequences: usize) -> u64 {
+    (len / sequences.max(1)) as u64
+}
+
 impl DropoutOp {
     /// The tensor's elements per sequence.
     pub fn per_sequence(&self) -> u64 {
-        (self.y.len / self.sequences.max(1)) as u64
+        per_sequence(self.y.len, self.sequences)
     }
 
     /// Where this tensor's first element lies in the tensor of the step's global batch, whose

@@ -337,6 +337,9 @@ pub unsafe extern "C" fn electra_cuda_layernorm_forward(
             rows,
             width,
             eps,
+            dropout: None,
+            per_sequence: 0,
+            step: 0,
         };
         a.check().map_err(device_failure)?;
         handle(ops)?
@@ -383,6 +386,9 @@ pub unsafe extern "C" fn electra_cuda_layernorm_backward(
             width,
             overwrite_dx: false,
             overwrite_dresidual: false,
+            dropout: None,
+            per_sequence: 0,
+            step: 0,
         };
         a.check().map_err(device_failure)?;
         handle(ops)?

@@ -127,13 +127,11 @@ struct LayerActs {
     ctx: Buf,
     probs: Buf,
     attention_out: Buf,
-    attention_dropped: Buf,
     attention_norm_out: Buf,
     attention_norm: LayerNormSaved,
     ffn_pre: Buf,
     ffn_act: Buf,
     ffn_out: Buf,
-    ffn_dropped: Buf,
     ffn_norm_out: Buf,
     ffn_norm: LayerNormSaved,
 }
@@ -168,13 +166,11 @@ impl EncoderActs {
                 ctx: arena.acts(n * h),
                 probs: arena.acts(shape.batch * enc.num_heads * shape.seq * shape.seq),
                 attention_out: arena.acts(n * h),
-                attention_dropped: arena.acts(n * h),
                 attention_norm_out: arena.acts(n * h),
                 attention_norm: arena.layernorm(n, h),
                 ffn_pre: arena.acts(n * enc.intermediate_size),
                 ffn_act: arena.acts(n * enc.intermediate_size),
                 ffn_out: arena.acts(n * h),
-                ffn_dropped: arena.acts(n * h),
                 ffn_norm_out: arena.acts(n * h),
                 ffn_norm: arena.layernorm(n, h),
             })
@@ -456,35 +452,35 @@ pub fn encoder_forward<B: Backend>(
         tape.run(be, self_attention);
         let out = l.attention_out.linear(a.ctx, a.attention_out, dims(h, h));
         tape.run(be, out);
-        let attended = (a.attention_out, a.attention_dropped);
-        let branch = dropped(be, tape, drop.hidden(), attended, sequences);
-        let ln1_out = a.attention_norm_out;
-        let norm = |x, residual, params, y, saved| LayerNormOp {
-            x,
+        // Each branch's hidden dropout is applied by the LayerNorm that adds it to the residual
+        // stream.
+        let norm = |branch, residual, params, (y, saved), dropout| LayerNormOp {
+            x: branch,
             residual: Some(residual),
             params,
             y,
             saved,
             rows: n,
             width: h,
+            dropout,
+            sequences,
             overwrite_dx: false,
             overwrite_dresidual: false,
         };
-        tape.run(
-            be,
-            norm(branch, x, l.attention_norm, ln1_out, a.attention_norm),
-        );
+        let ln1_out = a.attention_norm_out;
+        let ln1 = (ln1_out, a.attention_norm);
+        let attended = norm(a.attention_out, x, l.attention_norm, ln1, drop.hidden());
+        tape.run(be, attended);
         let f = enc.intermediate_size;
         let ffn_in = l
             .ffn_in
             .linear_gelu(ln1_out, a.ffn_pre, a.ffn_act, dims(h, f));
         tape.run(be, ffn_in);
         tape.run(be, l.ffn_out.linear(a.ffn_act, a.ffn_out, dims(f, h)));
-        let ffn = (a.ffn_out, a.ffn_dropped);
-        let branch = dropped(be, tape, drop.hidden(), ffn, sequences);
-        let ln2_out = a.ffn_norm_out;
-        tape.run(be, norm(branch, ln1_out, l.ffn_norm, ln2_out, a.ffn_norm));
-        x = ln2_out;
+        let ln2 = (a.ffn_norm_out, a.ffn_norm);
+        let ffn = norm(a.ffn_out, ln1_out, l.ffn_norm, ln2, drop.hidden());
+        tape.run(be, ffn);
+        x = a.ffn_norm_out;
     }
     x
 }
@@ -547,6 +543,8 @@ pub fn generator_forward<B: Backend>(
         saved: acts.head_norm,
         rows: masked,
         width: e,
+        dropout: None,
+        sequences: 1,
         overwrite_dx: false,
         overwrite_dresidual: false,
     };

@@ -316,11 +316,23 @@ impl Backend for CpuBackend {
             width,
             ..
         } = *op;
+        let n = rows * width;
+        let mask = op.dropout_mask(self.scalars.dropout_seed, self.scalars.first_sequence);
+        // The branch after its dropout, as a dropout op would have written it.
+        let mut dropped = self.scratch(if mask.is_some() { n } else { 0 });
         let f = self.frame();
         let reads = [x, residual.unwrap_or(x), p.gain, p.bias];
         let [y, xhat, rstd] = f.w([y, saved.xhat, saved.rstd], &reads);
         let (residual, norm) = (residual.map(|r| f.r(r)), norm(&f, &p, width));
-        layernorm::forward(f.r(x), residual, &norm, y, xhat, &mut rstd[..rows]);
+        let x = match mask {
+            Some(mask) => {
+                dropout::forward(&f.r(x)[..n], &mut dropped[..n], mask);
+                &dropped[..n]
+            }
+            None => f.r(x),
+        };
+        layernorm::forward(x, residual, &norm, y, xhat, &mut rstd[..rows]);
+        self.scratch = dropped;
     }
 
     fn layernorm_bwd(&mut self, op: &LayerNormOp) {
@@ -334,7 +346,12 @@ impl Backend for CpuBackend {
             width,
             overwrite_dx,
             overwrite_dresidual,
+            ..
         } = *op;
+        let n = rows * width;
+        let mask = op.dropout_mask(self.scalars.dropout_seed, self.scalars.first_sequence);
+        // The gradient of the branch after its dropout, as a dropout op would have read it.
+        let mut dropped = self.scratch(if mask.is_some() { n } else { 0 });
         let f = self.frame();
         let dresidual = residual.map_or(Buf { len: 0, ..x }, Buf::grad);
         let writes = [x.grad(), dresidual, p.gain.grad(), p.bias.grad()];
@@ -345,7 +362,7 @@ impl Backend for CpuBackend {
             (&mut *dres, overwrite_dresidual && residual.is_some()),
         ] {
             if overwrite {
-                grad[..rows * width].fill(0.0);
+                grad[..n].fill(0.0);
             }
         }
         let grads = layernorm::NormGrads {
@@ -353,7 +370,16 @@ impl Backend for CpuBackend {
             bias: dbias,
         };
         let (gain, saved) = (&f.r(p.gain)[..width], saved_view(&f, saved, rows));
-        layernorm::backward(f.r(dy), gain, saved, dx, residual.map(|_| dres), grads);
+        let dres = residual.map(|_| dres);
+        match mask {
+            Some(mask) => {
+                dropped[..n].fill(0.0);
+                layernorm::backward(f.r(dy), gain, saved, &mut dropped[..n], dres, grads);
+                dropout::backward(&dropped[..n], &mut dx[..n], mask);
+            }
+            None => layernorm::backward(f.r(dy), gain, saved, dx, dres, grads),
+        }
+        self.scratch = dropped;
     }
 
     fn attention_fwd(&mut self, op: &AttentionOp) {

@@ -129,7 +129,9 @@ pub struct AttentionBwdArgs {
 }
 
 /// `layernorm_residual_fwd_w*`: bf16 `x`, `residual` (0 for none), `y`, `xhat` `[rows, width]`;
-/// f32 `gain`, `bias` `[width]` and `rstd` `[rows]`.
+/// f32 `gain`, `bias` `[width]` and `rstd` `[rows]`. The dropout on `x` (`None` for none) is
+/// keyed by `per_sequence` elements of `x` per sequence and the step memory `step` (the seed and
+/// the first sequence; 0 is allowed without dropout).
 #[derive(Clone, Copy, Debug)]
 pub struct LayerNormFwdArgs {
     pub x: u64,
@@ -142,11 +144,15 @@ pub struct LayerNormFwdArgs {
     pub rows: usize,
     pub width: usize,
     pub eps: f32,
+    pub dropout: Option<Dropout>,
+    pub per_sequence: u64,
+    pub step: u64,
 }
 
 /// `layernorm_residual_bwd_w*`: bf16 `dy`, `xhat`, and `dx`, `dresidual` (0 for none),
 /// accumulated, or set with `overwrite_dx`, `overwrite_dresidual`; f32 `rstd`, `gain`, and
-/// `dgain`, `dbias`, accumulated. `partials` and `counters`
+/// `dgain`, `dbias`, accumulated. `dx` gets the forward's dropout mask (the same `dropout`,
+/// `per_sequence` and `step`). `partials` and `counters`
 /// are the reduction's scratch ([`layernorm_bwd_scratch`](super::layernorm) bytes, counters
 /// zero).
 #[derive(Clone, Copy, Debug)]
@@ -165,6 +171,9 @@ pub struct LayerNormBwdArgs {
     pub width: usize,
     pub overwrite_dx: bool,
     pub overwrite_dresidual: bool,
+    pub dropout: Option<Dropout>,
+    pub per_sequence: u64,
+    pub step: u64,
 }
 
 /// A linear layer's forward: bf16 `x [rows, in]`, `w [out, in]`; `y [rows, out]` of `y_dtype`,

@@ -1,7 +1,8 @@
-//! Launchers of `kernels/layernorm_residual.cu`: `y = LayerNorm(x + residual)` and its backward,
-//! one row per warp. The engine resolves its buffers here; [`layernorm_fwd`] and
+//! Launchers of `kernels/layernorm_residual.cu`: `y = LayerNorm(dropout(x) + residual)` and its
+//! backward, one row per warp. The engine resolves its buffers here; [`layernorm_fwd`] and
 //! [`layernorm_bwd`] check the sizes and launch, for the engine and the C ABI's device ops.
 
+use super::dropout::drop_args;
 use super::kernels::{Arg, Launcher};
 use super::launch_args::{LayerNormBwdArgs, LayerNormFwdArgs};
 use super::memory::Dtype;
@@ -43,6 +44,9 @@ impl CudaBackend {
             rows,
             width,
             eps: p.eps,
+            dropout: op.dropout,
+            per_sequence: op.per_sequence(),
+            step: self.step_scalar(0),
         };
         // SAFETY: the buffers were checked to hold `rows` rows of `width` above.
         Self::launched(unsafe { layernorm_fwd(&self.launcher(), &a) });
@@ -59,6 +63,7 @@ impl CudaBackend {
             width,
             overwrite_dx,
             overwrite_dresidual,
+            ..
         } = *op;
         let (dy, dx, dresidual) = (y.grad(), x.grad(), residual.map(Buf::grad));
         if rows == 0 {
@@ -84,6 +89,9 @@ impl CudaBackend {
             width,
             overwrite_dx,
             overwrite_dresidual,
+            dropout: op.dropout,
+            per_sequence: op.per_sequence(),
+            step: self.step_scalar(0),
         };
         // SAFETY: as in the forward pass, and the partials were sized for this shape.
         Self::launched(unsafe { layernorm_bwd(&self.launcher(), &a) });
@@ -130,6 +138,7 @@ pub(super) unsafe fn layernorm_fwd(l: &Launcher, a: &LayerNormFwdArgs) -> Result
     if a.rows == 0 {
         return Ok(());
     }
+    let [p, s, site, step] = drop_args(a.dropout, a.per_sequence, a.step);
     let args = [
         Arg::Ptr(a.x),
         Arg::Ptr(a.residual),
@@ -142,6 +151,10 @@ pub(super) unsafe fn layernorm_fwd(l: &Launcher, a: &LayerNormFwdArgs) -> Result
         Arg::I32(rows),
         Arg::I32(width),
         Arg::F32(a.eps),
+        p,
+        s,
+        site,
+        step,
         Arg::Ptr(0),
     ];
     l.run(k, (ln_fwd_grid(a.rows), 1, 1), LN_THREADS, &args)
@@ -163,6 +176,7 @@ pub(super) unsafe fn layernorm_bwd(l: &Launcher, a: &LayerNormBwdArgs) -> Result
     if a.rows == 0 {
         return Ok(());
     }
+    let [p, s, site, step] = drop_args(a.dropout, a.per_sequence, a.step);
     let args = [
         Arg::Ptr(a.dy),
         Arg::Ptr(a.xhat),
@@ -178,6 +192,10 @@ pub(super) unsafe fn layernorm_bwd(l: &Launcher, a: &LayerNormBwdArgs) -> Result
         Arg::I32(width),
         Arg::I32(i32::from(!a.overwrite_dx)),
         Arg::I32(i32::from(!a.overwrite_dresidual)),
+        p,
+        s,
+        site,
+        step,
         Arg::Ptr(0),
     ];
     l.run(k, (ln_grid(l.sms, a.rows), 1, 1), LN_THREADS, &args)
