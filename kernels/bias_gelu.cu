@@ -5,9 +5,9 @@
 // Forward fuses the bias add and the GELU in one pass over the product: pre = x + bias is saved
 // (bf16, for the backward) and y = gelu(pre) = pre * Phi(pre) written, both from the f32 value.
 // Backward fuses dpre = dy * gelu'(pre) with the bias gradient dbias += sum_rows dpre, summed from
-// the f32 dpre before it is rounded, deterministically (per-block partials, finalised in order by
-// the last block of each column group). `bias_bwd` is the same kernel without the GELU: the bias
-// gradient of a plain linear layer.
+// the f32 dpre before it is rounded, deterministically (each block's column sums over its rows, in
+// order, into its row of partials, which sum_partial_rows in partial_sums.cu then adds up).
+// `bias_bwd` is the same kernel without the GELU: the bias gradient of a plain linear layer.
 //
 // Layout: x, pre, y, dy, dpre bf16 row-major [rows, width]; bias, dbias f32 [width]. A thread owns
 // 8 consecutive columns (one 16-byte access when width % 8 == 0) of a strided set of rows, so the
@@ -72,20 +72,19 @@ __device__ __forceinline__ void bias_grad_row(float d[8], const float p[8], bool
 }
 
 // dpre = dy * gelu'(pre) (GELU skipped when `pre` is null; dpre skipped when null; it may alias
-// dy), dbias += sum over rows of dpre (skipped when null). Rows are `ld` values apart in every
+// dy), and row blockIdx.y of `partials` gets the block's column sums of dpre over its rows
+// (skipped when `partials` is null), for dbias. Rows are `ld` values apart in every
 // [rows, width] operand. With ld % 8 == 0 and 16-byte aligned rows, the vector path reads whole
 // 8-column groups even past `width` (up to ld, inside the row), and keeps only columns < width:
 // this is how the generator's logits, 30,522 wide in rows padded to 30,528, get 16-byte loads.
 // A vector store would write past width, so with `dpre` the vector path needs width % 8 == 0.
 // Launch: BG_THREADS threads, grid (ceil(width / BG_COLS), G) for any G, e.g. enough blocks for
-// two per SM. Scratch when dbias is non-null: `partials` G * width floats, `counters`
-// ceil(width / BG_COLS) u32, zero before the first launch (left at zero). The sums depend only on
-// G: keep it fixed for a given shape and they are bitwise reproducible.
+// two per SM; then, for dbias, sum_partial_rows over the G partial rows (`partials` G * width
+// floats). The sums depend only on G: keep it fixed for a given shape and they are bitwise
+// reproducible.
 __device__ __forceinline__ void bias_gelu_bwd_body(const bf16* dy, const bf16* __restrict__ pre,
-                                                   bf16* dpre, float* __restrict__ dbias,
-                                                   float* __restrict__ partials,
-                                                   unsigned* counters, int rows, int width,
-                                                   int ld) {
+                                                   bf16* dpre, float* __restrict__ partials,
+                                                   int rows, int width, int ld) {
     const int col0 = blockIdx.x * BG_COLS + threadIdx.x * 8;
     const int n = width - col0;
     const bool vec = (ld % 8) == 0 && (!dpre || (width % 8) == 0) && aligned16(dy) &&
@@ -121,42 +120,28 @@ __device__ __forceinline__ void bias_gelu_bwd_body(const bf16* dy, const bf16* _
             bias_grad_row(d, p, pre != nullptr, dpre, at, n, vec, sum);
         }
     }
-    if (!dbias) return;
+    if (!partials) return;
     float* mine = partials + (size_t)blockIdx.y * width;
 #pragma unroll
     for (int i = 0; i < 8; ++i)
         if (i < n) mine[col0 + i] = sum[i];
-    if (last_block_arrives(&counters[blockIdx.x], gridDim.y)) {
-        // This loop over gridDim.y partial rows is latency-bound: each of its rounds waits on
-        // the L2. So every thread takes whole columns of the block's range (all of them work,
-        // even for a 64-wide layer, whose columns belong to 8 threads above), with eight partial
-        // rows' loads in flight. The sum's order (partial 0, 1, ...) is unchanged.
-        const int first = blockIdx.x * BG_COLS;
-        const int count = min(BG_COLS, width - first);
-        for (int c = threadIdx.x; c < count; c += blockDim.x) {
-            const float* part = partials + first + c;
-            float s = 0.f;
-#pragma unroll 8
-            for (int p = 0; p < (int)gridDim.y; ++p) s += __ldcg(part + (size_t)p * width);
-            dbias[first + c] += s;
-        }
-        reset_counter(&counters[blockIdx.x]);
-    }
 }
 
 extern "C" __global__ void __launch_bounds__(BG_THREADS)
-bias_gelu_bwd(const bf16* dy, const bf16* __restrict__ pre, bf16* dpre, float* __restrict__ dbias,
-              float* __restrict__ partials, unsigned* counters, int rows, int width,
+bias_gelu_bwd(const bf16* dy, const bf16* __restrict__ pre, bf16* dpre,
+              float* __restrict__ partials, int rows, int width,
               const unsigned* __restrict__ dev_rows) {
     if (dev_rows) rows = min(rows, (int)*dev_rows);
-    bias_gelu_bwd_body(dy, pre, dpre, dbias, partials, counters, rows, width, width);
+    bias_gelu_bwd_body(dy, pre, dpre, partials, rows, width, width);
 }
 
-// dbias += sum over rows of dy: the bias gradient of a linear layer without activation, whose
-// rows may be padded (ld >= width). Same launch and scratch as bias_gelu_bwd.
-extern "C" __global__ void __launch_bounds__(BG_THREADS)
-bias_bwd(const bf16* __restrict__ dy, float* __restrict__ dbias, float* __restrict__ partials,
-         unsigned* counters, int rows, int width, int ld, const unsigned* __restrict__ dev_rows) {
+// Column sums of dy over each block's rows into `partials`, for dbias += sum over rows of dy: the
+// bias gradient of a linear layer without activation, whose rows may be padded (ld >= width).
+// Same launch and scratch as bias_gelu_bwd. The launch gives two blocks per SM; saying so lets ptxas
+// use the registers it needs (without it, nvcc 13.0 held sm_80 to 48 registers and spilled).
+extern "C" __global__ void __launch_bounds__(BG_THREADS, 2)
+bias_bwd(const bf16* __restrict__ dy, float* __restrict__ partials, int rows, int width, int ld,
+         const unsigned* __restrict__ dev_rows) {
     if (dev_rows) rows = min(rows, (int)*dev_rows);
-    bias_gelu_bwd_body(dy, nullptr, nullptr, dbias, partials, counters, rows, width, ld);
+    bias_gelu_bwd_body(dy, nullptr, nullptr, partials, rows, width, ld);
 }

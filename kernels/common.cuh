@@ -1,6 +1,7 @@
 // Shared device helpers of the ELECTRA kernels: bf16 <-> f32 conversions and 16-byte vectors,
-// warp and block reductions, the "last block to arrive" pattern behind every deterministic
-// cross-block reduction, and Philox4x32-10 exactly as src/rng.rs draws it.
+// warp and block reductions, the "last block to arrive" pattern behind the deterministic
+// cross-block reductions that sum_partial_rows does not finish, and Philox4x32-10 exactly as
+// src/rng.rs draws it.
 //
 // Conventions of every kernel in this folder (the Rust backend relies on them):
 // - Activations and their gradients are bf16 (`bf16`), row-major `[rows, width]`. Statistics,
@@ -10,9 +11,11 @@
 //   destination, 1 adds to it (the trait's `+=` semantics). Parameter gradients (f32) are always
 //   accumulated (`+=`), and always in an order fixed by the launch shape only, never by timing:
 //   no floating-point atomics anywhere, so every result is bitwise reproducible.
-// - Cross-block sums write one partial per block to a scratch buffer; the last block to finish
-//   (counted on a u32 `counter` that must be zero before the first launch and that the kernel
-//   leaves at zero again, so a CUDA graph can replay it) adds the partials in block order.
+// - Cross-block sums write one partial per block to a scratch buffer, added up in a fixed order
+//   either by a second kernel, sum_partial_rows (partial_sums.cu: wide rows of column sums, the
+//   bias and LayerNorm parameter gradients), or by the last block to finish (counted on a u32
+//   `counter` that must be zero before the first launch and that the kernel leaves at zero
+//   again, so a CUDA graph can replay it: the few sums of grad_norm and the BCE head).
 // - Kernels index with 32-bit ints: every tensor must have fewer than 2^31 elements.
 // - Vector (16-byte) paths are taken only when the pointers and row strides allow them; each
 //   kernel checks at run time and falls back to scalar accesses, so any size is correct.

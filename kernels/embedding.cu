@@ -101,18 +101,18 @@ EMB_FWD(embedding_fwd_w256, 1)
 EMB_FWD(embedding_fwd_w1024, 4)
 
 // ---------------------------------------------------------------------------------------------
-// Backward 1: the LayerNorm, into an f32 dsum [rows, width] (overwritten).
-// Launch: LN_THREADS threads, any grid; `partials` gridDim.x * 2 * width floats; `counter` one
-// u32, zero before the first launch.
+// Backward 1: the LayerNorm, into an f32 dsum [rows, width] (overwritten), and each block's
+// gain and bias sums into its row of `partials` (gridDim.x * 2 * width floats), which
+// sum_partial_rows then adds into the gain's and bias's gradients.
+// Launch: LN_THREADS threads, any grid.
 
 #define EMB_BWD_LN(NAME, CH)                                                                     \
     extern "C" __global__ void __launch_bounds__(LN_THREADS)                                     \
         NAME(const bf16* __restrict__ dy, const bf16* __restrict__ xhat,                         \
              const float* __restrict__ rstd, const float* __restrict__ gain, float* dsum,        \
-             float* __restrict__ dgain, float* __restrict__ dbias, float* __restrict__ partials, \
-             unsigned* counter, int rows, int width) {                                           \
-        ln_backward<CH, float>(dy, xhat, rstd, gain, dsum, (float*)nullptr, dgain, dbias,        \
-                               partials, counter, rows, width, false, false, DropoutSite{});     \
+             float* __restrict__ partials, int rows, int width) {                                \
+        ln_backward<CH, float>(dy, xhat, rstd, gain, dsum, (float*)nullptr, partials, rows,      \
+                               width, false, false, DropoutSite{});                              \
     }
 EMB_BWD_LN(embedding_bwd_layernorm_w256, 1)
 EMB_BWD_LN(embedding_bwd_layernorm_w1024, 4)

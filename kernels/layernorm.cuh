@@ -11,8 +11,8 @@
 // Backward, per row: g = dy*gain, dx = rstd*(g - mean(g) - xhat*mean(g*xhat)); the parameter
 // gradients dgain += sum_rows dy*xhat and dbias += sum_rows dy are reduced deterministically:
 // each lane keeps its columns' running sums over the rows its warp visits (a fixed stride set by
-// the grid), the warps of a block are added in warp order through shared memory, each block writes
-// one partial row, and the last block to finish adds the partials in block order.
+// the grid), the warps of a block are added in warp order through shared memory, and each block
+// writes one partial row [dgain | dbias], which sum_partial_rows (partial_sums.cu) adds up.
 #pragma once
 
 #include "common.cuh"
@@ -100,17 +100,17 @@ __device__ __forceinline__ void ln_store_row(const float v[CH][8], int lane, int
 
 // The LayerNorm backward over rows: g = LN'(dy), written (or added, with `acc_dx`) to `dx` through
 // the dropout `drop` (g times the forward's mask; `drop.p` 0 for none) and, when non-null, to
-// `dres` (added with `acc_dres`); dgain/dbias reduced into `partials` and finalised by the last
-// block. A thread stores dx before dres, so with dres == dx, no dropout and only `acc_dres` the
+// `dres` (added with `acc_dres`); block b's sums of dy*xhat and dy over its rows go to row b of
+// `partials` (2 * width floats: gain's, then bias's), for sum_partial_rows to add into dgain and
+// dbias. A thread stores dx before dres, so with dres == dx, no dropout and only `acc_dres` the
 // row gets twice the gradient, as it should.
 // Launch: LN_THREADS threads, any grid; `partials` holds gridDim.x * 2 * width floats.
 template <int CH, typename OutT>
 __device__ __forceinline__ void ln_backward(const bf16* __restrict__ dy, const bf16* __restrict__ xhat,
                                             const float* __restrict__ rstd,
                                             const float* __restrict__ gain, OutT* dx, OutT* dres,
-                                            float* __restrict__ dgain, float* __restrict__ dbias,
-                                            float* __restrict__ partials, unsigned* counter,
-                                            int rows, int width, bool acc_dx, bool acc_dres,
+                                            float* __restrict__ partials, int rows, int width,
+                                            bool acc_dx, bool acc_dres,
                                             const DropoutSite& drop) {
     __shared__ float acc[2 * CH * 256];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -198,16 +198,4 @@ __device__ __forceinline__ void ln_backward(const bf16* __restrict__ dy, const b
     }
     float* mine = partials + (size_t)blockIdx.x * 2 * width;
     for (int col = threadIdx.x; col < 2 * width; col += blockDim.x) mine[col] = acc[col];
-
-    if (last_block_arrives(counter, gridDim.x)) {
-        const int parts = gridDim.x;
-        for (int col = threadIdx.x; col < 2 * width; col += blockDim.x) {
-            float s = 0.f;
-#pragma unroll 8
-            for (int p = 0; p < parts; ++p) s += __ldcg(partials + (size_t)p * 2 * width + col);
-            if (col < width) dgain[col] += s;
-            else dbias[col - width] += s;
-        }
-        reset_counter(counter);
-    }
 }

@@ -19,9 +19,9 @@
 // Launch (all): blockDim = 256 (LN_THREADS: 8 warps, one row per warp per step); any grid; no
 // dynamic shared memory. The forward is given ceil(rows / 8) blocks, one row per warp: no sum
 // crosses rows, and a warp's next row would wait on this one's statistics. The backward is given
-// min(ceil(rows / 8), 2 * SMs): each block leaves one partial row of the gain/bias sums, which
-// depend only on the grid size: keep it fixed for a given shape and results are bitwise
-// reproducible.
+// min(ceil(rows / 8), 2 * SMs) and then sum_partial_rows: each block leaves one partial row of
+// the gain/bias sums, which depend only on the grid size: keep it fixed for a given shape and
+// results are bitwise reproducible.
 #include "layernorm.cuh"
 
 // y = LN(dropout(x) + residual) * gain + bias; saves xhat (bf16) and rstd (f32), and the mean
@@ -97,21 +97,21 @@ __device__ __forceinline__ void layernorm_residual_fwd_body(
 LN_FWD(layernorm_residual_fwd_w256, 1)
 LN_FWD(layernorm_residual_fwd_w1024, 4)
 
-// g = LN backward of dy: dres = g (when non-null), dx = g * the forward's dropout mask;
-// dgain += sum dy*xhat, dbias += sum dy. `accumulate_dx`, `accumulate_dres`: 0 overwrites dx
-// (dres), 1 adds to it. Scratch: `partials` gridDim.x * 2 * width floats, `counter` one u32, zero
-// before the first launch (left at zero).
+// g = LN backward of dy: dres = g (when non-null), dx = g * the forward's dropout mask; each
+// block's sums of dy*xhat and dy into its row of `partials` (gridDim.x * 2 * width floats), which
+// sum_partial_rows then adds into dgain and dbias. `accumulate_dx`, `accumulate_dres`: 0
+// overwrites dx (dres), 1 adds to it.
 #define LN_BWD(NAME, CH)                                                                           \
     extern "C" __global__ void __launch_bounds__(LN_THREADS)                                       \
         NAME(const bf16* __restrict__ dy, const bf16* __restrict__ xhat,                           \
              const float* __restrict__ rstd, const float* __restrict__ gain, bf16* dx, bf16* dres, \
-             float* __restrict__ dgain, float* __restrict__ dbias, float* __restrict__ partials,   \
-             unsigned* counter, int rows, int width, int accumulate_dx, int accumulate_dres,       \
-             float drop_p, unsigned long long drop_per_seq, unsigned drop_site,                    \
-             const StepValues* __restrict__ step, const unsigned* __restrict__ dev_rows) {         \
+             float* __restrict__ partials, int rows, int width, int accumulate_dx,                 \
+             int accumulate_dres, float drop_p, unsigned long long drop_per_seq,                   \
+             unsigned drop_site, const StepValues* __restrict__ step,                              \
+             const unsigned* __restrict__ dev_rows) {                                              \
         if (dev_rows) rows = min(rows, (int)*dev_rows);                                            \
-        ln_backward<CH, bf16>(dy, xhat, rstd, gain, dx, dres, dgain, dbias, partials, counter,     \
-                              rows, width, accumulate_dx != 0, accumulate_dres != 0,               \
+        ln_backward<CH, bf16>(dy, xhat, rstd, gain, dx, dres, partials, rows, width,               \
+                              accumulate_dx != 0, accumulate_dres != 0,                            \
                               make_optional_dropout(drop_p, drop_per_seq, drop_site, step));       \
     }
 LN_BWD(layernorm_residual_bwd_w256, 1)

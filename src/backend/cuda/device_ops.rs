@@ -282,8 +282,7 @@ impl DeviceOps {
         self.with(stream, |l, _| layernorm_fwd(l, &a))
     }
 
-    /// Residual + LayerNorm backward on the caller's addresses; the partials and counters are
-    /// the handle's.
+    /// Residual + LayerNorm backward on the caller's addresses; the partials are the handle's.
     ///
     /// # Safety
     /// As for [`attention_fwd`](Self::attention_fwd).
@@ -295,7 +294,6 @@ impl DeviceOps {
         let _current = self.enter()?;
         let bytes = layernorm_bwd_scratch(self.sms, a.rows, a.width);
         a.partials = self.grow(Slot::Partials, bytes)?;
-        a.counters = self.grow(Slot::Counters, COUNTERS_BYTES)?;
         self.with(stream, |l, _| layernorm_bwd(l, &a))
     }
 
@@ -312,8 +310,8 @@ impl DeviceOps {
         self.with(stream, |l, blas| linear_fwd(l, blas, &a))
     }
 
-    /// Linear backward on the caller's addresses; `dpre` (with GELU), the partials and the
-    /// counters are the handle's.
+    /// Linear backward on the caller's addresses; `dpre` (with GELU) and the partials are the
+    /// handle's.
     ///
     /// # Safety
     /// As for [`attention_fwd`](Self::attention_fwd).
@@ -327,9 +325,7 @@ impl DeviceOps {
         if a.pre != 0 {
             a.dpre = self.grow(Slot::Dpre, 2 * d.rows * d.out)?;
         }
-        let (partials, counters) = bias_grad_scratch(self.sms, d.rows, d.out);
-        a.partials = self.grow(Slot::Partials, partials)?;
-        a.counters = self.grow(Slot::Counters, counters)?;
+        a.partials = self.grow(Slot::Partials, bias_grad_scratch(self.sms, d.rows, d.out))?;
         self.with(stream, |l, blas| linear_bwd(l, blas, &a))
     }
 

@@ -5,7 +5,7 @@
 //! gradients.
 
 use super::kernels::Arg;
-use super::layernorm::{ln_fwd_grid, LN_THREADS};
+use super::layernorm::{layernorm_bwd_scratch, ln_fwd_grid, sum_norm_partials, LN_THREADS};
 use super::memory::Dtype;
 use super::{int, width_kernel, CudaBackend, MAX_GRID_YZ};
 use crate::backend::{EmbeddingOp, IBuf};
@@ -114,24 +114,30 @@ impl CudaBackend {
         assert!(saved.xhat.len >= rows * width && saved.rstd.len >= rows);
         let (n, w) = (int(rows, "rows"), int(width, "width"));
 
-        // Phase 1, the LayerNorm backward into the f32 sum's gradient, dsum.
+        // Phase 1, the LayerNorm backward into the f32 sum's gradient, dsum, and the partial
+        // sums of the gain's and bias's gradients, then their sums.
         let grid = self.ln_grid(rows);
-        ensure!(self, partials)(4 * grid * 2 * width);
+        ensure!(self, partials)(layernorm_bwd_scratch(self.sms, rows, width));
         let dsum = self.output(saved.xhat.grad().prefix(rows * width), Dtype::F32, false);
+        let partials = self.scratch.partials.ptr;
         let args = [
             Arg::Ptr(self.input(dout, Dtype::Bf16)),
             Arg::Ptr(self.input(saved.xhat, Dtype::Bf16)),
             Arg::Ptr(self.input(saved.rstd, Dtype::F32)),
             Arg::Ptr(self.input(p.norm.gain, Dtype::F32)),
             Arg::Ptr(dsum),
-            Arg::Ptr(self.output(p.norm.gain.grad(), Dtype::F32, true)),
-            Arg::Ptr(self.output(p.norm.bias.grad(), Dtype::F32, true)),
-            Arg::Ptr(self.scratch.partials.ptr),
-            Arg::Ptr(self.scratch.counters.ptr),
+            Arg::Ptr(partials),
             Arg::I32(n),
             Arg::I32(w),
         ];
         self.run(ln, (grid, 1, 1), LN_THREADS, &args);
+        let dgain = self.output(p.norm.gain.grad(), Dtype::F32, true);
+        let dbias = self.output(p.norm.bias.grad(), Dtype::F32, true);
+        // SAFETY: the partials hold `grid` rows of 2·width (sized above); the gain's and bias's
+        // gradients `width` floats each.
+        Self::launched(unsafe {
+            sum_norm_partials(&self.launcher(), partials, grid, width, (dgain, dbias))
+        });
 
         let sum = SumGrad { dsum, rows, width };
         let (keys, tokens) = self.sort_ids(ids, vocab);

@@ -171,6 +171,7 @@ kernel_table!(
     sigmoid_bce_head_fwd_bwd_w1024,
     softmax_xent_fwd_bwd,
     replace_tokens,
+    sum_partial_rows,
 );
 
 /// A driver error with what was being done.

@@ -152,9 +152,8 @@ pub struct LayerNormFwdArgs {
 /// `layernorm_residual_bwd_w*`: bf16 `dy`, `xhat`, and `dx`, `dresidual` (0 for none),
 /// accumulated, or set with `overwrite_dx`, `overwrite_dresidual`; f32 `rstd`, `gain`, and
 /// `dgain`, `dbias`, accumulated. `dx` gets the forward's dropout mask (the same `dropout`,
-/// `per_sequence` and `step`). `partials` and `counters`
-/// are the reduction's scratch ([`layernorm_bwd_scratch`](super::layernorm) bytes, counters
-/// zero).
+/// `per_sequence` and `step`). `partials` is the reduction's scratch
+/// ([`layernorm_bwd_scratch`](super::layernorm) bytes).
 #[derive(Clone, Copy, Debug)]
 pub struct LayerNormBwdArgs {
     pub dy: u64,
@@ -166,7 +165,6 @@ pub struct LayerNormBwdArgs {
     pub dgain: u64,
     pub dbias: u64,
     pub partials: u64,
-    pub counters: u64,
     pub rows: usize,
     pub width: usize,
     pub overwrite_dx: bool,
@@ -195,7 +193,7 @@ pub struct LinearFwdArgs {
 /// A linear layer's backward: bf16 `x`, `w`, `dy [rows, out]` (rows `y_stride` apart, as the
 /// forward's `y`) and `pre` (0 without GELU, else `dpre`, bf16 `[rows, out]`, receives the
 /// gradient at the pre-activation); accumulates `dx` (bf16; sets it with `overwrite_dx`), `dw`
-/// (f32) and `dbias` (f32, 0 to skip). `partials`, `counters`: the bias reduction's scratch.
+/// (f32) and `dbias` (f32, 0 to skip). `partials`: the bias reduction's scratch.
 #[derive(Clone, Copy, Debug)]
 pub struct LinearBwdArgs {
     pub x: u64,
@@ -207,7 +205,6 @@ pub struct LinearBwdArgs {
     pub dw: u64,
     pub dbias: u64,
     pub partials: u64,
-    pub counters: u64,
     pub dims: LinearDims,
     pub y_stride: usize,
     pub overwrite_dx: bool,
@@ -432,7 +429,6 @@ mod tests {
             dw: 256,
             dbias: 0,
             partials: 0,
-            counters: 0,
             dims: LinearDims {
                 rows: 4,
                 inp: 8,

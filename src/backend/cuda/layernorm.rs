@@ -6,6 +6,7 @@ use super::dropout::drop_args;
 use super::kernels::{Arg, Launcher};
 use super::launch_args::{LayerNormBwdArgs, LayerNormFwdArgs};
 use super::memory::Dtype;
+use super::partial_sums::{sum_partial_rows, PartialRows};
 use super::{try_width_kernel, CudaBackend, CudaError};
 use crate::backend::{Buf, LayerNormOp};
 
@@ -84,7 +85,6 @@ impl CudaBackend {
             dgain: self.output(p.gain.grad(), Dtype::F32, true),
             dbias: self.output(p.bias.grad(), Dtype::F32, true),
             partials: self.scratch.partials.ptr,
-            counters: self.scratch.counters.ptr,
             rows,
             width,
             overwrite_dx,
@@ -160,11 +160,12 @@ pub(super) unsafe fn layernorm_fwd(l: &Launcher, a: &LayerNormFwdArgs) -> Result
     l.run(k, (ln_fwd_grid(a.rows), 1, 1), LN_THREADS, &args)
 }
 
-/// Launches the residual + LayerNorm backward pass on `l`'s stream after checking the width.
+/// Launches the residual + LayerNorm backward pass on `l`'s stream after checking the width, then
+/// the sums of its partial rows into the gain's and bias's gradients.
 ///
 /// # Safety
-/// The addresses hold the tensors [`LayerNormBwdArgs`] describes, `partials` holds
-/// [`layernorm_bwd_scratch`] bytes and `counters` (zero) one counter.
+/// The addresses hold the tensors [`LayerNormBwdArgs`] describes, and `partials` holds
+/// [`layernorm_bwd_scratch`] bytes.
 pub(super) unsafe fn layernorm_bwd(l: &Launcher, a: &LayerNormBwdArgs) -> Result<(), CudaError> {
     let k = try_width_kernel(
         l.kernels.layernorm_residual_bwd_w256,
@@ -184,10 +185,7 @@ pub(super) unsafe fn layernorm_bwd(l: &Launcher, a: &LayerNormBwdArgs) -> Result
         Arg::Ptr(a.gain),
         Arg::Ptr(a.dx),
         Arg::Ptr(a.dresidual),
-        Arg::Ptr(a.dgain),
-        Arg::Ptr(a.dbias),
         Arg::Ptr(a.partials),
-        Arg::Ptr(a.counters),
         Arg::I32(rows),
         Arg::I32(width),
         Arg::I32(i32::from(!a.overwrite_dx)),
@@ -198,5 +196,31 @@ pub(super) unsafe fn layernorm_bwd(l: &Launcher, a: &LayerNormBwdArgs) -> Result
         step,
         Arg::Ptr(0),
     ];
-    l.run(k, (ln_grid(l.sms, a.rows), 1, 1), LN_THREADS, &args)
+    let grid = ln_grid(l.sms, a.rows);
+    l.run(k, (grid, 1, 1), LN_THREADS, &args)?;
+    sum_norm_partials(l, a.partials, grid, a.width, (a.dgain, a.dbias))
+}
+
+/// Adds the `parts` partial rows a LayerNorm backward left (`[gain's | bias's]`, `2 · width`
+/// each) into the gain's and bias's gradients.
+///
+/// # Safety
+/// `partials` holds the rows; `dgain` and `dbias` `width` floats each.
+pub(super) unsafe fn sum_norm_partials(
+    l: &Launcher,
+    partials: u64,
+    parts: usize,
+    width: usize,
+    (dgain, dbias): (u64, u64),
+) -> Result<(), CudaError> {
+    let rows = PartialRows {
+        partials,
+        parts,
+        ld: 2 * width,
+        cols: 2 * width,
+        split: width,
+        out_a: dgain,
+        out_b: dbias,
+    };
+    sum_partial_rows(l, &rows)
 }

@@ -9,6 +9,7 @@ use super::blas::{Blas, Gemm};
 use super::kernels::{Arg, Launcher};
 use super::launch_args::{LinearBwdArgs, LinearFwdArgs, MAX_GRID_YZ};
 use super::memory::Dtype;
+use super::partial_sums::{sum_partial_rows, PartialRows};
 use super::{CudaBackend, CudaError};
 use crate::backend::{Buf, LinearDims, LinearOp};
 
@@ -81,9 +82,7 @@ impl CudaBackend {
         assert!(dx.len >= rows * inp);
         assert!(gelu_pre.is_none_or(|p| p.len >= rows * out));
         if db.is_some() {
-            let (partials, counters) = bias_grad_scratch(self.sms, rows, out);
-            ensure!(self, partials)(partials);
-            ensure!(self, counters)(counters);
+            ensure!(self, partials)(bias_grad_scratch(self.sms, rows, out));
         }
         let dbias = db.map_or(0, |d| self.output(d, Dtype::F32, true));
         let (dy, pre, dpre) = match gelu_pre {
@@ -114,7 +113,6 @@ impl CudaBackend {
             dw: self.output(dw, Dtype::F32, true),
             dbias,
             partials: self.scratch.partials.ptr,
-            counters: self.scratch.counters.ptr,
             dims,
             y_stride,
             overwrite_dx,
@@ -148,10 +146,10 @@ fn bias_grid(sms: usize, per_sm: usize, rows: usize, width: usize) -> (usize, us
     (col_blocks, groups)
 }
 
-/// The bytes of f32 partial sums and of u32 counters the bias gradient's reduction needs.
-pub(super) fn bias_grad_scratch(sms: usize, rows: usize, width: usize) -> (usize, usize) {
-    let (col_blocks, groups) = bias_grid(sms, 2, rows, width);
-    (4 * groups * width, 4 * col_blocks)
+/// The bytes of f32 partial sums the bias gradient's reduction needs.
+pub(super) fn bias_grad_scratch(sms: usize, rows: usize, width: usize) -> usize {
+    let (_, groups) = bias_grid(sms, 2, rows, width);
+    4 * groups * width
 }
 
 /// Launches a linear layer's forward pass on `l`'s stream: `y = x·wᵀ + b` by cuBLASLt, or with
@@ -196,12 +194,12 @@ pub(super) unsafe fn linear_fwd(
 }
 
 /// Launches a linear layer's backward pass on `l`'s stream: `bias_gelu_bwd` (`dpre` and the
-/// bias gradient) or `bias_bwd` (the bias gradient), then cuBLASLt `dx += dy·w` (bf16; `=` with
-/// `overwrite_dx`) and `dw += dyᵀ·x` (f32).
+/// bias gradient's partial sums) or `bias_bwd` (the partial sums) and the sums of those, then
+/// cuBLASLt `dx += dy·w` (bf16; `=` with `overwrite_dx`) and `dw += dyᵀ·x` (f32).
 ///
 /// # Safety
 /// The addresses hold the tensors [`LinearBwdArgs`] describes for `a.dims`; with `dbias`,
-/// `partials` and `counters` hold [`bias_grad_scratch`] bytes (the counters zero).
+/// `partials` holds [`bias_grad_scratch`] bytes.
 pub(super) unsafe fn linear_bwd(
     l: &Launcher,
     blas: &mut Blas,
@@ -214,14 +212,13 @@ pub(super) unsafe fn linear_bwd(
     let (rows_i, out_i, ld) = a.check()?;
     let (col_blocks, groups) = bias_grid(l.sms, 2, rows, out);
     let grid = (col_blocks, groups, 1);
+    let partials = if a.dbias != 0 { a.partials } else { 0 };
     let dy_b = if a.pre != 0 {
         let args = [
             Arg::Ptr(a.dy),
             Arg::Ptr(a.pre),
             Arg::Ptr(a.dpre),
-            Arg::Ptr(a.dbias),
-            Arg::Ptr(a.partials),
-            Arg::Ptr(a.counters),
+            Arg::Ptr(partials),
             Arg::I32(rows_i),
             Arg::I32(out_i),
             Arg::Ptr(0),
@@ -232,9 +229,7 @@ pub(super) unsafe fn linear_bwd(
         if a.dbias != 0 {
             let args = [
                 Arg::Ptr(a.dy),
-                Arg::Ptr(a.dbias),
-                Arg::Ptr(a.partials),
-                Arg::Ptr(a.counters),
+                Arg::Ptr(partials),
                 Arg::I32(rows_i),
                 Arg::I32(out_i),
                 Arg::I32(ld),
@@ -244,6 +239,18 @@ pub(super) unsafe fn linear_bwd(
         }
         a.dy
     };
+    if a.dbias != 0 {
+        let bias_rows = PartialRows {
+            partials,
+            parts: groups,
+            ld: out,
+            cols: out,
+            split: out,
+            out_a: a.dbias,
+            out_b: 0,
+        };
+        sum_partial_rows(l, &bias_rows)?;
+    }
     // The GELU's gradient is dense; a padded `dy` is read in place.
     let dy_stride = if a.pre != 0 { out } else { a.y_stride };
     let [input_grad, weight_grad] =

@@ -93,6 +93,7 @@ mod losses;
 mod memory;
 mod nccl;
 mod optim;
+mod partial_sums;
 mod step;
 
 pub(crate) use device_ops::DeviceOps;
