@@ -9,9 +9,9 @@
 // dropout.cu draws it for a tensor of `drop_per_seq` elements per sequence): neither the dropped
 // branch nor its gradient is ever written.
 //
-// Layout: x, residual, y, xhat, dy, dx, dres are bf16 row-major [rows, width]; gain, bias, dgain,
-// dbias are f32 [width] (master weights and their gradients); rstd (and the optional mean) are f32
-// [rows]. One warp per row holding the row in registers (see layernorm.cuh): rows are short
+// Layout: x, residual, y, xhat, dy, dx, dres are bf16 row-major [rows, width]; gain, bias are f32
+// [width] (master weights), partials f32 [gridDim.x, 2 * width]; rstd (and the optional mean) are
+// f32 [rows]. One warp per row holding the row in registers (see layernorm.cuh): rows are short
 // (H = 256 for ELECTRA-Small), so a block-per-row layout would leave most threads idle and need
 // block-wide barriers for every statistic.
 //

@@ -105,8 +105,8 @@ impl CudaBackend {
 
 /// The backward LayerNorm kernels' grid for `rows` rows on `sms` multiprocessors: one row per
 /// warp per step, at most two blocks per multiprocessor (each block leaves a partial row of the
-/// gain and bias gradients for the last one to add), and fixed for a shape (their reductions
-/// depend on it).
+/// gain and bias gradients, which [`sum_norm_partials`] adds up), and fixed for a shape (their
+/// reductions depend on it).
 pub(super) fn ln_grid(sms: usize, rows: usize) -> usize {
     rows.div_ceil(LN_WARPS).clamp(1, 2 * sms)
 }
