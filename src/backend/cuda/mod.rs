@@ -15,16 +15,18 @@
 //! # Operations
 //! Each family of kernels has its launchers beside it, one file each, as the CPU reference has one
 //! file per operation: `embedding.rs`, `linear.rs`, `layernorm.rs`, `attention.rs`,
-//! `dropout.rs`, `gather_rows.rs`, `losses.rs`, `optim.rs`, `nccl.rs` for the gradient sums of
-//! data-parallel runs, and `step.rs` for the step memory and the recorded steps. This file keeps the backend's struct, its construction and its memory.
+//! `dropout.rs`, `gather_rows.rs`, `losses.rs`, `optim.rs`, `partial_sums.rs` for the column
+//! sums that finish the bias and LayerNorm parameter gradients, `nccl.rs` for the gradient sums
+//! of data-parallel runs, and `step.rs` for the step memory and the recorded steps. This file
+//! keeps the backend's struct, its construction and its memory.
 //!
 //! | trait operation      | device work |
 //! |----------------------|-------------|
 //! | `embedding_fwd`      | `embedding_fwd_w{256,1024}` |
-//! | `embedding_bwd`      | `embedding_bwd_layernorm_w*` (f32 `dsum` in `saved.xhat.grad()`), radix sort of the ids (`embedding_sort_hist/scan/scatter`, 1 or 2 passes), `embedding_bwd_word_pieces` + `_combine`, `embedding_bwd_pos_type` + `embedding_bwd_type_reduce` |
+//! | `embedding_bwd`      | `embedding_bwd_layernorm_w*` (f32 `dsum` in `saved.xhat.grad()`) + `sum_partial_rows`, radix sort of the ids (`embedding_sort_hist/scan/scatter`, 1 or 2 passes), `embedding_bwd_word_pieces` + `_combine`, `embedding_bwd_pos_type` + `embedding_bwd_type_reduce` |
 //! | `linear_fwd`         | cuBLASLt `y = x·wᵀ` with the bias epilogue (bf16 bias from the parameter copy); with GELU, cuBLASLt into `pre`, then `bias_gelu_fwd` (f32 bias, exact erf GELU: cuBLASLt's GELU epilogues use the tanh form) |
-//! | `linear_bwd`         | `bias_gelu_bwd` (dpre and dbias) or `bias_bwd` (dbias), cuBLASLt `dx += dy·w` (bf16, β = 1) and `dw += dyᵀ·x` (f32, β = 1) |
-//! | `layernorm_fwd/bwd`  | `layernorm_residual_fwd/bwd_w{256,1024}` |
+//! | `linear_bwd`         | `bias_gelu_bwd` (dpre and dbias's partial sums) or `bias_bwd` (the partial sums) + `sum_partial_rows`, cuBLASLt `dx += dy·w` (bf16, β = 1, or β = 0 as `dx`'s first writer) and `dw += dyᵀ·x` (f32, β = 1) |
+//! | `layernorm_fwd/bwd`  | `layernorm_residual_fwd/bwd_w{256,1024}` (with the branch's dropout), the backward + `sum_partial_rows` |
 //! | `attention_fwd`      | `attention_fwd_d{16,32,64}` (saves the log-sum-exp in `probs`) |
 //! | `attention_bwd`      | `attention_bwd_dq_d*` (also writes `delta` to `probs.grad()`), then `attention_bwd_dkdv_d*` |
 //! | `dropout_fwd/bwd`    | `dropout_fwd/bwd` |
