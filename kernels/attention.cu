@@ -162,10 +162,43 @@ __device__ __forceinline__ void store_pair(bf16* p, float a, float b, bool accum
 // the dropout mask of the probabilities [batch, heads, seq, seq], element
 // ((b * heads + h) * T + q) * T + k, as the CPU's attention dropout draws it. Keys and queries
 // past the sequence are left alone (their P is 0 or never stored).
+//
+// With T % 4 == 0 (and so the tensor's offset, first_sequence * heads * T * T, a multiple of four
+// too) a block of four mask elements (one Philox call) is four columns of one row, starting at a
+// multiple of four, and lanes t and t ^ 1 hold those four columns in both of their rows: the even
+// lane draws row qa's block, the odd lane row qb's, and each sends the other the two words it
+// needs, one Philox call per lane and column pair instead of two (kernels/emulate/
+// attention_dropout_words.py checks the lanes' words against the CPU's). Every lane of the warp
+// must call it.
 __device__ __forceinline__ void apply_dropout_rows(float p[8][4], const DropoutSite& drop, int b,
                                                    int h, int heads, int T, int qa, int k0, int t) {
     const unsigned long long base = ((unsigned long long)b * heads + h) * T;
     const int qb = qa + 8;
+    if ((T & 3) == 0 && (drop.offset & 3) == 0) {
+        const bool odd = t & 1;
+        const unsigned long long row = (base + (odd ? qb : qa)) * T;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int k = k0 + 8 * j + 2 * t;
+            const Philox4 r = dropout_words(drop, (drop.offset + row + (k & ~3)) >> 2);
+            // The even lane holds words 0, 1 of each row's block, the odd lane words 2, 3.
+            const uint32_t give0 = odd ? r.x : r.z, give1 = odd ? r.y : r.w;
+            const uint32_t got0 = __shfl_xor_sync(0xffffffffu, give0, 1);
+            const uint32_t got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
+            const uint32_t a0 = odd ? got0 : r.x, a1 = odd ? got1 : r.y;  // row qa
+            const uint32_t b0 = odd ? r.z : got0, b1 = odd ? r.w : got1;  // row qb
+            if (k >= T) continue;
+            if (qa < T) {
+                p[j][0] *= dropout_scale_of(drop, a0);
+                p[j][1] *= dropout_scale_of(drop, a1);
+            }
+            if (qb < T) {
+                p[j][2] *= dropout_scale_of(drop, b0);
+                p[j][3] *= dropout_scale_of(drop, b1);
+            }
+        }
+        return;
+    }
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
         const int k = k0 + 8 * j + 2 * t;
