@@ -33,7 +33,7 @@
 #include <stdint.h>
 // The version of the C ABI this header declares; it changes whenever a function's signature or a
 // struct's layout changes incompatibly. electra_abi_version() returns the library's.
-#define ELECTRA_ABI_VERSION 1
+#define ELECTRA_ABI_VERSION 2
 
 // ElectraTensor dtype: `float` elements.
 #define ELECTRA_DTYPE_F32 0
@@ -216,7 +216,9 @@ void electra_cuda_ops_destroy(struct ElectraCudaOps *ops);
 // `key_mask [batch, seq]` u32 → `ctx [batch, seq, hidden]` bf16 (16-byte aligned) and `lse
 // [batch, heads, seq]` f32, each row's log-sum-exp of the scaled scores, which the backward
 // reads (the CUDA kernels keep no probabilities, unlike the host op's `probs`). Head sizes 16,
-// 32 and 64. `dropout` NULL for none.
+// 32 and 64. `dropout` NULL for none; with dropout, the mask is stored as bits in `keep_bits
+// [batch, heads, seq, ceil(seq / 32)]` u32 (bit `k % 32` of word `k / 32` of a query's row for
+// key `k`, 1 = kept), which the backward reads; NULL without dropout.
 //
 // # Safety
 // `ops` is NULL or a live handle; each descriptor pointer is NULL or valid, and describes
@@ -226,13 +228,14 @@ enum ElectraStatus electra_cuda_attention_forward(struct ElectraCudaOps *ops,
                                                   const struct ElectraTensor *key_mask,
                                                   const struct ElectraTensor *ctx,
                                                   const struct ElectraTensor *lse,
+                                                  const struct ElectraTensor *keep_bits,
                                                   size_t heads,
                                                   const struct ElectraDropout *dropout_,
                                                   void *stream);
 
-// Attention backward on the device: from the forward's `qkv`, `key_mask`, `ctx` and `lse`, and
-// `dctx [batch, seq, hidden]` bf16, accumulates `dqkv [batch, seq, 3·hidden]` bf16 (all bf16
-// tensors 16-byte aligned). `dropout` must be the forward pass's.
+// Attention backward on the device: from the forward's `qkv`, `key_mask`, `ctx`, `lse` and
+// `keep_bits`, and `dctx [batch, seq, hidden]` bf16, accumulates `dqkv [batch, seq, 3·hidden]`
+// bf16 (all bf16 tensors 16-byte aligned). `dropout` must be the forward pass's.
 //
 // # Safety
 // As for [`electra_cuda_attention_forward`].
@@ -241,6 +244,7 @@ enum ElectraStatus electra_cuda_attention_backward(struct ElectraCudaOps *ops,
                                                    const struct ElectraTensor *key_mask,
                                                    const struct ElectraTensor *ctx,
                                                    const struct ElectraTensor *lse,
+                                                   const struct ElectraTensor *keep_bits,
                                                    const struct ElectraTensor *dctx,
                                                    const struct ElectraTensor *dqkv,
                                                    size_t heads,

@@ -28,12 +28,14 @@
 // dQ and dK/dV are computed by different blocks, so no block ever adds into another's output: no
 // atomics, deterministic, at the price of recomputing S and dP once more than a fused kernel would.
 // Dropout on the probabilities (optional, backend::Dropout's mask over [batch, heads, seq, seq])
-// is drawn in-kernel from Philox, in the forward and again in both backward kernels, never stored:
-// ctx = (P o M) V; dV = (P o M)^T dO; dS = P o ((dO V^T) o M - delta), delta = rowsum(dO * O)
-// unchanged. The row sums l of the softmax use the undropped P.
+// is drawn in-kernel from Philox by the forward, which stores it as bits (keep_bits, 1/32 of the
+// probabilities' size) for both backward kernels: ctx = (P o M) V; dV = (P o M)^T dO;
+// dS = P o ((dO V^T) o M - delta), delta = rowsum(dO * O) unchanged. The row sums l of the
+// softmax use the undropped P.
 // `accumulate`: 0 overwrites the dqkv columns of the head, 1 adds to them.
-// The fragment index math (and the dropout indexing) was checked without a GPU by the warp-level
-// emulation in emulate/attention.py, against a float64 reference of the CPU semantics.
+// The fragment index math was checked without a GPU by the warp-level emulation in
+// emulate/attention.py, against a float64 reference of the CPU semantics; the dropout mask's
+// drawing, bits and their reads by emulate/attention_dropout_words.py.
 // Requirements (host-checked): H % 8 == 0 and 16-byte aligned qkv/dqkv/ctx/dctx bases, for the
 // 16-byte asynchronous copies; batch*seq*3H < 2^31.
 #include "common.cuh"
@@ -158,62 +160,113 @@ __device__ __forceinline__ void store_pair(bf16* p, float a, float b, bool accum
     *q = __floats2bfloat162_rn(a, b);
 }
 
-// Multiplies the C tiles p[8][4] (rows qa = q0 + 16w + g and qa + 8, columns k0 + 8j + 2t, +1) by
-// the dropout mask of the probabilities [batch, heads, seq, seq], element
-// ((b * heads + h) * T + q) * T + k, as the CPU's attention dropout draws it. Keys and queries
-// past the sequence are left alone (their P is 0 or never stored).
+// The dropout mask of the probabilities [batch, heads, seq, seq] (element
+// ((b * heads + h) * T + q) * T + k, as the CPU's attention dropout draws it) is drawn from
+// Philox once, by the forward kernel, which stores it as bits for the backward kernels:
+// keep_bits[((b * heads + h) * T + q) * W + k / 32] holds key k's bit k % 32, 1 = kept,
+// W = ceil(T / 32) words a row. dkdv's transposed tiles would otherwise draw one Philox call for
+// each probability.
+__device__ __forceinline__ int keep_words(int T) { return (T + 31) >> 5; }
+
+// This lane's keep bits of the C tiles p[8][4] (rows qa = q0 + 16w + g and qa + 8, columns
+// k0 + 8j + 2t and + 1), placed in the words of the tile's two 32-key groups: kw[0], kw[1] for
+// row qa, kw[2], kw[3] for row qb, bits 8 (j % 4) + 2t and + 1 of word j / 4 (k0 is a multiple of
+// 64). The lane's other bits, and those of keys and queries past the sequence, are 0; OR-ing the
+// four lanes of a quad (quad_or) gives whole words.
 //
 // With T % 4 == 0 (and so the tensor's offset, first_sequence * heads * T * T, a multiple of four
 // too) a block of four mask elements (one Philox call) is four columns of one row, starting at a
 // multiple of four, and lanes t and t ^ 1 hold those four columns in both of their rows: the even
 // lane draws row qa's block, the odd lane row qb's, and each sends the other the two words it
 // needs, one Philox call per lane and column pair instead of two (kernels/emulate/
-// attention_dropout_words.py checks the lanes' words against the CPU's). Every lane of the warp
-// must call it.
-__device__ __forceinline__ void apply_dropout_rows(float p[8][4], const DropoutSite& drop, int b,
-                                                   int h, int heads, int T, int qa, int k0, int t) {
+// attention_dropout_words.py checks the lanes' words and bits against the CPU's). Every lane of
+// the warp must call it.
+__device__ __forceinline__ void draw_keep_bits(const DropoutSite& drop, int b, int h, int heads,
+                                               int T, int qa, int k0, int t, uint32_t kw[4]) {
     const unsigned long long base = ((unsigned long long)b * heads + h) * T;
     const int qb = qa + 8;
-    if ((T & 3) == 0 && (drop.offset & 3) == 0) {
-        const bool odd = t & 1;
-        const unsigned long long row = (base + (odd ? qb : qa)) * T;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int k = k0 + 8 * j + 2 * t;
-            const Philox4 r = dropout_words(drop, (drop.offset + row + (k & ~3)) >> 2);
-            // The even lane holds words 0, 1 of each row's block, the odd lane words 2, 3.
-            const uint32_t give0 = odd ? r.x : r.z, give1 = odd ? r.y : r.w;
-            const uint32_t got0 = __shfl_xor_sync(0xffffffffu, give0, 1);
-            const uint32_t got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
-            const uint32_t a0 = odd ? got0 : r.x, a1 = odd ? got1 : r.y;  // row qa
-            const uint32_t b0 = odd ? r.z : got0, b1 = odd ? r.w : got1;  // row qb
-            if (k >= T) continue;
-            if (qa < T) {
-                p[j][0] *= dropout_scale_of(drop, a0);
-                p[j][1] *= dropout_scale_of(drop, a1);
-            }
-            if (qb < T) {
-                p[j][2] *= dropout_scale_of(drop, b0);
-                p[j][3] *= dropout_scale_of(drop, b1);
-            }
-        }
-        return;
-    }
+    kw[0] = kw[1] = kw[2] = kw[3] = 0u;
+    const bool shared_words = (T & 3) == 0 && (drop.offset & 3) == 0;
+    const bool odd = t & 1;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
         const int k = k0 + 8 * j + 2 * t;
+        uint32_t a0, a1, b0, b1;  // the Philox words of (qa, k), (qa, k + 1), (qb, k), (qb, k + 1)
+        if (shared_words) {
+            const unsigned long long row = (base + (odd ? qb : qa)) * T;
+            const Philox4 r = dropout_words(drop, (drop.offset + row + (k & ~3)) >> 2);
+            // The even lane holds words 0, 1 of each row's block, the odd lane words 2, 3.
+            const uint32_t give0 = odd ? r.x : r.z, give1 = odd ? r.y : r.w;
+            const uint32_t got0 = __shfl_xor_sync(FULL_MASK, give0, 1);
+            const uint32_t got1 = __shfl_xor_sync(FULL_MASK, give1, 1);
+            a0 = odd ? got0 : r.x;
+            a1 = odd ? got1 : r.y;
+            b0 = odd ? r.z : got0;
+            b1 = odd ? r.w : got1;
+        } else {
+            a0 = a1 = b0 = b1 = 0u;
+            if (k < T && qa < T) pair_words(drop, (base + qa) * T + k, a0, a1);
+            if (k < T && qb < T) pair_words(drop, (base + qb) * T + k, b0, b1);
+        }
         if (k >= T) continue;
+        const int bit = 8 * (j & 3) + 2 * t;
+        if (qa < T) kw[j >> 2] |= keep_bit(drop, a0) << bit | keep_bit(drop, a1) << (bit + 1);
+        if (qb < T) kw[2 + (j >> 2)] |= keep_bit(drop, b0) << bit | keep_bit(drop, b1) << (bit + 1);
+    }
+}
+
+// Whole words from the four lanes of each quad (lanes 4g .. 4g + 3 share their rows).
+__device__ __forceinline__ void quad_or(uint32_t kw[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        kw[i] |= __shfl_xor_sync(FULL_MASK, kw[i], 1);
+        kw[i] |= __shfl_xor_sync(FULL_MASK, kw[i], 2);
+    }
+}
+
+// Multiplies this lane's elements of the C tiles p[8][4] (see draw_keep_bits) by 1/(1 - p) where
+// the quad's words kw keep them and by 0 where they drop them, as the CPU's mask does. Keys and
+// queries past the sequence are left alone (their P is 0 or never stored).
+__device__ __forceinline__ void apply_keep_bits(float p[8][4], const uint32_t kw[4], float scale,
+                                                int T, int qa, int k0, int t) {
+    const int qb = qa + 8;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        if (k0 + 8 * j + 2 * t >= T) continue;
+        const int bit = 8 * (j & 3) + 2 * t;
+        const uint32_t wa = kw[j >> 2], wb = kw[2 + (j >> 2)];
         if (qa < T) {
-            const float2 m = dropout_pair(drop, (base + qa) * T + k);
-            p[j][0] *= m.x;
-            p[j][1] *= m.y;
+            p[j][0] *= (wa >> bit & 1u) ? scale : 0.f;
+            p[j][1] *= (wa >> (bit + 1) & 1u) ? scale : 0.f;
         }
         if (qb < T) {
-            const float2 m = dropout_pair(drop, (base + qb) * T + k);
-            p[j][2] *= m.x;
-            p[j][3] *= m.y;
+            p[j][2] *= (wb >> bit & 1u) ? scale : 0.f;
+            p[j][3] *= (wb >> (bit + 1) & 1u) ? scale : 0.f;
         }
     }
+}
+
+// The forward kernel's store of the quad's words: lane t writes kw[t], the word k0 / 32 + (t & 1)
+// of row qa (t < 2) or qb, if it lies in the tensor.
+__device__ __forceinline__ void store_keep_words(unsigned* __restrict__ keep_bits,
+                                                 const uint32_t kw[4], size_t stat, int T, int qa,
+                                                 int k0, int t) {
+    const int row = t < 2 ? qa : qa + 8, word = (k0 >> 5) + (t & 1), W = keep_words(T);
+    const uint32_t mine = t == 0 ? kw[0] : t == 1 ? kw[1] : t == 2 ? kw[2] : kw[3];
+    if (row < T && word < W) keep_bits[(stat + row) * W + word] = mine;
+}
+
+// The backward's read of the words that store_keep_words wrote for rows qa and qa + 8 of the
+// key tile at k0 (0 where they lie outside the tensor).
+__device__ __forceinline__ void load_keep_words(const unsigned* __restrict__ keep_bits,
+                                                size_t stat, int T, int qa, int k0, uint32_t kw[4]) {
+    const int W = keep_words(T), word = k0 >> 5, qb = qa + 8;
+    const unsigned* ra = keep_bits + (stat + qa) * W + word;
+    const unsigned* rb = keep_bits + (stat + qb) * W + word;
+    kw[0] = qa < T ? ra[0] : 0u;
+    kw[1] = qa < T && word + 1 < W ? ra[1] : 0u;
+    kw[2] = qb < T ? rb[0] : 0u;
+    kw[3] = qb < T && word + 1 < W ? rb[1] : 0u;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -222,7 +275,8 @@ template <int D>
 __device__ __forceinline__ void attention_fwd_body(const bf16* __restrict__ qkv,
                                                    const unsigned* __restrict__ key_mask,
                                                    bf16* __restrict__ ctx, float* __restrict__ lse,
-                                                   int T, int heads, DropoutSite drop) {
+                                                   unsigned* __restrict__ keep_bits, int T,
+                                                   int heads, DropoutSite drop) {
     constexpr int LDS = D + 8;
     __shared__ __align__(16) bf16 Ks[ATT_TILE * LDS];
     __shared__ __align__(16) bf16 Vs[ATT_TILE * LDS];
@@ -302,7 +356,14 @@ __device__ __forceinline__ void attention_fwd_body(const bf16* __restrict__ qkv,
         l0 = l0 * a0 + r0;
         l1 = l1 * a1 + r1;
         // Dropout acts on the normalised probabilities, so on what P V sums, not on l.
-        if (drop.p > 0.f) apply_dropout_rows(s, drop, b, h, heads, T, q0 + warp * 16 + g, k0, t);
+        if (drop.p > 0.f) {
+            const int qa = q0 + warp * 16 + g;
+            uint32_t kw[4];
+            draw_keep_bits(drop, b, h, heads, T, qa, k0, t, kw);
+            quad_or(kw);
+            store_keep_words(keep_bits, kw, ((size_t)b * heads + h) * T, T, qa, k0, t);
+            apply_keep_bits(s, kw, drop.keep, T, qa, k0, t);
+        }
 #pragma unroll
         for (int j = 0; j < D / 8; ++j) {
             o[j][0] *= a0;
@@ -339,8 +400,8 @@ template <int D>
 __device__ __forceinline__ void attention_bwd_dq_body(
     const bf16* __restrict__ qkv, const unsigned* __restrict__ key_mask,
     const bf16* __restrict__ ctx, const bf16* __restrict__ dctx, const float* __restrict__ lse,
-    float* __restrict__ delta, bf16* __restrict__ dqkv, int T, int heads, int accumulate,
-    DropoutSite drop) {
+    const unsigned* __restrict__ keep_bits, float* __restrict__ delta, bf16* __restrict__ dqkv,
+    int T, int heads, int accumulate, DropoutSite drop) {
     constexpr int LDS = D + 8;
     __shared__ __align__(16) bf16 Ks[ATT_TILE * LDS];
     __shared__ __align__(16) bf16 Vs[ATT_TILE * LDS];
@@ -415,7 +476,11 @@ __device__ __forceinline__ void attention_bwd_dq_body(
         mma_a_bt<D, LDS>(dp, dof, Vs, lane);
         // With dropout, the gradient reaching P is dP o mask / (1 - p); delta = rowsum(dO * O)
         // is unchanged (O already holds the dropped probabilities).
-        if (drop.p > 0.f) apply_dropout_rows(dp, drop, b, h, heads, T, qa, k0, t);
+        if (drop.p > 0.f) {
+            uint32_t kw[4];
+            load_keep_words(keep_bits, stat, T, qa, k0, kw);
+            apply_keep_bits(dp, kw, drop.keep, T, qa, k0, t);
+        }
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             const float kb0 = kbias[8 * j + 2 * t], kb1 = kbias[8 * j + 2 * t + 1];
@@ -442,12 +507,15 @@ __device__ __forceinline__ void attention_bwd_dq_body(
 template <int D>
 __device__ __forceinline__ void attention_bwd_dkdv_body(
     const bf16* __restrict__ qkv, const unsigned* __restrict__ key_mask,
-    const bf16* __restrict__ dctx, const float* __restrict__ lse, const float* __restrict__ delta,
+    const bf16* __restrict__ dctx, const float* __restrict__ lse,
+    const unsigned* __restrict__ keep_bits, const float* __restrict__ delta,
     bf16* __restrict__ dqkv, int T, int heads, int accumulate, DropoutSite drop) {
     constexpr int LDS = D + 8;
     __shared__ __align__(16) bf16 Qs[ATT_TILE * LDS];
     __shared__ __align__(16) bf16 dOs[ATT_TILE * LDS];
     __shared__ float lse2s[ATT_TILE], deltas[ATT_TILE];
+    // The keep bits of the tile's queries for this block's keys: word k0 / 32 + i in keeps[i].
+    __shared__ uint32_t keeps[2][ATT_TILE];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y, k0 = blockIdx.x * ATT_TILE;
     const int H = heads * D, ld = 3 * H;
@@ -471,6 +539,8 @@ __device__ __forceinline__ void attention_bwd_dkdv_body(
     load_a_frags<D, LDS>(kf, Qs + warp * 16 * LDS, lane);
     load_a_frags<D, LDS>(vf, dOs + warp * 16 * LDS, lane);
     const int ka = k0 + warp * 16 + g, kb = ka + 8;  // the rows of this lane's fragments
+    // ka's and kb's bits in word k0 / 32 + warp / 2 of a query's row of keep_bits.
+    const int bit_a = 16 * (warp & 1) + g, bit_b = bit_a + 8;
     const float kb0 = ka < T && (!any || mask[ka] != 0) ? 0.f : -INFINITY;
     const float kb1 = kb < T && (!any || mask[kb] != 0) ? 0.f : -INFINITY;
 
@@ -487,6 +557,12 @@ __device__ __forceinline__ void attention_bwd_dkdv_body(
             const int q = q0 + threadIdx.x;
             lse2s[threadIdx.x] = q < T ? lse[stat + q] * LOG2E : INFINITY;  // P = 0 past the end
             deltas[threadIdx.x] = q < T ? delta[stat + q] : 0.f;
+            if (drop.p > 0.f) {
+                const int W = keep_words(T), word = k0 >> 5;
+                const unsigned* row = keep_bits + (stat + q) * W + word;
+                keeps[0][threadIdx.x] = q < T ? row[0] : 0u;
+                keeps[1][threadIdx.x] = q < T && word + 1 < W ? row[1] : 0u;
+            }
         }
         cp_async_wait_all();
         __syncthreads();
@@ -508,17 +584,18 @@ __device__ __forceinline__ void attention_bwd_dkdv_body(
             s[j][2] = exp2f(s[j][2] * sl2 + kb1 - La);
             s[j][3] = exp2f(s[j][3] * sl2 + kb1 - Lb);
             if (drop.p > 0.f) {
-                // Transposed tile: consecutive columns are queries, T elements apart in the mask.
-                const unsigned long long base = ((unsigned long long)b * heads + h) * T;
+                // Transposed tile: consecutive columns are queries, rows of keep_bits.
                 const int q = q0 + qc;
+                const uint32_t wq = keeps[warp >> 1][qc], wq1 = keeps[warp >> 1][qc + 1];
+                const float keep = drop.keep;
                 float m[4] = {1.f, 1.f, 1.f, 1.f};
                 if (q < T) {
-                    if (ka < T) m[0] = dropout_one(drop, (base + q) * T + ka);
-                    if (kb < T) m[2] = dropout_one(drop, (base + q) * T + kb);
+                    if (ka < T) m[0] = (wq >> bit_a & 1u) ? keep : 0.f;
+                    if (kb < T) m[2] = (wq >> bit_b & 1u) ? keep : 0.f;
                 }
                 if (q + 1 < T) {
-                    if (ka < T) m[1] = dropout_one(drop, (base + q + 1) * T + ka);
-                    if (kb < T) m[3] = dropout_one(drop, (base + q + 1) * T + kb);
+                    if (ka < T) m[1] = (wq1 >> bit_a & 1u) ? keep : 0.f;
+                    if (kb < T) m[3] = (wq1 >> bit_b & 1u) ? keep : 0.f;
                 }
 #pragma unroll
                 for (int e = 0; e < 4; ++e) dp[j][e] *= m[e];  // dP o mask
@@ -560,41 +637,49 @@ __device__ __forceinline__ void attention_bwd_dkdv_body(
 // blocks per SM in __launch_bounds__: 3 for the forward (<= 170 registers), 2 for the backward
 // (<= 255: dK and dV, or dQ, plus S and dP tiles stay in registers); without them ptxas picks
 // tighter budgets and spills a few bytes. Arguments:
-//   fwd:  qkv, key_mask, ctx (out), lse (out, f32 [batch, heads, seq]), seq, heads, DROP
-//   dq:   qkv, key_mask, ctx, dctx, lse, delta (out, f32 [batch, heads, seq]), dqkv, seq, heads,
-//         accumulate, DROP
-//   dkdv: qkv, key_mask, dctx, lse, delta (from dq), dqkv, seq, heads, accumulate, DROP
-// where DROP = drop_p (f32; 0 = no dropout), drop_per_seq (u64: heads·seq·seq, the probabilities
-// per sequence), drop_site (u32), step (the step memory: the seed and the first sequence): the
-// attention-probability dropout of backend::Dropout, the same values in all three launches.
-// Launch each: grid (ceil(seq / 64), heads, batch), 128 threads; dq before dkdv.
+//   fwd:  qkv, key_mask, ctx (out), lse (out, f32 [batch, heads, seq]), keep_bits (out), seq,
+//         heads, DROP
+//   dq:   qkv, key_mask, ctx, dctx, lse, keep_bits, delta (out, f32 [batch, heads, seq]), dqkv,
+//         seq, heads, accumulate, DROP
+//   dkdv: qkv, key_mask, dctx, lse, keep_bits, delta (from dq), dqkv, seq, heads, accumulate,
+//         DROP
+// where keep_bits is the dropout mask as bits (u32 [batch, heads, seq, ceil(seq / 32)], see
+// keep_words; read and written only with dropout), and DROP = drop_p (f32; 0 = no dropout),
+// drop_per_seq (u64: heads·seq·seq, the probabilities per sequence), drop_site (u32), step (the
+// step memory: the seed and the first sequence): the attention-probability dropout of
+// backend::Dropout, the same values in all three launches. Launch each: grid (ceil(seq / 64),
+// heads, batch), 128 threads; dq before dkdv.
 
-#define ATTENTION_ENTRIES(D)                                                                      \
-    extern "C" __global__ void __launch_bounds__(ATT_THREADS, 3)                                  \
-        attention_fwd_d##D(const bf16* __restrict__ qkv, const unsigned* __restrict__ key_mask,   \
-                           bf16* __restrict__ ctx, float* __restrict__ lse, int seq, int heads,  \
-                           float drop_p, unsigned long long drop_per_seq, unsigned drop_site,                  \
-        const StepValues* __restrict__ step) {      \
-        attention_fwd_body<D>(qkv, key_mask, ctx, lse, seq, heads,                                \
-                              make_dropout(drop_p, drop_per_seq, drop_site, step));                        \
-    }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(ATT_THREADS, 2) attention_bwd_dq_d##D(              \
-        const bf16* __restrict__ qkv, const unsigned* __restrict__ key_mask,                      \
-        const bf16* __restrict__ ctx, const bf16* __restrict__ dctx, const float* __restrict__ lse, \
+#define ATTENTION_ENTRIES(D)                                                                    \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS, 3) attention_fwd_d##D(            \
+        const bf16* __restrict__ qkv, const unsigned* __restrict__ key_mask,                    \
+        bf16* __restrict__ ctx, float* __restrict__ lse, unsigned* __restrict__ keep_bits,      \
+        int seq, int heads, float drop_p, unsigned long long drop_per_seq, unsigned drop_site,  \
+        const StepValues* __restrict__ step) {                                                  \
+        attention_fwd_body<D>(qkv, key_mask, ctx, lse, keep_bits, seq, heads,                   \
+                              make_dropout(drop_p, drop_per_seq, drop_site, step));             \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS, 2) attention_bwd_dq_d##D(         \
+        const bf16* __restrict__ qkv, const unsigned* __restrict__ key_mask,                    \
+        const bf16* __restrict__ ctx, const bf16* __restrict__ dctx,                            \
+        const float* __restrict__ lse, const unsigned* __restrict__ keep_bits,                  \
         float* __restrict__ delta, bf16* __restrict__ dqkv, int seq, int heads, int accumulate, \
-        float drop_p, unsigned long long drop_per_seq, unsigned drop_site,                  \
-        const StepValues* __restrict__ step) {                         \
-        attention_bwd_dq_body<D>(qkv, key_mask, ctx, dctx, lse, delta, dqkv, seq, heads,          \
-                                 accumulate, make_dropout(drop_p, drop_per_seq, drop_site, step));         \
-    }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(ATT_THREADS, 2) attention_bwd_dkdv_d##D(            \
-        const bf16* __restrict__ qkv, const unsigned* __restrict__ key_mask,                      \
-        const bf16* __restrict__ dctx, const float* __restrict__ lse,                             \
-        const float* __restrict__ delta, bf16* __restrict__ dqkv, int seq, int heads,             \
-        int accumulate, float drop_p, unsigned long long drop_per_seq, unsigned drop_site,                  \
-        const StepValues* __restrict__ step) {         \
-        attention_bwd_dkdv_body<D>(qkv, key_mask, dctx, lse, delta, dqkv, seq, heads, accumulate, \
-                                   make_dropout(drop_p, drop_per_seq, drop_site, step));                   \
+        float drop_p, unsigned long long drop_per_seq, unsigned drop_site,                      \
+        const StepValues* __restrict__ step) {                                                  \
+        attention_bwd_dq_body<D>(qkv, key_mask, ctx, dctx, lse, keep_bits, delta, dqkv, seq,    \
+                                 heads, accumulate,                                             \
+                                 make_dropout(drop_p, drop_per_seq, drop_site, step));          \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS, 2) attention_bwd_dkdv_d##D(       \
+        const bf16* __restrict__ qkv, const unsigned* __restrict__ key_mask,                    \
+        const bf16* __restrict__ dctx, const float* __restrict__ lse,                           \
+        const unsigned* __restrict__ keep_bits, const float* __restrict__ delta,                \
+        bf16* __restrict__ dqkv, int seq, int heads, int accumulate, float drop_p,              \
+        unsigned long long drop_per_seq, unsigned drop_site,                                    \
+        const StepValues* __restrict__ step) {                                                  \
+        attention_bwd_dkdv_body<D>(qkv, key_mask, dctx, lse, keep_bits, delta, dqkv, seq, heads, \
+                                   accumulate,                                                  \
+                                   make_dropout(drop_p, drop_per_seq, drop_site, step));        \
     }
 
 ATTENTION_ENTRIES(16)

@@ -275,28 +275,28 @@ __host__ __device__ __forceinline__ Philox4 dropout_words(const DropoutSite& d,
                          (uint32_t)d.seed, (uint32_t)(d.seed >> 32));
 }
 
+// Whether the element whose Philox word is `word` is kept (1) or dropped (0).
+__host__ __device__ __forceinline__ uint32_t keep_bit(const DropoutSite& d, uint32_t word) {
+    return unit_f32(word) >= d.p ? 1u : 0u;
+}
+
 __host__ __device__ __forceinline__ float dropout_scale_of(const DropoutSite& d, uint32_t word) {
-    return unit_f32(word) >= d.p ? d.keep : 0.f;
+    return keep_bit(d, word) ? d.keep : 0.f;
 }
 
 __host__ __device__ __forceinline__ uint32_t philox_word(const Philox4& r, int i) {
     return i == 0 ? r.x : i == 1 ? r.y : i == 2 ? r.z : r.w;
 }
 
-// The multipliers of elements `index` and `index + 1` of this tensor (one Philox call, two when
+// The Philox words of elements `index` and `index + 1` of this tensor (one Philox call, two when
 // they straddle a block of four).
-__device__ __forceinline__ float2 dropout_pair(const DropoutSite& d, unsigned long long index) {
+__device__ __forceinline__ void pair_words(const DropoutSite& d, unsigned long long index,
+                                           uint32_t& w0, uint32_t& w1) {
     const unsigned long long g = d.offset + index;
     const int off = (int)(g & 3);
     const Philox4 r = dropout_words(d, g >> 2);
-    const uint32_t w0 = philox_word(r, off);
-    uint32_t w1;
-    if (off < 3) {
-        w1 = philox_word(r, off + 1);
-    } else {
-        w1 = dropout_words(d, (g >> 2) + 1).x;
-    }
-    return make_float2(dropout_scale_of(d, w0), dropout_scale_of(d, w1));
+    w0 = philox_word(r, off);
+    w1 = off < 3 ? philox_word(r, off + 1) : dropout_words(d, (g >> 2) + 1).x;
 }
 
 // The multiplier of element `index` of this tensor.

@@ -606,7 +606,7 @@ fn attention_case(
     let mask = lab.ints(&mask);
     let qkv = lab.act(tokens * 3 * h, -1.5, 1.5);
     let ctx = lab.output(tokens * h);
-    let probs = lab.output(batch * heads * seq * seq);
+    let probs = lab.output(dims.saved_len());
     let dropout_seed = lab.rng.next_u64();
     lab.begin_step(0.0, dropout_seed, 0);
     let op = AttentionOp {

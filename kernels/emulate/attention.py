@@ -2,7 +2,9 @@
 # ldmatrix (x4, plain and .trans) and mma.m16n8k16 with the fragment layouts of the PTX ISA, bf16
 # rounding of the operands, and the kernels' addressing formulas copied literally; compared with a
 # float64 reference of the CPU semantics (key-padding mask, the all-padding sequence, odd lengths,
-# dropout on the probabilities). Needs numpy. Run: python3 attention.py SEED [DROPOUT_P]
+# dropout on the probabilities, each element's multiplier drawn for it here: how the kernels draw,
+# store and read the mask as bits is attention_dropout_words.py's to check). Needs numpy.
+# Run: python3 attention.py SEED [DROPOUT_P]
 # Expected: every relative error ~2e-3 (bf16 operands), no unwritten output; it fails (exit 1) on an
 # error over 1e-2 or an unwritten value, so CI runs it.
 import numpy as np, sys

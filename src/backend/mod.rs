@@ -118,6 +118,21 @@ impl Buf {
         Buf { len, ..self }
     }
 
+    /// The `len` values of this buffer that follow its first `skip`.
+    pub fn range(self, skip: usize, len: usize) -> Buf {
+        assert!(
+            skip + len <= self.len,
+            "values {skip}..{} of a buffer of {}",
+            skip + len,
+            self.len
+        );
+        Buf {
+            offset: self.offset + skip,
+            len,
+            ..self
+        }
+    }
+
     /// The same run of values in another space (e.g. the Adam moments of a parameter).
     pub fn in_space(self, space: Space) -> Buf {
         Buf { space, ..self }
@@ -307,7 +322,7 @@ pub fn all_reduce_on_host<B: Backend + ?Sized>(be: &mut B, buf: Buf, comm: &dyn 
 
 #[cfg(test)]
 mod tests {
-    use super::Device;
+    use super::{AttentionDims, Buf, Device, Space};
 
     #[test]
     fn devices_parse_as_the_command_line_names_them() {
@@ -317,5 +332,35 @@ mod tests {
         for bad in ["gpu", "cuda:", "cuda:x", "CPU", "cuda:-1"] {
             assert!(bad.parse::<Device>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn attention_saves_room_for_the_probabilities_or_the_kernels_statistics_and_bits() {
+        let dims = |batch, seq| AttentionDims {
+            batch,
+            seq,
+            heads: 4,
+            head_dim: 64,
+        };
+        // ceil(seq / 32) words of bits for each of the batch · heads · seq query rows.
+        assert_eq!(dims(2, 128).keep_words(), 2 * 4 * 128 * 4);
+        assert_eq!(dims(2, 37).keep_words(), 2 * 4 * 37 * 2);
+        // The CPU's probabilities are the larger from two tokens on; one token needs the
+        // log-sum-exp and a word of bits for each row.
+        assert_eq!(dims(2, 128).saved_len(), 2 * 4 * 128 * 128);
+        assert_eq!(dims(2, 2).saved_len(), 2 * 4 * 2 * 2);
+        assert_eq!(dims(2, 1).saved_len(), 2 * 4 * 2);
+    }
+
+    #[test]
+    fn a_range_is_the_values_after_a_skip() {
+        let b = Buf {
+            space: Space::Act,
+            offset: 100,
+            len: 50,
+        };
+        let r = b.range(20, 30);
+        assert_eq!((r.space, r.offset, r.len), (Space::Act, 120, 30));
+        assert!(std::panic::catch_unwind(|| b.range(21, 30)).is_err());
     }
 }

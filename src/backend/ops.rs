@@ -53,6 +53,21 @@ impl AttentionDims {
         (self.heads * self.seq * self.seq) as u64
     }
 
+    /// The dropout mask as bits that the CUDA kernels keep between the passes: `ceil(seq / 32)`
+    /// u32 words for each of the `batch · heads · seq` query rows, bit `k % 32` of word `k / 32`
+    /// for key `k`.
+    pub fn keep_words(&self) -> usize {
+        self.batch * self.heads * self.seq * self.seq.div_ceil(32)
+    }
+
+    /// The length of [`AttentionOp::probs`]: room for the CPU's probabilities `[batch, heads,
+    /// seq, seq]`, and for what the CUDA backend saves there instead, the log-sum-exp of each
+    /// query row followed by the dropout mask as bits ([`keep_words`](Self::keep_words)).
+    pub fn saved_len(&self) -> usize {
+        let rows = self.batch * self.heads * self.seq;
+        (rows * self.seq).max(rows + self.keep_words())
+    }
+
     /// Where the first probability of these sequences lies among those of the step's global
     /// batch, whose sequence `first_sequence` is their first (see [`DropoutMask::offset`]).
     pub fn dropout_offset(&self, first_sequence: u64) -> u64 {
@@ -326,10 +341,10 @@ impl LayerNormOp {
 /// Multi-head self-attention. `qkv` is `[batch·seq, 3·hidden]` (queries, keys, values side by
 /// side, heads contiguous within each); `key_mask` is 1 for real tokens and 0 for padding, which
 /// is never attended to. Writes `ctx [batch·seq, hidden]` and saves in `probs` (room for
-/// `[batch, heads, seq, seq]`) what the backward pass needs: the CPU saves the probabilities
-/// before dropout, the CUDA backend only the log-sum-exp of each query row (its first
-/// `batch·heads·seq` values). Dropout applies to the probabilities (element index = position in
-/// a `[batch, heads, seq, seq]` buffer).
+/// [`AttentionDims::saved_len`] values) what the backward pass needs: the CPU saves the
+/// probabilities before dropout, the CUDA backend the log-sum-exp of each query row (its first
+/// `batch·heads·seq` values) and, with dropout, the mask as bits after them. Dropout applies to
+/// the probabilities (element index = position in a `[batch, heads, seq, seq]` buffer).
 ///
 /// Backward uses `probs.grad()` as scratch; the CUDA backend recomputes the probabilities from
 /// `qkv`, the mask and the saved log-sum-exp, and reads `ctx` for `rowsum(dctx ∘ ctx)`. A

@@ -170,6 +170,7 @@ unsafe fn attention_args(
     key_mask: *const ElectraTensor,
     ctx: *const ElectraTensor,
     lse: *const ElectraTensor,
+    keep_bits: *const ElectraTensor,
     heads: usize,
     dropout_: *const ElectraDropout,
 ) -> CResult<(AttentionFwdArgs, u64)> {
@@ -181,6 +182,13 @@ unsafe fn attention_args(
         key_mask: dev(key_mask, "key_mask", U32, &[b, t], "batch, seq")?,
         ctx: dev(ctx, "ctx", BF16, &[b, t, h], "batch, seq, hidden")?,
         lse: dev(lse, "lse", F32, &[b, nh, t], "batch, heads, seq")?,
+        keep_bits: opt_dev(
+            keep_bits,
+            "keep_bits",
+            U32,
+            &[b, nh, t, t.div_ceil(32)],
+            "batch, heads, seq, ceil(seq / 32)",
+        )?,
         dims: d,
         dropout,
         step: 0,
@@ -230,7 +238,9 @@ pub unsafe extern "C" fn electra_cuda_ops_destroy(ops: *mut ElectraCudaOps) {
 /// `key_mask [batch, seq]` u32 → `ctx [batch, seq, hidden]` bf16 (16-byte aligned) and `lse
 /// [batch, heads, seq]` f32, each row's log-sum-exp of the scaled scores, which the backward
 /// reads (the CUDA kernels keep no probabilities, unlike the host op's `probs`). Head sizes 16,
-/// 32 and 64. `dropout` NULL for none.
+/// 32 and 64. `dropout` NULL for none; with dropout, the mask is stored as bits in `keep_bits
+/// [batch, heads, seq, ceil(seq / 32)]` u32 (bit `k % 32` of word `k / 32` of a query's row for
+/// key `k`, 1 = kept), which the backward reads; NULL without dropout.
 ///
 /// # Safety
 /// `ops` is NULL or a live handle; each descriptor pointer is NULL or valid, and describes
@@ -242,12 +252,13 @@ pub unsafe extern "C" fn electra_cuda_attention_forward(
     key_mask: *const ElectraTensor,
     ctx: *const ElectraTensor,
     lse: *const ElectraTensor,
+    keep_bits: *const ElectraTensor,
     heads: usize,
     dropout_: *const ElectraDropout,
     stream: *mut c_void,
 ) -> ElectraStatus {
     guard(|| {
-        let (a, seed) = attention_args(qkv, key_mask, ctx, lse, heads, dropout_)?;
+        let (a, seed) = attention_args(qkv, key_mask, ctx, lse, keep_bits, heads, dropout_)?;
         a.check().map_err(device_failure)?;
         handle(ops)?
             .attention_fwd(a, seed, stream)
@@ -255,9 +266,9 @@ pub unsafe extern "C" fn electra_cuda_attention_forward(
     })
 }
 
-/// Attention backward on the device: from the forward's `qkv`, `key_mask`, `ctx` and `lse`, and
-/// `dctx [batch, seq, hidden]` bf16, accumulates `dqkv [batch, seq, 3·hidden]` bf16 (all bf16
-/// tensors 16-byte aligned). `dropout` must be the forward pass's.
+/// Attention backward on the device: from the forward's `qkv`, `key_mask`, `ctx`, `lse` and
+/// `keep_bits`, and `dctx [batch, seq, hidden]` bf16, accumulates `dqkv [batch, seq, 3·hidden]`
+/// bf16 (all bf16 tensors 16-byte aligned). `dropout` must be the forward pass's.
 ///
 /// # Safety
 /// As for [`electra_cuda_attention_forward`].
@@ -268,6 +279,7 @@ pub unsafe extern "C" fn electra_cuda_attention_backward(
     key_mask: *const ElectraTensor,
     ctx: *const ElectraTensor,
     lse: *const ElectraTensor,
+    keep_bits: *const ElectraTensor,
     dctx: *const ElectraTensor,
     dqkv: *const ElectraTensor,
     heads: usize,
@@ -275,13 +287,14 @@ pub unsafe extern "C" fn electra_cuda_attention_backward(
     stream: *mut c_void,
 ) -> ElectraStatus {
     guard(|| {
-        let (f, seed) = attention_args(qkv, key_mask, ctx, lse, heads, dropout_)?;
+        let (f, seed) = attention_args(qkv, key_mask, ctx, lse, keep_bits, heads, dropout_)?;
         let (b, t, h) = (f.dims.batch, f.dims.seq, f.dims.hidden());
         let a = AttentionBwdArgs {
             qkv: f.qkv,
             key_mask: f.key_mask,
             ctx: f.ctx,
             lse: f.lse,
+            keep_bits: f.keep_bits,
             dctx: dev(dctx, "dctx", BF16, &[b, t, h], "batch, seq, hidden")?,
             dqkv: dev(dqkv, "dqkv", BF16, &[b, t, 3 * h], "batch, seq, 3·hidden")?,
             delta: 0,

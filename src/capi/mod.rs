@@ -38,7 +38,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 /// The version of the C ABI that `include/electra.h` declares; it changes whenever a function's
 /// signature or a struct's layout changes incompatibly. Compare with `ELECTRA_ABI_VERSION` from
 /// the header a program was compiled against ([`electra_abi_version`] returns the library's).
-pub const ELECTRA_ABI_VERSION: u32 = 1;
+pub const ELECTRA_ABI_VERSION: u32 = 2;
 
 /// The outcome of a call. Anything but `Ok` leaves a message for [`electra_last_error`].
 #[repr(C)]

@@ -136,6 +136,16 @@ struct LayerActs {
     ffn_norm: LayerNormSaved,
 }
 
+/// The self-attention sizes of `enc`'s layers over a batch of `shape`.
+fn attention_dims(enc: &EncoderConfig, shape: BatchShape) -> AttentionDims {
+    AttentionDims {
+        batch: shape.batch,
+        seq: shape.seq,
+        heads: enc.num_heads,
+        head_dim: enc.head_dim(),
+    }
+}
+
 /// The activations of one encoder.
 #[derive(Clone, Debug)]
 pub struct EncoderActs {
@@ -164,7 +174,7 @@ impl EncoderActs {
             .map(|_| LayerActs {
                 qkv: arena.acts(n * 3 * h),
                 ctx: arena.acts(n * h),
-                probs: arena.acts(shape.batch * enc.num_heads * shape.seq * shape.seq),
+                probs: arena.acts(attention_dims(enc, shape).saved_len()),
                 attention_out: arena.acts(n * h),
                 attention_norm_out: arena.acts(n * h),
                 attention_norm: arena.layernorm(n, h),
@@ -431,12 +441,7 @@ pub fn encoder_forward<B: Backend>(
         tape.run(be, project.linear(x, out, dims));
         x = out;
     }
-    let attention = AttentionDims {
-        batch: shape.batch,
-        seq: shape.seq,
-        heads: enc.num_heads,
-        head_dim: enc.head_dim(),
-    };
+    let attention = attention_dims(enc, shape);
     let dims = |inp, out| LinearDims { rows: n, inp, out };
     for (l, a) in p.layers.iter().zip(&acts.layers) {
         tape.run(be, l.qkv.linear(x, a.qkv, dims(h, 3 * h)));

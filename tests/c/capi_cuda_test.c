@@ -230,8 +230,12 @@ static void attention(ElectraCudaOps *ops, CUstream s) {
 
     ElectraTensor ga = dev_t(&qkv, 3, B, T, 3 * H), gm = dev_t(&km, 2, B, T, 0), gc = dev_t(&ctx, 3, B, T, H);
     ElectraTensor gl = dev_t(&lse, 3, B, NH, T), gdc = dev_t(&dctx, 3, B, T, H), gdq = dev_t(&dqkv, 3, B, T, 3 * H);
-    OK(electra_cuda_attention_forward(ops, &ga, &gm, &gc, &gl, NH, &drop, s));
-    OK(electra_cuda_attention_backward(ops, &ga, &gm, &gc, &gl, &gdc, &gdq, NH, &drop, s));
+    /* The dropout mask as bits: ceil(37 / 32) = 2 words a query row. */
+    Pair keep = poisoned(B * NH * T * 2, ELECTRA_DTYPE_U32);
+    ElectraTensor gk = dev_t(&keep, 4, B, NH, T);
+    gk.shape[3] = 2;
+    OK(electra_cuda_attention_forward(ops, &ga, &gm, &gc, &gl, &gk, NH, &drop, s));
+    OK(electra_cuda_attention_backward(ops, &ga, &gm, &gc, &gl, &gk, &gdc, &gdq, NH, &drop, s));
     cu(d_stream_sync(s), "cuStreamSynchronize (attention)");
     compare("attention ctx", &ctx, NULL, TOL);
     compare("attention dqkv (added)", &dqkv, dqkv_base, 2 * TOL);
@@ -244,6 +248,7 @@ static void attention(ElectraCudaOps *ops, CUstream s) {
     free(probs);
     free(dqkv_base);
     release(&qkv); release(&km); release(&ctx); release(&lse); release(&dctx); release(&dqkv);
+    release(&keep);
 }
 
 static void layernorm(ElectraCudaOps *ops, CUstream s) {

@@ -406,33 +406,41 @@ static void cuda_ops_section(void) {
     ElectraTensor dctx = ctx, dqkv = qkv;
     dctx.data = base + 0x4000;
     dqkv.data = base + 0x5000;
-    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &ctx, &lse, NH, NULL, NULL), ELECTRA_STATUS_NULL_POINTER, "ops is NULL");
-    FAILS(electra_cuda_attention_backward(NULL, &qkv, &km, &ctx, &lse, &dctx, &dqkv, NH, NULL, NULL), ELECTRA_STATUS_NULL_POINTER, "ops is NULL");
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &ctx, &lse, NULL, NH, NULL, NULL), ELECTRA_STATUS_NULL_POINTER, "ops is NULL");
+    FAILS(electra_cuda_attention_backward(NULL, &qkv, &km, &ctx, &lse, NULL, &dctx, &dqkv, NH, NULL, NULL), ELECTRA_STATUS_NULL_POINTER, "ops is NULL");
     ElectraTensor f32_qkv = qkv;
     f32_qkv.dtype = ELECTRA_DTYPE_F32;
-    FAILS(electra_cuda_attention_forward(NULL, &f32_qkv, &km, &ctx, &lse, NH, NULL, NULL), ELECTRA_STATUS_DTYPE, "qkv has dtype f32, expected bf16");
+    FAILS(electra_cuda_attention_forward(NULL, &f32_qkv, &km, &ctx, &lse, NULL, NH, NULL, NULL), ELECTRA_STATUS_DTYPE, "qkv has dtype f32, expected bf16");
     ElectraTensor bf16_mask = km;
     bf16_mask.dtype = ELECTRA_DTYPE_BF16;
-    FAILS(electra_cuda_attention_forward(NULL, &qkv, &bf16_mask, &ctx, &lse, NH, NULL, NULL), ELECTRA_STATUS_DTYPE, "key_mask has dtype bf16, expected u32");
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &bf16_mask, &ctx, &lse, NULL, NH, NULL, NULL), ELECTRA_STATUS_DTYPE, "key_mask has dtype bf16, expected u32");
     ElectraTensor probs_shaped = tensor(base + 0x3000, ELECTRA_DTYPE_F32, 4, B, NH, T, T);
-    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &ctx, &probs_shaped, NH, NULL, NULL), ELECTRA_STATUS_SHAPE, "lse has shape [2, 2, 5, 5] (rank 4), expected [2, 2, 5]");
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &ctx, &probs_shaped, NULL, NH, NULL, NULL), ELECTRA_STATUS_SHAPE, "lse has shape [2, 2, 5, 5] (rank 4), expected [2, 2, 5]");
     ElectraTensor odd_qkv = qkv;
     odd_qkv.data = base + 8; /* aligned to its bf16 elements, not to the kernels' 16 bytes */
-    FAILS(electra_cuda_attention_forward(NULL, &odd_qkv, &km, &ctx, &lse, NH, NULL, NULL), ELECTRA_STATUS_INVALID_ARGUMENT, "qkv is at 0x100008, which is not 16-byte aligned");
+    FAILS(electra_cuda_attention_forward(NULL, &odd_qkv, &km, &ctx, &lse, NULL, NH, NULL, NULL), ELECTRA_STATUS_INVALID_ARGUMENT, "qkv is at 0x100008, which is not 16-byte aligned");
     ElectraTensor odd_dctx = dctx;
     odd_dctx.data = base + 0x4000 + 4;
-    FAILS(electra_cuda_attention_backward(NULL, &qkv, &km, &ctx, &lse, &odd_dctx, &dqkv, NH, NULL, NULL), ELECTRA_STATUS_INVALID_ARGUMENT, "dctx is at 0x104004, which is not 16-byte aligned");
+    FAILS(electra_cuda_attention_backward(NULL, &qkv, &km, &ctx, &lse, NULL, &odd_dctx, &dqkv, NH, NULL, NULL), ELECTRA_STATUS_INVALID_ARGUMENT, "dctx is at 0x104004, which is not 16-byte aligned");
     ElectraTensor half_ctx = ctx;
     half_ctx.data = base + 0x2000 + 1;
-    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &half_ctx, &lse, NH, NULL, NULL), ELECTRA_STATUS_INVALID_ARGUMENT, "ctx.data is at 0x102001, not aligned to its 2-byte elements");
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &half_ctx, &lse, NULL, NH, NULL, NULL), ELECTRA_STATUS_INVALID_ARGUMENT, "ctx.data is at 0x102001, not aligned to its 2-byte elements");
     /* 4 heads of 8: a head size the kernels do not have. */
     ElectraTensor lse4 = tensor(base + 0x3000, ELECTRA_DTYPE_F32, 3, B, 4, T, 0);
-    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &ctx, &lse4, 4, NULL, NULL), ELECTRA_STATUS_SHAPE, "head size 8 is not supported");
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &ctx, &lse4, NULL, 4, NULL, NULL), ELECTRA_STATUS_SHAPE, "head size 8 is not supported");
     ElectraTensor padded_ctx = ctx;
     padded_ctx.row_stride = H + 8;
-    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &padded_ctx, &lse, NH, NULL, NULL), ELECTRA_STATUS_SHAPE, "the CUDA kernels read contiguous rows");
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &padded_ctx, &lse, NULL, NH, NULL, NULL), ELECTRA_STATUS_SHAPE, "the CUDA kernels read contiguous rows");
     ElectraDropout bad_drop = {1.0f, 1, 0};
-    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &ctx, &lse, NH, &bad_drop, NULL), ELECTRA_STATUS_INVALID_ARGUMENT, "dropout.p is 1");
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &ctx, &lse, NULL, NH, &bad_drop, NULL), ELECTRA_STATUS_INVALID_ARGUMENT, "dropout.p is 1");
+    /* With dropout the forward stores its mask as bits, u32 [batch, heads, seq, ceil(seq / 32)]. */
+    ElectraDropout drop = {0.1f, 1, 0};
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &ctx, &lse, NULL, NH, &drop, NULL), ELECTRA_STATUS_INVALID_ARGUMENT, "dropout needs keep_bits");
+    FAILS(electra_cuda_attention_backward(NULL, &qkv, &km, &ctx, &lse, NULL, &dctx, &dqkv, NH, &drop, NULL), ELECTRA_STATUS_INVALID_ARGUMENT, "dropout needs keep_bits");
+    ElectraTensor keep3 = tensor(base + 0x6000, ELECTRA_DTYPE_U32, 3, B, NH, T, 0);
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &ctx, &lse, &keep3, NH, &drop, NULL), ELECTRA_STATUS_SHAPE, "keep_bits has shape [2, 2, 5] (rank 3), expected [2, 2, 5, 1]");
+    ElectraTensor f32_keep = tensor(base + 0x6000, ELECTRA_DTYPE_F32, 4, B, NH, T, 1);
+    FAILS(electra_cuda_attention_forward(NULL, &qkv, &km, &ctx, &lse, &f32_keep, NH, &drop, NULL), ELECTRA_STATUS_DTYPE, "keep_bits has dtype f32, expected u32");
 
     /* LayerNorm: bf16 activations are required, f32 parameters. */
     enum { R = 4, W = 64 };

@@ -8,7 +8,7 @@ use super::kernels::{Arg, Kernel, Kernels, Launcher};
 use super::launch_args::{AttentionBwdArgs, AttentionFwdArgs};
 use super::memory::Dtype;
 use super::{CudaBackend, CudaError};
-use crate::backend::{AttentionDims, AttentionOp};
+use crate::backend::{AttentionDims, AttentionOp, Buf};
 
 /// Queries (and keys) per tile.
 const ATT_TILE: usize = 64;
@@ -21,24 +21,23 @@ impl CudaBackend {
             qkv,
             key_mask,
             ctx,
-            probs,
             dims,
             dropout,
-            overwrite_dqkv: _,
+            ..
         } = *op;
-        let AttentionDims {
-            batch, seq, heads, ..
-        } = dims;
+        let AttentionDims { batch, seq, .. } = dims;
         let (tokens, h) = (batch * seq, dims.hidden());
         if tokens == 0 {
             return;
         }
         self.check_attention(op);
+        let (lse, keep_bits) = saved(op);
         let a = AttentionFwdArgs {
             qkv: self.input(qkv, Dtype::Bf16),
             key_mask: self.iaddr(key_mask),
             ctx: self.output(ctx.prefix(tokens * h), Dtype::Bf16, false),
-            lse: self.output(probs.prefix(batch * heads * seq), Dtype::F32, false),
+            lse: self.output(lse, Dtype::F32, false),
+            keep_bits: keep_bits.map_or(0, |bits| self.output(bits, Dtype::F32, false)),
             dims,
             dropout,
             step: self.step_scalar(0),
@@ -58,23 +57,22 @@ impl CudaBackend {
             overwrite_dqkv,
         } = *op;
         let (dctx, dqkv) = (ctx.grad(), qkv.grad());
-        let AttentionDims {
-            batch, seq, heads, ..
-        } = dims;
+        let AttentionDims { batch, seq, .. } = dims;
         let (tokens, h) = (batch * seq, dims.hidden());
         if tokens == 0 {
             return;
         }
         self.check_attention(op);
         assert!(dctx.len >= tokens * h && dqkv.len >= tokens * 3 * h);
-        let stats = batch * heads * seq;
+        let (lse, keep_bits) = saved(op);
         let a = AttentionBwdArgs {
             qkv: self.input(qkv, Dtype::Bf16),
             key_mask: self.iaddr(key_mask),
             ctx: self.input(ctx, Dtype::Bf16),
             dctx: self.input(dctx, Dtype::Bf16),
-            lse: self.input(probs.prefix(stats), Dtype::F32),
-            delta: self.output(probs.grad().prefix(stats), Dtype::F32, false),
+            lse: self.input(lse, Dtype::F32),
+            keep_bits: keep_bits.map_or(0, |bits| self.input(bits, Dtype::F32)),
+            delta: self.output(probs.grad().prefix(lse.len), Dtype::F32, false),
             dqkv: self.output(dqkv.prefix(tokens * 3 * h), Dtype::Bf16, !overwrite_dqkv),
             dims,
             dropout,
@@ -101,11 +99,20 @@ impl CudaBackend {
             "attention: buffers too short"
         );
         assert!(
-            probs.len >= d.batch * d.heads * d.seq,
-            "attention: no room for the row statistics"
+            probs.len >= d.saved_len(),
+            "attention: no room for the row statistics and the dropout mask"
         );
         assert!(key_mask.len >= tokens, "attention: key mask too short");
     }
+}
+
+/// Where `op.probs` keeps what the backward reads: the log-sum-exp of each query row, then (with
+/// dropout) the mask as bits, u32 words in the buffer's 4-byte slots.
+fn saved(op: &AttentionOp) -> (Buf, Option<Buf>) {
+    let d = op.dims;
+    let rows = d.batch * d.heads * d.seq;
+    let bits = op.dropout.map(|_| op.probs.range(rows, d.keep_words()));
+    (op.probs.prefix(rows), bits)
 }
 
 /// The forward, dq and dk/dv kernels for a head size.
@@ -152,6 +159,7 @@ pub(super) unsafe fn attention_fwd(l: &Launcher, a: &AttentionFwdArgs) -> Result
         Arg::Ptr(a.key_mask),
         Arg::Ptr(a.ctx),
         Arg::Ptr(a.lse),
+        Arg::Ptr(a.keep_bits),
         Arg::I32(seq),
         Arg::I32(heads),
         p,
@@ -183,6 +191,7 @@ pub(super) unsafe fn attention_bwd(l: &Launcher, a: &AttentionBwdArgs) -> Result
         Arg::Ptr(a.ctx),
         Arg::Ptr(a.dctx),
         Arg::Ptr(a.lse),
+        Arg::Ptr(a.keep_bits),
         Arg::Ptr(a.delta),
         Arg::Ptr(a.dqkv),
         Arg::I32(seq),
@@ -199,6 +208,7 @@ pub(super) unsafe fn attention_bwd(l: &Launcher, a: &AttentionBwdArgs) -> Result
         Arg::Ptr(a.key_mask),
         Arg::Ptr(a.dctx),
         Arg::Ptr(a.lse),
+        Arg::Ptr(a.keep_bits),
         Arg::Ptr(a.delta),
         Arg::Ptr(a.dqkv),
         Arg::I32(seq),

@@ -98,21 +98,24 @@ impl Dtype {
 
 /// `attention_fwd_d*`: `qkv` bf16 `[batch, seq, 3·hidden]`, `key_mask` u32 `[batch, seq]`,
 /// `ctx` bf16 `[batch, seq, hidden]`, `lse` f32 `[batch, heads, seq]` (the row log-sum-exp the
-/// backward reads). `step` is the step memory (`StepValues`), which holds the dropout seed.
+/// backward reads) and, with dropout, `keep_bits` u32 `[batch, heads, seq, ceil(seq / 32)]`
+/// (the mask as bits, which the backward reads; 0 without dropout). `step` is the step memory
+/// (`StepValues`), which holds the dropout seed.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionFwdArgs {
     pub qkv: u64,
     pub key_mask: u64,
     pub ctx: u64,
     pub lse: u64,
+    pub keep_bits: u64,
     pub dims: AttentionDims,
     pub dropout: Option<Dropout>,
     pub step: u64,
 }
 
-/// `attention_bwd_dq_d*` then `attention_bwd_dkdv_d*`: the forward's `qkv`, `key_mask`, `ctx`
-/// and `lse`, the gradient `dctx` (bf16), `delta` (f32 `[batch, heads, seq]`, written) and
-/// `dqkv` (bf16, accumulated, or set with `overwrite_dqkv`).
+/// `attention_bwd_dq_d*` then `attention_bwd_dkdv_d*`: the forward's `qkv`, `key_mask`, `ctx`,
+/// `lse` and `keep_bits`, the gradient `dctx` (bf16), `delta` (f32 `[batch, heads, seq]`,
+/// written) and `dqkv` (bf16, accumulated, or set with `overwrite_dqkv`).
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionBwdArgs {
     pub qkv: u64,
@@ -120,6 +123,7 @@ pub struct AttentionBwdArgs {
     pub ctx: u64,
     pub dctx: u64,
     pub lse: u64,
+    pub keep_bits: u64,
     pub delta: u64,
     pub dqkv: u64,
     pub dims: AttentionDims,
@@ -257,6 +261,7 @@ impl AttentionFwdArgs {
     pub fn check(&self) -> Result<(i32, i32), CudaError> {
         let ints = check_attention(self.dims)?;
         check_aligned("attention", 16, &[("qkv", self.qkv), ("ctx", self.ctx)])?;
+        check_keep_bits(self.dropout, self.keep_bits)?;
         Ok(ints)
     }
 }
@@ -272,8 +277,22 @@ impl AttentionBwdArgs {
             ("dqkv", self.dqkv),
         ];
         check_aligned("attention", 16, &ptrs)?;
+        check_keep_bits(self.dropout, self.keep_bits)?;
         Ok(ints)
     }
+}
+
+/// With dropout, the forward stores its mask as bits that the backward reads: `keep_bits` must
+/// be given.
+fn check_keep_bits(dropout: Option<Dropout>, keep_bits: u64) -> Result<(), CudaError> {
+    if dropout.is_some() && keep_bits == 0 {
+        return Err(CudaError::Argument(
+            "attention: dropout needs keep_bits (u32 [batch, heads, seq, ceil(seq / 32)]), where \
+             the forward stores the mask for the backward"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 impl LayerNormFwdArgs {

@@ -15,7 +15,9 @@
 //!
 //!   A bf16 buffer is therefore addressed from its own start: it may be used whole or through
 //!   [`Buf::prefix`](crate::backend::Buf::prefix), never through a view that starts inside it.
-//!   The model only ever uses whole buffers and prefixes. The price is that activations take
+//!   The model only ever uses whole bf16 buffers and prefixes; the attention's f32 saved values
+//!   hold the log-sum-exp and, after it ([`Buf::range`](crate::backend::Buf::range)), the
+//!   dropout mask as u32 bits. The price is that activations take
 //!   4 bytes a value instead of 2; the arena aligns every buffer to 16 bytes
 //!   ([`ACT_ALIGN`](crate::tape::ACT_ALIGN)).
 //! - Integers: u32, value `i` at byte `4·i`.
