@@ -67,12 +67,6 @@ impl AttentionDims {
         let rows = self.batch * self.heads * self.seq;
         (rows * self.seq).max(rows + self.keep_words())
     }
-
-    /// Where the first probability of these sequences lies among those of the step's global
-    /// batch, whose sequence `first_sequence` is their first (see [`DropoutMask::offset`]).
-    pub fn dropout_offset(&self, first_sequence: u64) -> u64 {
-        first_sequence * self.probs_per_sequence()
-    }
 }
 
 /// The parameters of a LayerNorm: gain and bias.
@@ -134,8 +128,9 @@ impl Dropout {
 }
 
 /// A dropout mask as a pure function of (seed, site, element): element `i` is kept when its
-/// Philox draw is at least `p`. The backward pass draws the same mask again instead of storing
-/// it, and the CUDA kernels draw the same numbers.
+/// Philox draw is at least `p`. The CPU's backward pass draws the same mask again instead of
+/// storing it; the CUDA kernels draw the same numbers (the attention keeps them as bits between
+/// its passes).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DropoutMask {
     /// The probability of dropping an element.
@@ -329,13 +324,6 @@ impl LayerNormOp {
     pub fn per_sequence(&self) -> u64 {
         per_sequence(self.rows * self.width, self.sequences)
     }
-
-    /// The mask of the dropout on `x` in the step whose dropout seed is `seed`, for a batch
-    /// whose first sequence is sequence `first_sequence` of the step's global batch.
-    pub fn dropout_mask(&self, seed: u64, first_sequence: u64) -> Option<DropoutMask> {
-        let offset = first_sequence * self.per_sequence();
-        self.dropout.map(|d| d.mask(seed, offset))
-    }
 }
 
 /// Multi-head self-attention. `qkv` is `[batch·seq, 3·hidden]` (queries, keys, values side by
@@ -397,12 +385,6 @@ impl DropoutOp {
     /// The tensor's elements per sequence.
     pub fn per_sequence(&self) -> u64 {
         per_sequence(self.y.len, self.sequences)
-    }
-
-    /// Where this tensor's first element lies in the tensor of the step's global batch, whose
-    /// sequence `first_sequence` is this tensor's first.
-    pub fn offset(&self, first_sequence: u64) -> u64 {
-        first_sequence * self.per_sequence()
     }
 }
 

@@ -17,9 +17,10 @@ pub mod optim;
 use std::marker::PhantomData;
 
 use super::{
-    AccumulateOp, AttentionOp, Backend, BceHeadOp, Buf, DropoutMask, DropoutOp, EmbeddingOp,
-    GatherRowsOp, IBuf, LayerNormOp, LayerNormParams, LayerNormSaved, LinearOp, OptimizerStep,
-    OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars,
+    AccumulateOp, AttentionOp, Backend, BceHeadOp, Buf, Dropout, DropoutMask, DropoutOp,
+    EmbeddingOp, GatherRowsOp, IBuf, LayerNormOp, LayerNormParams, LayerNormSaved, LinearOp,
+    OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes, SoftmaxXentOp, Space,
+    StepScalars,
 };
 
 /// The CPU backend. Memory is one `Vec` per space.
@@ -50,17 +51,12 @@ impl CpuBackend {
         s
     }
 
-    /// The mask of `op`'s dropout in the current step.
-    fn attention_mask(&self, op: &AttentionOp) -> Option<DropoutMask> {
-        let offset = op.dims.dropout_offset(self.scalars.first_sequence);
-        op.dropout
-            .map(|d| d.mask(self.scalars.dropout_seed, offset))
-    }
-
-    /// The mask of `op` in the current step.
-    fn dropout_mask(&self, op: &DropoutOp) -> DropoutMask {
-        let offset = op.offset(self.scalars.first_sequence);
-        op.dropout.mask(self.scalars.dropout_seed, offset)
+    /// The mask of `dropout` in the current step, on a tensor of `per_sequence` elements per
+    /// sequence: its first element is element `first_sequence · per_sequence` of the tensor
+    /// over the step's global batch.
+    fn mask_of(&self, dropout: Dropout, per_sequence: u64) -> DropoutMask {
+        let offset = self.scalars.first_sequence * per_sequence;
+        dropout.mask(self.scalars.dropout_seed, offset)
     }
 
     fn frame(&mut self) -> Frame<'_> {
@@ -317,7 +313,7 @@ impl Backend for CpuBackend {
             ..
         } = *op;
         let n = rows * width;
-        let mask = op.dropout_mask(self.scalars.dropout_seed, self.scalars.first_sequence);
+        let mask = op.dropout.map(|d| self.mask_of(d, op.per_sequence()));
         // The branch after its dropout, as a dropout op would have written it.
         let mut dropped = self.scratch(if mask.is_some() { n } else { 0 });
         let f = self.frame();
@@ -349,7 +345,7 @@ impl Backend for CpuBackend {
             ..
         } = *op;
         let n = rows * width;
-        let mask = op.dropout_mask(self.scalars.dropout_seed, self.scalars.first_sequence);
+        let mask = op.dropout.map(|d| self.mask_of(d, op.per_sequence()));
         // The gradient of the branch after its dropout, as a dropout op would have read it.
         let mut dropped = self.scratch(if mask.is_some() { n } else { 0 });
         let f = self.frame();
@@ -383,7 +379,9 @@ impl Backend for CpuBackend {
     }
 
     fn attention_fwd(&mut self, op: &AttentionOp) {
-        let mask = self.attention_mask(op);
+        let mask = op
+            .dropout
+            .map(|d| self.mask_of(d, op.dims.probs_per_sequence()));
         let mut scratch = self.scratch(op.probs.len);
         let f = self.frame();
         let [ctx, probs] = f.w([op.ctx, op.probs], &[op.qkv]);
@@ -401,7 +399,9 @@ impl Backend for CpuBackend {
         let AttentionOp {
             qkv, ctx, probs, ..
         } = *op;
-        let mask = self.attention_mask(op);
+        let mask = op
+            .dropout
+            .map(|d| self.mask_of(d, op.dims.probs_per_sequence()));
         let mut scratch = self.scratch(probs.len);
         let f = self.frame();
         let [dqkv, dscores] = f.w([qkv.grad(), probs.grad()], &[qkv, probs, ctx.grad()]);
@@ -421,14 +421,14 @@ impl Backend for CpuBackend {
     }
 
     fn dropout_fwd(&mut self, op: &DropoutOp) {
-        let mask = self.dropout_mask(op);
+        let mask = self.mask_of(op.dropout, op.per_sequence());
         let f = self.frame();
         let [y] = f.w([op.y], &[op.x]);
         dropout::forward(f.r(op.x), y, mask);
     }
 
     fn dropout_bwd(&mut self, op: &DropoutOp) {
-        let mask = self.dropout_mask(op);
+        let mask = self.mask_of(op.dropout, op.per_sequence());
         let (dx, dy) = (op.x.grad(), op.y.grad());
         let f = self.frame();
         let [dx] = f.w([dx], &[dy]);
