@@ -68,15 +68,20 @@ __device__ __forceinline__ bool aligned16(const void* p) {
     return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
 
-// Loads 8 consecutive bf16 starting at p[0] as floats; elements at or past `n` read as 0.
-// `vec` says p is 16-byte aligned and all 8 are in range (a uniform run-time choice).
-__device__ __forceinline__ void load8(const bf16* p, int n, bool vec, float out[8]) {
-    if (vec) {
-        unpack8(*reinterpret_cast<const uint4*>(p), out);
-    } else {
+// The 8 consecutive bf16 starting at p[0] as a 16-byte vector of their bits; elements at or past
+// `n` read as 0. `vec` says p is 16-byte aligned and all 8 are in range (a uniform run-time
+// choice). Kept as bits, a load can be issued one row ahead of its use (unpack8 decodes it).
+__device__ __forceinline__ uint4 load8_bits(const bf16* p, int n, bool vec) {
+    if (vec) return *reinterpret_cast<const uint4*>(p);
+    uint32_t h[8];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) out[i] = i < n ? bf2f(p[i]) : 0.f;
-    }
+    for (int i = 0; i < 8; ++i) h[i] = i < n ? (uint32_t)__bfloat16_as_ushort(p[i]) : 0u;
+    return make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
+}
+
+// load8_bits' values as floats.
+__device__ __forceinline__ void load8(const bf16* p, int n, bool vec, float out[8]) {
+    unpack8(load8_bits(p, n, vec), out);
 }
 
 // Stores the first min(8, n) values; with `accumulate`, adds to what is there.

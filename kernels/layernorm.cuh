@@ -98,6 +98,27 @@ __device__ __forceinline__ void ln_store_row(const float v[CH][8], int lane, int
     }
 }
 
+// This lane's columns of row r of dy and xhat as bf16 bits (zeros past the width, and for a row
+// past the last).
+template <int CH>
+__device__ __forceinline__ void ln_load_row(const bf16* __restrict__ dy,
+                                            const bf16* __restrict__ xhat, int r, int rows,
+                                            int width, int lane, bool vec, uint4 dy_bits[CH],
+                                            uint4 xhat_bits[CH]) {
+    const size_t base = (size_t)r * width;
+#pragma unroll
+    for (int c = 0; c < CH; ++c) {
+        const int col0 = c * 256 + lane * 8;
+        const int n = width - col0;
+        if (r < rows && n > 0) {
+            dy_bits[c] = load8_bits(dy + base + col0, n, vec);
+            xhat_bits[c] = load8_bits(xhat + base + col0, n, vec);
+        } else {
+            dy_bits[c] = xhat_bits[c] = make_uint4(0u, 0u, 0u, 0u);
+        }
+    }
+}
+
 // The LayerNorm backward over rows: g = LN'(dy), written (or added, with `acc_dx`) to `dx` through
 // the dropout `drop` (g times the forward's mask; `drop.p` 0 for none) and, when non-null, to
 // `dres` (added with `acc_dres`); block b's sums of dy*xhat and dy over its rows go to row b of
@@ -124,28 +145,33 @@ __device__ __forceinline__ void ln_backward(const bf16* __restrict__ dy, const b
         for (int i = 0; i < 8; ++i) pg[c][i] = pb[c][i] = 0.f;
 
     const int stride = gridDim.x * LN_WARPS;
-    for (int r = blockIdx.x * LN_WARPS + warp; r < rows; r += stride) {
+    // Row r's dy and xhat as bf16 bits, loaded while the row before is worked on: a warp's row
+    // waits twice on shuffles (its two sums), and without this its next loads would wait behind.
+    uint4 next_dy[CH], next_xh[CH];
+    int r = blockIdx.x * LN_WARPS + warp;
+    ln_load_row<CH>(dy, xhat, r, rows, width, lane, vec, next_dy, next_xh);
+    for (; r < rows; r += stride) {
         const size_t base = (size_t)r * width;
         float d[CH][8], xh[CH][8];
+#pragma unroll
+        for (int c = 0; c < CH; ++c) {
+            unpack8(next_dy[c], d[c]);
+            unpack8(next_xh[c], xh[c]);
+        }
+        ln_load_row<CH>(dy, xhat, r + stride, rows, width, lane, vec, next_dy, next_xh);
         float sg = 0.f, sgx = 0.f;
 #pragma unroll
         for (int c = 0; c < CH; ++c) {
             const int col0 = c * 256 + lane * 8;
             const int n = width - col0;
-            if (n > 0) {
-                float gn[8];
-                load8(dy + base + col0, n, vec, d[c]);
-                load8(xhat + base + col0, n, vec, xh[c]);
-                load8f(gain + col0, n, vecf, gn);
+            if (n <= 0) break;
+            float gn[8];
+            load8f(gain + col0, n, vecf, gn);
 #pragma unroll
-                for (int i = 0; i < 8; ++i) {
-                    const float g = d[c][i] * gn[i];
-                    sg += g;
-                    sgx += g * xh[c][i];
-                }
-            } else {
-#pragma unroll
-                for (int i = 0; i < 8; ++i) d[c][i] = xh[c][i] = 0.f;
+            for (int i = 0; i < 8; ++i) {
+                const float g = d[c][i] * gn[i];
+                sg += g;
+                sgx += g * xh[c][i];
             }
         }
         const float inv_n = 1.0f / (float)width;
