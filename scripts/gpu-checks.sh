@@ -7,7 +7,9 @@
 #   1b. the C ABI's device ops (electra_cuda_*) against its host ops, on the caller's device
 #      memory and stream (tests/c/capi_cuda_test.c, bundled by scripts/bundle-capi-cuda-test.sh);
 #   2. `electra bench --device cuda --preset small --batch 128 --seq 128`, recorded steps and
-#      issued launch by launch (ELECTRA_CUDA_GRAPH=0);
+#      issued launch by launch (ELECTRA_CUDA_GRAPH=0), each with its table of device time per
+#      kernel (CUDA events around every launch of one issued step), whose slowest rows go into
+#      the summary;
 #   3. the HF peer on the same card, eager;
 #   4. 300-step `tiny` pretrainings on the GPU, argmax and sampled replacement, each compared with
 #      the same run on the CPU (means over 50-step windows within 5%); the CPU curves are read from
@@ -93,6 +95,7 @@ for mode in recorded issued; do
   ELECTRA_CUDA_GRAPH=$graph timeout 90 "$bin" bench --device cuda --preset small --batch 128 --seq 128 \
     --steps 30 >"$OUT/one.log" 2>&1 || note "bench $mode: FAILED (rc $?)"
   note "bench $mode: $(grep -E 'median|tokens/s' "$OUT/one.log" | head -n 2 | tr '\n' ' ')"
+  [ $mode = recorded ] && note "slowest kernels:"$'\n'"$(sed -n '/^per kernel/,/^$/p' "$OUT/one.log" | head -n 14)"
   { echo "=== $mode"; cat "$OUT/one.log"; } >>"$OUT/bench.log"
 done
 rm -f "$OUT/one.log"

@@ -55,6 +55,8 @@ fn a_sweep_writes_one_complete_record_per_configuration() {
             .any(|o| o["op"].as_str().unwrap().starts_with("linear")));
         let total: f64 = ops.iter().map(|o| o["ms"].as_f64().unwrap()).sum();
         assert!(total <= f("profiled_step_s") * 1e3 * 1.01, "{r}");
+        // The CPU has no kernels to time: its operations are all in the table above.
+        assert_eq!(r["kernels"].as_array().map(Vec::len), Some(0), "{r}");
     }
     // Twice the sequences, twice the model FLOPs (the masked count scales with them too).
     let flops = |i: usize| records[i]["model_flops_per_step"].as_f64().unwrap();

@@ -1,7 +1,7 @@
 //! `electra bench`: the median training-step time on random token ids, its throughput and model
-//! FLOP rate, the utilisation of the matrix rate measured on the same machine, and a table of time
-//! per fused operation; over a grid of batch sizes and sequence lengths (a sweep), with one
-//! machine-readable record per configuration for `--json`.
+//! FLOP rate, the utilisation of the matrix rate measured on the same machine, a table of time
+//! per fused operation and, on a GPU, of device time per kernel; over a grid of batch sizes and
+//! sequence lengths (a sweep), with one machine-readable record per configuration for `--json`.
 
 use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend, Device, Profiled};
 use crate::data::Batch;
@@ -30,7 +30,7 @@ pub struct BenchArgs {
     steps: usize,
     /// Writes one JSON record per configuration to FILE (JSON Lines): the machine, the commit
     /// (`ELECTRA_COMMIT`, which the scripts set), the step-time percentiles, throughput, model
-    /// FLOPs, MFU, memory and the per-operation table.
+    /// FLOPs, MFU, memory, the per-operation table and (on a GPU) the per-kernel one.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
@@ -99,6 +99,55 @@ struct Machine {
     matrix_rate: (f64, &'static str),
 }
 
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// What a bench asks of a backend besides training.
+trait Benched: Backend {
+    /// The machine the backend runs on.
+    fn machine(&mut self) -> BenchResult<Machine>;
+
+    /// Starts timing each kernel on the device, where the backend can.
+    fn start_kernel_clock(&mut self) {}
+
+    /// For each kernel launched since `start_kernel_clock`: its launches and their device time in
+    /// seconds, slowest first. Empty where the backend has no kernels to time (the CPU's
+    /// operations are all in the per-operation table).
+    fn kernel_times(&mut self) -> BenchResult<Vec<(String, u64, f64)>> {
+        Ok(Vec::new())
+    }
+}
+
+impl Benched for CpuBackend {
+    fn machine(&mut self) -> BenchResult<Machine> {
+        Ok(Machine {
+            card: cpu_model(),
+            driver: "none".into(),
+            matrix_rate: (cpu_matrix_rate(), "f32 GEMM 1024³, measured now"),
+        })
+    }
+}
+
+impl Benched for CudaBackend {
+    fn machine(&mut self) -> BenchResult<Machine> {
+        Ok(Machine {
+            card: self.device_name(),
+            driver: self.driver_version(),
+            matrix_rate: (
+                self.matrix_rate()?,
+                "bf16 cuBLASLt GEMM 8192³, measured now",
+            ),
+        })
+    }
+
+    fn start_kernel_clock(&mut self) {
+        CudaBackend::start_kernel_clock(self)
+    }
+
+    fn kernel_times(&mut self) -> BenchResult<Vec<(String, u64, f64)>> {
+        Ok(CudaBackend::kernel_times(self)?)
+    }
+}
+
 pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     for &seq in &args.seq {
         let max = ElectraConfig::preset(&args.preset)?.max_position_embeddings;
@@ -107,20 +156,8 @@ pub fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     match args.device.parse::<Device>()? {
-        Device::Cpu => run_on(CpuBackend::new(), args, |_| {
-            Ok(Machine {
-                card: cpu_model(),
-                driver: "none".into(),
-                matrix_rate: (cpu_matrix_rate(), "f32 GEMM 1024³, measured now"),
-            })
-        }),
-        Device::Cuda(n) => run_on(CudaBackend::new(n)?, args, |be| {
-            Ok(Machine {
-                card: be.device_name(),
-                driver: be.driver_version(),
-                matrix_rate: (be.matrix_rate()?, "bf16 cuBLASLt GEMM 8192³, measured now"),
-            })
-        }),
+        Device::Cpu => run_on(CpuBackend::new(), args),
+        Device::Cuda(n) => run_on(CudaBackend::new(n)?, args),
     }
 }
 
@@ -153,11 +190,7 @@ fn quantile(v: &[f64], q: f64) -> f64 {
 
 /// Measures the machine, then each configuration of the grid, printing each; writes their
 /// records to `--json`.
-fn run_on<B: Backend>(
-    backend: B,
-    args: &BenchArgs,
-    machine: fn(&mut B) -> Result<Machine, Box<dyn std::error::Error>>,
-) -> Result<(), Box<dyn std::error::Error>> {
+fn run_on<B: Benched>(backend: B, args: &BenchArgs) -> BenchResult<()> {
     let config = ElectraConfig::preset(&args.preset)?;
     let model = Model::new(config.clone());
     let values = model.initial_values(0)?;
@@ -167,7 +200,7 @@ fn run_on<B: Backend>(
         TrainConfig::default(),
         &values,
     )?;
-    let machine = machine(trainer.backend.inner_mut())?;
+    let machine = trainer.backend.inner_mut().machine()?;
     let mut records = vec![];
     for &batch in &args.batch {
         for &seq in &args.seq {
@@ -188,13 +221,13 @@ fn run_on<B: Backend>(
 }
 
 /// Times one batch shape: two untimed steps, `args.steps` timed ones, one profiled for the
-/// per-operation table. Prints the table and returns the shape's record.
-fn bench_one<B: Backend>(
+/// per-operation and per-kernel tables. Prints the tables and returns the shape's record.
+fn bench_one<B: Benched>(
     trainer: &mut Trainer<Profiled<B>>,
     args: &BenchArgs,
     machine: &Machine,
     (batch_size, seq): (usize, usize),
-) -> Result<Value, Box<dyn std::error::Error>> {
+) -> BenchResult<Value> {
     let config = trainer.model.config.clone();
     let special = config.special_tokens;
     let batch = Batch::random(batch_size, seq, config.vocab_size, 1, &special);
@@ -210,11 +243,14 @@ fn bench_one<B: Backend>(
         trainer.train_step(&batch)?;
         times.push(t.elapsed().as_secs_f64());
     }
-    // One more, profiled, step for the table: timing each operation adds synchronisation.
+    // One more, profiled, step for the tables: timing each operation adds synchronisation, and
+    // the step is issued, so the kernel clock times its launches.
     trainer.backend.set_enabled(true);
+    trainer.backend.inner_mut().start_kernel_clock();
     let t = Instant::now();
     trainer.train_step(&batch)?;
     let profiled = t.elapsed().as_secs_f64();
+    let kernel_times = trainer.backend.inner_mut().kernel_times()?;
     trainer.backend.set_enabled(false);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
@@ -254,6 +290,23 @@ fn bench_one<B: Backend>(
         );
         ops.push(json!({"op": name, "calls": calls, "ms": ms}));
     }
+    let mut kernels = vec![];
+    if !kernel_times.is_empty() {
+        let device_ms: f64 = kernel_times.iter().map(|k| k.2).sum::<f64>() * 1e3;
+        println!("\nper kernel, device time of the same step ({device_ms:.2} ms in kernels):");
+        println!(
+            "{:<56} {:>6} {:>9} {:>9}",
+            "kernel", "launch", "ms", "µs each"
+        );
+    }
+    for (name, launches, seconds) in kernel_times {
+        let ms = seconds * 1e3;
+        println!(
+            "{name:<56} {launches:>6} {ms:>9.3} {:>9.1}",
+            1e3 * ms / launches as f64
+        );
+        kernels.push(json!({"kernel": name, "launches": launches, "ms": ms}));
+    }
     let sizes = trainer.backend.sizes();
     // Seven f32 spaces (parameters, gradients, two moments, their sum; activations and their
     // gradients) and the integers, as the backend reserved them.
@@ -272,7 +325,7 @@ fn bench_one<B: Backend>(
         "mfu": achieved / peak, "max_masked_per_seq": max_predictions(seq, 0.15),
         "masked_per_step": masked,
         "reserved_bytes": reserved, "peak_resident_bytes": peak_resident_bytes(),
-        "profiled_step_s": profiled, "ops": ops,
+        "profiled_step_s": profiled, "ops": ops, "kernels": kernels,
     }))
 }
 

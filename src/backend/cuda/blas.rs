@@ -40,6 +40,25 @@ pub struct Gemm {
     pub bias: bool,
 }
 
+impl Gemm {
+    /// The product as the kernel table names it: `cublasLt m×n×k`, the transposed operands, D's
+    /// type, the bias epilogue, and `+=` when it adds to D.
+    pub fn label(&self, beta: f32) -> String {
+        let op = |t| if t { "T" } else { "N" };
+        format!(
+            "cublasLt {}×{}×{} {}{} {:?}{}{}",
+            self.m,
+            self.n,
+            self.k,
+            op(self.trans_a),
+            op(self.trans_b),
+            self.out,
+            if self.bias { " +bias" } else { "" },
+            if beta != 0.0 { " +=" } else { "" },
+        )
+    }
+}
+
 /// What a plan depends on besides the shape: the operands' alignment, which decides which
 /// algorithms may run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -299,7 +318,11 @@ impl Launcher<'_> {
         bias: Option<u64>,
     ) -> Result<(), CudaError> {
         self.last_kernel.set("cublasLtMatmul");
-        blas.matmul(self.stream, g, abd, beta, bias)?;
+        let mut product = || blas.matmul(self.stream, g, abd, beta, bias);
+        match self.clock {
+            Some(clock) => clock.time(self.stream, || g.label(beta), product)?,
+            None => product()?,
+        }
         if self.sync_each_launch {
             driver::stream::synchronize(self.stream)
                 .map_err(|e| driver_err(&format!("cublasLtMatmul {g:?}"), e))?;

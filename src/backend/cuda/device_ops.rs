@@ -230,6 +230,7 @@ impl DeviceOps {
             sms,
             sync_each_launch,
             last_kernel: &self.last_kernel,
+            clock: None,
         };
         launch(&l, &mut owned.blas)
     }

@@ -7,6 +7,7 @@ use std::ffi::{c_void, CString};
 
 use cudarc::driver::{result, sys, DriverError};
 
+use super::clock::KernelClock;
 use super::launch_args::MAX_GRID_YZ;
 use super::CudaError;
 
@@ -247,8 +248,9 @@ pub unsafe fn launch(
 const MAX_GRID_X: usize = (1 << 31) - 1;
 
 /// What a launch needs besides its arguments: the kernels, the stream, the device's
-/// multiprocessor count (which sizes the grids), and where to note the kernel launched. The
-/// engine's backend and the C ABI's device ops each make one per call.
+/// multiprocessor count (which sizes the grids), where to note the kernel launched, and the
+/// clock that times each launch while `electra bench` runs one. The engine's backend and the C
+/// ABI's device ops each make one per call.
 pub struct Launcher<'a> {
     pub kernels: &'a Kernels,
     pub stream: sys::CUstream,
@@ -256,6 +258,7 @@ pub struct Launcher<'a> {
     /// Synchronise after each launch (`ELECTRA_CUDA_SYNC=1`), which names a faulting kernel.
     pub sync_each_launch: bool,
     pub last_kernel: &'a Cell<&'static str>,
+    pub clock: Option<&'a KernelClock>,
 }
 
 impl Launcher<'_> {
@@ -281,7 +284,14 @@ impl Launcher<'_> {
             )));
         }
         let grid = (grid.0 as u32, grid.1 as u32, grid.2 as u32);
-        launch(self.stream, k, grid, block, args)?;
+        match self.clock {
+            Some(clock) => clock.time(
+                self.stream,
+                || k.name.to_string(),
+                || launch(self.stream, k, grid, block, args),
+            )?,
+            None => launch(self.stream, k, grid, block, args)?,
+        }
         if self.sync_each_launch {
             result::stream::synchronize(self.stream)
                 .map_err(|e| driver("running kernel", k.name, e))?;

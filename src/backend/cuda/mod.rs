@@ -81,6 +81,7 @@ macro_rules! ensure {
 
 mod attention;
 mod blas;
+mod clock;
 mod device_ops;
 mod dropout;
 mod embedding;
@@ -114,6 +115,7 @@ use super::{
 };
 use crate::comm::Collective;
 use blas::Blas;
+use clock::KernelClock;
 use embedding::{EMB_CHUNK, SORT_RADIX, SORT_TILE};
 use graph::StepGraphs;
 use kernels::{Arg, Kernel, Kernels, Launcher};
@@ -170,6 +172,8 @@ pub struct CudaBackend {
     allocations: u64,
     sync_each_launch: bool,
     last_kernel: Cell<&'static str>,
+    /// Times each launch while `electra bench` asks (`clock.rs`).
+    clock: Option<KernelClock>,
     host16: Vec<u16>,
     device_name: String,
     stream: Arc<CudaStream>,
@@ -372,6 +376,7 @@ impl CudaBackend {
             allocations,
             sync_each_launch,
             last_kernel: Cell::new("(none)"),
+            clock: None,
             host16: Vec::new(),
             device_name,
             stream,
@@ -421,6 +426,20 @@ impl CudaBackend {
     /// How many recorded training steps the backend keeps (to replay).
     pub fn recorded_steps(&self) -> usize {
         self.graphs.len()
+    }
+
+    /// Starts timing every launch on the device (`clock.rs`), forgetting earlier timings. Time
+    /// steps that are issued, not replayed.
+    pub fn start_kernel_clock(&mut self) {
+        self.clock = Some(KernelClock::new());
+    }
+
+    /// Stops timing launches and returns, for each kernel (and each cuBLASLt product shape), its
+    /// launches and their device time in seconds, slowest first; empty if the clock was not
+    /// started. Waits for the device.
+    pub fn kernel_times(&mut self) -> Result<Vec<(String, u64, f64)>, CudaError> {
+        self.bind();
+        self.clock.take().map_or(Ok(Vec::new()), KernelClock::read)
     }
 
     /// Waits for the queued work and returns the first error it raised, naming the last kernel
@@ -480,6 +499,7 @@ impl CudaBackend {
             sms: self.sms,
             sync_each_launch: self.sync_each_launch,
             last_kernel: &self.last_kernel,
+            clock: self.clock.as_ref(),
         }
     }
 
@@ -491,6 +511,7 @@ impl CudaBackend {
             sms: self.sms,
             sync_each_launch: self.sync_each_launch,
             last_kernel: &self.last_kernel,
+            clock: self.clock.as_ref(),
         };
         (l, &mut self.blas)
     }

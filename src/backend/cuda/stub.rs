@@ -68,6 +68,16 @@ impl CudaBackend {
     }
 
     /// Never reached (no value exists).
+    pub fn start_kernel_clock(&mut self) {
+        match self.never {}
+    }
+
+    /// Never reached (no value exists).
+    pub fn kernel_times(&mut self) -> Result<Vec<(String, u64, f64)>, CudaError> {
+        match self.never {}
+    }
+
+    /// Never reached (no value exists).
     pub fn matrix_rate(&mut self) -> Result<f64, CudaError> {
         match self.never {}
     }
