@@ -6,6 +6,7 @@
 use crate::data::Batch;
 use crate::model::config::SpecialTokens;
 use crate::rng::{Purpose, Stream};
+use rayon::prelude::*;
 
 /// Which positions the generator must fill, and its input.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,7 +35,9 @@ pub struct MaskKeys {
     pub first_sequence: u64,
 }
 
-/// Chooses and masks positions for one batch, deterministically in its keys.
+/// Chooses and masks positions for one batch, deterministically in its keys. Each sequence draws
+/// from indices of its own, so the sequences are masked in parallel and their positions joined
+/// in order: the result is the one a sequence-by-sequence loop gives.
 pub fn mask_batch(
     batch: &Batch,
     special: &SpecialTokens,
@@ -42,43 +45,66 @@ pub fn mask_batch(
     keys: MaskKeys,
     out: &mut Masking,
 ) {
-    let max_pred = max_predictions(batch.seq, mask_prob);
     let stream = Stream::new(keys.seed, Purpose::Mask, keys.step);
-    out.positions.clear();
     out.masked_ids.clear();
     out.masked_ids.extend_from_slice(&batch.input_ids);
-    let mut candidates = Vec::with_capacity(batch.seq);
-    for b in 0..batch.batch {
-        let row = b * batch.seq..(b + 1) * batch.seq;
-        let ids = &batch.input_ids[row.clone()];
-        let real = &batch.attention_mask[row.clone()];
-        let n_real = real.iter().filter(|&&m| m != 0).count();
-        candidates.clear();
-        candidates.extend((0..batch.seq).filter(|&t| {
-            real[t] != 0 && ![special.cls, special.sep, special.mask].contains(&ids[t])
-        }));
-        let k = ((n_real as f64 * mask_prob).round() as usize)
-            .min(max_pred)
-            .max(1)
-            .min(candidates.len());
-        // A partial Fisher–Yates shuffle picks k distinct candidates.
-        let draws = ((keys.first_sequence as usize + b) * 2 * batch.seq) as u32;
-        for i in 0..k {
-            let u = stream.uniform(draws + i as u32);
-            let j =
-                i + ((u * (candidates.len() - i) as f32) as usize).min(candidates.len() - i - 1);
-            candidates.swap(i, j);
-        }
-        let chosen = &mut candidates[..k];
-        chosen.sort_unstable();
-        for &t in chosen.iter() {
-            let flat = row.start + t;
-            out.positions.push(flat as u32);
-            if stream.uniform(draws + (batch.seq + t) as u32) < 0.85 {
-                out.masked_ids[flat] = special.mask;
-            }
-        }
+    let seq = batch.seq.max(1);
+    let chosen: Vec<Vec<u32>> = out
+        .masked_ids
+        .par_chunks_mut(seq)
+        .zip(batch.attention_mask.par_chunks(seq))
+        .enumerate()
+        .with_min_len(8)
+        .map(|(b, (row, real))| {
+            let sequence = keys.first_sequence as usize + b;
+            mask_sequence(row, real, (b * seq, sequence), special, mask_prob, &stream)
+        })
+        .collect();
+    out.positions.clear();
+    out.positions.extend(chosen.into_iter().flatten());
+}
+
+/// Masks one sequence in place: `ids` (its original tokens on entry) and `real` are its rows of
+/// the batch, which starts at flat index `start`, and `sequence` is its place in the step's
+/// global batch, which keys its draws. Returns the flat indices of its chosen positions, in
+/// increasing order.
+fn mask_sequence(
+    ids: &mut [u32],
+    real: &[u32],
+    (start, sequence): (usize, usize),
+    special: &SpecialTokens,
+    mask_prob: f64,
+    stream: &Stream,
+) -> Vec<u32> {
+    let seq = ids.len();
+    let n_real = real.iter().filter(|&&m| m != 0).count();
+    // `get`: a batch whose arrays disagree in length is refused after masking, not here.
+    let is_real = |t: usize| real.get(t).is_some_and(|&m| m != 0);
+    let mut candidates: Vec<usize> = (0..seq)
+        .filter(|&t| is_real(t) && ![special.cls, special.sep, special.mask].contains(&ids[t]))
+        .collect();
+    let k = ((n_real as f64 * mask_prob).round() as usize)
+        .min(max_predictions(seq, mask_prob))
+        .max(1)
+        .min(candidates.len());
+    // A partial Fisher–Yates shuffle picks k distinct candidates.
+    let draws = (sequence * 2 * seq) as u32;
+    for i in 0..k {
+        let u = stream.uniform(draws + i as u32);
+        let j = i + ((u * (candidates.len() - i) as f32) as usize).min(candidates.len() - i - 1);
+        candidates.swap(i, j);
     }
+    let chosen = &mut candidates[..k];
+    chosen.sort_unstable();
+    chosen
+        .iter()
+        .map(|&t| {
+            if stream.uniform(draws + (seq + t) as u32) < 0.85 {
+                ids[t] = special.mask;
+            }
+            (start + t) as u32
+        })
+        .collect()
 }
 
 #[cfg(test)]
