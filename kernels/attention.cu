@@ -208,10 +208,11 @@ __device__ __forceinline__ void draw_keep_bits(const DropoutSite& drop, int b, i
             if (k < T && qa < T) pair_words(drop, (base + qa) * T + k, a0, a1);
             if (k < T && qb < T) pair_words(drop, (base + qb) * T + k, b0, b1);
         }
-        if (k >= T) continue;
         const int bit = 8 * (j & 3) + 2 * t;
-        if (qa < T) kw[j >> 2] |= keep_bit(drop, a0) << bit | keep_bit(drop, a1) << (bit + 1);
-        if (qb < T) kw[2 + (j >> 2)] |= keep_bit(drop, b0) << bit | keep_bit(drop, b1) << (bit + 1);
+        const uint32_t a = keep_bit(drop, a0) << bit | keep_bit(drop, a1) << (bit + 1);
+        const uint32_t b = keep_bit(drop, b0) << bit | keep_bit(drop, b1) << (bit + 1);
+        kw[j >> 2] |= k < T && qa < T ? a : 0u;
+        kw[2 + (j >> 2)] |= k < T && qb < T ? b : 0u;
     }
 }
 
@@ -226,23 +227,23 @@ __device__ __forceinline__ void quad_or(uint32_t kw[4]) {
 
 // Multiplies this lane's elements of the C tiles p[8][4] (see draw_keep_bits) by 1/(1 - p) where
 // the quad's words kw keep them and by 0 where they drop them, as the CPU's mask does. Keys and
-// queries past the sequence are left alone (their P is 0 or never stored).
+// queries past the sequence are left alone (multiplied by 1, exactly: their P is 0 or never
+// stored), by selects rather than branches.
 __device__ __forceinline__ void apply_keep_bits(float p[8][4], const uint32_t kw[4], float scale,
                                                 int T, int qa, int k0, int t) {
-    const int qb = qa + 8;
+    const bool a_in = qa < T, b_in = qa + 8 < T;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-        if (k0 + 8 * j + 2 * t >= T) continue;
+        const bool k_in = k0 + 8 * j + 2 * t < T;
         const int bit = 8 * (j & 3) + 2 * t;
         const uint32_t wa = kw[j >> 2], wb = kw[2 + (j >> 2)];
-        if (qa < T) {
-            p[j][0] *= (wa >> bit & 1u) ? scale : 0.f;
-            p[j][1] *= (wa >> (bit + 1) & 1u) ? scale : 0.f;
-        }
-        if (qb < T) {
-            p[j][2] *= (wb >> bit & 1u) ? scale : 0.f;
-            p[j][3] *= (wb >> (bit + 1) & 1u) ? scale : 0.f;
-        }
+        const auto factor = [&](bool in, uint32_t w, int b) {
+            return in && k_in ? ((w >> b & 1u) ? scale : 0.f) : 1.f;
+        };
+        p[j][0] *= factor(a_in, wa, bit);
+        p[j][1] *= factor(a_in, wa, bit + 1);
+        p[j][2] *= factor(b_in, wb, bit);
+        p[j][3] *= factor(b_in, wb, bit + 1);
     }
 }
 
@@ -465,6 +466,9 @@ __device__ __forceinline__ void attention_bwd_dq_body(
             const int k = k0 + threadIdx.x;
             kbias[threadIdx.x] = k < T && (!any || mask[k] != 0) ? 0.f : -INFINITY;
         }
+        // The tile's keep bits, loaded now so that they arrive while the tiles do.
+        uint32_t kw[4];
+        if (drop.p > 0.f) load_keep_words(keep_bits, stat, T, qa, k0, kw);
         cp_async_wait_all();
         __syncthreads();
 
@@ -476,11 +480,7 @@ __device__ __forceinline__ void attention_bwd_dq_body(
         mma_a_bt<D, LDS>(dp, dof, Vs, lane);
         // With dropout, the gradient reaching P is dP o mask / (1 - p); delta = rowsum(dO * O)
         // is unchanged (O already holds the dropped probabilities).
-        if (drop.p > 0.f) {
-            uint32_t kw[4];
-            load_keep_words(keep_bits, stat, T, qa, k0, kw);
-            apply_keep_bits(dp, kw, drop.keep, T, qa, k0, t);
-        }
+        if (drop.p > 0.f) apply_keep_bits(dp, kw, drop.keep, T, qa, k0, t);
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             const float kb0 = kbias[8 * j + 2 * t], kb1 = kbias[8 * j + 2 * t + 1];
