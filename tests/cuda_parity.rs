@@ -653,9 +653,12 @@ fn attention_long_sequences() {
 
 #[test]
 fn attention_with_dropout() {
-    // Lengths that are not multiples of four draw each mask word alone; those that are (36, and
-    // ELECTRA-Small's 128 with heads of 64) share each Philox call between two lanes.
+    // Lengths that are not multiples of four draw each mask word alone; those that are (20, 36,
+    // and ELECTRA-Small's 128 with heads of 64) share each Philox call between two lanes. The
+    // forward keeps the mask as ceil(T / 32) words a query row: one (20), the second word of a
+    // key tile partly (37) or wholly (70) past the row.
     let Some(mut lab) = Lab::small() else { return };
+    attention_case(&mut lab, 3, 20, 2, 32, true);
     attention_case(&mut lab, 2, 37, 3, 32, true);
     attention_case(&mut lab, 2, 70, 2, 64, true);
     attention_case(&mut lab, 3, 36, 2, 16, true);
