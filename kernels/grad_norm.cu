@@ -3,7 +3,8 @@
 // Fuses the sum of squares over the whole flat gradient buffer (every unique tensor of both
 // networks once), the square root and the clipping decision into one launch: each block sums a
 // fixed contiguous slice (f64, like the CPU's per-block f64 sums), writes one f64 partial, and the
-// last block to finish adds the partials in block order and writes
+// last block to finish adds the partials (its first warp, lane l taking partials l, l + 32, ...
+// with all of its loads in flight, then the warp's fixed shuffle tree) and writes
 //   out[0] = norm = sqrt(sum g^2)             (f32, as the CPU's global_norm returns it)
 //   out[1] = clip = max_norm / norm if norm > max_norm, else 1   (the trainer's rule, in f32);
 //            NaN when the norm is not finite, which makes adamw skip the update
@@ -47,14 +48,17 @@ grad_norm(const float* __restrict__ g, unsigned long long n, double* __restrict_
         partials[blockIdx.x] = t;
     }
     if (last_block_arrives(counter, gridDim.x)) {
-        if (threadIdx.x == 0) {
+        if (warp == 0) {
             double t = 0.0;
-            for (int b = 0; b < (int)gridDim.x; ++b) t += __ldcg(partials + b);
-            const float norm = (float)sqrt(t);
-            out[0] = norm;
-            // NaN marks a non-finite norm: adamw then leaves every weight and moment as it was.
-            out[1] = !isfinite(norm) ? __int_as_float(0x7fc00000)
-                     : norm > max_norm ? max_norm / norm : 1.0f;
+            for (int b = lane; b < (int)gridDim.x; b += 32) t += __ldcg(partials + b);
+            t = warp_sum_f64(t);
+            if (lane == 0) {
+                const float norm = (float)sqrt(t);
+                out[0] = norm;
+                // NaN marks a non-finite norm: adamw then leaves every weight and moment as it was.
+                out[1] = !isfinite(norm) ? __int_as_float(0x7fc00000)
+                         : norm > max_norm ? max_norm / norm : 1.0f;
+            }
         }
         reset_counter(counter);
     }
