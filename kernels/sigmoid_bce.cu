@@ -7,7 +7,8 @@
 // then, with the row still in registers, the projection's backward: dh = dlogit * w (bf16, the
 // gradient flowing into the head's dense+GELU), dw += sum_tokens dlogit * h and db += sum dlogit,
 // reduced deterministically (per-lane sums over the warp's tokens, warps in order through shared
-// memory, one partial row per block, the last block adds them in block order). The H -> 1
+// memory, one partial row [dw | db] per block, which sum_partial_rows in partial_sums.cu then adds
+// into dw and db). The H -> 1
 // product would waste a whole matrix-product launch (and a [tokens] round trip through memory) on
 // a matrix with one column.
 //
@@ -29,15 +30,15 @@ __device__ __forceinline__ void bce_point(float x, float y, float scale, float* 
 
 // `logits` (nullable) receives the logits, for metrics. `accumulate`: 0 overwrites dh, 1 adds.
 // Launch: BCE_THREADS (256) threads, any grid (e.g. min(ceil(tokens / 8), 2 * SMs)); scratch
-// `partials` gridDim.x * (H + 1) floats, `counter` one u32 zero before the first launch (left at
-// zero). The dw/db sums depend only on the grid size.
+// `partials` gridDim.x * (H + 1) floats, row b the block's [dw | db] sums. The dw/db sums depend
+// only on the grid size.
 template <int CH>
 __device__ __forceinline__ void bce_head_body(
     const bf16* __restrict__ h, const float* __restrict__ w, const float* __restrict__ b,
     const float* __restrict__ labels, const unsigned* __restrict__ mask, float* __restrict__ logits,
-    float* __restrict__ row_loss, bf16* __restrict__ dh, float* __restrict__ dw,
-    float* __restrict__ db, float* __restrict__ partials, unsigned* counter, float grad_scale,
-    int tokens, int hidden, int accumulate, const float* __restrict__ dev_scale) {
+    float* __restrict__ row_loss, bf16* __restrict__ dh, float* __restrict__ partials,
+    float grad_scale, int tokens, int hidden, int accumulate,
+    const float* __restrict__ dev_scale) {
     __shared__ float acc[CH * 256 + 1];
     if (dev_scale) grad_scale *= *dev_scale;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -114,16 +115,6 @@ __device__ __forceinline__ void bce_head_body(
     }
     float* mine = partials + (size_t)blockIdx.x * (hidden + 1);
     for (int col = threadIdx.x; col <= hidden; col += blockDim.x) mine[col] = acc[col];
-    if (last_block_arrives(counter, gridDim.x)) {
-        for (int col = threadIdx.x; col <= hidden; col += blockDim.x) {
-            float s = 0.f;
-#pragma unroll 8
-            for (int p = 0; p < (int)gridDim.x; ++p) s += __ldcg(partials + (size_t)p * (hidden + 1) + col);
-            if (col < hidden) dw[col] += s;
-            else *db += s;
-        }
-        reset_counter(counter);
-    }
 }
 
 #define BCE_HEAD(NAME, CH)                                                                         \
@@ -131,11 +122,10 @@ __device__ __forceinline__ void bce_head_body(
         NAME(const bf16* __restrict__ h, const float* __restrict__ w, const float* __restrict__ b,  \
              const float* __restrict__ labels, const unsigned* __restrict__ mask,                  \
              float* __restrict__ logits, float* __restrict__ row_loss, bf16* __restrict__ dh,      \
-             float* __restrict__ dw, float* __restrict__ db, float* __restrict__ partials,         \
-             unsigned* counter, float grad_scale, int tokens, int hidden, int accumulate,          \
-             const float* __restrict__ dev_scale) {                                                \
-        bce_head_body<CH>(h, w, b, labels, mask, logits, row_loss, dh, dw, db, partials, counter,  \
-                          grad_scale, tokens, hidden, accumulate, dev_scale);                      \
+             float* __restrict__ partials, float grad_scale, int tokens, int hidden,               \
+             int accumulate, const float* __restrict__ dev_scale) {                                \
+        bce_head_body<CH>(h, w, b, labels, mask, logits, row_loss, dh, partials, grad_scale,       \
+                          tokens, hidden, accumulate, dev_scale);                                  \
     }
 BCE_HEAD(sigmoid_bce_head_fwd_bwd_w256, 1)
 BCE_HEAD(sigmoid_bce_head_fwd_bwd_w1024, 4)

@@ -598,7 +598,6 @@ pub unsafe extern "C" fn electra_cuda_bce_head(
             dw: dev(dw, "dw", F32, &[hidden], "hidden")?,
             db: dev(db, "db", F32, &[1], "one bias")?,
             partials: 0,
-            counters: 0,
             grad_scale,
             tokens,
             width: hidden,

@@ -5,7 +5,7 @@
 //!
 //! # Streams and scratch
 //! Each call enqueues its work on the caller's stream and returns without synchronising. The
-//! handle's scratch (the reductions' partial sums and counters, attention's `delta`, the GELU
+//! handle's scratch (the reductions' partial sums, attention's `delta`, the GELU
 //! gradient, the dropout seed, cuBLASLt's workspace) is reused by every call, so the calls through
 //! one handle must be ordered: one stream, or streams the caller orders with events. A call that
 //! needs more scratch than the handle has waits for the device's queued work before replacing it
@@ -29,10 +29,7 @@ use super::layernorm::{layernorm_bwd, layernorm_bwd_scratch, layernorm_fwd};
 use super::linear::{bias_grad_scratch, linear_bwd, linear_fwd};
 use super::losses::{bce_head, bce_head_scratch, softmax_xent};
 use super::step::{STEP_BYTES, STEP_DROPOUT_SEED};
-use super::{
-    blas_workspace_bytes, driver_err, open_device, partials_bytes, CudaError, OpenDevice,
-    COUNTERS_BYTES,
-};
+use super::{blas_workspace_bytes, driver_err, open_device, partials_bytes, CudaError, OpenDevice};
 
 /// A device allocation of the handle's own, zeroed when made, freed (synchronously) on drop.
 struct RawBuf {
@@ -71,7 +68,6 @@ struct Owned {
     /// The step memory (`StepValues`): the dropout seed of the current call, zero elsewhere.
     step: RawBuf,
     partials: RawBuf,
-    counters: RawBuf,
     /// Attention backward's f32 `delta [batch, heads, seq]`.
     delta: RawBuf,
     /// Linear backward's bf16 gradient at the GELU's input, `[rows, out]`.
@@ -131,7 +127,6 @@ pub(crate) type RawStream = *mut c_void;
 #[derive(Clone, Copy)]
 enum Slot {
     Partials,
-    Counters,
     Delta,
     Dpre,
 }
@@ -160,7 +155,6 @@ impl DeviceOps {
             _workspace: workspace,
             step: RawBuf::zeroed(STEP_BYTES)?,
             partials: RawBuf::zeroed(partials_bytes(sms))?,
-            counters: RawBuf::zeroed(COUNTERS_BYTES)?,
             delta: RawBuf::zeroed(0)?,
             dpre: RawBuf::zeroed(0)?,
         });
@@ -188,7 +182,6 @@ impl DeviceOps {
         let o = self.owned();
         let buf = match slot {
             Slot::Partials => &mut o.partials,
-            Slot::Counters => &mut o.counters,
             Slot::Delta => &mut o.delta,
             Slot::Dpre => &mut o.dpre,
         };
@@ -345,7 +338,7 @@ impl DeviceOps {
         self.with(stream, |l, _| softmax_xent(l, &a))
     }
 
-    /// The BCE head on the caller's addresses; the partials and counters are the handle's.
+    /// The BCE head on the caller's addresses; the partials are the handle's.
     ///
     /// # Safety
     /// As for [`attention_fwd`](Self::attention_fwd).
@@ -359,7 +352,6 @@ impl DeviceOps {
             Slot::Partials,
             bce_head_scratch(self.sms, a.tokens, a.width),
         )?;
-        a.counters = self.grow(Slot::Counters, COUNTERS_BYTES)?;
         self.with(stream, |l, _| bce_head(l, &a))
     }
 }

@@ -235,7 +235,7 @@ pub struct SoftmaxXentArgs {
 
 /// `sigmoid_bce_head_fwd_bwd_w*`: bf16 `h [tokens, width]`, f32 `w [width]`, `b [1]`,
 /// `labels [tokens]`, u32 `mask [tokens]`; writes f32 `logits`, `row_loss [tokens]` and
-/// accumulates `dh` (bf16), `dw`, `db` (f32). `partials`, `counters`: the reduction's scratch.
+/// accumulates `dh` (bf16), `dw`, `db` (f32). `partials`: the reduction's scratch.
 #[derive(Clone, Copy, Debug)]
 pub struct BceHeadArgs {
     pub h: u64,
@@ -249,7 +249,6 @@ pub struct BceHeadArgs {
     pub dw: u64,
     pub db: u64,
     pub partials: u64,
-    pub counters: u64,
     pub grad_scale: f32,
     pub tokens: usize,
     pub width: usize,

@@ -6,6 +6,7 @@
 use super::kernels::{Arg, Launcher};
 use super::launch_args::{BceHeadArgs, SoftmaxXentArgs};
 use super::memory::Dtype;
+use super::partial_sums::{sum_partial_rows, PartialRows};
 use super::{int, try_width_kernel, CudaBackend, CudaError};
 use crate::backend::{BceHeadOp, Pick, ReplaceTokensOp, SoftmaxXentOp};
 
@@ -121,7 +122,6 @@ impl CudaBackend {
             dw: self.output(w.grad(), Dtype::F32, true),
             db: self.output(b.grad(), Dtype::F32, true),
             partials: self.scratch.partials.ptr,
-            counters: self.scratch.counters.ptr,
             grad_scale,
             tokens,
             width,
@@ -180,7 +180,7 @@ pub(super) fn bce_head_scratch(sms: usize, tokens: usize, width: usize) -> usize
 ///
 /// # Safety
 /// The addresses hold the tensors [`BceHeadArgs`] describes; `partials` holds
-/// [`bce_head_scratch`] bytes and `counters` (zero) one counter.
+/// [`bce_head_scratch`] bytes.
 pub(super) unsafe fn bce_head(l: &Launcher, a: &BceHeadArgs) -> Result<(), CudaError> {
     let k = try_width_kernel(
         l.kernels.sigmoid_bce_head_fwd_bwd_w256,
@@ -201,15 +201,24 @@ pub(super) unsafe fn bce_head(l: &Launcher, a: &BceHeadArgs) -> Result<(), CudaE
         Arg::Ptr(a.logits),
         Arg::Ptr(a.row_loss),
         Arg::Ptr(a.dh),
-        Arg::Ptr(a.dw),
-        Arg::Ptr(a.db),
         Arg::Ptr(a.partials),
-        Arg::Ptr(a.counters),
         Arg::F32(a.grad_scale),
         Arg::I32(tokens),
         Arg::I32(width),
         Arg::I32(1),
         Arg::Ptr(0),
     ];
-    l.run(k, (bce_grid(l.sms, a.tokens), 1, 1), BCE_THREADS, &args)
+    let grid = bce_grid(l.sms, a.tokens);
+    l.run(k, (grid, 1, 1), BCE_THREADS, &args)?;
+    // Each block's row [dw | db] of partial sums, added into dw and db.
+    let rows = PartialRows {
+        partials: a.partials,
+        parts: grid,
+        ld: a.width + 1,
+        cols: a.width + 1,
+        split: a.width,
+        out_a: a.dw,
+        out_b: a.db,
+    };
+    sum_partial_rows(l, &rows)
 }

@@ -8,9 +8,10 @@
 //! f32 parameters, gradients and Adam moments plus a bf16 copy of the parameters for the products;
 //! activations and their gradients in 4-byte slots holding bf16 (most activations) or f32
 //! (statistics, losses, labels, the one-column logits), the type recorded per buffer by the
-//! operation that wrote it; u32 integers. Everything a kernel needs besides (reduction partials
-//! and counters, the embedding sort's keys, cuBLASLt's workspace) is allocated by `reserve` too,
-//! so steps after the first allocate nothing ([`CudaBackend::allocations`] counts).
+//! operation that wrote it; u32 integers. Everything a kernel needs besides (reduction partials,
+//! `grad_norm`'s counter, the embedding sort's keys, cuBLASLt's workspace) is allocated by
+//! `reserve` too, so steps after the first allocate nothing ([`CudaBackend::allocations`]
+//! counts).
 //!
 //! # Operations
 //! Each family of kernels has its launchers beside it, one file each, as the CPU reference has one
@@ -27,13 +28,13 @@
 //! | `linear_fwd`         | cuBLASLt `y = x·wᵀ` with the bias epilogue (bf16 bias from the parameter copy); with GELU, cuBLASLt into `pre`, then `bias_gelu_fwd` (f32 bias, exact erf GELU: cuBLASLt's GELU epilogues use the tanh form) |
 //! | `linear_bwd`         | `bias_gelu_bwd` (dpre and dbias's partial sums) or `bias_bwd` (the partial sums) + `sum_partial_rows`, cuBLASLt `dx += dy·w` (bf16, β = 1, or β = 0 as `dx`'s first writer) and `dw += dyᵀ·x` (f32, β = 1) |
 //! | `layernorm_fwd/bwd`  | `layernorm_residual_fwd/bwd_w{256,1024}` (with the branch's dropout), the backward + `sum_partial_rows` |
-//! | `attention_fwd`      | `attention_fwd_d{16,32,64}` (saves the log-sum-exp in `probs`) |
+//! | `attention_fwd`      | `attention_fwd_d{16,32,64}` (saves the log-sum-exp in `probs`, and the dropout mask as bits after it) |
 //! | `attention_bwd`      | `attention_bwd_dq_d*` (also writes `delta` to `probs.grad()`), then `attention_bwd_dkdv_d*` |
 //! | `dropout_fwd/bwd`    | `dropout_fwd/bwd` |
 //! | `gather_rows(_bwd)`  | `gather_rows_fwd/bwd` (the rows must be distinct in the backward) |
 //! | `softmax_xent`       | `softmax_xent_fwd_bwd` |
 //! | `replace_tokens`     | `replace_tokens` |
-//! | `bce_head`           | `sigmoid_bce_head_fwd_bwd_w{256,1024}` (the H → 1 projection, the loss and its backward in one pass) |
+//! | `bce_head`           | `sigmoid_bce_head_fwd_bwd_w{256,1024}` (the H → 1 projection, the loss and its backward in one pass) + `sum_partial_rows` |
 //! | `grad_norm`          | `grad_norm` (deterministic, f64), one 4-byte read back |
 //! | `adamw`              | `adamw` (also refreshes the bf16 copy) |
 //!
@@ -127,8 +128,8 @@ use step::STEP_BYTES;
 struct Scratch {
     /// f32 partial sums of the deterministic row reductions (LayerNorm gain/bias, bias grads).
     partials: DeviceBuf,
-    /// u32 counters of the "last block" reductions: zero, and left at zero by every kernel.
-    counters: DeviceBuf,
+    /// The u32 counter of `grad_norm`'s "last block" reduction: zero, and left at zero.
+    counter: DeviceBuf,
     /// `grad_norm`'s f64 partials, then its two f32 results.
     norm: DeviceBuf,
     /// The embedding sort's (key, token) pairs, ping-pong: u32 each.
@@ -247,8 +248,8 @@ fn partials_bytes(sms: usize) -> usize {
     4 * 2 * sms * 2 * MAX_WIDTH
 }
 
-/// The "last block" counters of the reductions (zero, and left at zero by every kernel).
-const COUNTERS_BYTES: usize = 4 * 4096;
+/// The "last block" counter of `grad_norm` (zero, and left at zero).
+const COUNTER_BYTES: usize = 4;
 
 /// An opened device: its (primary) context, compute capability major and multiprocessor count.
 struct OpenDevice {
@@ -339,7 +340,7 @@ impl CudaBackend {
         let blas = Blas::new(workspace.ptr, ws_bytes)?;
         let scratch = Scratch {
             partials: alloc(0)?,
-            counters: alloc(0)?,
+            counter: alloc(0)?,
             norm: alloc(0)?,
             sort: [alloc(0)?, alloc(0)?, alloc(0)?, alloc(0)?],
             tile_hist: alloc(0)?,
@@ -473,7 +474,7 @@ impl CudaBackend {
         let Sizes { acts, ints, .. } = self.sizes;
         let sms = self.sms;
         try_ensure!(self, partials)(partials_bytes(sms))?;
-        try_ensure!(self, counters)(COUNTERS_BYTES)?;
+        try_ensure!(self, counter)(COUNTER_BYTES)?;
         try_ensure!(self, norm)(16 * 2 * sms + 16)?;
         for i in 0..4 {
             try_ensure!(self, sort[i])(4 * ints)?;

@@ -89,7 +89,7 @@ impl CudaBackend {
             Arg::Ptr(self.addr(grads)),
             Arg::U64(grads.len as u64),
             Arg::Ptr(self.scratch.norm.ptr),
-            Arg::Ptr(self.scratch.counters.ptr),
+            Arg::Ptr(self.scratch.counter.ptr),
             Arg::F32(max_norm),
             Arg::Ptr(out),
         ];
