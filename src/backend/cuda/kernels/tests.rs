@@ -1,0 +1,246 @@
+//! Every launch function that needs no device handle, run against the parameter lists the
+//! kernels declare in their PTX (read from the fatbins build.rs made, by cuobjdump), with
+//! [`Kernels::declared`]: a launch whose arguments do not match its kernel in number or size
+//! fails here, without a GPU, instead of on one.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use super::super::attention::{attention_bwd, attention_fwd};
+use super::super::launch_args::{
+    AttentionBwdArgs, AttentionFwdArgs, BceHeadArgs, LayerNormBwdArgs, LayerNormFwdArgs,
+    SoftmaxXentArgs,
+};
+use super::super::layernorm::{layernorm_bwd, layernorm_fwd};
+use super::super::losses::{bce_head, softmax_xent};
+use super::{embedded, Kernels, Launcher};
+use crate::backend::{AttentionDims, Dropout};
+
+/// The byte size of a PTX parameter declaration's type (`.u64`, `.f32`, `.align 8 .b8 x[16]`).
+fn ptx_param_bytes(decl: &str) -> usize {
+    if let Some(open) = decl.find('[') {
+        let close = decl.find(']').expect("a closing bracket");
+        return decl[open + 1..close].parse().expect("an array length");
+    }
+    let ty = decl
+        .split_whitespace()
+        .find(|w| w.len() > 2 && w.starts_with('.') && w != &".param" && w != &".ptr")
+        .expect("a parameter type");
+    match &ty[2..] {
+        "64" => 8,
+        "32" => 4,
+        "16" => 2,
+        "8" => 1,
+        other => panic!("PTX parameter type {ty} ({other} bits?) in `{decl}`"),
+    }
+}
+
+/// Each kernel's parameter sizes, from the PTX of every embedded fatbin.
+fn declared_params() -> HashMap<String, Vec<u8>> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let tools = Command::new("bash")
+        .arg(format!("{root}/scripts/install-sass-tools.sh"))
+        .output()
+        .expect("running scripts/install-sass-tools.sh");
+    assert!(tools.status.success(), "installing cuobjdump failed");
+    let bin = String::from_utf8(tools.stdout).expect("a path");
+    let cuobjdump = Path::new(bin.trim()).join("cuobjdump");
+    let mut params = HashMap::new();
+    for &(stem, _) in embedded::KERNELS {
+        let fatbin = Path::new(env!("OUT_DIR")).join(format!("{stem}.fatbin"));
+        let out = Command::new(&cuobjdump)
+            .arg("-ptx")
+            .arg(&fatbin)
+            .output()
+            .expect("running cuobjdump");
+        assert!(out.status.success(), "cuobjdump -ptx {}", fatbin.display());
+        let ptx = String::from_utf8_lossy(&out.stdout);
+        let mut entry: Option<(String, Vec<u8>)> = None;
+        for line in ptx.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix(".visible .entry ") {
+                let name = rest.trim_end_matches('(').to_string();
+                entry = Some((name, Vec::new()));
+            } else if let Some((_, sizes)) = entry.as_mut().filter(|_| line.starts_with(".param")) {
+                sizes.push(ptx_param_bytes(line) as u8);
+            } else if line.starts_with(')') {
+                if let Some((name, sizes)) = entry.take() {
+                    params.insert(name, sizes);
+                }
+            }
+        }
+    }
+    params
+}
+
+/// A launcher of `kernels` on the null stream of an H200-sized device.
+fn launcher<'a>(kernels: &'a Kernels, last: &'a Cell<&'static str>) -> Launcher<'a> {
+    Launcher {
+        kernels,
+        stream: std::ptr::null_mut(),
+        sms: 132,
+        sync_each_launch: false,
+        last_kernel: last,
+        clock: None,
+    }
+}
+
+/// Distinct 256-byte aligned stand-ins for device addresses (nothing is launched).
+fn addr(i: u64) -> u64 {
+    0x1000_0000 + (i << 20)
+}
+
+#[test]
+fn every_launch_passes_the_arguments_its_kernel_declares() {
+    let declared = declared_params();
+    assert!(
+        declared.len() >= 40,
+        "read {} kernels' parameters from the PTX",
+        declared.len()
+    );
+    let kernels = Kernels::declared(|name| {
+        declared
+            .get(name)
+            .unwrap_or_else(|| panic!("kernel {name} is not in the PTX"))
+            .clone()
+    });
+    let last = Cell::new("(none)");
+    let l = launcher(&kernels, &last);
+    let dropouts = [None, Some(Dropout { p: 0.1, site: 3 })];
+    // SAFETY: the table has no functions, so every launch stops after its checks and no address
+    // is read.
+    unsafe {
+        for (head_dim, dropout) in [16, 32, 64]
+            .into_iter()
+            .flat_map(|d| dropouts.map(|p| (d, p)))
+        {
+            let dims = AttentionDims {
+                batch: 2,
+                seq: 37,
+                heads: 2,
+                head_dim,
+            };
+            let keep_bits = if dropout.is_some() { addr(4) } else { 0 };
+            let fwd = AttentionFwdArgs {
+                qkv: addr(0),
+                key_mask: addr(1),
+                ctx: addr(2),
+                lse: addr(3),
+                keep_bits,
+                dims,
+                dropout,
+                step: addr(5),
+            };
+            attention_fwd(&l, &fwd).unwrap();
+            let bwd = AttentionBwdArgs {
+                qkv: addr(0),
+                key_mask: addr(1),
+                ctx: addr(2),
+                dctx: addr(6),
+                lse: addr(3),
+                keep_bits,
+                delta: addr(7),
+                dqkv: addr(8),
+                dims,
+                dropout,
+                step: addr(5),
+                overwrite_dqkv: false,
+            };
+            attention_bwd(&l, &bwd).unwrap();
+        }
+        for (width, dropout) in [256, 1024]
+            .into_iter()
+            .flat_map(|w| dropouts.map(|p| (w, p)))
+        {
+            let fwd = LayerNormFwdArgs {
+                x: addr(0),
+                residual: addr(1),
+                gain: addr(2),
+                bias: addr(3),
+                y: addr(4),
+                xhat: addr(5),
+                rstd: addr(6),
+                rows: 100,
+                width,
+                eps: 1e-12,
+                dropout,
+                per_sequence: 10 * width as u64,
+                step: addr(7),
+            };
+            layernorm_fwd(&l, &fwd).unwrap();
+            let bwd = LayerNormBwdArgs {
+                dy: addr(8),
+                xhat: addr(5),
+                rstd: addr(6),
+                gain: addr(2),
+                dx: addr(9),
+                dresidual: addr(10),
+                dgain: addr(11),
+                dbias: addr(12),
+                partials: addr(13),
+                rows: 100,
+                width,
+                overwrite_dx: true,
+                overwrite_dresidual: false,
+                dropout,
+                per_sequence: 10 * width as u64,
+                step: addr(7),
+            };
+            layernorm_bwd(&l, &bwd).unwrap();
+            let head = BceHeadArgs {
+                h: addr(0),
+                w: addr(1),
+                b: addr(2),
+                labels: addr(3),
+                mask: addr(4),
+                logits: addr(5),
+                row_loss: addr(6),
+                dh: addr(7),
+                dw: addr(8),
+                db: addr(9),
+                partials: addr(10),
+                grad_scale: 0.5,
+                tokens: 100,
+                width,
+            };
+            bce_head(&l, &head).unwrap();
+        }
+        let loss = SoftmaxXentArgs {
+            logits: addr(0),
+            dlogits: addr(1),
+            ld: 30_528,
+            targets: addr(2),
+            row_loss: addr(3),
+            grad_scale: 0.1,
+            pick_mode: 2,
+            picks: addr(4),
+            rows: 19,
+            vocab: 30_522,
+            step: addr(5),
+        };
+        softmax_xent(&l, &loss).unwrap();
+    }
+}
+
+#[test]
+fn a_launch_with_an_argument_missing_is_refused_before_it_runs() {
+    let kernels = Kernels::declared(|_| vec![8, 4]);
+    let last = Cell::new("(none)");
+    let l = launcher(&kernels, &last);
+    // SAFETY: as above: nothing is launched.
+    let e = unsafe {
+        l.run(
+            kernels.grad_norm,
+            (1, 1, 1),
+            32,
+            &[super::Arg::Ptr(addr(0))],
+        )
+    }
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("arguments of sizes [8] passed to parameters of sizes [8, 4]"),
+        "{e}"
+    );
+}
