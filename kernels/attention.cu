@@ -257,17 +257,22 @@ __device__ __forceinline__ void store_keep_words(unsigned* __restrict__ keep_bit
     if (row < T && word < W) keep_bits[(stat + row) * W + word] = mine;
 }
 
-// The backward's read of the words that store_keep_words wrote for rows qa and qa + 8 of the
-// key tile at k0 (0 where they lie outside the tensor).
+// The backward's read of the words that store_keep_words wrote for query row q and the key tile
+// at k0: words k0 / 32 and k0 / 32 + 1 of the row (0 where they lie outside the tensor).
+__device__ __forceinline__ void load_keep_pair(const unsigned* __restrict__ keep_bits, size_t stat,
+                                               int T, int q, int k0, uint32_t& w0, uint32_t& w1) {
+    const int W = keep_words(T), word = k0 >> 5;
+    const unsigned* row = keep_bits + (stat + q) * W + word;
+    w0 = q < T ? row[0] : 0u;
+    w1 = q < T && word + 1 < W ? row[1] : 0u;
+}
+
+// dq's words: those of rows qa (kw[0], kw[1]) and qa + 8 (kw[2], kw[3]), as draw_keep_bits
+// leaves them after quad_or.
 __device__ __forceinline__ void load_keep_words(const unsigned* __restrict__ keep_bits,
                                                 size_t stat, int T, int qa, int k0, uint32_t kw[4]) {
-    const int W = keep_words(T), word = k0 >> 5, qb = qa + 8;
-    const unsigned* ra = keep_bits + (stat + qa) * W + word;
-    const unsigned* rb = keep_bits + (stat + qb) * W + word;
-    kw[0] = qa < T ? ra[0] : 0u;
-    kw[1] = qa < T && word + 1 < W ? ra[1] : 0u;
-    kw[2] = qb < T ? rb[0] : 0u;
-    kw[3] = qb < T && word + 1 < W ? rb[1] : 0u;
+    load_keep_pair(keep_bits, stat, T, qa, k0, kw[0], kw[1]);
+    load_keep_pair(keep_bits, stat, T, qa + 8, k0, kw[2], kw[3]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -557,12 +562,8 @@ __device__ __forceinline__ void attention_bwd_dkdv_body(
             const int q = q0 + threadIdx.x;
             lse2s[threadIdx.x] = q < T ? lse[stat + q] * LOG2E : INFINITY;  // P = 0 past the end
             deltas[threadIdx.x] = q < T ? delta[stat + q] : 0.f;
-            if (drop.p > 0.f) {
-                const int W = keep_words(T), word = k0 >> 5;
-                const unsigned* row = keep_bits + (stat + q) * W + word;
-                keeps[0][threadIdx.x] = q < T ? row[0] : 0u;
-                keeps[1][threadIdx.x] = q < T && word + 1 < W ? row[1] : 0u;
-            }
+            if (drop.p > 0.f)
+                load_keep_pair(keep_bits, stat, T, q, k0, keeps[0][threadIdx.x], keeps[1][threadIdx.x]);
         }
         cp_async_wait_all();
         __syncthreads();
