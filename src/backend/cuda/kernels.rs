@@ -38,8 +38,9 @@ pub struct Kernel {
     pub f: sys::CUfunction,
     pub name: &'static str,
     /// The byte size of each parameter as the driver reports it (None where the driver cannot
-    /// say): every launch checks its arguments against it, since a wrong count or size would
-    /// otherwise be read as garbage without any error.
+    /// say), or as the PTX declares it in the host tests' table: every launch checks its
+    /// arguments against it, since a wrong count or size would otherwise be read as garbage
+    /// without any error.
     params: Option<([u8; MAX_ARGS], usize)>,
 }
 
