@@ -57,6 +57,8 @@ fn a_sweep_writes_one_complete_record_per_configuration() {
         assert!(total <= f("profiled_step_s") * 1e3 * 1.01, "{r}");
         // The CPU has no kernels to time: its operations are all in the table above.
         assert_eq!(r["kernels"].as_array().map(Vec::len), Some(0), "{r}");
+        // Nor algorithms chosen by timing: the CPU's products have one way to run.
+        assert_eq!(r["gemm_tuning"].as_array().map(Vec::len), Some(0), "{r}");
     }
     // Twice the sequences, twice the model FLOPs (the masked count scales with them too).
     let flops = |i: usize| records[i]["model_flops_per_step"].as_f64().unwrap();

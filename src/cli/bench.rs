@@ -3,7 +3,8 @@
 //! per fused operation and, on a GPU, of device time per kernel; over a grid of batch sizes and
 //! sequence lengths (a sweep), with one machine-readable record per configuration for `--json`.
 
-use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend, Device, Profiled};
+use crate::backend::cuda::{CudaBackend, GemmTuning};
+use crate::backend::{cpu::CpuBackend, Backend, Device, Profiled};
 use crate::data::Batch;
 use crate::model::config::{ElectraConfig, EncoderConfig};
 use crate::model::Model;
@@ -115,6 +116,12 @@ trait Benched: Backend {
     fn kernel_times(&mut self) -> BenchResult<Vec<(String, u64, f64)>> {
         Ok(Vec::new())
     }
+
+    /// What timing the candidate algorithms of each matrix-product shape found, where the
+    /// backend chooses its algorithms by timing (the CUDA backend with `ELECTRA_GEMM_TUNE=1`).
+    fn gemm_tunings(&mut self) -> Vec<GemmTuning> {
+        Vec::new()
+    }
 }
 
 impl Benched for CpuBackend {
@@ -145,6 +152,10 @@ impl Benched for CudaBackend {
 
     fn kernel_times(&mut self) -> BenchResult<Vec<(String, u64, f64)>> {
         Ok(CudaBackend::kernel_times(self)?)
+    }
+
+    fn gemm_tunings(&mut self) -> Vec<GemmTuning> {
+        CudaBackend::gemm_tunings(self)
     }
 }
 
@@ -233,6 +244,7 @@ fn bench_one<B: Benched>(
     let batch = Batch::random(batch_size, seq, config.vocab_size, 1, &special);
     trainer.backend.set_enabled(false);
     trainer.backend.reset();
+    let tuned_before = trainer.backend.inner_mut().gemm_tunings().len();
     let mut masked = 0;
     for _ in 0..2 {
         masked = trainer.train_step(&batch)?.loss.masked;
@@ -307,6 +319,30 @@ fn bench_one<B: Benched>(
         );
         kernels.push(json!({"kernel": name, "launches": launches, "ms": ms}));
     }
+    let mut tunings = vec![];
+    let new_tunings = trainer
+        .backend
+        .inner_mut()
+        .gemm_tunings()
+        .split_off(tuned_before);
+    if !new_tunings.is_empty() {
+        println!("\nmatrix products, cuBLASLt's candidates timed on each shape's first run:");
+        println!(
+            "{:<56} {:>5} {:>6} {:>9} {:>9}",
+            "product", "cands", "chosen", "first µs", "chosen µs"
+        );
+    }
+    for t in new_tunings {
+        let (first_us, chosen_us) = (t.first_s * 1e6, t.chosen_s * 1e6);
+        println!(
+            "{:<56} {:>5} {:>6} {first_us:>9.1} {chosen_us:>9.1}",
+            t.label, t.candidates, t.chosen
+        );
+        tunings.push(json!({
+            "product": t.label, "candidates": t.candidates, "chosen": t.chosen,
+            "first_us": first_us, "chosen_us": chosen_us,
+        }));
+    }
     let sizes = trainer.backend.sizes();
     // Seven f32 spaces (parameters, gradients, two moments, their sum; activations and their
     // gradients) and the integers, as the backend reserved them.
@@ -326,6 +362,7 @@ fn bench_one<B: Benched>(
         "masked_per_step": masked,
         "reserved_bytes": reserved, "peak_resident_bytes": peak_resident_bytes(),
         "profiled_step_s": profiled, "ops": ops, "kernels": kernels,
+        "gemm_tuning": tunings,
     }))
 }
 

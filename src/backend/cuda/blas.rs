@@ -3,6 +3,11 @@
 //! per shape (and per operand alignment) and cached, so a step after the first only sets the bias
 //! pointer and calls `cublasLtMatmul`.
 //!
+//! The algorithm is the heuristic's first choice, unless the backend tunes (`ELECTRA_GEMM_TUNE=1`):
+//! then a product's first call times up to [`CANDIDATES`] of the heuristic's algorithms on its own
+//! operands and keeps the fastest. Timing decides, so two tuned processes may choose differently
+//! and their results differ in the last bits; untuned, every process makes the same choice.
+//!
 //! cuBLASLt is column-major. A row-major `[r, c]` matrix is a column-major `c × r` one with the
 //! same leading dimension, so the backend states its row-major products transposed (see
 //! `linear.rs`).
@@ -19,7 +24,12 @@ use half::bf16;
 
 use super::kernels::Launcher;
 use super::memory::Dtype;
-use super::{driver_err, CudaBackend, CudaError};
+use super::{driver_err, CudaBackend, CudaError, GemmTuning};
+
+/// How many of the heuristic's algorithms a tuned product times.
+const CANDIDATES: usize = 8;
+/// Products timed per candidate, after one untimed run.
+const TIMED_RUNS: usize = 5;
 
 /// `D[m × n] = op(A)·op(B) (+ bias) + beta·D`, all column-major, A and B bf16, D f32 or bf16.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,6 +89,10 @@ pub struct Blas {
     workspace: u64,
     workspace_bytes: usize,
     plans: HashMap<PlanKey, Plan>,
+    /// Time the heuristic's candidates when a product is planned (see the module's comment).
+    tune: bool,
+    /// What each tuned plan's timing found, in the order the plans were made.
+    tunings: Vec<GemmTuning>,
 }
 
 fn blas_err(what: &str, e: lt::CublasError) -> CudaError {
@@ -121,15 +135,23 @@ unsafe fn set_pref<T>(
 
 impl Blas {
     /// A handle for the current context; `workspace` is `workspace_bytes` of device memory the
-    /// caller keeps alive as long as this.
-    pub fn new(workspace: u64, workspace_bytes: usize) -> Result<Self, CudaError> {
+    /// caller keeps alive as long as this. `tune` times the heuristic's candidates of each new
+    /// product shape and keeps the fastest.
+    pub fn new(workspace: u64, workspace_bytes: usize, tune: bool) -> Result<Self, CudaError> {
         let handle = lt::create_handle().map_err(|e| blas_err("cublasLtCreate", e))?;
         Ok(Blas {
             handle,
             workspace,
             workspace_bytes,
             plans: HashMap::new(),
+            tune,
+            tunings: Vec::new(),
         })
+    }
+
+    /// What the tuned plans' timing found (empty untuned).
+    pub fn tunings(&self) -> &[GemmTuning] {
+        &self.tunings
     }
 
     /// Runs `g` on `stream`: `D = A·B (+ bias) + beta·D` with C = D. `bias` is the bias vector's
@@ -159,7 +181,14 @@ impl Blas {
             ],
         };
         if !self.plans.contains_key(&key) {
-            let plan = self.plan(key, bias)?;
+            let (mut plan, candidates) = self.plan(key, bias)?;
+            if candidates.len() > 1 {
+                let tuned = self.time_candidates(stream, &plan, &candidates, g, (a, b), beta)?;
+                if let Some(t) = tuned {
+                    plan.algo = candidates[t.chosen];
+                    self.tunings.push(t);
+                }
+            }
             self.plans.insert(key, plan);
         }
         let plan = &self.plans[&key];
@@ -171,6 +200,19 @@ impl Blas {
             )
             .map_err(|e| blas_err("setting the bias pointer", e))?;
         }
+        self.launch(stream, plan, &plan.algo, (a, b, d), beta)
+            .map_err(|e| blas_err(&format!("cublasLtMatmul {g:?}"), e))
+    }
+
+    /// Enqueues `D = A·B (+ bias) + beta·D` with `algo` (C = D).
+    unsafe fn launch(
+        &self,
+        stream: cudarc::driver::sys::CUstream,
+        plan: &Plan,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        (a, b, d): (u64, u64, u64),
+        beta: f32,
+    ) -> Result<(), lt::CublasError> {
         let alpha = 1.0f32;
         lt::matmul(
             self.handle,
@@ -185,16 +227,109 @@ impl Blas {
             plan.layouts[2],
             d as *mut c_void,
             plan.layouts[2],
-            &plan.algo,
+            algo,
             self.workspace as *mut c_void,
             self.workspace_bytes,
             stream as sys::cudaStream_t,
         )
-        .map_err(|e| blas_err(&format!("cublasLtMatmul {g:?}"), e))
     }
 
-    /// Builds the descriptors of `key` and asks the heuristic for the best algorithm.
-    unsafe fn plan(&self, key: PlanKey, bias: Option<u64>) -> Result<Plan, CudaError> {
+    /// Times each of `candidates` on the call's operands A and B (and bias, set in the plan's
+    /// descriptor), writing into scratch memory of D's size so that D keeps its values, and
+    /// returns which was fastest. None on a stream that is being captured, where nothing may be
+    /// timed, or when no candidate ran.
+    unsafe fn time_candidates(
+        &self,
+        stream: cudarc::driver::sys::CUstream,
+        plan: &Plan,
+        candidates: &[sys::cublasLtMatmulAlgo_t],
+        g: Gemm,
+        (a, b): (u64, u64),
+        beta: f32,
+    ) -> Result<Option<GemmTuning>, CudaError> {
+        let what = |doing: &str| format!("{doing} while tuning {}", g.label(beta));
+        let status = driver::stream::is_capturing(stream)
+            .map_err(|e| driver_err(&what("asking for the capture status"), e))?;
+        if status != driver_sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+            return Ok(None);
+        }
+        let bytes = (g.ldd * g.n) as usize * g.out.bytes();
+        let scratch = driver::malloc_async(stream, bytes)
+            .map_err(|e| driver_err(&what("allocating scratch memory"), e))?;
+        let timed = (|| {
+            driver::memset_d8_async(scratch, 0, bytes, stream)
+                .map_err(|e| driver_err(&what("zeroing scratch memory"), e))?;
+            let mut times = Vec::with_capacity(candidates.len());
+            for algo in candidates {
+                times.push(self.time_one(stream, plan, algo, (a, b, scratch), beta, &what)?);
+            }
+            Ok::<_, CudaError>(times)
+        })();
+        let _ = driver::free_async(scratch, stream);
+        let times = timed?;
+        let fastest = times
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.map(|t| (i, t)))
+            .min_by(|x, y| x.1.total_cmp(&y.1));
+        Ok(fastest.map(|(chosen, chosen_s)| GemmTuning {
+            label: g.label(beta),
+            candidates: candidates.len(),
+            chosen,
+            first_s: times[0].unwrap_or(f64::NAN),
+            chosen_s,
+        }))
+    }
+
+    /// Seconds per product of `algo` over [`TIMED_RUNS`] runs after an untimed one; None if
+    /// cuBLASLt refuses to run it.
+    unsafe fn time_one(
+        &self,
+        stream: cudarc::driver::sys::CUstream,
+        plan: &Plan,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        abd: (u64, u64, u64),
+        beta: f32,
+        what: &dyn Fn(&str) -> String,
+    ) -> Result<Option<f64>, CudaError> {
+        if self.launch(stream, plan, algo, abd, beta).is_err() {
+            return Ok(None);
+        }
+        let flags = driver_sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let event_err = |e| driver_err(&what("timing with events"), e);
+        let start = driver::event::create(flags).map_err(event_err)?;
+        let end = match driver::event::create(flags) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = driver::event::destroy(start);
+                return Err(event_err(e));
+            }
+        };
+        let timed = (|| {
+            driver::event::record(start, stream).map_err(event_err)?;
+            for _ in 0..TIMED_RUNS {
+                if self.launch(stream, plan, algo, abd, beta).is_err() {
+                    return Ok(None);
+                }
+            }
+            driver::event::record(end, stream).map_err(event_err)?;
+            driver::event::synchronize(end).map_err(event_err)?;
+            let ms = driver::event::elapsed(start, end).map_err(event_err)?;
+            Ok(Some(f64::from(ms) * 1e-3 / TIMED_RUNS as f64))
+        })();
+        let _ = driver::event::destroy(start);
+        let _ = driver::event::destroy(end);
+        timed
+    }
+
+    /// Builds the descriptors of `key` and asks the heuristic for its best algorithm, or, tuning,
+    /// for up to [`CANDIDATES`] in its order. Returns the plan, holding the first, and the
+    /// algorithms that fit the workspace.
+    unsafe fn plan(
+        &self,
+        key: PlanKey,
+        bias: Option<u64>,
+    ) -> Result<(Plan, Vec<sys::cublasLtMatmulAlgo_t>), CudaError> {
         let g = key.gemm;
         let what = format!("planning {g:?}");
         let err = |e| blas_err(&what, e);
@@ -254,18 +389,12 @@ impl Blas {
                 P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                 &key.align[2],
             )?;
-            lt::get_matmul_algo_heuristic(
-                self.handle,
-                desc,
-                plan.layouts[0],
-                plan.layouts[1],
-                plan.layouts[2],
-                plan.layouts[2],
-                pref,
-            )
+            let count = if self.tune { CANDIDATES } else { 1 };
+            heuristics(self.handle, desc, &plan.layouts, pref, count)
         })();
         let _ = lt::destroy_matmul_pref(pref);
-        let heuristic = chosen.map_err(err)?;
+        let found = chosen.map_err(err)?;
+        let heuristic = found[0];
         if heuristic.workspaceSize > self.workspace_bytes {
             return Err(CudaError::Blas {
                 what,
@@ -276,7 +405,45 @@ impl Blas {
             });
         }
         plan.algo = heuristic.algo;
-        Ok(plan)
+        let fits = found.iter().filter(|h| {
+            h.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                && h.workspaceSize <= self.workspace_bytes
+        });
+        let candidates = fits.map(|h| h.algo).collect();
+        Ok((plan, candidates))
+    }
+}
+
+/// Up to `count` of the heuristic's algorithms for a product, best first by its estimate; the
+/// first has succeeded (an error otherwise, as with none).
+unsafe fn heuristics(
+    handle: sys::cublasLtHandle_t,
+    desc: sys::cublasLtMatmulDesc_t,
+    layouts: &[sys::cublasLtMatrixLayout_t; 3],
+    pref: sys::cublasLtMatmulPreference_t,
+    count: usize,
+) -> Result<Vec<sys::cublasLtMatmulHeuristicResult_t>, lt::CublasError> {
+    let mut found = vec![std::mem::zeroed::<sys::cublasLtMatmulHeuristicResult_t>(); count];
+    let mut returned = 0;
+    sys::cublasLtMatmulAlgoGetHeuristic(
+        handle,
+        desc,
+        layouts[0],
+        layouts[1],
+        layouts[2],
+        layouts[2],
+        pref,
+        count as i32,
+        found.as_mut_ptr(),
+        &mut returned,
+    )
+    .result()?;
+    found.truncate(returned.max(0) as usize);
+    match found.first() {
+        None => Err(lt::CublasError(
+            sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
+        )),
+        Some(first) => first.state.result().map(|()| found),
     }
 }
 

@@ -150,7 +150,9 @@ impl DeviceOps {
         let ws_bytes = blas_workspace_bytes(major);
         let workspace = RawBuf::zeroed(ws_bytes)?;
         ops.owned = Some(Owned {
-            blas: Blas::new(workspace.ptr, ws_bytes)?,
+            // The caller's stream may be capturing, and the caller expects the same choice
+            // in every process: no tuning.
+            blas: Blas::new(workspace.ptr, ws_bytes, false)?,
             kernels: Kernels::load()?,
             _workspace: workspace,
             step: RawBuf::zeroed(STEP_BYTES)?,

@@ -99,9 +99,11 @@ mod nccl;
 mod optim;
 mod partial_sums;
 mod step;
+mod tuning;
 
 pub(crate) use device_ops::DeviceOps;
 pub use error::CudaError;
+pub use tuning::GemmTuning;
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -337,7 +339,8 @@ impl CudaBackend {
             DeviceBuf::zeroed(&stream, bytes).map_err(|e| driver_err("allocating memory", e))
         };
         let workspace = alloc(ws_bytes)?;
-        let blas = Blas::new(workspace.ptr, ws_bytes)?;
+        let tune = std::env::var_os("ELECTRA_GEMM_TUNE").is_some_and(|v| v != "0");
+        let blas = Blas::new(workspace.ptr, ws_bytes, tune)?;
         let scratch = Scratch {
             partials: alloc(0)?,
             counter: alloc(0)?,
@@ -441,6 +444,12 @@ impl CudaBackend {
     pub fn kernel_times(&mut self) -> Result<Vec<(String, u64, f64)>, CudaError> {
         self.bind();
         self.clock.take().map_or(Ok(Vec::new()), KernelClock::read)
+    }
+
+    /// What timing each product shape's candidate algorithms found, in the order the shapes
+    /// were first run; empty unless `ELECTRA_GEMM_TUNE=1` (`blas.rs`).
+    pub fn gemm_tunings(&self) -> Vec<GemmTuning> {
+        self.blas.tunings().to_vec()
     }
 
     /// Waits for the queued work and returns the first error it raised, naming the last kernel

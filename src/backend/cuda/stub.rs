@@ -14,6 +14,9 @@ mod error;
 pub use error::CudaError;
 #[path = "launch_args.rs"]
 pub(crate) mod launch_args;
+#[path = "tuning.rs"]
+mod tuning;
+pub use tuning::GemmTuning;
 
 use launch_args::{
     AttentionBwdArgs, AttentionFwdArgs, BceHeadArgs, LayerNormBwdArgs, LayerNormFwdArgs,
@@ -74,6 +77,11 @@ impl CudaBackend {
 
     /// Never reached (no value exists).
     pub fn kernel_times(&mut self) -> Result<Vec<(String, u64, f64)>, CudaError> {
+        match self.never {}
+    }
+
+    /// Never reached (no value exists).
+    pub fn gemm_tunings(&self) -> Vec<GemmTuning> {
         match self.never {}
     }
 
