@@ -9,6 +9,7 @@ use super::blas::{Blas, Gemm};
 use super::kernels::{Arg, Launcher};
 use super::launch_args::{LinearBwdArgs, LinearFwdArgs, MAX_GRID_YZ};
 use super::memory::Dtype;
+use super::optim::params_to_bf16;
 use super::partial_sums::{sum_partial_rows, PartialRows};
 use super::{CudaBackend, CudaError};
 use crate::backend::{Buf, LinearDims, LinearOp};
@@ -96,9 +97,9 @@ impl CudaBackend {
                 let n = rows * out;
                 ensure!(self, convert)(2 * n);
                 let conv = self.scratch.convert.ptr;
-                let args = [Arg::Ptr(self.addr(dy)), Arg::Ptr(conv), Arg::U64(n as u64)];
-                let blocks = n.div_ceil(256).min(4 * self.sms);
-                self.run(self.kernels.params_to_bf16, (blocks, 1, 1), 256, &args);
+                let src = self.addr(dy);
+                // SAFETY: `dy` holds `n` floats, the scratch room for `n` bf16 values.
+                Self::launched(unsafe { params_to_bf16(&self.launcher(), src, conv, n) });
                 (conv, 0, 0)
             }
             None => (self.input(dy, Dtype::Bf16), 0, 0),
@@ -166,7 +167,7 @@ pub(super) unsafe fn linear_fwd(
     if rows == 0 || out == 0 {
         return Ok(());
     }
-    let (rows_i, out_i) = a.check()?;
+    a.check()?;
     if a.pre == 0 {
         let mut p = forward_product(a.dims, a.y_stride, a.y_dtype, (a.w, a.x, a.y));
         p.gemm.bias = a.bias != 0;
@@ -175,6 +176,16 @@ pub(super) unsafe fn linear_fwd(
     }
     let p = forward_product(a.dims, out, Dtype::Bf16, (a.w, a.x, a.pre));
     l.gemm(blas, p.gemm, (p.a, p.b, p.d), 0.0, None)?;
+    bias_gelu_fwd(l, a)
+}
+
+/// The GELU layer's forward after its product: `bias_gelu_fwd` (`pre += b`, `y = gelu(pre)`).
+///
+/// # Safety
+/// As for [`linear_fwd`], with `a.pre` set.
+pub(super) unsafe fn bias_gelu_fwd(l: &Launcher, a: &LinearFwdArgs) -> Result<(), CudaError> {
+    let LinearDims { rows, out, .. } = a.dims;
+    let (rows_i, out_i) = a.check()?;
     let (col_blocks, groups) = bias_grid(l.sms, 4, rows, out);
     let args = [
         Arg::Ptr(a.pre),
@@ -209,6 +220,31 @@ pub(super) unsafe fn linear_bwd(
     if rows == 0 || out == 0 {
         return Ok(());
     }
+    let dy_b = bias_grads(l, a)?;
+    // The GELU's gradient is dense; a padded `dy` is read in place.
+    let dy_stride = if a.pre != 0 { out } else { a.y_stride };
+    let [input_grad, weight_grad] =
+        backward_products(a.dims, dy_stride, (a.x, a.w, dy_b, a.dx, a.dw));
+    let dx_beta = if a.overwrite_dx { 0.0 } else { 1.0 };
+    l.gemm(
+        blas,
+        input_grad.gemm,
+        (input_grad.a, input_grad.b, input_grad.d),
+        dx_beta,
+        None,
+    )?;
+    let p = weight_grad;
+    l.gemm(blas, p.gemm, (p.a, p.b, p.d), 1.0, None)
+}
+
+/// The backward's kernels before its products: `bias_gelu_bwd` (`dpre` and the bias gradient's
+/// partial sums) or `bias_bwd` (the partial sums; nothing without a bias), then the sums of the
+/// partials into `dbias`. Returns the gradient the products take: `dpre` with GELU, else `dy`.
+///
+/// # Safety
+/// As for [`linear_bwd`].
+pub(super) unsafe fn bias_grads(l: &Launcher, a: &LinearBwdArgs) -> Result<u64, CudaError> {
+    let LinearDims { rows, out, .. } = a.dims;
     let (rows_i, out_i, ld) = a.check()?;
     let (col_blocks, groups) = bias_grid(l.sms, 2, rows, out);
     let grid = (col_blocks, groups, 1);
@@ -251,20 +287,7 @@ pub(super) unsafe fn linear_bwd(
         };
         sum_partial_rows(l, &bias_rows)?;
     }
-    // The GELU's gradient is dense; a padded `dy` is read in place.
-    let dy_stride = if a.pre != 0 { out } else { a.y_stride };
-    let [input_grad, weight_grad] =
-        backward_products(a.dims, dy_stride, (a.x, a.w, dy_b, a.dx, a.dw));
-    let dx_beta = if a.overwrite_dx { 0.0 } else { 1.0 };
-    l.gemm(
-        blas,
-        input_grad.gemm,
-        (input_grad.a, input_grad.b, input_grad.d),
-        dx_beta,
-        None,
-    )?;
-    let p = weight_grad;
-    l.gemm(blas, p.gemm, (p.a, p.b, p.d), 1.0, None)
+    Ok(dy_b)
 }
 
 /// The type of a linear layer's output: a one-column output (a score per row) stays f32, as a

@@ -4,10 +4,10 @@
 //! one pass, and `replace_tokens`).
 
 use super::kernels::{Arg, Launcher};
-use super::launch_args::{BceHeadArgs, SoftmaxXentArgs};
+use super::launch_args::{checked_int, BceHeadArgs, SoftmaxXentArgs};
 use super::memory::Dtype;
 use super::partial_sums::{sum_partial_rows, PartialRows};
-use super::{int, try_width_kernel, CudaBackend, CudaError};
+use super::{try_width_kernel, CudaBackend, CudaError};
 use crate::backend::{BceHeadOp, Pick, ReplaceTokensOp, SoftmaxXentOp};
 
 /// Threads per row of the softmax cross-entropy.
@@ -77,17 +77,17 @@ impl CudaBackend {
         assert_eq!(corrupted.len, tokens, "replace_tokens: corrupted ids");
         assert_eq!(is_replaced.len, tokens, "replace_tokens: labels");
         assert!(picks.len >= n, "replace_tokens: picks too short");
-        let args = [
-            Arg::Ptr(self.iaddr(original)),
-            Arg::Ptr(self.iaddr(positions)),
-            Arg::Ptr(self.iaddr(picks)),
-            Arg::Ptr(self.iaddr(corrupted)),
-            Arg::Ptr(self.output(is_replaced, Dtype::F32, false)),
-            Arg::I32(int(tokens, "tokens")),
-            Arg::I32(int(n, "positions")),
-            Arg::Ptr(0),
-        ];
-        self.run(self.kernels.replace_tokens, (1, 1, 1), 1024, &args);
+        let args = ReplaceTokensArgs {
+            original: self.iaddr(original),
+            positions: self.iaddr(positions),
+            picks: self.iaddr(picks),
+            corrupted: self.iaddr(corrupted),
+            is_replaced: self.output(is_replaced, Dtype::F32, false),
+            tokens,
+            positions_len: n,
+        };
+        // SAFETY: the buffers hold `tokens` and `n` values (checked above).
+        Self::launched(unsafe { replace_tokens(&self.launcher(), &args) });
     }
 
     pub(super) fn launch_bce_head(&mut self, op: &BceHeadOp) {
@@ -221,4 +221,35 @@ pub(super) unsafe fn bce_head(l: &Launcher, a: &BceHeadArgs) -> Result<(), CudaE
         out_b: a.db,
     };
     sum_partial_rows(l, &rows)
+}
+
+/// `replace_tokens`: u32 `corrupted [tokens]` is `original` with `picks[i]` at `positions[i]`
+/// (`positions_len` of them), f32 `is_replaced [tokens]` 1 where the pick differs.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ReplaceTokensArgs {
+    pub original: u64,
+    pub positions: u64,
+    pub picks: u64,
+    pub corrupted: u64,
+    pub is_replaced: u64,
+    pub tokens: usize,
+    pub positions_len: usize,
+}
+
+/// Launches `replace_tokens` (one block) on `l`'s stream.
+///
+/// # Safety
+/// The addresses hold what [`ReplaceTokensArgs`] describes, every position below `tokens`.
+pub(super) unsafe fn replace_tokens(l: &Launcher, a: &ReplaceTokensArgs) -> Result<(), CudaError> {
+    let args = [
+        Arg::Ptr(a.original),
+        Arg::Ptr(a.positions),
+        Arg::Ptr(a.picks),
+        Arg::Ptr(a.corrupted),
+        Arg::Ptr(a.is_replaced),
+        Arg::I32(checked_int(a.tokens, "tokens")?),
+        Arg::I32(checked_int(a.positions_len, "positions")?),
+        Arg::Ptr(0),
+    ];
+    l.run(l.kernels.replace_tokens, (1, 1, 1), 1024, &args)
 }

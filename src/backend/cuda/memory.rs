@@ -35,7 +35,7 @@ use std::sync::Arc;
 use cudarc::driver::{result, sys, CudaSlice, CudaStream, DevicePtr, DriverError};
 use half::bf16;
 
-use super::kernels::Arg;
+use super::optim::params_to_bf16;
 use super::{act_index, CudaBackend};
 use crate::backend::{Buf, IBuf, Space};
 
@@ -254,13 +254,9 @@ impl CudaBackend {
         if b.len == 0 {
             return;
         }
-        let blocks = b.len.div_ceil(256).min(4 * self.sms);
-        let args = [
-            Arg::Ptr(self.addr(b)),
-            Arg::Ptr(self.bf16_param(b)),
-            Arg::U64(b.len as u64),
-        ];
-        self.run(self.kernels.params_to_bf16, (blocks, 1, 1), 256, &args);
+        let (src, dst) = (self.addr(b), self.bf16_param(b));
+        // SAFETY: `b` is in the parameter space and its bf16 copy.
+        Self::launched(unsafe { params_to_bf16(&self.launcher(), src, dst, b.len) });
     }
 
     pub(super) fn memset32(&self, addr: u64, bits: u32, count: usize) {

@@ -9,14 +9,21 @@ use std::path::Path;
 use std::process::Command;
 
 use super::super::attention::{attention_bwd, attention_fwd};
+use super::super::dropout::{dropout_bwd, dropout_fwd, DropoutArgs};
+use super::super::gather_rows::{gather_rows_bwd, gather_rows_fwd, GatherRowsArgs};
 use super::super::launch_args::{
     AttentionBwdArgs, AttentionFwdArgs, BceHeadArgs, LayerNormBwdArgs, LayerNormFwdArgs,
-    SoftmaxXentArgs,
+    LinearBwdArgs, LinearFwdArgs, SoftmaxXentArgs,
 };
 use super::super::layernorm::{layernorm_bwd, layernorm_fwd};
-use super::super::losses::{bce_head, softmax_xent};
+use super::super::linear::{bias_gelu_fwd, bias_grads};
+use super::super::losses::{bce_head, replace_tokens, softmax_xent, ReplaceTokensArgs};
+use super::super::memory::Dtype;
+use super::super::optim::{
+    accumulate, adamw, grad_norm, params_to_bf16, AccumulateArgs, AdamwArgs, GradNormArgs,
+};
 use super::{embedded, Kernels, Launcher};
-use crate::backend::{AttentionDims, Dropout};
+use crate::backend::{AdamW, AttentionDims, Dropout, LinearDims};
 
 /// The byte size of a PTX parameter declaration's type (`.u64`, `.f32`, `.align 8 .b8 x[16]`).
 fn ptx_param_bytes(decl: &str) -> usize {
@@ -220,6 +227,109 @@ fn every_launch_passes_the_arguments_its_kernel_declares() {
             step: addr(5),
         };
         softmax_xent(&l, &loss).unwrap();
+        // A linear layer's kernels around its products (which cuBLASLt runs): with GELU, with a
+        // bias alone, and with neither (no kernel), into dense and padded output rows.
+        let dims = LinearDims {
+            rows: 100,
+            inp: 64,
+            out: 256,
+        };
+        let gelu = LinearFwdArgs {
+            x: addr(0),
+            w: addr(1),
+            bias: addr(2),
+            y: addr(3),
+            y_dtype: Dtype::Bf16,
+            pre: addr(4),
+            dims,
+            y_stride: 256,
+        };
+        bias_gelu_fwd(&l, &gelu).unwrap();
+        for (pre, dbias, y_stride) in [(addr(4), addr(7), 256), (0, addr(7), 264), (0, 0, 256)] {
+            let bwd = LinearBwdArgs {
+                x: addr(0),
+                w: addr(1),
+                dy: addr(5),
+                pre,
+                dpre: if pre != 0 { addr(6) } else { 0 },
+                dx: addr(8),
+                dw: addr(9),
+                dbias,
+                partials: addr(10),
+                dims,
+                y_stride,
+                overwrite_dx: false,
+            };
+            bias_grads(&l, &bwd).unwrap();
+        }
+        for overwrite in [false, true] {
+            let drop = DropoutArgs {
+                input: addr(0),
+                output: addr(1),
+                n: 1000,
+                dropout: Dropout { p: 0.1, site: 1 },
+                per_sequence: 100,
+                step: addr(2),
+                overwrite,
+            };
+            dropout_fwd(&l, &drop).unwrap();
+            dropout_bwd(&l, &drop).unwrap();
+            let sum = AccumulateArgs {
+                src: addr(0),
+                dst: addr(1),
+                n: 1000,
+                overwrite,
+            };
+            accumulate(&l, &sum).unwrap();
+        }
+        let norm = GradNormArgs {
+            grads: addr(0),
+            n: 1000,
+            partials: addr(1),
+            counter: addr(2),
+            max_norm: 1.0,
+            out: addr(3),
+        };
+        grad_norm(&l, &norm).unwrap();
+        let update = AdamwArgs {
+            params: addr(0),
+            grads: addr(1),
+            m: addr(2),
+            v: addr(3),
+            params_bf16: addr(4),
+            n: 1000,
+            lr_scale: 1.0,
+            hyper: AdamW {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-6,
+                weight_decay: 0.01,
+            },
+            grad_scale: 1.0,
+            step: addr(5),
+            clip: addr(6),
+        };
+        adamw(&l, &update).unwrap();
+        params_to_bf16(&l, addr(0), addr(1), 1000).unwrap();
+        let gather = GatherRowsArgs {
+            rows_of: addr(0),
+            rows: addr(1),
+            picked: addr(2),
+            n: 19,
+            width: 256,
+        };
+        gather_rows_fwd(&l, &gather).unwrap();
+        gather_rows_bwd(&l, &gather).unwrap();
+        let replace = ReplaceTokensArgs {
+            original: addr(0),
+            positions: addr(1),
+            picks: addr(2),
+            corrupted: addr(3),
+            is_replaced: addr(4),
+            tokens: 128,
+            positions_len: 19,
+        };
+        replace_tokens(&l, &replace).unwrap();
     }
 }
 
