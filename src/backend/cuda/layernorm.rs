@@ -96,11 +96,6 @@ impl CudaBackend {
         // SAFETY: as in the forward pass, and the partials were sized for this shape.
         Self::launched(unsafe { layernorm_bwd(&self.launcher(), &a) });
     }
-
-    /// The backward LayerNorm kernels' grid for `rows` rows (see [`ln_grid`]).
-    pub(super) fn ln_grid(&self, rows: usize) -> usize {
-        ln_grid(self.sms, rows)
-    }
 }
 
 /// The backward LayerNorm kernels' grid for `rows` rows on `sms` multiprocessors: one row per

@@ -121,8 +121,8 @@ use blas::Blas;
 use clock::KernelClock;
 use embedding::{EMB_CHUNK, SORT_RADIX, SORT_TILE};
 use graph::StepGraphs;
-use kernels::{Arg, Kernel, Kernels, Launcher};
-use launch_args::{check_width, checked_int, MAX_GRID_YZ, MAX_WIDTH};
+use kernels::{Kernel, Kernels, Launcher};
+use launch_args::{check_width, MAX_GRID_YZ, MAX_WIDTH};
 use memory::{DeviceBuf, Dtype, Tags};
 use step::STEP_BYTES;
 
@@ -208,11 +208,6 @@ fn act_index(space: Space) -> Option<usize> {
         Space::ActGrad => Some(1),
         _ => None,
     }
-}
-
-/// `v` as a kernel's 32-bit int: every tensor the kernels index has fewer than 2^31 elements.
-fn int(v: usize, what: &str) -> i32 {
-    checked_int(v, what).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Grows a scratch buffer to at least `bytes` (new memory is zero; the old is not kept).
@@ -526,15 +521,6 @@ impl CudaBackend {
         (l, &mut self.blas)
     }
 
-    /// Launches `k`; panics with its name if the launch fails (or, with `ELECTRA_CUDA_SYNC`, if
-    /// it faults).
-    fn run(&self, k: Kernel, grid: (usize, usize, usize), block: u32, args: &[Arg]) {
-        // SAFETY: every call site passes the arguments its kernel declares, with pointers into
-        // buffers whose bounds it checked for the launch shape.
-        unsafe { self.launcher().run(k, grid, block, args) }
-            .unwrap_or_else(|e| panic!("CUDA: {e}"));
-    }
-
     /// Panics with the error of a launch function beside the kernels: the trait's operations
     /// return nothing, and the engine's own buffers failing those checks is a bug.
     fn launched(result: Result<(), CudaError>) {
@@ -558,10 +544,6 @@ impl Drop for CudaBackend {
             let _ = self.stream.synchronize();
         }
     }
-}
-
-fn width_kernel(narrow: Kernel, wide: Kernel, width: usize, what: &str) -> Kernel {
-    try_width_kernel(narrow, wide, width, what).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The kernel of a row-per-warp family for rows of `width`: `narrow` up to 256, `wide` up to

@@ -1,7 +1,7 @@
-//! Every launch function that needs no device handle, run against the parameter lists the
-//! kernels declare in their PTX (read from the fatbins build.rs made, by cuobjdump), with
-//! [`Kernels::declared`]: a launch whose arguments do not match its kernel in number or size
-//! fails here, without a GPU, instead of on one.
+//! Every launch function beside the kernels, run against the parameter lists the kernels declare
+//! in their PTX (read from the fatbins build.rs made, by cuobjdump), with [`Kernels::declared`]:
+//! a launch whose arguments do not match its kernel in number or size fails here, without a GPU,
+//! instead of on one. Between them the launches below reach every kernel of the table.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -10,6 +10,9 @@ use std::process::Command;
 
 use super::super::attention::{attention_bwd, attention_fwd};
 use super::super::dropout::{dropout_bwd, dropout_fwd, DropoutArgs};
+use super::super::embedding::{
+    embedding_bwd, embedding_fwd, EmbeddingBwdArgs, EmbeddingFwdArgs, EmbeddingScratch,
+};
 use super::super::gather_rows::{gather_rows_bwd, gather_rows_fwd, GatherRowsArgs};
 use super::super::launch_args::{
     AttentionBwdArgs, AttentionFwdArgs, BceHeadArgs, LayerNormBwdArgs, LayerNormFwdArgs,
@@ -330,6 +333,54 @@ fn every_launch_passes_the_arguments_its_kernel_declares() {
             positions_len: 19,
         };
         replace_tokens(&l, &replace).unwrap();
+        // The embedding's forward and every phase of its backward, the sort in one pass (a
+        // vocabulary of at most 256 ids) and in two.
+        for (width, vocab) in [(128, 200), (768, 30_522)] {
+            let fwd = EmbeddingFwdArgs {
+                ids: addr(0),
+                token_types: addr(1),
+                seq: 64,
+                word: addr(2),
+                position: addr(3),
+                token_type: addr(4),
+                gain: addr(5),
+                bias: addr(6),
+                out: addr(7),
+                xhat: addr(8),
+                rstd: addr(9),
+                rows: 256,
+                width,
+                eps: 1e-12,
+            };
+            embedding_fwd(&l, &fwd).unwrap();
+            let bwd = EmbeddingBwdArgs {
+                dout: addr(10),
+                xhat: addr(8),
+                rstd: addr(9),
+                gain: addr(5),
+                ids: addr(0),
+                token_types: addr(1),
+                dsum: addr(11),
+                dgain: addr(12),
+                dbias: addr(13),
+                dword: addr(14),
+                dposition: addr(15),
+                dtype: addr(16),
+                rows: 256,
+                width,
+                seq: 64,
+                vocab,
+                types: 2,
+                scratch: EmbeddingScratch {
+                    partials: addr(17),
+                    sort: [addr(18), addr(19), addr(20), addr(21)],
+                    tile_hist: addr(22),
+                    pieces: [addr(23), addr(24)],
+                    type_partials: addr(25),
+                },
+            };
+            embedding_bwd(&l, &bwd).unwrap();
+        }
     }
 }
 
