@@ -21,6 +21,12 @@
 //! of data-parallel runs, and `step.rs` for the step memory and the recorded steps. This file
 //! keeps the backend's struct, its construction and its memory.
 //!
+//! A launcher is a function on device addresses (`attention_fwd(l, &AttentionFwdArgs)`, …) that
+//! checks its shape and passes the kernel's arguments; the backend's methods resolve their
+//! buffers to addresses and call it, and the C ABI's device ops call the same functions on the
+//! caller's memory. A host test (`kernels/tests.rs`) runs every launcher against the parameter
+//! sizes the kernels' PTX declares, so an argument list that drifts from its kernel fails in CI.
+//!
 //! | trait operation      | device work |
 //! |----------------------|-------------|
 //! | `embedding_fwd`      | `embedding_fwd_w{256,1024}` |
@@ -41,8 +47,11 @@
 //! A linear layer with a single output column (a regression head's score) writes f32; its
 //! backward rounds the f32 `dy` to bf16 (`params_to_bf16` into scratch) for the products.
 //!
-//! Every kernel accumulates (`+=`) into gradients, as the trait specifies; reductions over rows
-//! use fixed grids, so results are bitwise reproducible run to run.
+//! Kernels accumulate (`+=`) into gradients, as the trait specifies, except where the tape marks
+//! an operation as the first writer of its input's gradient (the `overwrite_*` flags), which it
+//! then sets; reductions over rows use fixed grids, so results are bitwise reproducible run to
+//! run, as are cuBLASLt's products with its heuristic's algorithm (`blas.rs`;
+//! `ELECTRA_GEMM_TUNE=1` trades that for algorithms chosen by timing).
 //!
 //! # Errors
 //! [`CudaBackend::new`] returns [`CudaError`]. The trait's operations return `()`: a launch or
