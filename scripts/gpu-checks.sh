@@ -11,8 +11,9 @@
 #   2. `electra bench --device cuda --preset small --batch 128 --seq 128`, recorded steps and
 #      issued launch by launch (ELECTRA_CUDA_GRAPH=0), each with its table of device time per
 #      kernel (CUDA events around every launch of one issued step), whose slowest rows go into
-#      the summary; then recorded with the products' algorithms tuned (ELECTRA_GEMM_TUNE=1),
-#      with the table of what the timing chose;
+#      the summary, with how many algorithms cuBLASLt offers for each layer's weight gradient
+#      with the bias gradient folded in (BGRADB); then recorded with the products' algorithms
+#      tuned (ELECTRA_GEMM_TUNE=1), with the table of what the timing chose;
 #   3. the HF peer on the same card, eager;
 #   4. 300-step `tiny` pretrainings on the GPU, argmax and sampled replacement, each compared with
 #      the same run on the CPU (means over 50-step windows within 5%); the CPU curves are read from
@@ -109,6 +110,7 @@ for mode in recorded issued tuned; do
     --batch 128 --seq 128 --steps 30 >"$OUT/one.log" 2>&1 || note "bench $mode: FAILED (rc $?)"
   note "bench $mode: $(grep -E 'median|tokens/s' "$OUT/one.log" | head -n 2 | tr '\n' ' ')"
   [ $mode = recorded ] && note "slowest kernels:"$'\n'"$(sed -n '/^per kernel/,/^$/p' "$OUT/one.log" | head -n 14)"
+  [ $mode = recorded ] && note "BGRADB probe:"$'\n'"$(sed -n '/^weight gradients with the bias/,/^$/p' "$OUT/one.log" | head -n 12)"
   [ $mode = tuned ] && note "tuned products:"$'\n'"$(sed -n '/^matrix products/,/^$/p' "$OUT/one.log" | head -n 30)"
   { echo "=== $mode"; cat "$OUT/one.log"; } >>"$OUT/bench.log"
 done

@@ -59,6 +59,12 @@ fn a_sweep_writes_one_complete_record_per_configuration() {
         assert_eq!(r["kernels"].as_array().map(Vec::len), Some(0), "{r}");
         // Nor algorithms chosen by timing: the CPU's products have one way to run.
         assert_eq!(r["gemm_tuning"].as_array().map(Vec::len), Some(0), "{r}");
+        // Nor a matrix library whose epilogues could take the bias gradients.
+        assert_eq!(
+            r["bias_grad_epilogue"].as_array().map(Vec::len),
+            Some(0),
+            "{r}"
+        );
     }
     // Twice the sequences, twice the model FLOPs (the masked count scales with them too).
     let flops = |i: usize| records[i]["model_flops_per_step"].as_f64().unwrap();

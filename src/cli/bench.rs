@@ -4,10 +4,11 @@
 //! sequence lengths (a sweep), with one machine-readable record per configuration for `--json`.
 
 use crate::backend::cuda::{CudaBackend, GemmTuning};
-use crate::backend::{cpu::CpuBackend, Backend, Device, Profiled};
+use crate::backend::{cpu::CpuBackend, Backend, Device, LinearDims, Profiled};
 use crate::data::Batch;
 use crate::model::config::{ElectraConfig, EncoderConfig};
 use crate::model::Model;
+use crate::tape::Op;
 use crate::train::{max_predictions, TrainConfig, Trainer};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -122,6 +123,12 @@ trait Benched: Backend {
     fn gemm_tunings(&mut self) -> Vec<GemmTuning> {
         Vec::new()
     }
+
+    /// How many algorithms the backend's matrix library offers for a `dims` layer's weight
+    /// gradient with the bias gradient folded in; None where there is no such library.
+    fn bias_grad_epilogue(&mut self, _dims: LinearDims) -> BenchResult<Option<usize>> {
+        Ok(None)
+    }
 }
 
 impl Benched for CpuBackend {
@@ -156,6 +163,10 @@ impl Benched for CudaBackend {
 
     fn gemm_tunings(&mut self) -> Vec<GemmTuning> {
         CudaBackend::gemm_tunings(self)
+    }
+
+    fn bias_grad_epilogue(&mut self, dims: LinearDims) -> BenchResult<Option<usize>> {
+        Ok(Some(self.bias_grad_epilogue_algorithms(dims)?))
     }
 }
 
@@ -343,6 +354,19 @@ fn bench_one<B: Benched>(
             "first_us": first_us, "chosen_us": chosen_us,
         }));
     }
+    let mut epilogue = vec![];
+    for dims in biased_layers(trainer.recorded_ops()) {
+        let Some(algorithms) = trainer.backend.inner_mut().bias_grad_epilogue(dims)? else {
+            break;
+        };
+        if epilogue.is_empty() {
+            println!(
+                "\nweight gradients with the bias gradient folded in (cuBLASLt BGRADB), offered:"
+            );
+        }
+        println!("{:<56} {algorithms:>5} algorithms", dims.to_string());
+        epilogue.push(json!({"layer": dims.to_string(), "algorithms": algorithms}));
+    }
     let sizes = trainer.backend.sizes();
     // Seven f32 spaces (parameters, gradients, two moments, their sum; activations and their
     // gradients) and the integers, as the backend reserved them.
@@ -362,8 +386,21 @@ fn bench_one<B: Benched>(
         "masked_per_step": masked,
         "reserved_bytes": reserved, "peak_resident_bytes": peak_resident_bytes(),
         "profiled_step_s": profiled, "ops": ops, "kernels": kernels,
-        "gemm_tuning": tunings,
+        "gemm_tuning": tunings, "bias_grad_epilogue": epilogue,
     }))
+}
+
+/// The distinct shapes of the step's linear layers that have a bias, in the order they ran.
+fn biased_layers(ops: &[Op]) -> Vec<LinearDims> {
+    let mut shapes: Vec<LinearDims> = vec![];
+    for op in ops {
+        if let Op::Linear(l) = op {
+            if l.b.is_some() && !shapes.contains(&l.dims) {
+                shapes.push(l.dims);
+            }
+        }
+    }
+    shapes
 }
 
 /// How [`step_flops`] counts.

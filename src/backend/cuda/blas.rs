@@ -77,6 +77,18 @@ struct PlanKey {
     align: [u32; 3],
 }
 
+/// What a product adds to `A·B`.
+#[derive(Clone, Copy, Debug)]
+enum Epilogue {
+    None,
+    /// A bias vector (D's type) on D's rows, at this address.
+    Bias(u64),
+    /// The bias gradient of B: the f32 sums of `op(B)` over k, one per column of D, written to
+    /// this address (CUBLASLT_EPILOGUE_BGRADB). Only probed, never run (see
+    /// [`Blas::bias_grad_epilogue_algorithms`]).
+    BiasGradB(u64),
+}
+
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     layouts: [sys::cublasLtMatrixLayout_t; 3],
@@ -181,7 +193,9 @@ impl Blas {
             ],
         };
         if !self.plans.contains_key(&key) {
-            let (mut plan, candidates) = self.plan(key, bias)?;
+            let epilogue = bias.map_or(Epilogue::None, Epilogue::Bias);
+            let count = if self.tune { CANDIDATES } else { 1 };
+            let (mut plan, candidates) = self.plan(key, epilogue, count)?;
             if candidates.len() > 1 {
                 let tuned = self.time_candidates(stream, &plan, &candidates, g, (a, b), beta)?;
                 if let Some(t) = tuned {
@@ -322,14 +336,63 @@ impl Blas {
         timed
     }
 
-    /// Builds the descriptors of `key` and asks the heuristic for its best algorithm, or, tuning,
-    /// for up to [`CANDIDATES`] in its order. Returns the plan, holding the first, and the
-    /// algorithms that fit the workspace.
+    /// How many algorithms the heuristic offers for `g` with the bias gradient of B folded into
+    /// the product (CUBLASLT_EPILOGUE_BGRADB into an f32 vector, as a linear layer's weight
+    /// gradient `dwᵀ = xᵀ·dy` could give `dbias` with it), operands 16-byte aligned: 0 where it
+    /// offers none. Plans and runs nothing; `electra bench` reports it, to decide whether the
+    /// bias-gradient kernels can go.
+    pub fn bias_grad_epilogue_algorithms(&self, g: Gemm) -> Result<usize, CudaError> {
+        let key = PlanKey {
+            gemm: g,
+            align: [16; 3],
+        };
+        // SAFETY: builds descriptors and asks the heuristic; the address (256, aligned) is only
+        // read for its alignment.
+        unsafe {
+            let plan = self.describe(key, Epilogue::BiasGradB(256))?;
+            match self.ask(&plan, key, CANDIDATES) {
+                Ok(found) => Ok(found.len()),
+                Err(lt::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => Ok(0),
+                Err(e) => Err(blas_err(&format!("probing BGRADB for {g:?}"), e)),
+            }
+        }
+    }
+
+    /// Builds the descriptors of `key` with `epilogue` and asks the heuristic for up to `count`
+    /// algorithms in its order. Returns the plan, holding the first, and the algorithms that fit
+    /// the workspace.
     unsafe fn plan(
         &self,
         key: PlanKey,
-        bias: Option<u64>,
+        epilogue: Epilogue,
+        count: usize,
     ) -> Result<(Plan, Vec<sys::cublasLtMatmulAlgo_t>), CudaError> {
+        let mut plan = self.describe(key, epilogue)?;
+        let what = format!("planning {:?}", key.gemm);
+        let found = self
+            .ask(&plan, key, count)
+            .map_err(|e| blas_err(&what, e))?;
+        let heuristic = found[0];
+        if heuristic.workspaceSize > self.workspace_bytes {
+            return Err(CudaError::Blas {
+                what,
+                message: format!(
+                    "the chosen algorithm wants {} bytes of workspace, {} are reserved",
+                    heuristic.workspaceSize, self.workspace_bytes
+                ),
+            });
+        }
+        plan.algo = heuristic.algo;
+        let fits = found.iter().filter(|h| {
+            h.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                && h.workspaceSize <= self.workspace_bytes
+        });
+        let candidates = fits.map(|h| h.algo).collect();
+        Ok((plan, candidates))
+    }
+
+    /// The descriptor and layouts of `key`'s product with `epilogue` (no algorithm yet).
+    unsafe fn describe(&self, key: PlanKey, epilogue: Epilogue) -> Result<Plan, CudaError> {
         let g = key.gemm;
         let what = format!("planning {g:?}");
         let err = |e| blas_err(&what, e);
@@ -348,8 +411,17 @@ impl Blas {
         let (ta, tb) = (i32::from(g.trans_a), i32::from(g.trans_b));
         set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSA, &ta).map_err(err)?;
         set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSB, &tb).map_err(err)?;
-        if let Some(bias) = bias {
-            let epi = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+        use sys::cublasLtEpilogue_t as E;
+        let (epi, bias) = match epilogue {
+            Epilogue::None => (None, 0),
+            Epilogue::Bias(bias) => (Some(E::CUBLASLT_EPILOGUE_BIAS), bias),
+            Epilogue::BiasGradB(dbias) => {
+                let f32 = sys::cudaDataType::CUDA_R_32F;
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &f32).map_err(err)?;
+                (Some(E::CUBLASLT_EPILOGUE_BGRADB), dbias)
+            }
+        };
+        if let Some(epi) = epi {
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi).map_err(err)?;
             // The heuristic reads the pointer's alignment.
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias).map_err(err)?;
@@ -363,54 +435,31 @@ impl Blas {
             lt::create_matrix_layout(bf16, b_rows, b_cols, g.ldb as i64).map_err(err)?;
         plan.layouts[2] =
             lt::create_matrix_layout(dtype(g.out), g.m, g.n, g.ldd as i64).map_err(err)?;
+        Ok(plan)
+    }
 
-        let pref = lt::create_matmul_pref().map_err(err)?;
-        let chosen = (|| {
+    /// Up to `count` of the heuristic's algorithms for `plan`'s product, for operands aligned as
+    /// `key` says and the reserved workspace.
+    unsafe fn ask(
+        &self,
+        plan: &Plan,
+        key: PlanKey,
+        count: usize,
+    ) -> Result<Vec<sys::cublasLtMatmulHeuristicResult_t>, lt::CublasError> {
+        let pref = lt::create_matmul_pref()?;
+        let found = (|| {
             use sys::cublasLtMatmulPreferenceAttributes_t as P;
             let ws = self.workspace_bytes as u64;
             set_pref(pref, P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws)?;
-            set_pref(
-                pref,
-                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                &key.align[0],
-            )?;
-            set_pref(
-                pref,
-                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                &key.align[1],
-            )?;
-            set_pref(
-                pref,
-                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                &key.align[2],
-            )?;
-            set_pref(
-                pref,
-                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                &key.align[2],
-            )?;
-            let count = if self.tune { CANDIDATES } else { 1 };
-            heuristics(self.handle, desc, &plan.layouts, pref, count)
+            let [a, b, d] = &key.align;
+            set_pref(pref, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, a)?;
+            set_pref(pref, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, b)?;
+            set_pref(pref, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, d)?;
+            set_pref(pref, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, d)?;
+            heuristics(self.handle, plan.desc, &plan.layouts, pref, count)
         })();
         let _ = lt::destroy_matmul_pref(pref);
-        let found = chosen.map_err(err)?;
-        let heuristic = found[0];
-        if heuristic.workspaceSize > self.workspace_bytes {
-            return Err(CudaError::Blas {
-                what,
-                message: format!(
-                    "the chosen algorithm wants {} bytes of workspace, {} are reserved",
-                    heuristic.workspaceSize, self.workspace_bytes
-                ),
-            });
-        }
-        plan.algo = heuristic.algo;
-        let fits = found.iter().filter(|h| {
-            h.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
-                && h.workspaceSize <= self.workspace_bytes
-        });
-        let candidates = fits.map(|h| h.algo).collect();
-        Ok((plan, candidates))
+        found
     }
 }
 

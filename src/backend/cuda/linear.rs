@@ -20,6 +20,14 @@ const BG_THREADS: u32 = 128;
 const BG_COLS: usize = 1024;
 
 impl CudaBackend {
+    /// How many algorithms cuBLASLt offers for the weight-gradient product of a `dims` layer
+    /// with its bias gradient folded in (see [`Blas::bias_grad_epilogue_algorithms`]); 0: none.
+    pub fn bias_grad_epilogue_algorithms(&self, dims: LinearDims) -> Result<usize, CudaError> {
+        self.bind();
+        let [_, weight_grad] = backward_products(dims, dims.out, (0u64, 0, 0, 0, 0));
+        self.blas.bias_grad_epilogue_algorithms(weight_grad.gemm)
+    }
+
     pub(super) fn launch_linear_fwd(&mut self, op: &LinearOp) {
         let LinearOp {
             x,

@@ -86,6 +86,14 @@ impl CudaBackend {
     }
 
     /// Never reached (no value exists).
+    pub fn bias_grad_epilogue_algorithms(
+        &self,
+        _dims: crate::backend::LinearDims,
+    ) -> Result<usize, CudaError> {
+        match self.never {}
+    }
+
+    /// Never reached (no value exists).
     pub fn matrix_rate(&mut self) -> Result<f64, CudaError> {
         match self.never {}
     }
