@@ -49,6 +49,9 @@ fn a_sweep_writes_one_complete_record_per_configuration() {
         assert!(f("mfu") > 0.0 && f("mfu") <= 1.0, "{r}");
         assert!(f("matrix_peak_flops") > 1e8, "{r}");
         assert!(f("reserved_bytes") > 0.0 && f("peak_resident_bytes") >= f("reserved_bytes"));
+        // The CPU's memory is the process's (above); no device memory to report.
+        let device = r.get("device_memory_used_bytes");
+        assert_eq!(device, Some(&serde_json::Value::Null), "{r}");
         let ops = r["ops"].as_array().unwrap();
         assert!(ops
             .iter()

@@ -118,6 +118,11 @@ trait Benched: Backend {
         Ok(Vec::new())
     }
 
+    /// The device memory in use, where the backend runs on a device with memory of its own.
+    fn device_memory_used(&mut self) -> BenchResult<Option<u64>> {
+        Ok(None)
+    }
+
     /// What timing the candidate algorithms of each matrix-product shape found, where the
     /// backend chooses its algorithms by timing (the CUDA backend with `ELECTRA_GEMM_TUNE=1`).
     fn gemm_tunings(&mut self) -> Vec<GemmTuning> {
@@ -159,6 +164,10 @@ impl Benched for CudaBackend {
 
     fn kernel_times(&mut self) -> BenchResult<Vec<(String, u64, f64)>> {
         Ok(CudaBackend::kernel_times(self)?)
+    }
+
+    fn device_memory_used(&mut self) -> BenchResult<Option<u64>> {
+        Ok(Some(CudaBackend::device_memory_used(self)?))
     }
 
     fn gemm_tunings(&mut self) -> Vec<GemmTuning> {
@@ -275,6 +284,7 @@ fn bench_one<B: Benched>(
     let profiled = t.elapsed().as_secs_f64();
     let kernel_times = trainer.backend.inner_mut().kernel_times()?;
     trainer.backend.set_enabled(false);
+    let device_memory = trainer.backend.inner_mut().device_memory_used()?;
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let tokens = (batch_size * seq) as f64;
@@ -296,6 +306,12 @@ fn bench_one<B: Benched>(
     println!("achieved           {:.1} GFLOP/s", achieved / 1e9);
     println!("matrix peak        {:.1} GFLOP/s ({peak_how})", peak / 1e9);
     println!("MFU                {:.1}%", 100.0 * achieved / peak);
+    if let Some(bytes) = device_memory {
+        println!(
+            "device memory      {:.2} GiB in use (every process's, after the timed steps)",
+            bytes as f64 / (1u64 << 30) as f64
+        );
+    }
     println!(
         "\nper operation, one profiled step ({:.2} ms):",
         profiled * 1e3
@@ -385,6 +401,7 @@ fn bench_one<B: Benched>(
         "mfu": achieved / peak, "max_masked_per_seq": max_predictions(seq, 0.15),
         "masked_per_step": masked,
         "reserved_bytes": reserved, "peak_resident_bytes": peak_resident_bytes(),
+        "device_memory_used_bytes": device_memory,
         "profiled_step_s": profiled, "ops": ops, "kernels": kernels,
         "gemm_tuning": tunings, "bias_grad_epilogue": epilogue,
     }))

@@ -417,6 +417,16 @@ impl CudaBackend {
         }
     }
 
+    /// The device's memory in use, in bytes (`cuMemGetInfo`: total less free, so every process
+    /// on the device counts). The backend allocates nothing after a shape's first steps, so read
+    /// after them it is the run's peak.
+    pub fn device_memory_used(&self) -> Result<u64, CudaError> {
+        self.bind();
+        let (free, total) = result::mem_get_info()
+            .map_err(|e| driver_err("asking for the device's free memory", e))?;
+        Ok((total - free) as u64)
+    }
+
     /// How many device allocations the backend has made; constant across steps of one batch
     /// shape after the first.
     pub fn allocations(&self) -> u64 {

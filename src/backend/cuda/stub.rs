@@ -81,6 +81,11 @@ impl CudaBackend {
     }
 
     /// Never reached (no value exists).
+    pub fn device_memory_used(&self) -> Result<u64, CudaError> {
+        match self.never {}
+    }
+
+    /// Never reached (no value exists).
     pub fn gemm_tunings(&self) -> Vec<GemmTuning> {
         match self.never {}
     }
