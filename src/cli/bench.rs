@@ -130,9 +130,14 @@ trait Benched: Backend {
     }
 
     /// How many algorithms the backend's matrix library offers for a `dims` layer's weight
-    /// gradient with the bias gradient folded in; None where there is no such library.
-    fn bias_grad_epilogue(&mut self, _dims: LinearDims) -> BenchResult<Option<usize>> {
-        Ok(None)
+    /// gradient (its output gradient's rows `dy_stride` apart) with the bias gradient folded in,
+    /// or why it could not say; None where there is no such library.
+    fn bias_grad_epilogue(
+        &mut self,
+        _dims: LinearDims,
+        _dy_stride: usize,
+    ) -> Option<Result<usize, String>> {
+        None
     }
 }
 
@@ -174,8 +179,13 @@ impl Benched for CudaBackend {
         CudaBackend::gemm_tunings(self)
     }
 
-    fn bias_grad_epilogue(&mut self, dims: LinearDims) -> BenchResult<Option<usize>> {
-        Ok(Some(self.bias_grad_epilogue_algorithms(dims)?))
+    fn bias_grad_epilogue(
+        &mut self,
+        dims: LinearDims,
+        dy_stride: usize,
+    ) -> Option<Result<usize, String>> {
+        let found = self.bias_grad_epilogue_algorithms(dims, dy_stride);
+        Some(found.map_err(|e| e.to_string()))
     }
 }
 
@@ -370,18 +380,33 @@ fn bench_one<B: Benched>(
             "first_us": first_us, "chosen_us": chosen_us,
         }));
     }
+    // A probe for a later change, so an error is reported with the answers, not raised.
     let mut epilogue = vec![];
-    for dims in biased_layers(trainer.recorded_ops()) {
-        let Some(algorithms) = trainer.backend.inner_mut().bias_grad_epilogue(dims)? else {
+    for (dims, dy_stride) in biased_layers(trainer.recorded_ops()) {
+        let Some(found) = trainer
+            .backend
+            .inner_mut()
+            .bias_grad_epilogue(dims, dy_stride)
+        else {
             break;
         };
         if epilogue.is_empty() {
             println!(
-                "\nweight gradients with the bias gradient folded in (cuBLASLt BGRADB), offered:"
+                "\nweight gradients with the bias gradient folded in (cuBLASLt BGRADB), \
+                 algorithms offered (of the first 8):"
             );
         }
-        println!("{:<56} {algorithms:>5} algorithms", dims.to_string());
-        epilogue.push(json!({"layer": dims.to_string(), "algorithms": algorithms}));
+        let layer = format!("{dims} (dy rows {dy_stride} apart)");
+        match found {
+            Ok(algorithms) => {
+                println!("{layer:<56} {algorithms:>5}");
+                epilogue.push(json!({"layer": layer, "algorithms": algorithms}));
+            }
+            Err(error) => {
+                println!("{layer:<56} error: {error}");
+                epilogue.push(json!({"layer": layer, "error": error}));
+            }
+        }
     }
     let sizes = trainer.backend.sizes();
     // Seven f32 spaces (parameters, gradients, two moments, their sum; activations and their
@@ -407,13 +432,19 @@ fn bench_one<B: Benched>(
     }))
 }
 
-/// The distinct shapes of the step's linear layers that have a bias, in the order they ran.
-fn biased_layers(ops: &[Op]) -> Vec<LinearDims> {
-    let mut shapes: Vec<LinearDims> = vec![];
+/// The distinct shapes of the step's linear layers that have a bias, with the row stride of the
+/// gradient their weight-gradient product reads (the GELU's is dense), in the order they ran.
+fn biased_layers(ops: &[Op]) -> Vec<(LinearDims, usize)> {
+    let mut shapes = vec![];
     for op in ops {
         if let Op::Linear(l) = op {
-            if l.b.is_some() && !shapes.contains(&l.dims) {
-                shapes.push(l.dims);
+            let dy_stride = if l.gelu_pre.is_some() {
+                l.dims.out
+            } else {
+                l.y_stride
+            };
+            if l.b.is_some() && !shapes.contains(&(l.dims, dy_stride)) {
+                shapes.push((l.dims, dy_stride));
             }
         }
     }

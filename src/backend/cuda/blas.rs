@@ -89,6 +89,13 @@ enum Epilogue {
     BiasGradB(u64),
 }
 
+/// One of the heuristic's algorithms for a product, and its place in the heuristic's order.
+#[derive(Clone, Copy)]
+struct Candidate {
+    rank: usize,
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     layouts: [sys::cublasLtMatrixLayout_t; 3],
@@ -198,8 +205,8 @@ impl Blas {
             let (mut plan, candidates) = self.plan(key, epilogue, count)?;
             if candidates.len() > 1 {
                 let tuned = self.time_candidates(stream, &plan, &candidates, g, (a, b), beta)?;
-                if let Some(t) = tuned {
-                    plan.algo = candidates[t.chosen];
+                if let Some((algo, t)) = tuned {
+                    plan.algo = algo;
                     self.tunings.push(t);
                 }
             }
@@ -249,18 +256,18 @@ impl Blas {
     }
 
     /// Times each of `candidates` on the call's operands A and B (and bias, set in the plan's
-    /// descriptor), writing into scratch memory of D's size so that D keeps its values, and
-    /// returns which was fastest. None on a stream that is being captured, where nothing may be
-    /// timed, or when no candidate ran.
+    /// descriptor) with the call's `beta`, writing into scratch memory of D's size so that D
+    /// keeps its values, and returns the fastest and what the timing found. None on a stream
+    /// that is being captured, where nothing may be timed, or when no candidate ran.
     unsafe fn time_candidates(
         &self,
         stream: cudarc::driver::sys::CUstream,
         plan: &Plan,
-        candidates: &[sys::cublasLtMatmulAlgo_t],
+        candidates: &[Candidate],
         g: Gemm,
         (a, b): (u64, u64),
         beta: f32,
-    ) -> Result<Option<GemmTuning>, CudaError> {
+    ) -> Result<Option<(sys::cublasLtMatmulAlgo_t, GemmTuning)>, CudaError> {
         let what = |doing: &str| format!("{doing} while tuning {}", g.label(beta));
         let status = driver::stream::is_capturing(stream)
             .map_err(|e| driver_err(&what("asking for the capture status"), e))?;
@@ -274,8 +281,8 @@ impl Blas {
             driver::memset_d8_async(scratch, 0, bytes, stream)
                 .map_err(|e| driver_err(&what("zeroing scratch memory"), e))?;
             let mut times = Vec::with_capacity(candidates.len());
-            for algo in candidates {
-                times.push(self.time_one(stream, plan, algo, (a, b, scratch), beta, &what)?);
+            for c in candidates {
+                times.push(self.time_one(stream, plan, &c.algo, (a, b, scratch), beta, &what)?);
             }
             Ok::<_, CudaError>(times)
         })();
@@ -286,12 +293,17 @@ impl Blas {
             .enumerate()
             .filter_map(|(i, t)| t.map(|t| (i, t)))
             .min_by(|x, y| x.1.total_cmp(&y.1));
-        Ok(fastest.map(|(chosen, chosen_s)| GemmTuning {
-            label: g.label(beta),
-            candidates: candidates.len(),
-            chosen,
-            first_s: times[0].unwrap_or(f64::NAN),
-            chosen_s,
+        // The first candidate is the heuristic's first choice (`plan` refuses a product whose
+        // first choice cannot run here).
+        Ok(fastest.map(|(i, chosen_s)| {
+            let tuning = GemmTuning {
+                label: g.label(beta),
+                candidates: candidates.len(),
+                chosen: candidates[i].rank,
+                first_s: times[0].unwrap_or(f64::NAN),
+                chosen_s,
+            };
+            (candidates[i].algo, tuning)
         }))
     }
 
@@ -336,22 +348,27 @@ impl Blas {
         timed
     }
 
-    /// How many algorithms the heuristic offers for `g` with the bias gradient of B folded into
-    /// the product (CUBLASLT_EPILOGUE_BGRADB into an f32 vector, as a linear layer's weight
-    /// gradient `dwᵀ = xᵀ·dy` could give `dbias` with it), operands 16-byte aligned: 0 where it
-    /// offers none. Plans and runs nothing; `electra bench` reports it, to decide whether the
-    /// bias-gradient kernels can go.
+    /// How many algorithms (of the first [`CANDIDATES`] the heuristic names) can run `g` with
+    /// the bias gradient of B folded into the product (CUBLASLT_EPILOGUE_BGRADB into an f32
+    /// vector, as a linear layer's weight gradient `dwᵀ = xᵀ·dy` could give `dbias` with it),
+    /// the operands aligned as 256-byte aligned bases with `g`'s leading dimensions make them: 0
+    /// where it offers none. Plans and runs nothing; `electra bench` reports it, to decide
+    /// whether the bias-gradient kernels can go.
     pub fn bias_grad_epilogue_algorithms(&self, g: Gemm) -> Result<usize, CudaError> {
         let key = PlanKey {
             gemm: g,
-            align: [16; 3],
+            align: [
+                alignment(256, g.lda, 2),
+                alignment(256, g.ldb, 2),
+                alignment(256, g.ldd, g.out.bytes()),
+            ],
         };
         // SAFETY: builds descriptors and asks the heuristic; the address (256, aligned) is only
         // read for its alignment.
         unsafe {
             let plan = self.describe(key, Epilogue::BiasGradB(256))?;
             match self.ask(&plan, key, CANDIDATES) {
-                Ok(found) => Ok(found.len()),
+                Ok(found) => Ok(self.runnable(&found).len()),
                 Err(lt::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => Ok(0),
                 Err(e) => Err(blas_err(&format!("probing BGRADB for {g:?}"), e)),
             }
@@ -359,14 +376,14 @@ impl Blas {
     }
 
     /// Builds the descriptors of `key` with `epilogue` and asks the heuristic for up to `count`
-    /// algorithms in its order. Returns the plan, holding the first, and the algorithms that fit
-    /// the workspace.
+    /// algorithms in its order. Returns the plan, holding the first, and the algorithms that can
+    /// run (the heuristic succeeded for them and their workspace fits), the first among them.
     unsafe fn plan(
         &self,
         key: PlanKey,
         epilogue: Epilogue,
         count: usize,
-    ) -> Result<(Plan, Vec<sys::cublasLtMatmulAlgo_t>), CudaError> {
+    ) -> Result<(Plan, Vec<Candidate>), CudaError> {
         let mut plan = self.describe(key, epilogue)?;
         let what = format!("planning {:?}", key.gemm);
         let found = self
@@ -383,12 +400,19 @@ impl Blas {
             });
         }
         plan.algo = heuristic.algo;
-        let fits = found.iter().filter(|h| {
+        Ok((plan, self.runnable(&found)))
+    }
+
+    /// The heuristic's results that can run here, with their place in its order.
+    fn runnable(&self, found: &[sys::cublasLtMatmulHeuristicResult_t]) -> Vec<Candidate> {
+        let fits = |h: &sys::cublasLtMatmulHeuristicResult_t| {
             h.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
                 && h.workspaceSize <= self.workspace_bytes
-        });
-        let candidates = fits.map(|h| h.algo).collect();
-        Ok((plan, candidates))
+        };
+        let ranked = found.iter().enumerate().filter(|(_, h)| fits(h));
+        ranked
+            .map(|(rank, h)| Candidate { rank, algo: h.algo })
+            .collect()
     }
 
     /// The descriptor and layouts of `key`'s product with `epilogue` (no algorithm yet).
@@ -498,7 +522,7 @@ unsafe fn heuristics(
 
 impl Drop for Plan {
     fn drop(&mut self) {
-        // SAFETY: every handle was made by `Blas::plan` for this plan alone and is destroyed once,
+        // SAFETY: every handle was made by `Blas::describe` for this plan alone and is destroyed once,
         // here; a null handle was never made.
         unsafe {
             for &l in self.layouts.iter().filter(|l| !l.is_null()) {

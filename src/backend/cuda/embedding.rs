@@ -60,6 +60,11 @@ pub(super) unsafe fn embedding_fwd(l: &Launcher, a: &EmbeddingFwdArgs) -> Result
     if a.rows == 0 {
         return Ok(());
     }
+    if a.seq == 0 {
+        return Err(CudaError::Argument(
+            "embedding_fwd: seq is 0 (positions are row % seq)".into(),
+        ));
+    }
     checked_int(a.rows.saturating_mul(a.width), "rows·width")?;
     let args = [
         Arg::Ptr(a.ids),

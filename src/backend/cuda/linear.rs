@@ -21,10 +21,15 @@ const BG_COLS: usize = 1024;
 
 impl CudaBackend {
     /// How many algorithms cuBLASLt offers for the weight-gradient product of a `dims` layer
-    /// with its bias gradient folded in (see [`Blas::bias_grad_epilogue_algorithms`]); 0: none.
-    pub fn bias_grad_epilogue_algorithms(&self, dims: LinearDims) -> Result<usize, CudaError> {
+    /// whose output gradient's rows are `dy_stride` apart, with its bias gradient folded in
+    /// (see [`Blas::bias_grad_epilogue_algorithms`]); 0: none.
+    pub fn bias_grad_epilogue_algorithms(
+        &self,
+        dims: LinearDims,
+        dy_stride: usize,
+    ) -> Result<usize, CudaError> {
         self.bind();
-        let [_, weight_grad] = backward_products(dims, dims.out, (0u64, 0, 0, 0, 0));
+        let [_, weight_grad] = backward_products(dims, dy_stride, (0u64, 0, 0, 0, 0));
         self.blas.bias_grad_epilogue_algorithms(weight_grad.gemm)
     }
 

@@ -25,7 +25,8 @@
 //! checks its shape and passes the kernel's arguments; the backend's methods resolve their
 //! buffers to addresses and call it, and the C ABI's device ops call the same functions on the
 //! caller's memory. A host test (`kernels/tests.rs`) runs every launcher against the parameter
-//! sizes the kernels' PTX declares, so an argument list that drifts from its kernel fails in CI.
+//! sizes the kernels' PTX declares, so an argument list that drifts from its kernel in number or
+//! size fails in CI (an order swapped between two arguments of one size does not).
 //!
 //! | trait operation      | device work |
 //! |----------------------|-------------|

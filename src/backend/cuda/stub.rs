@@ -94,6 +94,7 @@ impl CudaBackend {
     pub fn bias_grad_epilogue_algorithms(
         &self,
         _dims: crate::backend::LinearDims,
+        _dy_stride: usize,
     ) -> Result<usize, CudaError> {
         match self.never {}
     }

@@ -6,9 +6,11 @@
 /// fastest kept for the rest of the process.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GemmTuning {
-    /// The product as the kernel table names it.
+    /// The product as the kernel table names it (with the β of its first call, which the
+    /// timing used).
     pub label: String,
-    /// How many of the heuristic's candidates ran.
+    /// How many of the heuristic's candidates were timed: those it named (up to 8) that can run
+    /// here.
     pub candidates: usize,
     /// The fastest one's place in the heuristic's order (0: the heuristic's own first choice,
     /// which an untuned process takes).
