@@ -3,8 +3,8 @@
 //! a launch whose arguments do not match its kernel in number or size fails here, without a GPU,
 //! instead of on one. Between them the launches below reach every kernel of the table.
 
-use std::cell::Cell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::process::Command;
 
@@ -27,6 +27,17 @@ use super::super::optim::{
 };
 use super::{embedded, Kernels, Launcher};
 use crate::backend::{AdamW, AttentionDims, Dropout, LinearDims};
+
+thread_local! {
+    /// The kernels whose launches this thread's host tests checked.
+    static CHECKED: RefCell<BTreeSet<&'static str>> = const { RefCell::new(BTreeSet::new()) };
+}
+
+/// Notes that a launch of `kernel` passed its checks (called by `launch` for the host tests'
+/// table, whose kernels have no functions).
+pub(super) fn checked(kernel: &'static str) {
+    CHECKED.with(|c| c.borrow_mut().insert(kernel));
+}
 
 /// The byte size of a PTX parameter declaration's type (`.u64`, `.f32`, `.align 8 .b8 x[16]`).
 fn ptx_param_bytes(decl: &str) -> usize {
@@ -382,6 +393,11 @@ fn every_launch_passes_the_arguments_its_kernel_declares() {
             embedding_bwd(&l, &bwd).unwrap();
         }
     }
+    let missed: Vec<_> = Kernels::NAMES
+        .iter()
+        .filter(|name| !CHECKED.with(|c| c.borrow().contains(*name)))
+        .collect();
+    assert!(missed.is_empty(), "no launch above reached {missed:?}");
 }
 
 #[test]
