@@ -26,6 +26,13 @@ stop() {
     rm -rf "$work" || true
 }
 trap stop EXIT
+# The pid a daemon writes to $1 once it has detached (waiting up to 20 s).
+pid_of() {
+    for _ in $(seq 100); do [ -s "$1" ] && { cat "$1"; return; }; sleep 0.2; done
+    echo "no pid file $1: the daemon did not start" >&2
+    cat "$work"/*.log "$work/munge/log" >&2 2>/dev/null || true
+    return 1
+}
 
 # munge authenticates Slurm's messages: a key, a socket and a daemon of our own.
 mkdir -p "$work/munge"
@@ -33,7 +40,7 @@ dd if=/dev/urandom of="$work/munge/key" bs=1024 count=1 2>/dev/null
 chmod 400 "$work/munge/key"
 munged --force --socket="$work/munge/socket" --pid-file="$work/munge/pid" --log-file="$work/munge/log" \
     --seed-file="$work/munge/seed" --key-file="$work/munge/key"
-pids+=("$(cat "$work/munge/pid")")
+pids+=("$(pid_of "$work/munge/pid")")
 
 host=$(hostname)
 mkdir -p "$work/state" "$work/spool"
@@ -64,10 +71,10 @@ PartitionName=check Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscr
 EOF
 export SLURM_CONF=$work/slurm.conf
 slurmctld -i
+pids+=("$(pid_of "$work/slurmctld.pid")")
 slurmd
-sleep 1
-pids+=("$(cat "$work/slurmctld.pid")" "$(cat "$work/slurmd.pid")")
-for _ in $(seq 30); do
+pids+=("$(pid_of "$work/slurmd.pid")")
+for _ in $(seq 60); do
     sinfo -h -o %T 2>/dev/null | grep -Eq '^idle' && break
     sleep 1
 done
