@@ -433,18 +433,14 @@ fn bench_one<B: Benched>(
 }
 
 /// The distinct shapes of the step's linear layers that have a bias, with the row stride of the
-/// gradient their weight-gradient product reads (the GELU's is dense), in the order they ran.
+/// gradient their weight-gradient product reads (`y`'s: a GELU layer's rows are never padded),
+/// in the order they ran.
 fn biased_layers(ops: &[Op]) -> Vec<(LinearDims, usize)> {
     let mut shapes = vec![];
     for op in ops {
         if let Op::Linear(l) = op {
-            let dy_stride = if l.gelu_pre.is_some() {
-                l.dims.out
-            } else {
-                l.y_stride
-            };
-            if l.b.is_some() && !shapes.contains(&(l.dims, dy_stride)) {
-                shapes.push((l.dims, dy_stride));
+            if l.b.is_some() && !shapes.contains(&(l.dims, l.y_stride)) {
+                shapes.push((l.dims, l.y_stride));
             }
         }
     }

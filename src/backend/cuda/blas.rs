@@ -22,6 +22,7 @@ use cudarc::cublaslt::sys;
 use cudarc::driver::{result as driver, sys as driver_sys};
 use half::bf16;
 
+use super::clock::KernelClock;
 use super::kernels::Launcher;
 use super::memory::Dtype;
 use super::{driver_err, CudaBackend, CudaError, GemmTuning};
@@ -75,6 +76,20 @@ impl Gemm {
 struct PlanKey {
     gemm: Gemm,
     align: [u32; 3],
+}
+
+impl PlanKey {
+    /// The key of `g` on operands at these addresses.
+    fn new(g: Gemm, (a, b, d): (u64, u64, u64)) -> Self {
+        PlanKey {
+            gemm: g,
+            align: [
+                alignment(a, g.lda, 2),
+                alignment(b, g.ldb, 2),
+                alignment(d, g.ldd, g.out.bytes()),
+            ],
+        }
+    }
 }
 
 /// What a product adds to `A·B`.
@@ -191,14 +206,7 @@ impl Blas {
                 "cublasLtMatmul {g:?}: the bias epilogue and a bias vector go together (given {bias:?})"
             )));
         }
-        let key = PlanKey {
-            gemm: g,
-            align: [
-                alignment(a, g.lda, 2),
-                alignment(b, g.ldb, 2),
-                alignment(d, g.ldd, g.out.bytes()),
-            ],
-        };
+        let key = PlanKey::new(g, (a, b, d));
         if !self.plans.contains_key(&key) {
             let epilogue = bias.map_or(Epilogue::None, Epilogue::Bias);
             let count = if self.tune { CANDIDATES } else { 1 };
@@ -282,7 +290,7 @@ impl Blas {
                 .map_err(|e| driver_err(&what("zeroing scratch memory"), e))?;
             let mut times = Vec::with_capacity(candidates.len());
             for c in candidates {
-                times.push(self.time_one(stream, plan, &c.algo, (a, b, scratch), beta, &what)?);
+                times.push(self.time_one(stream, plan, &c.algo, (a, b, scratch), beta)?);
             }
             Ok::<_, CudaError>(times)
         })();
@@ -307,8 +315,8 @@ impl Blas {
         }))
     }
 
-    /// Seconds per product of `algo` over [`TIMED_RUNS`] runs after an untimed one; None if
-    /// cuBLASLt refuses to run it.
+    /// Seconds per product of `algo` over [`TIMED_RUNS`] runs after an untimed one (between two
+    /// events of a [`KernelClock`]); None if cuBLASLt refuses to run it.
     unsafe fn time_one(
         &self,
         stream: cudarc::driver::sys::CUstream,
@@ -316,36 +324,15 @@ impl Blas {
         algo: &sys::cublasLtMatmulAlgo_t,
         abd: (u64, u64, u64),
         beta: f32,
-        what: &dyn Fn(&str) -> String,
     ) -> Result<Option<f64>, CudaError> {
-        if self.launch(stream, plan, algo, abd, beta).is_err() {
+        let run = || self.launch(stream, plan, algo, abd, beta).is_ok();
+        if !run() {
             return Ok(None);
         }
-        let flags = driver_sys::CUevent_flags::CU_EVENT_DEFAULT;
-        let event_err = |e| driver_err(&what("timing with events"), e);
-        let start = driver::event::create(flags).map_err(event_err)?;
-        let end = match driver::event::create(flags) {
-            Ok(e) => e,
-            Err(e) => {
-                let _ = driver::event::destroy(start);
-                return Err(event_err(e));
-            }
-        };
-        let timed = (|| {
-            driver::event::record(start, stream).map_err(event_err)?;
-            for _ in 0..TIMED_RUNS {
-                if self.launch(stream, plan, algo, abd, beta).is_err() {
-                    return Ok(None);
-                }
-            }
-            driver::event::record(end, stream).map_err(event_err)?;
-            driver::event::synchronize(end).map_err(event_err)?;
-            let ms = driver::event::elapsed(start, end).map_err(event_err)?;
-            Ok(Some(f64::from(ms) * 1e-3 / TIMED_RUNS as f64))
-        })();
-        let _ = driver::event::destroy(start);
-        let _ = driver::event::destroy(end);
-        timed
+        let clock = KernelClock::new();
+        let ran = clock.time(stream, String::new, || Ok((0..TIMED_RUNS).all(|_| run())))?;
+        let seconds = clock.read()?[0].2;
+        Ok(ran.then_some(seconds / TIMED_RUNS as f64))
     }
 
     /// How many algorithms (of the first [`CANDIDATES`] the heuristic names) can run `g` with
@@ -355,14 +342,7 @@ impl Blas {
     /// where it offers none. Plans and runs nothing; `electra bench` reports it, to decide
     /// whether the bias-gradient kernels can go.
     pub fn bias_grad_epilogue_algorithms(&self, g: Gemm) -> Result<usize, CudaError> {
-        let key = PlanKey {
-            gemm: g,
-            align: [
-                alignment(256, g.lda, 2),
-                alignment(256, g.ldb, 2),
-                alignment(256, g.ldd, g.out.bytes()),
-            ],
-        };
+        let key = PlanKey::new(g, (256, 256, 256));
         // SAFETY: builds descriptors and asks the heuristic; the address (256, aligned) is only
         // read for its alignment.
         unsafe {
