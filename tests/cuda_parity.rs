@@ -17,8 +17,8 @@ use electra::backend::cuda::CudaBackend;
 use electra::backend::{
     AccumulateOp, AttentionDims, AttentionOp, Backend, BceHeadOp, Buf, Dropout, DropoutOp,
     EmbeddingOp, EmbeddingParams, GatherRowsOp, IBuf, LayerNormOp, LayerNormParams, LayerNormSaved,
-    LinearDims, LinearOp, OptimizerStep, Pick, ReplaceTokensOp, Sizes, SoftmaxXentOp, Space,
-    StepScalars,
+    LinearDims, LinearOp, LossSumsOp, OptimizerStep, Pick, ReplaceTokensOp, Sizes, SoftmaxXentOp,
+    Space, StepScalars,
 };
 use electra::tape::Arena;
 
@@ -901,6 +901,71 @@ fn bce_head_over_real_tokens() {
         lab.compare_added(&format!("{tag} dh"), h.grad(), &dh_before, BF16_TOL);
         lab.compare_added(&format!("{tag} dw"), w.grad(), &dw_before, F32_TOL);
         lab.compare_added(&format!("{tag} db"), b.grad(), &db_before, F32_TOL);
+    }
+}
+
+/// A step's metric sums: the first call overwrites what was held (two first calls give the
+/// second's sums alone), a later one adds; the counts equal the CPU's exactly, the loss sums
+/// within f64 rounding (the kernel adds in another order).
+#[test]
+fn loss_sums_overwrite_then_add() {
+    let Some(mut lab) = Lab::small() else { return };
+    let case = |lab: &mut Lab, masked: usize, tokens: usize, picked: bool| {
+        let gen = lab.alloc(masked);
+        lab.randomize(gen, 0.0, 12.0);
+        let (disc, logits, labels) = (lab.alloc(tokens), lab.alloc(tokens), lab.alloc(tokens));
+        lab.randomize(disc, 0.0, 3.0);
+        lab.randomize(logits, -2.0, 2.0);
+        let label_values: Vec<f32> = (0..tokens)
+            .map(|_| lab.rng.below(4).min(1) as f32)
+            .collect();
+        lab.set(labels, &label_values);
+        let mask: Vec<u32> = (0..tokens)
+            .map(|_| u32::from(lab.rng.below(7) != 0))
+            .collect();
+        let targets: Vec<u32> = (0..masked).map(|_| lab.rng.below(30) as u32).collect();
+        let picks: Vec<u32> = targets
+            .iter()
+            .map(|&t| {
+                if lab.rng.below(3) == 0 {
+                    t
+                } else {
+                    lab.rng.below(30) as u32
+                }
+            })
+            .collect();
+        let (mask, targets, picks) = (lab.ints(&mask), lab.ints(&targets), lab.ints(&picks));
+        move |first: bool| LossSumsOp {
+            gen_row_loss: gen,
+            disc_row_loss: disc,
+            disc_logits: logits,
+            is_replaced: labels,
+            mask,
+            picks: picked.then_some(picks),
+            targets,
+            first,
+        }
+    };
+    let (a, b) = (
+        case(&mut lab, 2_459, 16_384, true),
+        case(&mut lab, 7, 1_001, false),
+    );
+    for (ops, what) in [
+        (vec![a(true)], "one batch"),
+        (vec![a(true), b(true)], "a first call after another"),
+        (vec![b(true), a(false)], "two micro-batches"),
+    ] {
+        lab.both(|be| ops.iter().for_each(|op| be.loss_sums(op)));
+        let (c, g) = (lab.cpu.read_loss_sums(), lab.gpu.read_loss_sums());
+        for k in 0..2 {
+            let rel = ((g[k] - c[k]) / c[k]).abs();
+            assert!(
+                rel < 1e-12,
+                "{what}: loss sum {k}: {g:?} vs {c:?} (seed {})",
+                lab.seed
+            );
+        }
+        assert_eq!(g[2..], c[2..], "{what}: counts (seed {})", lab.seed);
     }
 }
 

@@ -274,6 +274,13 @@ pub trait Backend {
     /// [`AccumulateOp`].
     fn accumulate(&mut self, op: &AccumulateOp);
 
+    /// [`LossSumsOp`]: the sums of a step's metrics, held by the backend.
+    fn loss_sums(&mut self, op: &LossSumsOp);
+
+    /// The sums the last [`Backend::loss_sums`] calls left (waiting for them): a step's
+    /// metrics cost one small read, however many tokens it had.
+    fn read_loss_sums(&self) -> [f64; LOSS_SUMS];
+
     /// Sums `buf` over the ranks of `comm`, in place. This default sums through the host
     /// ([`all_reduce_on_host`]); a device backend with its own collectives overrides it.
     fn all_reduce(&mut self, buf: Buf, comm: &dyn Collective) {

@@ -467,6 +467,35 @@ pub struct BceHeadOp {
     pub grad_scale: f32,
 }
 
+/// How many sums [`LossSumsOp`] forms.
+pub const LOSS_SUMS: usize = 5;
+
+/// The sums a step's metrics are made of, over the last pass's tokens, left in the backend for
+/// [`Backend::read_loss_sums`](super::Backend::read_loss_sums), in this order: the generator's
+/// loss over the masked rows, the discriminator's over every token, the real tokens whose logit's
+/// sign matches their label, the real tokens replaced, and the masked rows whose pick is their
+/// target (0 without `picks`). Counted in f64; added to the sums already held unless `first`, so
+/// that the micro-batches of one optimizer step add up on the backend and are read once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LossSumsOp {
+    /// The generator's loss per masked row, `[masked]`.
+    pub gen_row_loss: Buf,
+    /// The discriminator's loss per token, `[tokens]`.
+    pub disc_row_loss: Buf,
+    /// The discriminator's logit per token, `[tokens]`.
+    pub disc_logits: Buf,
+    /// 1 for a replaced token, `[tokens]`.
+    pub is_replaced: Buf,
+    /// 1 for a real token, `[tokens]`.
+    pub mask: IBuf,
+    /// The generator's pick per masked row, when it picked the replacements, `[masked]`.
+    pub picks: Option<IBuf>,
+    /// The original token per masked row, `[masked]`.
+    pub targets: IBuf,
+    /// Whether these are the step's first sums (overwriting) rather than added to the held ones.
+    pub first: bool,
+}
+
 /// The optimizer step: the global gradient norm, clipping to `max_norm`, and one AdamW update
 /// per group with the clipping folded in. A non-finite norm skips the update.
 #[derive(Clone, Copy, Debug, PartialEq)]

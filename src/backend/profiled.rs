@@ -4,8 +4,8 @@
 
 use super::{
     AccumulateOp, AttentionOp, Backend, BceHeadOp, Buf, DropoutOp, EmbeddingOp, GatherRowsOp, IBuf,
-    LayerNormOp, LinearOp, OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes,
-    SoftmaxXentOp, StepScalars,
+    LayerNormOp, LinearOp, LossSumsOp, OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp,
+    Sizes, SoftmaxXentOp, StepScalars, LOSS_SUMS,
 };
 use crate::comm::Collective;
 use std::collections::BTreeMap;
@@ -183,6 +183,14 @@ impl<B: Backend> Backend for Profiled<B> {
 
     fn accumulate(&mut self, op: &AccumulateOp) {
         self.time(named("accumulate"), |be| be.accumulate(op))
+    }
+
+    fn loss_sums(&mut self, op: &LossSumsOp) {
+        self.time(named("loss_sums"), |be| be.loss_sums(op))
+    }
+
+    fn read_loss_sums(&self) -> [f64; LOSS_SUMS] {
+        self.inner.read_loss_sums()
     }
 
     fn all_reduce(&mut self, buf: Buf, comm: &dyn Collective) {

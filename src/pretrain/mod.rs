@@ -34,12 +34,12 @@ mod window;
 
 use crate::backend::{Backend, Space};
 use crate::comm::Collective;
-use crate::data::{Batch, Batcher, Cursor, DataError};
+use crate::data::{Batcher, Cursor, DataError};
 use crate::io::checkpoint::{self, CheckpointData, TrainingState};
 use crate::io::run_dir::{self, Metrics, RunConfig, TrainingLock};
 use crate::io::IoError;
 use crate::model::Model;
-use crate::train::{StepReport, TrainError, Trainer};
+use crate::train::{PreparedStep, StepReport, TrainError, Trainer};
 pub use ranks::{check_ranks_agree, Ranks};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -159,8 +159,9 @@ pub struct PretrainRun<B: Backend> {
     comm: Rc<dyn Collective>,
     /// Held by the rank that writes the run directory.
     lock: Option<TrainingLock>,
-    /// This rank's micro-batches of the current step.
-    micro: Vec<Batch>,
+    /// The data's position after the last step finished, which a checkpoint records (the
+    /// batcher is a step ahead while the next step is prepared).
+    cursor: Cursor,
 }
 
 impl<B: Backend> PretrainRun<B> {
@@ -268,7 +269,7 @@ impl<B: Backend> PretrainRun<B> {
                 ));
             }
         }
-        let micro = vec![Batch::default(); config.accumulate];
+        let cursor = batcher.cursor();
         Ok(PretrainRun {
             trainer,
             batcher,
@@ -278,7 +279,7 @@ impl<B: Backend> PretrainRun<B> {
             repairs,
             comm,
             lock,
-            micro,
+            cursor,
         })
     }
 
@@ -314,10 +315,16 @@ impl<B: Backend> PretrainRun<B> {
         let elapsed = |c: &Instant| before + c.elapsed().as_secs_f64();
         let mut window = Window::default();
         let tokens_per_step = self.config.global_batch() * self.batcher.seq_len();
+        let mut next = (self.trainer.step < end).then(|| self.prepare_next());
         while self.trainer.step < end {
             let step_clock = Instant::now();
-            self.next_micro_batches();
-            let report = match self.trainer.train_step_split(&self.micro, &*self.comm) {
+            let (prepared, cursor) = next
+                .take()
+                .expect("a step is prepared while steps remain")?;
+            let issued = self.trainer.issue_step(prepared, &*self.comm)?;
+            // The next step's batches and masking, on the host while the device works.
+            next = (self.trainer.step + 1 < end).then(|| self.prepare_next());
+            let report = match self.trainer.finish_step(issued, &*self.comm) {
                 Ok(r) => r,
                 Err(source @ TrainError::NonFinite { .. }) => {
                     let last_checkpoint = checkpoint::list(&self.dir)?.last().copied();
@@ -328,6 +335,7 @@ impl<B: Backend> PretrainRun<B> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            self.cursor = cursor;
             window.add(&report, tokens_per_step, step_clock.elapsed().as_secs_f64());
             observer.on_step(&report);
             let step = self.trainer.step;
@@ -358,19 +366,22 @@ impl<B: Backend> PretrainRun<B> {
         })
     }
 
-    /// Fills [`PretrainRun::micro`] with this rank's slices of the next global batch: the
-    /// global batch is the next `world · accumulate · batch_size` examples of the data's order,
-    /// and rank r takes slices `r·accumulate ..` of it, so that the data a step sees and the
-    /// batcher's position after it do not depend on the number of ranks.
-    fn next_micro_batches(&mut self) {
+    /// Prepares the next step on this rank's slices of the next global batch, and returns it
+    /// with the data's position after it. The global batch is the next `world · accumulate ·
+    /// batch_size` examples of the data's order, and rank r takes slices `r·accumulate ..` of
+    /// it, so that the data a step sees and the batcher's position after it do not depend on
+    /// the number of ranks.
+    fn prepare_next(&mut self) -> Result<(PreparedStep, Cursor), TrainError> {
         let slice = self.config.batch_size as u64;
         let per_rank = slice * self.config.accumulate as u64;
         let (rank, world) = (self.comm.rank() as u64, self.comm.world() as u64);
         self.batcher.skip(rank * per_rank);
-        for batch in &mut self.micro {
-            batch.clone_from(self.batcher.next_batch());
-        }
+        let micro = (0..self.config.accumulate)
+            .map(|_| self.batcher.next_batch().clone())
+            .collect();
         self.batcher.skip((world - 1 - rank) * per_rank);
+        let prepared = self.trainer.prepare_step(micro, &*self.comm)?;
+        Ok((prepared, self.batcher.cursor()))
     }
 
     /// Whether any rank was asked to stop (a signal reaches one rank, or all at different
@@ -390,8 +401,7 @@ impl<B: Backend> PretrainRun<B> {
             adam_v: trainer.flat(Space::AdamV),
             state: TrainingState {
                 step: trainer.step,
-                data_cursor: serde_json::to_value(self.batcher.cursor())
-                    .expect("a cursor serialises"),
+                data_cursor: serde_json::to_value(self.cursor).expect("a cursor serialises"),
                 elapsed_s,
             },
         };

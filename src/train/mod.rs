@@ -6,10 +6,10 @@ pub mod schedule;
 mod setup;
 
 use crate::backend::{
-    AccumulateOp, AdamW, Backend, Buf, OptimizerStep, OutOfMemory, ParamGroup, Pick,
-    ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars,
+    AccumulateOp, AdamW, Backend, Buf, LossSumsOp, OptimizerStep, OutOfMemory, ParamGroup, Pick,
+    ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars, LOSS_SUMS,
 };
-use crate::comm::Collective;
+use crate::comm::{Collective, Solo};
 use crate::data::Batch;
 use crate::model::{self, BatchShape, DropoutPlan, Model, StepActs};
 use crate::rng::{Purpose, Stream};
@@ -233,8 +233,8 @@ pub struct Trainer<B: Backend> {
     acts: Option<Arc<StepActs>>,
     /// Whether [`Space::GradSum`] is sized: gradients are accumulated over micro-batches.
     sums_gradients: bool,
-    /// One per micro-batch of a step.
-    maskings: Vec<Masking>,
+    /// Whether a step was issued and not yet finished ([`Trainer::issue_step`]).
+    in_flight: bool,
     host: Vec<f32>,
     host_ints: Vec<u32>,
 }
@@ -259,7 +259,7 @@ impl<B: Backend> Trainer<B> {
             tape: Tape::new(true),
             acts: None,
             sums_gradients: false,
-            maskings: vec![],
+            in_flight: false,
             host: vec![],
             host_ints: vec![],
         })
@@ -415,6 +415,7 @@ impl<B: Backend> Trainer<B> {
         masking: &Masking,
         corruption: Corruption,
     ) -> Result<LossReport, TrainError> {
+        self.check_batch(batch, masking)?;
         let (masked, acts) = self.load_inputs(batch, masking)?;
         if let Corruption::Given(ids) = corruption {
             self.check_given(batch, ids)?;
@@ -422,10 +423,10 @@ impl<B: Backend> Trainer<B> {
         self.backend
             .begin_step(self.step_scalars(self.current_lr()), None);
         let means = Means::of(batch, masked);
-        self.issue_passes(batch, &acts, masked, corruption, means);
+        self.issue_passes(batch, &acts, masked, corruption, means, true);
         self.backend.end_step();
         let picked = matches!(corruption, Corruption::Generator(_));
-        let sums = self.sums(batch, &acts, masked, picked);
+        let sums = LossSums(self.backend.read_loss_sums());
         Ok(sums.report(means, picked, self.config.disc_weight))
     }
 
@@ -458,15 +459,13 @@ impl<B: Backend> Trainer<B> {
         }
     }
 
-    /// Checks the batch and its masking, and writes them and the MLM targets into the integer
-    /// buffers of the memory plan for their shape. Returns the number of chosen positions and
-    /// the plan.
+    /// Writes a checked batch, its masking and the MLM targets into the integer buffers of the
+    /// memory plan for their shape. Returns the number of chosen positions and the plan.
     fn load_inputs(
         &mut self,
         batch: &Batch,
         masking: &Masking,
     ) -> Result<(usize, Arc<StepActs>), TrainError> {
-        self.check_batch(batch, masking)?;
         let masked = masking.positions.len();
         let acts = self.plan_for(batch.batch, batch.seq, masked)?;
         let be = &mut self.backend;
@@ -487,7 +486,8 @@ impl<B: Backend> Trainer<B> {
 
     /// Issues the device work of both passes on the loaded inputs: zeroing the gradients, the
     /// generator, its loss and the replacement, the discriminator, its loss, and the backward
-    /// pass, each loss a mean over the counts of `means`. With [`Corruption::Generator`] it
+    /// pass, each loss a mean over the counts of `means`, and the sums of the metrics (the
+    /// step's `first` ones, or added to the held ones). With [`Corruption::Generator`] it
     /// writes nothing from the host, so it can be recorded; the given replacements must have
     /// passed `check_given`.
     fn issue_passes(
@@ -497,6 +497,7 @@ impl<B: Backend> Trainer<B> {
         masked: usize,
         corruption: Corruption,
         means: Means,
+        first: bool,
     ) {
         let grads = self.all(Space::Grad);
         let be = &mut self.backend;
@@ -547,6 +548,16 @@ impl<B: Backend> Trainer<B> {
         let (tape, model) = (&mut self.tape, &self.model);
         model::discriminator_with_loss(be, tape, model, acts, &mut drop, disc_scale);
         self.tape.backward(be, &acts.loss_grads(masked));
+        self.backend.loss_sums(&LossSumsOp {
+            gen_row_loss: acts.gen_row_loss.prefix(masked),
+            disc_row_loss: acts.disc_row_loss,
+            disc_logits: acts.disc_logits,
+            is_replaced: acts.is_replaced,
+            mask: acts.attention_mask,
+            picks: pick.map(|(_, picks)| picks),
+            targets: acts.targets.prefix(masked),
+            first,
+        });
     }
 
     /// What a recorded step depends on besides the memory plan's buffers and the
@@ -573,36 +584,6 @@ impl<B: Backend> Trainer<B> {
         ];
         floats.map(f32::to_bits).hash(&mut h);
         h.finish()
-    }
-
-    /// The sums over the last pass's tokens that its [`LossReport`] is made of.
-    fn sums(&self, batch: &Batch, acts: &StepActs, masked: usize, picked: bool) -> LossSums {
-        let sum = |b: Buf| self.read_acts(b).iter().map(|&v| v as f64).sum::<f64>();
-        let logits = self.read_acts(acts.disc_logits);
-        let labels = self.read_acts(acts.is_replaced);
-        let (mut right, mut replaced) = (0usize, 0usize);
-        for i in (0..logits.len()).filter(|&i| batch.attention_mask[i] != 0) {
-            right += usize::from((logits[i] > 0.0) == (labels[i] > 0.5));
-            replaced += usize::from(labels[i] > 0.5);
-        }
-        let hits = if picked {
-            let mut picks = vec![0u32; masked];
-            self.backend
-                .read_ints(acts.picks.prefix(masked), &mut picks);
-            let mut targets = vec![0u32; masked];
-            self.backend
-                .read_ints(acts.targets.prefix(masked), &mut targets);
-            picks.iter().zip(&targets).filter(|(a, b)| a == b).count()
-        } else {
-            0
-        };
-        LossSums([
-            sum(acts.gen_row_loss.prefix(masked)),
-            sum(acts.disc_row_loss),
-            right as f64,
-            replaced as f64,
-            hits as f64,
-        ])
     }
 
     /// The global norm of the current gradients (every unique tensor counted once).
@@ -643,28 +624,7 @@ impl<B: Backend> Trainer<B> {
     /// that records steps (CUDA graphs), the device work of a step whose shape was seen before is
     /// replayed rather than issued again.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepReport, TrainError> {
-        let mut maskings = std::mem::take(&mut self.maskings);
-        maskings.resize_with(1, Masking::default);
-        self.mask(batch, 0, &mut maskings[0]);
-        let pick = self.pick();
-        let scalars = self.step_scalars(self.current_lr());
-        let result = self.load_inputs(batch, &maskings[0]).map(|(masked, acts)| {
-            let means = Means::of(batch, masked);
-            let recording = Some(self.step_fingerprint(&acts, masked, means, Part::Whole));
-            if !self.backend.begin_step(scalars, recording) {
-                let corruption = Corruption::Generator(pick);
-                self.issue_passes(batch, &acts, masked, corruption, means);
-                self.issue_update();
-                self.backend.end_step();
-            }
-            (means, self.sums(batch, &acts, masked, true))
-        });
-        self.maskings = maskings;
-        let (means, sums) = result?;
-        self.finish_step(
-            sums.report(means, true, self.config.disc_weight),
-            scalars.lr,
-        )
+        self.train_step_split(std::slice::from_ref(batch), &Solo)
     }
 
     /// One optimizer step on a global batch split over the ranks of `comm` and over
@@ -678,78 +638,176 @@ impl<B: Backend> Trainer<B> {
     /// gradients of each micro-batch are computed alone and then added, micro-batches in
     /// order, and summed over the ranks, so only the order of those sums differs from the
     /// unsplit step. With one micro-batch and one rank it is [`Trainer::train_step`].
+    ///
+    /// It is [`Trainer::prepare_step`], [`Trainer::issue_step`] and [`Trainer::finish_step`]
+    /// one after the other; a loop that has its next batch early prepares it between the last
+    /// two, while the device works.
     pub fn train_step_split(
         &mut self,
         micro: &[Batch],
         comm: &dyn Collective,
     ) -> Result<StepReport, TrainError> {
+        let prepared = self.prepare_step(micro.to_vec(), comm)?;
+        let issued = self.issue_step(prepared, comm)?;
+        self.finish_step(issued, comm)
+    }
+
+    /// The host's part of the next step to issue (the one after a step issued and not yet
+    /// finished, else step [`Trainer::step`]): checks `micro` (as [`Trainer::train_step_split`]
+    /// takes it) and chooses its masked positions. It changes nothing on the backend, so it can
+    /// run while the device works on the step before.
+    pub fn prepare_step(
+        &self,
+        micro: Vec<Batch>,
+        comm: &dyn Collective,
+    ) -> Result<PreparedStep, TrainError> {
         let (accumulate, world, rank) = (micro.len(), comm.world(), comm.rank());
-        match micro {
-            [] => return Err(TrainError::Batch("a step needs a micro-batch".into())),
-            [batch] if world == 1 => return self.train_step(batch),
-            _ => {}
-        }
-        let rows = micro[0].batch;
+        let Some(rows) = micro.first().map(|b| b.batch) else {
+            return Err(TrainError::Batch("a step needs a micro-batch".into()));
+        };
         if let Some(b) = micro.iter().find(|b| b.batch != rows) {
             return Err(TrainError::Batch(format!(
                 "micro-batches of one step must hold as many sequences: {rows} and {}",
                 b.batch
             )));
         }
+        let step = self.step + u64::from(self.in_flight);
         let slices = world * accumulate;
         let first_slice = rank * accumulate;
-        let mut maskings = std::mem::take(&mut self.maskings);
-        maskings.resize_with(accumulate, Masking::default);
+        let mut maskings = vec![Masking::default(); accumulate];
         // Masked positions and real tokens of every slice, summed over the ranks: the means
-        // of the losses and the Gumbel rows of each slice need the whole global batch's.
-        let mut counts = vec![0.0f64; 2 * slices];
+        // of the losses and the Gumbel rows of each slice need the whole global batch's. The
+        // last count is of the ranks with a bad batch: all ranks fail the step together,
+        // rather than some going on to a collective that the others never join.
+        let mut counts = vec![0.0f64; 2 * slices + 1];
+        let mut bad = None;
         for (k, (batch, masking)) in micro.iter().zip(&mut maskings).enumerate() {
             let slice = first_slice + k;
-            self.mask(batch, (slice * rows) as u64, masking);
+            self.mask(batch, step, (slice * rows) as u64, masking);
+            if bad.is_none() {
+                bad = self.check_batch(batch, masking).err();
+            }
             counts[slice] = masking.positions.len() as f64;
             counts[slices + slice] = batch.real_tokens() as f64;
         }
+        counts[2 * slices] = f64::from(u8::from(bad.is_some()));
         comm.all_reduce_sum_f64(&mut counts);
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        if counts[2 * slices] > 0.0 {
+            return Err(TrainError::Batch(format!(
+                "{} other rank(s) have a bad batch at step {step}",
+                counts[2 * slices]
+            )));
+        }
+        counts.pop();
         let means = Means {
             masked: counts[..slices].iter().sum::<f64>() as usize,
             real_tokens: counts[slices..].iter().sum::<f64>() as usize,
         };
-        self.sums_gradients |= accumulate > 1;
-        let lr = self.current_lr();
-        let mut sums = LossSums::default();
-        let mut result = Ok(());
-        for (k, (batch, masking)) in micro.iter().zip(&maskings).enumerate() {
-            let slice = first_slice + k;
-            let scalars = StepScalars {
-                first_sequence: (slice * rows) as u64,
-                first_pick: counts[..slice].iter().sum::<f64>() as u64,
-                ..self.step_scalars(lr)
-            };
-            let part = Part::micro(k, accumulate);
-            match self.micro_step(batch, masking, scalars, means, part) {
-                Ok(s) => sums.add(&s),
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        self.maskings = maskings;
-        result?;
-        let grads = self.all(Space::Grad);
-        self.backend.all_reduce(grads, comm);
-        let scalars = self.step_scalars(lr);
-        let recording = Some(self.update_fingerprint());
-        if !self.backend.begin_step(scalars, recording) {
-            self.issue_update();
-            self.backend.end_step();
-        }
-        comm.all_reduce_sum_f64(&mut sums.0);
-        self.finish_step(sums.report(means, true, self.config.disc_weight), lr)
+        // The Gumbel row of each micro-batch's first masked position in the global batch.
+        let first_picks = (first_slice..first_slice + accumulate)
+            .map(|slice| counts[..slice].iter().sum::<f64>() as u64)
+            .collect();
+        Ok(PreparedStep {
+            step,
+            micro,
+            maskings,
+            first_picks,
+            first_slice,
+            whole: accumulate == 1 && world == 1,
+            means,
+        })
     }
 
-    /// The passes of one micro-batch of a split step, and the sum of its gradients with
-    /// those of the micro-batches before it.
+    /// Issues the device work of a prepared step (its passes, the gradients' sums over
+    /// micro-batches and ranks, and the update) and returns without waiting for it, unless a
+    /// collective on the host must.
+    ///
+    /// # Panics
+    /// If a step is in flight (finish it first), or `prepared` was prepared for another step
+    /// than [`Trainer::step`].
+    pub fn issue_step(
+        &mut self,
+        prepared: PreparedStep,
+        comm: &dyn Collective,
+    ) -> Result<IssuedStep, TrainError> {
+        assert!(
+            !self.in_flight,
+            "issue_step: step {} is in flight; finish_step it first",
+            self.step
+        );
+        assert_eq!(
+            prepared.step, self.step,
+            "issue_step: a step prepared for step {} cannot be step {}",
+            prepared.step, self.step
+        );
+        let lr = self.current_lr();
+        let PreparedStep {
+            micro,
+            maskings,
+            means,
+            ..
+        } = &prepared;
+        if prepared.whole {
+            let (batch, masking) = (&micro[0], &maskings[0]);
+            let pick = self.pick();
+            let scalars = self.step_scalars(lr);
+            let (masked, acts) = self.load_inputs(batch, masking)?;
+            let recording = Some(self.step_fingerprint(&acts, masked, *means, Part::Whole));
+            if !self.backend.begin_step(scalars, recording) {
+                let corruption = Corruption::Generator(pick);
+                self.issue_passes(batch, &acts, masked, corruption, *means, true);
+                self.issue_update();
+                self.backend.end_step();
+            }
+        } else {
+            let (accumulate, rows) = (micro.len(), micro[0].batch);
+            self.sums_gradients |= accumulate > 1;
+            for (k, (batch, masking)) in micro.iter().zip(maskings).enumerate() {
+                let scalars = StepScalars {
+                    first_sequence: ((prepared.first_slice + k) * rows) as u64,
+                    first_pick: prepared.first_picks[k],
+                    ..self.step_scalars(lr)
+                };
+                let part = Part::micro(k, accumulate);
+                self.micro_step(batch, masking, scalars, *means, part)?;
+            }
+            let grads = self.all(Space::Grad);
+            self.backend.all_reduce(grads, comm);
+            let recording = Some(self.update_fingerprint());
+            if !self.backend.begin_step(self.step_scalars(lr), recording) {
+                self.issue_update();
+                self.backend.end_step();
+            }
+        }
+        self.in_flight = true;
+        Ok(IssuedStep {
+            means: *means,
+            lr,
+            whole: prepared.whole,
+        })
+    }
+
+    /// Waits for an issued step, reads its losses and gradient norm (summed over the ranks of
+    /// `comm`), checks them and counts the step.
+    pub fn finish_step(
+        &mut self,
+        issued: IssuedStep,
+        comm: &dyn Collective,
+    ) -> Result<StepReport, TrainError> {
+        self.in_flight = false;
+        let mut sums = LossSums(self.backend.read_loss_sums());
+        if !issued.whole {
+            comm.all_reduce_sum_f64(&mut sums.0);
+        }
+        let loss = sums.report(issued.means, true, self.config.disc_weight);
+        self.finish(loss, issued.lr)
+    }
+
+    /// The passes of one micro-batch of a split step, and the sums of its gradients and its
+    /// metrics with those of the micro-batches before it.
     fn micro_step(
         &mut self,
         batch: &Batch,
@@ -757,12 +815,13 @@ impl<B: Backend> Trainer<B> {
         scalars: StepScalars,
         means: Means,
         part: Part,
-    ) -> Result<LossSums, TrainError> {
+    ) -> Result<(), TrainError> {
         let (masked, acts) = self.load_inputs(batch, masking)?;
         let recording = Some(self.step_fingerprint(&acts, masked, means, part));
         if !self.backend.begin_step(scalars, recording) {
             let corruption = Corruption::Generator(self.pick());
-            self.issue_passes(batch, &acts, masked, corruption, means);
+            let first = matches!(part, Part::Only | Part::First);
+            self.issue_passes(batch, &acts, masked, corruption, means, first);
             let (grads, sum) = (self.all(Space::Grad), self.all(Space::GradSum));
             let add = match part {
                 Part::Whole | Part::Only | Part::Update => None,
@@ -780,7 +839,7 @@ impl<B: Backend> Trainer<B> {
             }
             self.backend.end_step();
         }
-        Ok(self.sums(batch, &acts, masked, true))
+        Ok(())
     }
 
     /// What a recorded optimizer update depends on besides the step's scalars.
@@ -793,14 +852,14 @@ impl<B: Backend> Trainer<B> {
         h.finish()
     }
 
-    /// Chooses and masks the positions of `batch`, whose first sequence is sequence
-    /// `first_sequence` of the step's global batch.
-    fn mask(&self, batch: &Batch, first_sequence: u64, out: &mut Masking) {
+    /// Chooses and masks the positions of `batch` at optimizer step `step`, whose first
+    /// sequence is sequence `first_sequence` of the step's global batch.
+    fn mask(&self, batch: &Batch, step: u64, first_sequence: u64, out: &mut Masking) {
         let c = &self.config;
         let special = &self.model.config.special_tokens;
         let keys = MaskKeys {
             seed: c.seed,
-            step: self.step,
+            step,
             first_sequence,
         };
         mask_batch(batch, special, c.mask_prob, keys, out);
@@ -814,7 +873,7 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// Checks the step's losses and counts it.
-    fn finish_step(&mut self, loss: LossReport, lr: f32) -> Result<StepReport, TrainError> {
+    fn finish(&mut self, loss: LossReport, lr: f32) -> Result<StepReport, TrainError> {
         if !loss.gen_loss.is_finite() || !loss.disc_loss.is_finite() {
             return Err(TrainError::NonFinite {
                 step: self.step,
@@ -831,6 +890,33 @@ impl<B: Backend> Trainer<B> {
             grad_norm,
         })
     }
+}
+
+/// A step's host-side work ([`Trainer::prepare_step`]): its checked micro-batches, their
+/// masking and the counts of its global batch; [`Trainer::issue_step`] takes it.
+#[derive(Debug)]
+pub struct PreparedStep {
+    /// The optimizer step it was prepared for (its masking is keyed by it).
+    step: u64,
+    micro: Vec<Batch>,
+    maskings: Vec<Masking>,
+    /// The Gumbel row of each micro-batch's first masked position in the global batch.
+    first_picks: Vec<u64>,
+    /// This process's first slice of the global batch.
+    first_slice: usize,
+    /// One micro-batch and one rank: the step is recorded whole, update included.
+    whole: bool,
+    means: Means,
+}
+
+/// A step whose device work was issued ([`Trainer::issue_step`]); [`Trainer::finish_step`]
+/// waits for it and reports it.
+#[derive(Debug)]
+#[must_use = "a step issued is counted and reported only by finish_step"]
+pub struct IssuedStep {
+    means: Means,
+    lr: f32,
+    whole: bool,
 }
 
 /// The counts the two losses of a step are means over: the masked positions and the real
@@ -880,19 +966,14 @@ impl Part {
     }
 }
 
-/// Sums over tokens that a [`LossReport`] is made of, added over micro-batches and ranks:
-/// generator loss, discriminator loss, tokens the discriminator labelled right, replaced
-/// tokens, and masked positions where the generator's pick was the original.
+/// Sums over tokens that a [`LossReport`] is made of ([`LossSumsOp`]), added over
+/// micro-batches and ranks: generator loss, discriminator loss, tokens the discriminator
+/// labelled right, replaced tokens, and masked positions where the generator's pick was the
+/// original.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-struct LossSums([f64; 5]);
+struct LossSums([f64; LOSS_SUMS]);
 
 impl LossSums {
-    fn add(&mut self, other: &LossSums) {
-        for (a, b) in self.0.iter_mut().zip(other.0) {
-            *a += b;
-        }
-    }
-
     fn report(&self, means: Means, picked: bool, disc_weight: f32) -> LossReport {
         let [gen, disc, right, replaced, hits] = self.0;
         let (masked, real) = (means.masked, means.real_tokens);
@@ -915,6 +996,8 @@ impl LossSums {
 mod tests {
     use super::{TrainConfig, Trainer};
     use crate::backend::cpu::CpuBackend;
+    use crate::backend::Space;
+    use crate::comm::{Collective, Solo};
     use crate::data::Batch;
     use crate::model::{config::ElectraConfig, Model};
     use crate::tape::Op;
@@ -924,12 +1007,7 @@ mod tests {
     /// the gather of masked rows, which adds to some rows only: nothing else costs a fill.
     #[test]
     fn a_pretraining_step_zeroes_only_what_no_kernel_can_set() {
-        let mut config = ElectraConfig::preset("tiny").unwrap();
-        config.vocab_size = 300;
-        let model = Model::new(config);
-        let values = model.initial_values(3).unwrap();
-        let recipe = TrainConfig::default();
-        let mut t = Trainer::new(CpuBackend::new(), model, recipe, &values).unwrap();
+        let mut t = tiny_trainer();
         let special = t.model.config.special_tokens;
         t.train_step(&Batch::random(4, 32, 300, 1, &special))
             .unwrap();
@@ -941,6 +1019,112 @@ mod tests {
             panic!("operation {at} ({:?}) had {range:?} zeroed", ops[at]);
         };
         assert_eq!(range, gather.x.grad());
+    }
+
+    fn tiny_trainer() -> Trainer<CpuBackend> {
+        let mut config = ElectraConfig::preset("tiny").unwrap();
+        config.vocab_size = 300;
+        let model = Model::new(config);
+        let values = model.initial_values(3).unwrap();
+        let recipe = TrainConfig::default();
+        Trainer::new(CpuBackend::new(), model, recipe, &values).unwrap()
+    }
+
+    /// Steps whose host work is prepared while the step before is in flight (as pretraining and
+    /// `bench` run them) are bit for bit the steps taken one after another: the prepared step's
+    /// masking is keyed by its own step, not by the one still in flight.
+    #[test]
+    fn steps_prepared_ahead_are_the_steps_taken_one_by_one() {
+        let special = tiny_trainer().model.config.special_tokens;
+        let batches: Vec<Batch> = (0..3)
+            .map(|i| Batch::random(4, 32, 300, 10 + i, &special))
+            .collect();
+        let mut one_by_one = tiny_trainer();
+        let reports: Vec<_> = batches
+            .iter()
+            .map(|b| one_by_one.train_step(b).unwrap())
+            .collect();
+        let mut ahead = tiny_trainer();
+        let mut next = Some(ahead.prepare_step(vec![batches[0].clone()], &Solo).unwrap());
+        for (i, want) in reports.iter().enumerate() {
+            let issued = ahead.issue_step(next.take().unwrap(), &Solo).unwrap();
+            if let Some(b) = batches.get(i + 1) {
+                next = Some(ahead.prepare_step(vec![b.clone()], &Solo).unwrap());
+            }
+            let got = ahead.finish_step(issued, &Solo).unwrap();
+            assert_eq!(
+                (got.step, got.loss, got.grad_norm.to_bits()),
+                (want.step, want.loss, want.grad_norm.to_bits())
+            );
+        }
+        assert_eq!(ahead.flat(Space::Param), one_by_one.flat(Space::Param));
+        assert_eq!(ahead.flat(Space::AdamV), one_by_one.flat(Space::AdamV));
+    }
+
+    /// A step is issued only once the step before it is finished.
+    #[test]
+    #[should_panic(expected = "issue_step: step 0 is in flight; finish_step it first")]
+    fn a_step_is_issued_only_in_its_turn() {
+        let mut t = tiny_trainer();
+        let special = t.model.config.special_tokens;
+        let batch = Batch::random(4, 32, 300, 1, &special);
+        let first = t.prepare_step(vec![batch.clone()], &Solo).unwrap();
+        let issued = t.issue_step(first, &Solo).unwrap();
+        let second = t.prepare_step(vec![batch], &Solo).unwrap();
+        let _ = t.issue_step(second, &Solo);
+        drop(issued);
+    }
+
+    /// A prepared step is masked for its step: it cannot be issued as another.
+    #[test]
+    #[should_panic(expected = "issue_step: a step prepared for step 0 cannot be step 1")]
+    fn a_step_prepared_for_one_step_is_not_issued_as_another() {
+        let mut t = tiny_trainer();
+        let special = t.model.config.special_tokens;
+        let batch = Batch::random(4, 32, 300, 1, &special);
+        let (first, again) = (
+            t.prepare_step(vec![batch.clone()], &Solo).unwrap(),
+            t.prepare_step(vec![batch], &Solo).unwrap(),
+        );
+        let issued = t.issue_step(first, &Solo).unwrap();
+        t.finish_step(issued, &Solo).unwrap();
+        let _ = t.issue_step(again, &Solo);
+    }
+
+    /// Another rank's bad batch fails this rank's step too, before any device work, so that no
+    /// rank goes on to a collective the others never join.
+    #[test]
+    fn a_bad_batch_on_another_rank_fails_the_step_on_every_rank() {
+        /// Two ranks, of which this is rank 0 and the other reports a bad batch.
+        struct BadPeer;
+        impl Collective for BadPeer {
+            fn rank(&self) -> usize {
+                0
+            }
+            fn world(&self) -> usize {
+                2
+            }
+            fn local_rank(&self) -> usize {
+                0
+            }
+            fn all_reduce_sum_f32(&self, _: &mut [f32]) {}
+            fn all_reduce_sum_f64(&self, values: &mut [f64]) {
+                *values.last_mut().unwrap() += 1.0;
+            }
+            fn broadcast(&self, _: &mut Vec<u8>) {}
+            fn barrier(&self) {}
+            fn abort(&self, code: i32) -> ! {
+                panic!("abort({code})")
+            }
+        }
+        let t = tiny_trainer();
+        let special = t.model.config.special_tokens;
+        let batch = Batch::random(4, 32, 300, 1, &special);
+        let err = t.prepare_step(vec![batch], &BadPeer).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bad batch: 1 other rank(s) have a bad batch at step 0"
+        );
     }
 
     #[test]

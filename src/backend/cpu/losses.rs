@@ -1,6 +1,6 @@
 //! The two losses of ELECTRA and the replacement that links them.
 
-use crate::backend::Pick;
+use crate::backend::{Pick, LOSS_SUMS};
 use crate::rng::{unit_f32, Purpose, Stream};
 use rayon::prelude::*;
 
@@ -109,6 +109,33 @@ pub fn replace_tokens(
         corrupted[pos] = tok;
         is_replaced[pos] = if tok != original[pos] { 1.0 } else { 0.0 };
     }
+}
+
+/// The sums of [`LossSumsOp`](crate::backend::LossSumsOp), in its order: each loss summed one
+/// row after another in f64, and the three counts. `mask`, `disc_logits` and `is_replaced` are
+/// as long as `disc_row_loss`; `picks` and `targets` as `gen_row_loss`.
+pub fn loss_sums(
+    gen_row_loss: &[f32],
+    disc_row_loss: &[f32],
+    (disc_logits, is_replaced, mask): (&[f32], &[f32], &[u32]),
+    picks: Option<&[u32]>,
+    targets: &[u32],
+) -> [f64; LOSS_SUMS] {
+    let sum = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
+    let (mut right, mut replaced) = (0usize, 0usize);
+    for i in (0..mask.len()).filter(|&i| mask[i] != 0) {
+        let label = is_replaced[i] > 0.5;
+        right += usize::from((disc_logits[i] > 0.0) == label);
+        replaced += usize::from(label);
+    }
+    let hits = picks.map_or(0, |p| p.iter().zip(targets).filter(|(a, b)| a == b).count());
+    [
+        sum(gen_row_loss),
+        sum(disc_row_loss),
+        right as f64,
+        replaced as f64,
+        hits as f64,
+    ]
 }
 
 /// Numerically stable sigmoid BCE with logits, and its gradient, over the unmasked tokens.

@@ -19,8 +19,8 @@ use std::marker::PhantomData;
 use super::{
     AccumulateOp, AttentionOp, Backend, BceHeadOp, Buf, Dropout, DropoutMask, DropoutOp,
     EmbeddingOp, GatherRowsOp, IBuf, LayerNormOp, LayerNormParams, LayerNormSaved, LinearOp,
-    OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes, SoftmaxXentOp, Space,
-    StepScalars,
+    LossSumsOp, OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes, SoftmaxXentOp,
+    Space, StepScalars, LOSS_SUMS,
 };
 
 /// The CPU backend. Memory is one `Vec` per space.
@@ -32,6 +32,8 @@ pub struct CpuBackend {
     scratch: Vec<f32>,
     /// What the last `optimizer_step` measured.
     last_grad_norm: f32,
+    /// What the last [`Backend::loss_sums`] calls left.
+    loss_sums: [f64; LOSS_SUMS],
     /// The learning rate and seeds of the current step.
     scalars: StepScalars,
 }
@@ -523,6 +525,29 @@ impl Backend for CpuBackend {
         let f = self.frame();
         let [dst] = f.w([op.dst], &[op.src]);
         optim::accumulate(f.r(op.src), dst, op.overwrite);
+    }
+
+    fn loss_sums(&mut self, op: &LossSumsOp) {
+        let tokens = op.disc_row_loss.len;
+        let masked = op.gen_row_loss.len;
+        assert!(op.disc_logits.len == tokens && op.is_replaced.len == tokens);
+        assert!(op.mask.len == tokens && op.targets.len == masked);
+        assert!(op.picks.is_none_or(|p| p.len == masked), "loss_sums: picks");
+        let f = self.frame();
+        let sums = losses::loss_sums(
+            f.r(op.gen_row_loss),
+            f.r(op.disc_row_loss),
+            (f.r(op.disc_logits), f.r(op.is_replaced), f.ri(op.mask)),
+            op.picks.map(|p| f.ri(p)),
+            f.ri(op.targets),
+        );
+        for (held, s) in self.loss_sums.iter_mut().zip(sums) {
+            *held = if op.first { s } else { *held + s };
+        }
+    }
+
+    fn read_loss_sums(&self) -> [f64; LOSS_SUMS] {
+        self.loss_sums
     }
 
     fn grad_norm(&mut self) -> f32 {

@@ -196,6 +196,7 @@ kernel_table!(
     sigmoid_bce_head_fwd_bwd_w1024,
     softmax_xent_fwd_bwd,
     replace_tokens,
+    loss_sums,
     sum_partial_rows,
 );
 

@@ -1,17 +1,21 @@
 //! Launchers of the two losses and the replacement between them: `kernels/softmax_xent.cu` (the
 //! generator's loss, its gradient and the argmax or Gumbel pick in one pass over each row) and
 //! `kernels/sigmoid_bce.cu` (the discriminator's H → 1 projection, its loss and their backward in
-//! one pass, and `replace_tokens`).
+//! one pass, and `replace_tokens`), and `kernels/loss_sums.cu` (the sums of a step's metrics).
+
+use cudarc::driver::result;
 
 use super::kernels::{Arg, Launcher};
 use super::launch_args::{checked_int, BceHeadArgs, SoftmaxXentArgs};
 use super::memory::Dtype;
 use super::partial_sums::{sum_partial_rows, PartialRows};
 use super::{try_width_kernel, CudaBackend, CudaError};
-use crate::backend::{BceHeadOp, Pick, ReplaceTokensOp, SoftmaxXentOp};
+use crate::backend::{BceHeadOp, LossSumsOp, Pick, ReplaceTokensOp, SoftmaxXentOp, LOSS_SUMS};
 
 /// Threads per row of the softmax cross-entropy.
 const SX_THREADS: u32 = 512;
+/// Threads of `loss_sums`' one block (`LS_THREADS` in `kernels/loss_sums.cu`).
+const LS_THREADS: u32 = 512;
 /// Tokens (warps) per block of the BCE head.
 const BCE_WARPS: usize = 8;
 /// Threads per block of the BCE head.
@@ -88,6 +92,49 @@ impl CudaBackend {
         };
         // SAFETY: the buffers hold `tokens` and `n` values (checked above).
         Self::launched(unsafe { replace_tokens(&self.launcher(), &args) });
+    }
+
+    pub(super) fn launch_loss_sums(&mut self, op: &LossSumsOp) {
+        let LossSumsOp {
+            gen_row_loss,
+            disc_row_loss,
+            disc_logits,
+            is_replaced,
+            mask,
+            picks,
+            targets,
+            first,
+        } = *op;
+        let (masked, tokens) = (gen_row_loss.len, disc_row_loss.len);
+        assert!(disc_logits.len == tokens && is_replaced.len == tokens && mask.len == tokens);
+        assert!(targets.len == masked && picks.is_none_or(|p| p.len == masked));
+        let args = LossSumsArgs {
+            gen_row_loss: self.input(gen_row_loss, Dtype::F32),
+            disc_row_loss: self.input(disc_row_loss, Dtype::F32),
+            disc_logits: self.input(disc_logits, Dtype::F32),
+            is_replaced: self.input(is_replaced, Dtype::F32),
+            mask: self.iaddr(mask),
+            picks: picks.map_or(0, |p| self.iaddr(p)),
+            targets: self.iaddr(targets),
+            masked,
+            tokens,
+            first,
+            sums: self.scratch.loss_sums.ptr,
+        };
+        // SAFETY: the buffers hold `masked` and `tokens` values (checked above), the scratch
+        // LOSS_SUMS f64.
+        Self::launched(unsafe { loss_sums(&self.launcher(), &args) });
+    }
+
+    /// The sums the last `loss_sums` launches left, read back.
+    pub(super) fn fetch_loss_sums(&self) -> [f64; LOSS_SUMS] {
+        let mut sums = [0.0f64; LOSS_SUMS];
+        let src = self.scratch.loss_sums.ptr;
+        // SAFETY: the scratch holds LOSS_SUMS f64; complete once `sync` returns.
+        unsafe { result::memcpy_dtoh_async(&mut sums[..], src, self.stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("CUDA: reading the step's loss sums: {e}"));
+        self.sync();
+        sums
     }
 
     pub(super) fn launch_bce_head(&mut self, op: &BceHeadOp) {
@@ -252,4 +299,43 @@ pub(super) unsafe fn replace_tokens(l: &Launcher, a: &ReplaceTokensArgs) -> Resu
         Arg::Ptr(0),
     ];
     l.run(l.kernels.replace_tokens, (1, 1, 1), 1024, &args)
+}
+
+/// `loss_sums`: the [`LossSumsOp`] sums over f32 `gen_row_loss [masked]`, f32 `disc_row_loss`,
+/// `disc_logits`, `is_replaced` and u32 `mask [tokens]`, u32 `picks` (0 for none) and `targets
+/// [masked]`, into f64 `sums [LOSS_SUMS]`, overwritten when `first`, else added to.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LossSumsArgs {
+    pub gen_row_loss: u64,
+    pub disc_row_loss: u64,
+    pub disc_logits: u64,
+    pub is_replaced: u64,
+    pub mask: u64,
+    pub picks: u64,
+    pub targets: u64,
+    pub masked: usize,
+    pub tokens: usize,
+    pub first: bool,
+    pub sums: u64,
+}
+
+/// Launches `loss_sums` (one block) on `l`'s stream.
+///
+/// # Safety
+/// The addresses hold what [`LossSumsArgs`] describes.
+pub(super) unsafe fn loss_sums(l: &Launcher, a: &LossSumsArgs) -> Result<(), CudaError> {
+    let args = [
+        Arg::Ptr(a.gen_row_loss),
+        Arg::Ptr(a.disc_row_loss),
+        Arg::Ptr(a.disc_logits),
+        Arg::Ptr(a.is_replaced),
+        Arg::Ptr(a.mask),
+        Arg::Ptr(a.picks),
+        Arg::Ptr(a.targets),
+        Arg::I32(checked_int(a.masked, "masked rows")?),
+        Arg::I32(checked_int(a.tokens, "tokens")?),
+        Arg::I32(i32::from(!a.first)),
+        Arg::Ptr(a.sums),
+    ];
+    l.run(l.kernels.loss_sums, (1, 1, 1), LS_THREADS, &args)
 }

@@ -42,6 +42,7 @@
 //! | `softmax_xent`       | `softmax_xent_fwd_bwd` |
 //! | `replace_tokens`     | `replace_tokens` |
 //! | `bce_head`           | `sigmoid_bce_head_fwd_bwd_w{256,1024}` (the H → 1 projection, the loss and its backward in one pass) + `sum_partial_rows` |
+//! | `loss_sums`          | `loss_sums` (one block, f64), read back as 40 bytes |
 //! | `grad_norm`          | `grad_norm` (deterministic, f64), one 4-byte read back |
 //! | `adamw`              | `adamw` (also refreshes the bf16 copy) |
 //!
@@ -123,8 +124,8 @@ use half::bf16;
 
 use super::{
     all_reduce_on_host, AccumulateOp, AttentionOp, Backend, BceHeadOp, Buf, DropoutOp, EmbeddingOp,
-    GatherRowsOp, IBuf, LayerNormOp, LinearOp, OptimizerStep, OutOfMemory, ParamGroup,
-    ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars,
+    GatherRowsOp, IBuf, LayerNormOp, LinearOp, LossSumsOp, OptimizerStep, OutOfMemory, ParamGroup,
+    ReplaceTokensOp, Sizes, SoftmaxXentOp, Space, StepScalars, LOSS_SUMS,
 };
 use crate::comm::Collective;
 use blas::Blas;
@@ -144,6 +145,8 @@ struct Scratch {
     counter: DeviceBuf,
     /// `grad_norm`'s f64 partials, then its two f32 results.
     norm: DeviceBuf,
+    /// The step's metric sums, f64 `[LOSS_SUMS]` (`loss_sums`).
+    loss_sums: DeviceBuf,
     /// The embedding sort's (key, token) pairs, ping-pong: u32 each.
     sort: [DeviceBuf; 4],
     /// The sort's per-tile digit counts, u32 `[256, tiles]`.
@@ -350,6 +353,7 @@ impl CudaBackend {
             partials: alloc(0)?,
             counter: alloc(0)?,
             norm: alloc(0)?,
+            loss_sums: alloc(0)?,
             sort: [alloc(0)?, alloc(0)?, alloc(0)?, alloc(0)?],
             tile_hist: alloc(0)?,
             pieces: [alloc(0)?, alloc(0)?],
@@ -500,6 +504,7 @@ impl CudaBackend {
         try_ensure!(self, partials)(partials_bytes(sms))?;
         try_ensure!(self, counter)(COUNTER_BYTES)?;
         try_ensure!(self, norm)(16 * 2 * sms + 16)?;
+        try_ensure!(self, loss_sums)(8 * LOSS_SUMS)?;
         for i in 0..4 {
             try_ensure!(self, sort[i])(4 * ints)?;
         }
@@ -827,6 +832,16 @@ impl Backend for CudaBackend {
     fn accumulate(&mut self, op: &AccumulateOp) {
         self.bind();
         self.launch_accumulate(op);
+    }
+
+    fn loss_sums(&mut self, op: &LossSumsOp) {
+        self.bind();
+        self.launch_loss_sums(op);
+    }
+
+    fn read_loss_sums(&self) -> [f64; LOSS_SUMS] {
+        self.bind();
+        self.fetch_loss_sums()
     }
 
     fn all_reduce(&mut self, buf: Buf, comm: &dyn Collective) {

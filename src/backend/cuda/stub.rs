@@ -5,8 +5,8 @@
 
 use super::{
     AccumulateOp, AttentionOp, Backend, BceHeadOp, Buf, DropoutOp, EmbeddingOp, GatherRowsOp, IBuf,
-    LayerNormOp, LinearOp, OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp, Sizes,
-    SoftmaxXentOp, StepScalars,
+    LayerNormOp, LinearOp, LossSumsOp, OptimizerStep, OutOfMemory, ParamGroup, ReplaceTokensOp,
+    Sizes, SoftmaxXentOp, StepScalars, LOSS_SUMS,
 };
 
 #[path = "error.rs"]
@@ -145,6 +145,8 @@ impl Backend for CudaBackend {
         fn replace_tokens(&mut Self, &ReplaceTokensOp);
         fn bce_head(&mut Self, &BceHeadOp);
         fn accumulate(&mut Self, &AccumulateOp);
+        fn loss_sums(&mut Self, &LossSumsOp);
+        fn read_loss_sums(&Self) -> [f64; LOSS_SUMS];
         fn grad_norm(&mut Self) -> f32;
         fn adamw(&mut Self, &ParamGroup, f32);
         fn optimizer_step(&mut Self, &OptimizerStep);

@@ -20,7 +20,9 @@ use super::super::launch_args::{
 };
 use super::super::layernorm::{layernorm_bwd, layernorm_fwd};
 use super::super::linear::{bias_gelu_fwd, bias_grads};
-use super::super::losses::{bce_head, replace_tokens, softmax_xent, ReplaceTokensArgs};
+use super::super::losses::{
+    bce_head, loss_sums, replace_tokens, softmax_xent, LossSumsArgs, ReplaceTokensArgs,
+};
 use super::super::memory::Dtype;
 use super::super::optim::{
     accumulate, adamw, grad_norm, params_to_bf16, AccumulateArgs, AdamwArgs, GradNormArgs,
@@ -344,6 +346,22 @@ fn every_launch_passes_the_arguments_its_kernel_declares() {
             positions_len: 19,
         };
         replace_tokens(&l, &replace).unwrap();
+        for picks in [addr(5), 0] {
+            let sums = LossSumsArgs {
+                gen_row_loss: addr(0),
+                disc_row_loss: addr(1),
+                disc_logits: addr(2),
+                is_replaced: addr(3),
+                mask: addr(4),
+                picks,
+                targets: addr(6),
+                masked: 19,
+                tokens: 128,
+                first: picks != 0,
+                sums: addr(7),
+            };
+            loss_sums(&l, &sums).unwrap();
+        }
         // The embedding's forward and every phase of its backward, the sort in one pass (a
         // vocabulary of at most 256 ids) and in two.
         for (width, vocab) in [(128, 200), (768, 30_522)] {
