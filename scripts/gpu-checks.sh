@@ -41,6 +41,7 @@ summary=""
 note() { summary+="$*"$'\n'; echo "$*"; }
 left() { echo $((DEADLINE - SECONDS)); }
 
+# shellcheck source=scripts/gpu-env.sh
 . "$(dirname "$0")/gpu-env.sh"
 note "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
   --format=csv,noheader 2>&1)"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the scripts that run on a lent GPU machine: makes the CUDA 13 libraries findable and
 # keeps the toolkit's libcuda stub out of cudarc's way. Sets $driver (the driver's libcuda.so.1)
 # and $libs (the folders added to LD_LIBRARY_PATH).

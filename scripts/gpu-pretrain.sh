@@ -20,6 +20,7 @@ WARMUP=${WARMUP:-1000}
 GEN_FRACTION=${GEN_FRACTION:-0.25}
 REPLACEMENT=${REPLACEMENT:-sample}
 bin=.device/bin/electra
+# shellcheck source=scripts/gpu-env.sh
 . "$(dirname "$0")/gpu-env.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 
