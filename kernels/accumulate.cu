@@ -6,7 +6,9 @@
 // bit for bit (one f32 add per element, no reassociation).
 //
 // Layout: src, dst f32 [n], views of the parameter-shaped spaces (Grad and GradSum) at the same
-// offsets; they do not overlap. overwrite != 0 copies (the first micro-batch's term).
+// offsets, or (with ELECTRA_FOLD_BIAS_GRADS=1) a bias gradient that cuBLASLt's BGRADB epilogue
+// left in scratch and the bias's gradient it adds to; they do not overlap. overwrite != 0 copies
+// (the first micro-batch's term).
 // 16-byte vectors when both pointers are 16-byte aligned (the spaces' bases are, and the trainer
 // passes whole spaces), a scalar loop otherwise and for the tail.
 // Launch: 256 threads, any grid (a grid-stride loop; e.g. 4 * SMs blocks).

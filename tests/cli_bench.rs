@@ -68,6 +68,7 @@ fn a_sweep_writes_one_complete_record_per_configuration() {
             Some(0),
             "{r}"
         );
+        assert_eq!(r["folded_bias_grads"].as_u64(), Some(0), "{r}");
     }
     // Twice the sequences, twice the model FLOPs (the masked count scales with them too).
     let flops = |i: usize| records[i]["model_flops_per_step"].as_f64().unwrap();

@@ -130,6 +130,12 @@ trait Benched: Backend {
         Vec::new()
     }
 
+    /// How many weight-gradient products fold their bias gradient in (the CUDA backend with
+    /// `ELECTRA_FOLD_BIAS_GRADS=1`, where cuBLASLt offers an algorithm).
+    fn folded_bias_grads(&mut self) -> usize {
+        0
+    }
+
     /// How many algorithms the backend's matrix library offers for a `dims` layer's weight
     /// gradient (its output gradient's rows `dy_stride` apart) with the bias gradient folded in,
     /// or why it could not say; None where there is no such library.
@@ -178,6 +184,10 @@ impl Benched for CudaBackend {
 
     fn gemm_tunings(&mut self) -> Vec<GemmTuning> {
         CudaBackend::gemm_tunings(self)
+    }
+
+    fn folded_bias_grads(&mut self) -> usize {
+        CudaBackend::folded_bias_grads(self)
     }
 
     fn bias_grad_epilogue(
@@ -417,6 +427,10 @@ fn bench_one<B: Benched>(
             }
         }
     }
+    let folded = trainer.backend.inner_mut().folded_bias_grads();
+    if folded > 0 {
+        println!("\n{folded} weight-gradient products fold in their bias gradient (BGRADB)");
+    }
     let sizes = trainer.backend.sizes();
     // Seven f32 spaces (parameters, gradients, two moments, their sum; activations and their
     // gradients) and the integers, as the backend reserved them.
@@ -438,6 +452,7 @@ fn bench_one<B: Benched>(
         "device_memory_used_bytes": device_memory,
         "profiled_step_s": profiled, "ops": ops, "kernels": kernels,
         "gemm_tuning": tunings, "bias_grad_epilogue": epilogue,
+        "folded_bias_grads": folded,
     }))
 }
 

@@ -8,6 +8,11 @@
 //! operands and keeps the fastest. Timing decides, so two tuned processes may choose differently
 //! and their results differ in the last bits; untuned, every process makes the same choice.
 //!
+//! With `ELECTRA_FOLD_BIAS_GRADS=1` a linear layer's weight-gradient product also gives its bias
+//! gradient (the BGRADB epilogue, [`Fold::BiasGrad`]) where cuBLASLt offers an algorithm for it,
+//! instead of the bias-gradient kernels: an experiment, off by default until a GPU run has
+//! checked and timed it.
+//!
 //! cuBLASLt is column-major. A row-major `[r, c]` matrix is a column-major `c × r` one with the
 //! same leading dimension, so the backend states its row-major products transposed (see
 //! `linear.rs`).
@@ -32,7 +37,21 @@ const CANDIDATES: usize = 8;
 /// Products timed per candidate, after one untimed run.
 const TIMED_RUNS: usize = 5;
 
-/// `D[m × n] = op(A)·op(B) (+ bias) + beta·D`, all column-major, A and B bf16, D f32 or bf16.
+/// What a product folds in besides `A·B`, through a vector whose address each call gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fold {
+    /// Nothing.
+    None,
+    /// A bias vector of length `m`, D's type, added to every column of D
+    /// (CUBLASLT_EPILOGUE_BIAS).
+    Bias,
+    /// The f32 sums of `op(B)` over k, one per column of D, written to the vector
+    /// (CUBLASLT_EPILOGUE_BGRADB): how a weight gradient's product gives the bias gradient.
+    BiasGrad,
+}
+
+/// `D[m × n] = op(A)·op(B) + beta·D` (and what it folds in), all column-major, A and B bf16, D
+/// f32 or bf16.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Gemm {
     pub m: u64,
@@ -47,13 +66,13 @@ pub struct Gemm {
     pub ldd: u64,
     /// The type of D (and of C, which is D itself).
     pub out: Dtype,
-    /// Adds a bias vector of length `m` (the bias epilogue); the bias has D's type.
-    pub bias: bool,
+    /// What the product folds in.
+    pub fold: Fold,
 }
 
 impl Gemm {
     /// The product as the kernel table names it: `cublasLt m×n×k`, the transposed operands, D's
-    /// type, the bias epilogue, and `+=` when it adds to D.
+    /// type, what it folds in, and `+=` when it adds to D.
     pub fn label(&self, beta: f32) -> String {
         let op = |t| if t { "T" } else { "N" };
         format!(
@@ -64,7 +83,11 @@ impl Gemm {
             op(self.trans_a),
             op(self.trans_b),
             self.out,
-            if self.bias { " +bias" } else { "" },
+            match self.fold {
+                Fold::None => "",
+                Fold::Bias => " +bias",
+                Fold::BiasGrad => " +dbias",
+            },
             if beta != 0.0 { " +=" } else { "" },
         )
     }
@@ -92,18 +115,6 @@ impl PlanKey {
     }
 }
 
-/// What a product adds to `A·B`.
-#[derive(Clone, Copy, Debug)]
-enum Epilogue {
-    None,
-    /// A bias vector (D's type) on D's rows, at this address.
-    Bias(u64),
-    /// The bias gradient of B: the f32 sums of `op(B)` over k, one per column of D, written to
-    /// this address (CUBLASLT_EPILOGUE_BGRADB). Only probed, never run (see
-    /// [`Blas::bias_grad_epilogue_algorithms`]).
-    BiasGradB(u64),
-}
-
 /// One of the heuristic's algorithms for a product, and its place in the heuristic's order.
 #[derive(Clone, Copy)]
 struct Candidate {
@@ -125,6 +136,10 @@ pub struct Blas {
     plans: HashMap<PlanKey, Plan>,
     /// Time the heuristic's candidates when a product is planned (see the module's comment).
     tune: bool,
+    /// Fold bias gradients into weight-gradient products where an algorithm is offered.
+    fold_bias_grads: bool,
+    /// Whether cuBLASLt offers an algorithm for each [`Fold::BiasGrad`] product asked about.
+    bias_grad_offers: HashMap<PlanKey, bool>,
     /// What each tuned plan's timing found, in the order the plans were made.
     tunings: Vec<GemmTuning>,
 }
@@ -170,8 +185,13 @@ unsafe fn set_pref<T>(
 impl Blas {
     /// A handle for the current context; `workspace` is `workspace_bytes` of device memory the
     /// caller keeps alive as long as this. `tune` times the heuristic's candidates of each new
-    /// product shape and keeps the fastest.
-    pub fn new(workspace: u64, workspace_bytes: usize, tune: bool) -> Result<Self, CudaError> {
+    /// product shape and keeps the fastest; `fold_bias_grads` lets
+    /// [`Blas::folds_bias_grad`] answer yes.
+    pub fn new(
+        workspace: u64,
+        workspace_bytes: usize,
+        (tune, fold_bias_grads): (bool, bool),
+    ) -> Result<Self, CudaError> {
         let handle = lt::create_handle().map_err(|e| blas_err("cublasLtCreate", e))?;
         Ok(Blas {
             handle,
@@ -179,8 +199,38 @@ impl Blas {
             workspace_bytes,
             plans: HashMap::new(),
             tune,
+            fold_bias_grads,
+            bias_grad_offers: HashMap::new(),
             tunings: Vec::new(),
         })
+    }
+
+    /// How many weight-gradient products fold their bias gradient in (0 unless
+    /// `ELECTRA_FOLD_BIAS_GRADS=1`).
+    pub fn folded_bias_grads(&self) -> usize {
+        self.bias_grad_offers.values().filter(|&&f| f).count()
+    }
+
+    /// Whether the product `g` (a weight gradient's, folding nothing) on these operands is to
+    /// fold in the bias gradient of B: the backend was asked to and cuBLASLt offers an algorithm
+    /// for `g` with [`Fold::BiasGrad`] (asked once per shape and alignment).
+    pub fn folds_bias_grad(&mut self, g: Gemm, abd: (u64, u64, u64)) -> Result<bool, CudaError> {
+        if !self.fold_bias_grads {
+            return Ok(false);
+        }
+        let key = PlanKey::new(
+            Gemm {
+                fold: Fold::BiasGrad,
+                ..g
+            },
+            abd,
+        );
+        if let Some(&offered) = self.bias_grad_offers.get(&key) {
+            return Ok(offered);
+        }
+        let offered = self.bias_grad_algorithms(key)? > 0;
+        self.bias_grad_offers.insert(key, offered);
+        Ok(offered)
     }
 
     /// What the tuned plans' timing found (empty untuned).
@@ -188,8 +238,8 @@ impl Blas {
         &self.tunings
     }
 
-    /// Runs `g` on `stream`: `D = A·B (+ bias) + beta·D` with C = D. `bias` is the bias vector's
-    /// address (16-byte aligned, D's type) when `g.bias`.
+    /// Runs `g` on `stream`: `D = A·B + beta·D` with C = D, and what `g` folds in: `vector` is
+    /// the address of the bias (16-byte aligned, D's type) or of the bias gradient (f32).
     ///
     /// # Safety
     /// The addresses must hold the matrices `g` describes, on the handle's device.
@@ -199,18 +249,17 @@ impl Blas {
         g: Gemm,
         (a, b, d): (u64, u64, u64),
         beta: f32,
-        bias: Option<u64>,
+        vector: Option<u64>,
     ) -> Result<(), CudaError> {
-        if g.bias != bias.is_some() {
+        if (g.fold != Fold::None) != vector.is_some() {
             return Err(CudaError::Argument(format!(
-                "cublasLtMatmul {g:?}: the bias epilogue and a bias vector go together (given {bias:?})"
+                "cublasLtMatmul {g:?}: a fold and its vector go together (given {vector:?})"
             )));
         }
         let key = PlanKey::new(g, (a, b, d));
         if !self.plans.contains_key(&key) {
-            let epilogue = bias.map_or(Epilogue::None, Epilogue::Bias);
             let count = if self.tune { CANDIDATES } else { 1 };
-            let (mut plan, candidates) = self.plan(key, epilogue, count)?;
+            let (mut plan, candidates) = self.plan(key, vector.unwrap_or(0), count)?;
             if candidates.len() > 1 {
                 let tuned = self.time_candidates(stream, &plan, &candidates, g, (a, b), beta)?;
                 if let Some((algo, t)) = tuned {
@@ -221,11 +270,11 @@ impl Blas {
             self.plans.insert(key, plan);
         }
         let plan = &self.plans[&key];
-        if let Some(bias) = bias {
+        if let Some(vector) = vector {
             set_desc(
                 plan.desc,
                 sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                &bias,
+                &vector,
             )
             .map_err(|e| blas_err("setting the bias pointer", e))?;
         }
@@ -339,32 +388,44 @@ impl Blas {
     /// the bias gradient of B folded into the product (CUBLASLT_EPILOGUE_BGRADB into an f32
     /// vector, as a linear layer's weight gradient `dwᵀ = xᵀ·dy` could give `dbias` with it),
     /// the operands aligned as 256-byte aligned bases with `g`'s leading dimensions make them: 0
-    /// where it offers none. Plans and runs nothing; `electra bench` reports it, to decide
-    /// whether the bias-gradient kernels can go.
+    /// where it offers none. Plans and runs nothing; `electra bench` reports it, whatever
+    /// `ELECTRA_FOLD_BIAS_GRADS` says.
     pub fn bias_grad_epilogue_algorithms(&self, g: Gemm) -> Result<usize, CudaError> {
-        let key = PlanKey::new(g, (256, 256, 256));
-        // SAFETY: builds descriptors and asks the heuristic; the address (256, aligned) is only
-        // read for its alignment.
+        self.bias_grad_algorithms(PlanKey::new(
+            Gemm {
+                fold: Fold::BiasGrad,
+                ..g
+            },
+            (256, 256, 256),
+        ))
+    }
+
+    /// How many of the first [`CANDIDATES`] algorithms can run `key`'s [`Fold::BiasGrad`]
+    /// product; 0 where the heuristic offers none.
+    fn bias_grad_algorithms(&self, key: PlanKey) -> Result<usize, CudaError> {
+        // SAFETY: builds descriptors and asks the heuristic; the vector's address (256, aligned)
+        // is only read for its alignment.
         unsafe {
-            let plan = self.describe(key, Epilogue::BiasGradB(256))?;
+            let plan = self.describe(key, 256)?;
             match self.ask(&plan, key, CANDIDATES) {
                 Ok(found) => Ok(self.runnable(&found).len()),
                 Err(lt::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => Ok(0),
-                Err(e) => Err(blas_err(&format!("probing BGRADB for {g:?}"), e)),
+                Err(e) => Err(blas_err(&format!("probing BGRADB for {:?}", key.gemm), e)),
             }
         }
     }
 
-    /// Builds the descriptors of `key` with `epilogue` and asks the heuristic for up to `count`
-    /// algorithms in its order. Returns the plan, holding the first, and the algorithms that can
-    /// run (the heuristic succeeded for them and their workspace fits), the first among them.
+    /// Builds the descriptors of `key` (its fold's vector at `vector`) and asks the heuristic
+    /// for up to `count` algorithms in its order. Returns the plan, holding the first, and the
+    /// algorithms that can run (the heuristic succeeded for them and their workspace fits), the
+    /// first among them.
     unsafe fn plan(
         &self,
         key: PlanKey,
-        epilogue: Epilogue,
+        vector: u64,
         count: usize,
     ) -> Result<(Plan, Vec<Candidate>), CudaError> {
-        let mut plan = self.describe(key, epilogue)?;
+        let mut plan = self.describe(key, vector)?;
         let what = format!("planning {:?}", key.gemm);
         let found = self
             .ask(&plan, key, count)
@@ -395,8 +456,9 @@ impl Blas {
             .collect()
     }
 
-    /// The descriptor and layouts of `key`'s product with `epilogue` (no algorithm yet).
-    unsafe fn describe(&self, key: PlanKey, epilogue: Epilogue) -> Result<Plan, CudaError> {
+    /// The descriptor and layouts of `key`'s product, its fold's vector at `vector` (no
+    /// algorithm yet).
+    unsafe fn describe(&self, key: PlanKey, vector: u64) -> Result<Plan, CudaError> {
         let g = key.gemm;
         let what = format!("planning {g:?}");
         let err = |e| blas_err(&what, e);
@@ -416,19 +478,19 @@ impl Blas {
         set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSA, &ta).map_err(err)?;
         set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSB, &tb).map_err(err)?;
         use sys::cublasLtEpilogue_t as E;
-        let (epi, bias) = match epilogue {
-            Epilogue::None => (None, 0),
-            Epilogue::Bias(bias) => (Some(E::CUBLASLT_EPILOGUE_BIAS), bias),
-            Epilogue::BiasGradB(dbias) => {
+        let epi = match g.fold {
+            Fold::None => None,
+            Fold::Bias => Some(E::CUBLASLT_EPILOGUE_BIAS),
+            Fold::BiasGrad => {
                 let f32 = sys::cudaDataType::CUDA_R_32F;
                 set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &f32).map_err(err)?;
-                (Some(E::CUBLASLT_EPILOGUE_BGRADB), dbias)
+                Some(E::CUBLASLT_EPILOGUE_BGRADB)
             }
         };
         if let Some(epi) = epi {
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi).map_err(err)?;
             // The heuristic reads the pointer's alignment.
-            set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias).map_err(err)?;
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &vector).map_err(err)?;
         }
         let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
         let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
@@ -535,10 +597,10 @@ impl Launcher<'_> {
         g: Gemm,
         abd: (u64, u64, u64),
         beta: f32,
-        bias: Option<u64>,
+        vector: Option<u64>,
     ) -> Result<(), CudaError> {
         self.last_kernel.set("cublasLtMatmul");
-        let mut product = || blas.matmul(self.stream, g, abd, beta, bias);
+        let mut product = || blas.matmul(self.stream, g, abd, beta, vector);
         match self.clock {
             Some(clock) => clock.time(self.stream, || g.label(beta), product)?,
             None => product()?,
@@ -587,7 +649,7 @@ impl CudaBackend {
             ldb: N as u64,
             ldd: N as u64,
             out: Dtype::Bf16,
-            bias: false,
+            fold: Fold::None,
         };
         let (a, b, d) = (bufs[0].ptr, bufs[1].ptr, bufs[2].ptr);
         let mut times = Vec::new();

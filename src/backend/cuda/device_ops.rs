@@ -152,7 +152,7 @@ impl DeviceOps {
         ops.owned = Some(Owned {
             // The caller's stream may be capturing, and the caller expects the same choice
             // in every process: no tuning.
-            blas: Blas::new(workspace.ptr, ws_bytes, false)?,
+            blas: Blas::new(workspace.ptr, ws_bytes, (false, false))?,
             kernels: Kernels::load()?,
             _workspace: workspace,
             step: RawBuf::zeroed(STEP_BYTES)?,

@@ -5,11 +5,11 @@
 
 use cudarc::driver::result;
 
-use super::blas::{Blas, Gemm};
+use super::blas::{Blas, Fold, Gemm};
 use super::kernels::{Arg, Launcher};
 use super::launch_args::{LinearBwdArgs, LinearFwdArgs, MAX_GRID_YZ};
 use super::memory::Dtype;
-use super::optim::params_to_bf16;
+use super::optim::{accumulate, params_to_bf16, AccumulateArgs};
 use super::partial_sums::{sum_partial_rows, PartialRows};
 use super::{CudaBackend, CudaError};
 use crate::backend::{Buf, LinearDims, LinearOp};
@@ -183,8 +183,10 @@ pub(super) unsafe fn linear_fwd(
     a.check()?;
     if a.pre == 0 {
         let mut p = forward_product(a.dims, a.y_stride, a.y_dtype, (a.w, a.x, a.y));
-        p.gemm.bias = a.bias != 0;
-        let bias = p.gemm.bias.then_some(a.bias);
+        let bias = (a.bias != 0).then_some(a.bias);
+        if bias.is_some() {
+            p.gemm.fold = Fold::Bias;
+        }
         return l.gemm(blas, p.gemm, (p.a, p.b, p.d), 0.0, bias);
     }
     let p = forward_product(a.dims, out, Dtype::Bf16, (a.w, a.x, a.pre));
@@ -219,7 +221,10 @@ pub(super) unsafe fn bias_gelu_fwd(l: &Launcher, a: &LinearFwdArgs) -> Result<()
 
 /// Launches a linear layer's backward pass on `l`'s stream: `bias_gelu_bwd` (`dpre` and the
 /// bias gradient's partial sums) or `bias_bwd` (the partial sums) and the sums of those, then
-/// cuBLASLt `dx += dy·w` (bf16; `=` with `overwrite_dx`) and `dw += dyᵀ·x` (f32).
+/// cuBLASLt `dx += dy·w` (bf16; `=` with `overwrite_dx`) and `dw += dyᵀ·x` (f32). Where `blas`
+/// folds the bias gradient into the last product ([`Blas::folds_bias_grad`]), that product
+/// writes it into `partials` instead, and `accumulate` adds it to `dbias`; `bias_gelu_bwd`
+/// then only writes `dpre`.
 ///
 /// # Safety
 /// The addresses hold the tensors [`LinearBwdArgs`] describes for `a.dims`; with `dbias`,
@@ -233,11 +238,14 @@ pub(super) unsafe fn linear_bwd(
     if rows == 0 || out == 0 {
         return Ok(());
     }
-    let dy_b = bias_grads(l, a)?;
+    let dy_b = if a.pre != 0 { a.dpre } else { a.dy };
     // The GELU's gradient is dense; a padded `dy` is read in place.
     let dy_stride = if a.pre != 0 { out } else { a.y_stride };
-    let [input_grad, weight_grad] =
+    let [input_grad, mut weight_grad] =
         backward_products(a.dims, dy_stride, (a.x, a.w, dy_b, a.dx, a.dw));
+    let p = weight_grad;
+    let fold = a.dbias != 0 && blas.folds_bias_grad(p.gemm, (p.a, p.b, p.d))?;
+    bias_grads(l, a, fold)?;
     let dx_beta = if a.overwrite_dx { 0.0 } else { 1.0 };
     l.gemm(
         blas,
@@ -246,23 +254,41 @@ pub(super) unsafe fn linear_bwd(
         dx_beta,
         None,
     )?;
+    if !fold {
+        let p = weight_grad;
+        return l.gemm(blas, p.gemm, (p.a, p.b, p.d), 1.0, None);
+    }
+    weight_grad.gemm.fold = Fold::BiasGrad;
     let p = weight_grad;
-    l.gemm(blas, p.gemm, (p.a, p.b, p.d), 1.0, None)
+    l.gemm(blas, p.gemm, (p.a, p.b, p.d), 1.0, Some(a.partials))?;
+    let add = AccumulateArgs {
+        src: a.partials,
+        dst: a.dbias,
+        n: out,
+        overwrite: false,
+    };
+    accumulate(l, &add)
 }
 
 /// The backward's kernels before its products: `bias_gelu_bwd` (`dpre` and the bias gradient's
 /// partial sums) or `bias_bwd` (the partial sums; nothing without a bias), then the sums of the
-/// partials into `dbias`. Returns the gradient the products take: `dpre` with GELU, else `dy`.
+/// partials into `dbias`; with `folded` (the weight-gradient product gives the bias gradient),
+/// only `dpre`.
 ///
 /// # Safety
 /// As for [`linear_bwd`].
-pub(super) unsafe fn bias_grads(l: &Launcher, a: &LinearBwdArgs) -> Result<u64, CudaError> {
+pub(super) unsafe fn bias_grads(
+    l: &Launcher,
+    a: &LinearBwdArgs,
+    folded: bool,
+) -> Result<(), CudaError> {
     let LinearDims { rows, out, .. } = a.dims;
     let (rows_i, out_i, ld) = a.check()?;
     let (col_blocks, groups) = bias_grid(l.sms, 2, rows, out);
     let grid = (col_blocks, groups, 1);
-    let partials = if a.dbias != 0 { a.partials } else { 0 };
-    let dy_b = if a.pre != 0 {
+    let sums = a.dbias != 0 && !folded;
+    let partials = if sums { a.partials } else { 0 };
+    if a.pre != 0 {
         let args = [
             Arg::Ptr(a.dy),
             Arg::Ptr(a.pre),
@@ -273,22 +299,18 @@ pub(super) unsafe fn bias_grads(l: &Launcher, a: &LinearBwdArgs) -> Result<u64, 
             Arg::Ptr(0),
         ];
         l.run(l.kernels.bias_gelu_bwd, grid, BG_THREADS, &args)?;
-        a.dpre
-    } else {
-        if a.dbias != 0 {
-            let args = [
-                Arg::Ptr(a.dy),
-                Arg::Ptr(partials),
-                Arg::I32(rows_i),
-                Arg::I32(out_i),
-                Arg::I32(ld),
-                Arg::Ptr(0),
-            ];
-            l.run(l.kernels.bias_bwd, grid, BG_THREADS, &args)?;
-        }
-        a.dy
-    };
-    if a.dbias != 0 {
+    } else if sums {
+        let args = [
+            Arg::Ptr(a.dy),
+            Arg::Ptr(partials),
+            Arg::I32(rows_i),
+            Arg::I32(out_i),
+            Arg::I32(ld),
+            Arg::Ptr(0),
+        ];
+        l.run(l.kernels.bias_bwd, grid, BG_THREADS, &args)?;
+    }
+    if sums {
         let bias_rows = PartialRows {
             partials,
             parts: groups,
@@ -300,7 +322,7 @@ pub(super) unsafe fn bias_grads(l: &Launcher, a: &LinearBwdArgs) -> Result<u64, 
         };
         sum_partial_rows(l, &bias_rows)?;
     }
-    Ok(dy_b)
+    Ok(())
 }
 
 /// The type of a linear layer's output: a one-column output (a score per row) stays f32, as a
@@ -345,7 +367,7 @@ pub(super) fn forward_product<T>(
             ldb: inp as u64,
             ldd: d_stride as u64,
             out: out_type,
-            bias: false,
+            fold: Fold::None,
         },
         a: w,
         b: x,
@@ -373,7 +395,7 @@ pub(super) fn backward_products<T: Copy>(
         ldb: dy_stride as u64,
         ldd: inp as u64,
         out: out_type,
-        bias: false,
+        fold: Fold::None,
     };
     [
         Product {

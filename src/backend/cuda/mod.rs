@@ -33,7 +33,7 @@
 //! | `embedding_fwd`      | `embedding_fwd_w{256,1024}` |
 //! | `embedding_bwd`      | `embedding_bwd_layernorm_w*` (f32 `dsum` in `saved.xhat.grad()`) + `sum_partial_rows`, radix sort of the ids (`embedding_sort_hist/scan/scatter`, 1 or 2 passes), `embedding_bwd_word_pieces` + `_combine`, `embedding_bwd_pos_type` + `embedding_bwd_type_reduce` |
 //! | `linear_fwd`         | cuBLASLt `y = x·wᵀ` with the bias epilogue (bf16 bias from the parameter copy); with GELU, cuBLASLt into `pre`, then `bias_gelu_fwd` (f32 bias, exact erf GELU: cuBLASLt's GELU epilogues use the tanh form) |
-//! | `linear_bwd`         | `bias_gelu_bwd` (dpre and dbias's partial sums) or `bias_bwd` (the partial sums) + `sum_partial_rows`, cuBLASLt `dx += dy·w` (bf16, β = 1, or β = 0 as `dx`'s first writer) and `dw += dyᵀ·x` (f32, β = 1) |
+//! | `linear_bwd`         | `bias_gelu_bwd` (dpre and dbias's partial sums) or `bias_bwd` (the partial sums) + `sum_partial_rows`, cuBLASLt `dx += dy·w` (bf16, β = 1, or β = 0 as `dx`'s first writer) and `dw += dyᵀ·x` (f32, β = 1); with `ELECTRA_FOLD_BIAS_GRADS=1`, where offered, the last product gives the bias gradient (BGRADB, into scratch), `accumulate_f32` adds it to `dbias`, and `bias_gelu_bwd` writes only `dpre` |
 //! | `layernorm_fwd/bwd`  | `layernorm_residual_fwd/bwd_w{256,1024}` (with the branch's dropout), the backward + `sum_partial_rows` |
 //! | `attention_fwd`      | `attention_fwd_d{16,32,64}` (saves the log-sum-exp in `probs`, and the dropout mask as bits after it) |
 //! | `attention_bwd`      | `attention_bwd_dq_d*` (also writes `delta` to `probs.grad()`), then `attention_bwd_dkdv_d*` |
@@ -347,8 +347,9 @@ impl CudaBackend {
             DeviceBuf::zeroed(&stream, bytes).map_err(|e| driver_err("allocating memory", e))
         };
         let workspace = alloc(ws_bytes)?;
-        let tune = std::env::var_os("ELECTRA_GEMM_TUNE").is_some_and(|v| v != "0");
-        let blas = Blas::new(workspace.ptr, ws_bytes, tune)?;
+        let flag = |name| std::env::var_os(name).is_some_and(|v| v != "0");
+        let choices = (flag("ELECTRA_GEMM_TUNE"), flag("ELECTRA_FOLD_BIAS_GRADS"));
+        let blas = Blas::new(workspace.ptr, ws_bytes, choices)?;
         let scratch = Scratch {
             partials: alloc(0)?,
             counter: alloc(0)?,
@@ -368,7 +369,7 @@ impl CudaBackend {
         let params_bf16 = alloc(0)?;
         let ints = alloc(0)?;
         let step_memory = alloc(STEP_BYTES)?;
-        let sync_each_launch = std::env::var_os("ELECTRA_CUDA_SYNC").is_some_and(|v| v != "0");
+        let sync_each_launch = flag("ELECTRA_CUDA_SYNC");
         let record = std::env::var_os("ELECTRA_CUDA_GRAPH").is_none_or(|v| v != "0");
         let mut be = CudaBackend {
             graphs: StepGraphs::new(record && !sync_each_launch),
@@ -469,6 +470,12 @@ impl CudaBackend {
     /// were first run; empty unless `ELECTRA_GEMM_TUNE=1` (`blas.rs`).
     pub fn gemm_tunings(&self) -> Vec<GemmTuning> {
         self.blas.tunings().to_vec()
+    }
+
+    /// How many weight-gradient products fold their bias gradient in: 0 unless
+    /// `ELECTRA_FOLD_BIAS_GRADS=1` (`blas.rs`).
+    pub fn folded_bias_grads(&self) -> usize {
+        self.blas.folded_bias_grads()
     }
 
     /// Waits for the queued work and returns the first error it raised, naming the last kernel

@@ -91,6 +91,11 @@ impl CudaBackend {
     }
 
     /// Never reached (no value exists).
+    pub fn folded_bias_grads(&self) -> usize {
+        match self.never {}
+    }
+
+    /// Never reached (no value exists).
     pub fn bias_grad_epilogue_algorithms(
         &self,
         _dims: crate::backend::LinearDims,

@@ -276,7 +276,8 @@ fn every_launch_passes_the_arguments_its_kernel_declares() {
                 y_stride,
                 overwrite_dx: false,
             };
-            bias_grads(&l, &bwd).unwrap();
+            bias_grads(&l, &bwd, false).unwrap();
+            bias_grads(&l, &bwd, true).unwrap();
         }
         for overwrite in [false, true] {
             let drop = DropoutArgs {
