@@ -171,6 +171,24 @@ mod tests {
         v.iter().map(|x| x.to_bits()).collect()
     }
 
+    /// The metric sums count real tokens only (padding's logit and label are not looked at),
+    /// match a logit's sign with its label at 0.5, and count hits only with picks.
+    #[test]
+    fn loss_sums_count_real_tokens_and_picks() {
+        let gen = [0.5, 1.25, 2.0];
+        let disc = [0.1, 0.2, 0.3, 0.4, 0.0];
+        let logits = [1.0, -1.0, 0.5, -0.25, 9.0];
+        let labels = [1.0, 1.0, 0.0, 0.0, 1.0];
+        let mask = [1, 1, 1, 1, 0];
+        let (picks, targets) = ([7, 3, 9], [7, 4, 9]);
+        let tokens = (&logits[..], &labels[..], &mask[..]);
+        let sums = loss_sums(&gen, &disc, tokens, Some(&picks), &targets);
+        let disc_sum = disc.iter().map(|&x| x as f64).sum::<f64>();
+        // Right: tokens 0 (+, 1) and 3 (-, 0); wrong: 1 (-, 1) and 2 (+, 0); 4 is padding.
+        assert_eq!(sums, [3.75, disc_sum, 2.0, 2.0, 2.0]);
+        assert_eq!(loss_sums(&gen, &disc, tokens, None, &targets)[4], 0.0);
+    }
+
     /// Rows padded to a stride: the same losses, gradient bits and picks as dense rows, and the
     /// gradient's padding left as it was.
     #[test]
