@@ -315,6 +315,8 @@ impl<B: Backend> PretrainRun<B> {
         let elapsed = |c: &Instant| before + c.elapsed().as_secs_f64();
         let mut window = Window::default();
         let tokens_per_step = self.config.global_batch() * self.batcher.seq_len();
+        // A call that ended with the next step prepared left the batcher a step ahead.
+        self.batcher.restore(self.cursor)?;
         let mut next = (self.trainer.step < end).then(|| self.prepare_next());
         while self.trainer.step < end {
             let step_clock = Instant::now();

@@ -165,6 +165,43 @@ fn should_stop_ends_with_a_checkpoint_that_resumes_to_the_same_bits() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A run stopped by its observer (with the next step already prepared) trains on, when asked
+/// again, from the data after the last step it took, to the bits of a run never stopped.
+#[test]
+fn a_stopped_run_trained_again_continues_exactly() {
+    let root = scratch("again");
+    let data = tiny_data(&root);
+    let straight = new_run(&root, "straight", &data);
+    let (_, _, expected) = train(&straight, Start::Fresh(None), None);
+
+    let dir = new_run(&root, "again", &data);
+    let config = run_dir::read_config(&dir).unwrap();
+    let lock = run_dir::lock_for_training(&dir).unwrap();
+    let mut run = PretrainRun::new(CpuBackend::new(), &dir, config, Start::Fresh(None), lock);
+    let run = run.as_mut().unwrap();
+    let mut stopping = Recorder {
+        stop_after: Some(3),
+        ..Recorder::default()
+    };
+    assert_eq!(
+        run.train(None, &mut stopping).unwrap(),
+        RunEnd::Stopped { step: 3 }
+    );
+    let mut rest = Recorder::default();
+    assert_eq!(
+        run.train(None, &mut rest).unwrap(),
+        RunEnd::Finished { step: 6 }
+    );
+    assert_eq!(rest.steps, [4, 5, 6]);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let again = run.trainer().flat(Space::Param);
+    assert!(
+        bits(&again) == bits(&expected),
+        "the run trained again differs"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn a_run_refuses_data_other_than_it_began_with() {
     let root = scratch("data-link");
