@@ -496,6 +496,20 @@ pub struct LossSumsOp {
     pub first: bool,
 }
 
+impl LossSumsOp {
+    /// `(masked, tokens)`, after checking that every buffer has the length its rows call for.
+    pub fn sizes(&self) -> (usize, usize) {
+        let (masked, tokens) = (self.gen_row_loss.len, self.disc_row_loss.len);
+        let per_token = [self.disc_logits.len, self.is_replaced.len, self.mask.len];
+        let per_row = [Some(self.targets.len), self.picks.map(|p| p.len)];
+        assert!(
+            per_token.iter().all(|&l| l == tokens) && per_row.iter().flatten().all(|&l| l == masked),
+            "loss_sums: buffers of other lengths than {masked} masked rows and {tokens} tokens: {self:?}"
+        );
+        (masked, tokens)
+    }
+}
+
 /// The optimizer step: the global gradient norm, clipping to `max_norm`, and one AdamW update
 /// per group with the clipping folded in. A non-finite norm skips the update.
 #[derive(Clone, Copy, Debug, PartialEq)]

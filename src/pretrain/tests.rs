@@ -97,12 +97,17 @@ impl Observer for Recorder {
     }
 }
 
+/// Opens the run in `dir` from `start` on the CPU.
+fn open(dir: &Path, start: Start) -> PretrainRun<CpuBackend> {
+    let config = run_dir::read_config(dir).unwrap();
+    let lock = run_dir::lock_for_training(dir).unwrap();
+    PretrainRun::new(CpuBackend::new(), dir, config, start, lock).unwrap()
+}
+
 /// Trains the run in `dir` from `start`; returns what the observer saw, how the run ended and
 /// the final parameters.
 fn train(dir: &Path, start: Start, stop_after: Option<usize>) -> (Recorder, RunEnd, Vec<f32>) {
-    let config = run_dir::read_config(dir).unwrap();
-    let lock = run_dir::lock_for_training(dir).unwrap();
-    let mut run = PretrainRun::new(CpuBackend::new(), dir, config, start, lock).unwrap();
+    let mut run = open(dir, start);
     let mut recorder = Recorder {
         stop_after,
         ..Recorder::default()
@@ -175,10 +180,7 @@ fn a_stopped_run_trained_again_continues_exactly() {
     let (_, _, expected) = train(&straight, Start::Fresh(None), None);
 
     let dir = new_run(&root, "again", &data);
-    let config = run_dir::read_config(&dir).unwrap();
-    let lock = run_dir::lock_for_training(&dir).unwrap();
-    let mut run = PretrainRun::new(CpuBackend::new(), &dir, config, Start::Fresh(None), lock);
-    let run = run.as_mut().unwrap();
+    let mut run = open(&dir, Start::Fresh(None));
     let mut stopping = Recorder {
         stop_after: Some(3),
         ..Recorder::default()

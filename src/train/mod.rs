@@ -783,11 +783,7 @@ impl<B: Backend> Trainer<B> {
             }
         }
         self.in_flight = true;
-        Ok(IssuedStep {
-            means: *means,
-            lr,
-            whole: prepared.whole,
-        })
+        Ok(IssuedStep { means: *means, lr })
     }
 
     /// Waits for an issued step, reads its losses and gradient norm (summed over the ranks of
@@ -799,9 +795,7 @@ impl<B: Backend> Trainer<B> {
     ) -> Result<StepReport, TrainError> {
         self.in_flight = false;
         let mut sums = LossSums(self.backend.read_loss_sums());
-        if !issued.whole {
-            comm.all_reduce_sum_f64(&mut sums.0);
-        }
+        comm.all_reduce_sum_f64(&mut sums.0);
         let loss = sums.report(issued.means, true, self.config.disc_weight);
         self.finish(loss, issued.lr)
     }
@@ -916,7 +910,6 @@ pub struct PreparedStep {
 pub struct IssuedStep {
     means: Means,
     lr: f32,
-    whole: bool,
 }
 
 /// The counts the two losses of a step are means over: the masked positions and the real

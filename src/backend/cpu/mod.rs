@@ -528,11 +528,7 @@ impl Backend for CpuBackend {
     }
 
     fn loss_sums(&mut self, op: &LossSumsOp) {
-        let tokens = op.disc_row_loss.len;
-        let masked = op.gen_row_loss.len;
-        assert!(op.disc_logits.len == tokens && op.is_replaced.len == tokens);
-        assert!(op.mask.len == tokens && op.targets.len == masked);
-        assert!(op.picks.is_none_or(|p| p.len == masked), "loss_sums: picks");
+        op.sizes();
         let f = self.frame();
         let sums = losses::loss_sums(
             f.r(op.gen_row_loss),

@@ -113,6 +113,12 @@ impl PlanKey {
             ],
         }
     }
+
+    /// The key of `g` folding in the bias gradient of B ([`Fold::BiasGrad`]).
+    fn bias_grad(g: Gemm, abd: (u64, u64, u64)) -> Self {
+        let fold = Fold::BiasGrad;
+        PlanKey::new(Gemm { fold, ..g }, abd)
+    }
 }
 
 /// One of the heuristic's algorithms for a product, and its place in the heuristic's order.
@@ -205,8 +211,8 @@ impl Blas {
         })
     }
 
-    /// How many weight-gradient products fold their bias gradient in (0 unless
-    /// `ELECTRA_FOLD_BIAS_GRADS=1`).
+    /// How many distinct weight-gradient products (shape and alignment) fold their bias
+    /// gradient in (0 unless `ELECTRA_FOLD_BIAS_GRADS=1`).
     pub fn folded_bias_grads(&self) -> usize {
         self.bias_grad_offers.values().filter(|&&f| f).count()
     }
@@ -218,13 +224,7 @@ impl Blas {
         if !self.fold_bias_grads {
             return Ok(false);
         }
-        let key = PlanKey::new(
-            Gemm {
-                fold: Fold::BiasGrad,
-                ..g
-            },
-            abd,
-        );
+        let key = PlanKey::bias_grad(g, abd);
         if let Some(&offered) = self.bias_grad_offers.get(&key) {
             return Ok(offered);
         }
@@ -391,13 +391,7 @@ impl Blas {
     /// where it offers none. Plans and runs nothing; `electra bench` reports it, whatever
     /// `ELECTRA_FOLD_BIAS_GRADS` says.
     pub fn bias_grad_epilogue_algorithms(&self, g: Gemm) -> Result<usize, CudaError> {
-        self.bias_grad_algorithms(PlanKey::new(
-            Gemm {
-                fold: Fold::BiasGrad,
-                ..g
-            },
-            (256, 256, 256),
-        ))
+        self.bias_grad_algorithms(PlanKey::bias_grad(g, (256, 256, 256)))
     }
 
     /// How many of the first [`CANDIDATES`] algorithms can run `key`'s [`Fold::BiasGrad`]

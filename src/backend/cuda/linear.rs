@@ -241,9 +241,7 @@ pub(super) unsafe fn linear_bwd(
     let dy_b = if a.pre != 0 { a.dpre } else { a.dy };
     // The GELU's gradient is dense; a padded `dy` is read in place.
     let dy_stride = if a.pre != 0 { out } else { a.y_stride };
-    let [input_grad, mut weight_grad] =
-        backward_products(a.dims, dy_stride, (a.x, a.w, dy_b, a.dx, a.dw));
-    let p = weight_grad;
+    let [input_grad, mut p] = backward_products(a.dims, dy_stride, (a.x, a.w, dy_b, a.dx, a.dw));
     let fold = a.dbias != 0 && blas.folds_bias_grad(p.gemm, (p.a, p.b, p.d))?;
     bias_grads(l, a, fold)?;
     let dx_beta = if a.overwrite_dx { 0.0 } else { 1.0 };
@@ -254,20 +252,27 @@ pub(super) unsafe fn linear_bwd(
         dx_beta,
         None,
     )?;
-    if !fold {
-        let p = weight_grad;
-        return l.gemm(blas, p.gemm, (p.a, p.b, p.d), 1.0, None);
+    if fold {
+        p.gemm.fold = Fold::BiasGrad;
     }
-    weight_grad.gemm.fold = Fold::BiasGrad;
-    let p = weight_grad;
-    l.gemm(blas, p.gemm, (p.a, p.b, p.d), 1.0, Some(a.partials))?;
-    let add = AccumulateArgs {
-        src: a.partials,
-        dst: a.dbias,
-        n: out,
-        overwrite: false,
-    };
-    accumulate(l, &add)
+    l.gemm(
+        blas,
+        p.gemm,
+        (p.a, p.b, p.d),
+        1.0,
+        fold.then_some(a.partials),
+    )?;
+    if fold {
+        // The product wrote the bias gradient; gradients accumulate.
+        let add = AccumulateArgs {
+            src: a.partials,
+            dst: a.dbias,
+            n: out,
+            overwrite: false,
+        };
+        accumulate(l, &add)?;
+    }
+    Ok(())
 }
 
 /// The backward's kernels before its products: `bias_gelu_bwd` (`dpre` and the bias gradient's

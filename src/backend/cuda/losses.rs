@@ -3,8 +3,6 @@
 //! `kernels/sigmoid_bce.cu` (the discriminator's H → 1 projection, its loss and their backward in
 //! one pass, and `replace_tokens`), and `kernels/loss_sums.cu` (the sums of a step's metrics).
 
-use cudarc::driver::result;
-
 use super::kernels::{Arg, Launcher};
 use super::launch_args::{checked_int, BceHeadArgs, SoftmaxXentArgs};
 use super::memory::Dtype;
@@ -105,9 +103,7 @@ impl CudaBackend {
             targets,
             first,
         } = *op;
-        let (masked, tokens) = (gen_row_loss.len, disc_row_loss.len);
-        assert!(disc_logits.len == tokens && is_replaced.len == tokens && mask.len == tokens);
-        assert!(targets.len == masked && picks.is_none_or(|p| p.len == masked));
+        let (masked, tokens) = op.sizes();
         let args = LossSumsArgs {
             gen_row_loss: self.input(gen_row_loss, Dtype::F32),
             disc_row_loss: self.input(disc_row_loss, Dtype::F32),
@@ -130,10 +126,8 @@ impl CudaBackend {
     pub(super) fn fetch_loss_sums(&self) -> [f64; LOSS_SUMS] {
         let mut sums = [0.0f64; LOSS_SUMS];
         let src = self.scratch.loss_sums.ptr;
-        // SAFETY: the scratch holds LOSS_SUMS f64; complete once `sync` returns.
-        unsafe { result::memcpy_dtoh_async(&mut sums[..], src, self.stream.cu_stream()) }
-            .unwrap_or_else(|e| panic!("CUDA: reading the step's loss sums: {e}"));
-        self.sync();
+        // SAFETY: the scratch holds LOSS_SUMS f64.
+        unsafe { self.read_back(src, &mut sums, format_args!("the step's loss sums")) };
         sums
     }
 

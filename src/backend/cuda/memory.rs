@@ -210,20 +210,13 @@ impl CudaBackend {
 
     pub(super) fn read_as(&self, b: Buf, dtype: Dtype, dst: &mut [f32]) {
         let addr = self.addr(b);
-        let cu = self.stream.cu_stream();
         match dtype {
-            Dtype::F32 => {
-                // SAFETY: `b` is in bounds; the copy completes before `sync` returns.
-                unsafe { result::memcpy_dtoh_async(dst, addr, cu) }
-                    .unwrap_or_else(|e| panic!("CUDA: reading {b:?}: {e}"));
-                self.sync();
-            }
+            // SAFETY: `b` is in bounds.
+            Dtype::F32 => unsafe { self.read_back(addr, dst, format_args!("{b:?}")) },
             Dtype::Bf16 => {
                 let mut raw = vec![0u16; dst.len()];
                 // SAFETY: as above, bf16 values in the first half of the buffer's slots.
-                unsafe { result::memcpy_dtoh_async(&mut raw, addr, cu) }
-                    .unwrap_or_else(|e| panic!("CUDA: reading {b:?}: {e}"));
-                self.sync();
+                unsafe { self.read_back(addr, &mut raw, format_args!("{b:?}")) };
                 for (d, r) in dst.iter_mut().zip(raw) {
                     *d = bf16::from_bits(r).to_f32();
                 }

@@ -559,6 +559,16 @@ impl CudaBackend {
         result.unwrap_or_else(|e| panic!("CUDA: {e}"));
     }
 
+    /// Copies `dst.len()` values at `addr` to `dst` once the queued work before it is done.
+    ///
+    /// # Safety
+    /// `addr` holds `dst.len()` values of `T` on the backend's device.
+    unsafe fn read_back<T>(&self, addr: u64, dst: &mut [T], what: std::fmt::Arguments) {
+        result::memcpy_dtoh_async(dst, addr, self.stream.cu_stream())
+            .unwrap_or_else(|e| panic!("CUDA: reading {what}: {e}"));
+        self.sync();
+    }
+
     fn sync(&self) {
         self.stream.synchronize().unwrap_or_else(|e| {
             panic!(
@@ -716,10 +726,8 @@ impl Backend for CudaBackend {
         );
         self.bind();
         let addr = self.iaddr(src);
-        // SAFETY: in bounds; complete once `sync` returns.
-        unsafe { result::memcpy_dtoh_async(dst, addr, self.stream.cu_stream()) }
-            .unwrap_or_else(|e| panic!("CUDA: reading {src:?}: {e}"));
-        self.sync();
+        // SAFETY: in bounds (checked above).
+        unsafe { self.read_back(addr, dst, format_args!("{src:?}")) };
     }
 
     fn fill(&mut self, dst: Buf, value: f32) {

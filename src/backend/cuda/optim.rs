@@ -4,8 +4,6 @@
 //! clipping factor and the step's learning rate from the device, so that a recorded step needs
 //! no host round trip).
 
-use cudarc::driver::result;
-
 use super::kernels::{Arg, Launcher};
 use super::memory::Dtype;
 use super::step::STEP_LR;
@@ -51,12 +49,14 @@ impl CudaBackend {
             return 0.0;
         }
         let mut norm = [0.0f32];
-        // SAFETY: `norm_out` holds grad_norm's two f32 results; complete once `sync` returns.
+        // SAFETY: `norm_out` holds grad_norm's two f32 results.
         unsafe {
-            result::memcpy_dtoh_async(&mut norm[..], self.norm_out(), self.stream.cu_stream())
-        }
-        .unwrap_or_else(|e| panic!("CUDA: reading the gradient norm: {e}"));
-        self.sync();
+            self.read_back(
+                self.norm_out(),
+                &mut norm,
+                format_args!("the gradient norm"),
+            )
+        };
         norm[0]
     }
 
