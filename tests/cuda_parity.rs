@@ -79,6 +79,8 @@ struct Lab {
     arena: Arena,
     params: usize,
     sizes: Sizes,
+    /// A step is open on both backends (`begin_step`).
+    in_step: bool,
 }
 
 impl Lab {
@@ -102,6 +104,7 @@ impl Lab {
             arena: Arena::default(),
             params: 0,
             sizes,
+            in_step: false,
         })
     }
 
@@ -123,8 +126,12 @@ impl Lab {
 
     /// Sets the learning rate and seeds the operations of both backends read, as a slice of a
     /// global batch that starts at a random sequence and masked position, so that dropout and
-    /// Gumbel noise are checked at offsets.
+    /// Gumbel noise are checked at offsets. Ends the step the last case opened.
     fn begin_step(&mut self, lr: f32, dropout_seed: u64, sample_seed: u64) {
+        if self.in_step {
+            self.both(|be| be.end_step());
+        }
+        self.in_step = true;
         let scalars = StepScalars {
             lr,
             dropout_seed,
