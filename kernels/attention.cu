@@ -45,6 +45,7 @@
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
+#ifndef ELECTRA_HOST_DEVICE
 __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
@@ -66,6 +67,7 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const bf16* p) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(s));
 }
+#endif
 
 // Fragment conventions (PTX ISA, mma.m16n8k16 with .bf16), lane = 4*g + t:
 //   A (16x16, row-major) a0:(g, 2t..2t+1) a1:(g+8, 2t..) a2:(g, 8+2t..) a3:(g+8, 8+2t..)

@@ -162,11 +162,14 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return v;
 }
 
+// Inline PTX here and in attention.cu: the host device (emulate/host_device/) has its own.
+#ifndef ELECTRA_HOST_DEVICE
 __device__ __forceinline__ unsigned lanemask_lt() {
     unsigned m;
     asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
     return m;
 }
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // The last block to arrive
@@ -355,6 +358,7 @@ __device__ __forceinline__ DropoutSite make_optional_dropout(float p, unsigned l
 // Asynchronous 16-byte copies global -> shared (sm_80+). With `valid` false the 16 bytes are
 // zero-filled and the source is not read.
 
+#ifndef ELECTRA_HOST_DEVICE
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
     const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
     const int bytes = valid ? 16 : 0;
@@ -364,3 +368,4 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
 __device__ __forceinline__ void cp_async_wait_all() {
     asm volatile("cp.async.wait_all;\n" ::);
 }
+#endif

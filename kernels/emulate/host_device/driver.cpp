@@ -1,0 +1,481 @@
+// libcuda.so of the host device: the part of the CUDA driver API that the engine and cudarc call,
+// on the host. Device memory is host memory (a CUdeviceptr is its address), filled with 0xff
+// bytes when allocated (NaN as bf16 and f32) so that a read of what was never written shows;
+// streams do their work at the call, in call order; a captured stream records its work into a
+// graph that cuGraphLaunch replays, with the kernel parameters copied at capture as the driver
+// does; cuLaunchKernel runs the kernel's own source (compiled with shim.h) on threads.cpp's
+// fibers. Anything else returns CUDA_ERROR_NOT_SUPPORTED, so that a change that needs more
+// than this shows at once. See README.md.
+#include <cuda.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "registry.h"
+#include "threads.h"
+
+namespace hd {
+namespace {
+std::map<std::string, Kernel>& kernels() {
+    static std::map<std::string, Kernel> k;
+    return k;
+}
+}  // namespace
+
+void register_kernel(const Kernel& k) { kernels()[k.name] = k; }
+
+const Kernel* find_kernel(const char* name) {
+    auto it = kernels().find(name);
+    return it == kernels().end() ? nullptr : &it->second;
+}
+}  // namespace hd
+
+namespace {
+// The device's figures: an H200's where the engine sizes grids by them.
+int multiprocessors() {
+    static const int n = [] {
+        const char* s = getenv("ELECTRA_HOST_DEVICE_SMS");
+        return s ? atoi(s) : 132;
+    }();
+    return n;
+}
+constexpr size_t TOTAL_MEMORY = size_t(16) << 30;
+constexpr int MAX_THREADS = 1024;
+constexpr int STATIC_SHARED = 48 << 10;
+
+struct Launch {
+    const hd::Kernel* kernel;
+    uint3 grid, block;
+    std::vector<unsigned char> params;  // the parameters' bytes, at the kernel's offsets
+};
+
+void run(const Launch& l) {
+    std::vector<void*> addresses;
+    for (size_t offset : l.kernel->offsets)
+        addresses.push_back(const_cast<unsigned char*>(l.params.data()) + offset);
+    struct Ctx {
+        const hd::Kernel* k;
+        void* const* params;
+    } ctx{l.kernel, addresses.data()};
+    hd::run_grid(
+        l.kernel->name, l.grid, l.block,
+        [](void* p) {
+            auto* c = static_cast<Ctx*>(p);
+            c->k->invoke(c->k->fn, c->params);
+        },
+        &ctx);
+}
+
+// One piece of a stream's work, done now or recorded into a graph.
+struct Work {
+    enum Kind { KERNEL, COPY, SET, HOST } kind;
+    Launch launch;
+    CUhostFn host;  // with `dst` its argument; the way libcublasLt.so's products join a stream
+    void* dst;
+    const void* src;
+    size_t bytes;
+    unsigned value, width, count;
+    void operator()() const {
+        switch (kind) {
+            case KERNEL:
+                run(launch);
+                break;
+            case COPY:
+                memmove(dst, src, bytes);
+                break;
+            case SET:
+                for (unsigned i = 0; i < count; ++i)
+                    memcpy(static_cast<unsigned char*>(dst) + (size_t)i * width, &value, width);
+                break;
+            case HOST:
+                host(dst);
+                break;
+        }
+    }
+};
+
+struct Graph {
+    std::vector<Work> work;
+};
+
+struct Stream {
+    Graph* capture = nullptr;  // the graph being recorded through this stream
+    Stream* origin = nullptr;  // the stream whose capture this one joined
+};
+
+struct Event {
+    std::chrono::steady_clock::time_point at;
+    Graph* capture = nullptr;  // recorded during that capture
+    bool recorded = false;
+};
+
+struct Module {};
+struct Context {};
+
+Context primary;
+Stream null_stream;
+thread_local CUcontext current_ctx = nullptr;
+std::mutex allocations_lock;
+std::map<uintptr_t, size_t> allocations;
+
+Stream* stream_of(CUstream s) { return s ? reinterpret_cast<Stream*>(s) : &null_stream; }
+
+CUresult enqueue(CUstream s, Work w) {
+    Stream* st = stream_of(s);
+    if (st->capture)
+        st->capture->work.push_back(std::move(w));
+    else
+        w();
+    return CUDA_SUCCESS;
+}
+
+CUresult set(CUdeviceptr dst, unsigned value, unsigned width, size_t count, CUstream s) {
+    Work w{};
+    w.kind = Work::SET;
+    w.dst = reinterpret_cast<void*>(dst);
+    w.value = value;
+    w.width = width;
+    w.count = (unsigned)count;
+    return enqueue(s, std::move(w));
+}
+
+CUresult copy(void* dst, const void* src, size_t bytes, CUstream s) {
+    Work w{};
+    w.kind = Work::COPY;
+    w.dst = dst;
+    w.src = src;
+    w.bytes = bytes;
+    return enqueue(s, std::move(w));
+}
+
+void* device(CUdeviceptr p) { return reinterpret_cast<void*>(p); }
+}  // namespace
+
+extern "C" {
+CUresult cuInit(unsigned int) { return CUDA_SUCCESS; }
+
+CUresult cuDriverGetVersion(int* v) {
+    *v = 13000;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuGetErrorName(CUresult e, const char** s) {
+    switch (e) {
+        case CUDA_SUCCESS: *s = "CUDA_SUCCESS"; break;
+        case CUDA_ERROR_INVALID_VALUE: *s = "CUDA_ERROR_INVALID_VALUE"; break;
+        case CUDA_ERROR_NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
+        case CUDA_ERROR_NOT_SUPPORTED: *s = "CUDA_ERROR_NOT_SUPPORTED"; break;
+        case CUDA_ERROR_INVALID_DEVICE: *s = "CUDA_ERROR_INVALID_DEVICE"; break;
+        case CUDA_ERROR_OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
+        case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: *s = "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"; break;
+        case CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: *s = "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"; break;
+        default: *s = "CUDA_ERROR (host device)"; break;
+    }
+    return CUDA_SUCCESS;
+}
+
+CUresult cuGetErrorString(CUresult e, const char** s) { return cuGetErrorName(e, s); }
+
+CUresult cuDeviceGetCount(int* n) {
+    *n = 1;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuDeviceGet(CUdevice* d, int ordinal) {
+    if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
+    *d = 0;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuDeviceGetName(char* name, int len, CUdevice) {
+    snprintf(name, (size_t)len, "electra host device (CPU)");
+    return CUDA_SUCCESS;
+}
+
+CUresult cuDeviceTotalMem(size_t* bytes, CUdevice) {
+    *bytes = TOTAL_MEMORY;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice) {
+    switch (a) {
+        case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *v = multiprocessors(); break;
+        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *v = 9; break;
+        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *v = 0; break;
+        case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: *v = MAX_THREADS; break;
+        case CU_DEVICE_ATTRIBUTE_WARP_SIZE: *v = 32; break;
+        case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK: *v = STATIC_SHARED; break;
+        case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED: *v = 0; break;
+        default: return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    return CUDA_SUCCESS;
+}
+
+CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice) {
+    *c = reinterpret_cast<CUcontext>(&primary);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuDevicePrimaryCtxRelease(CUdevice) { return CUDA_SUCCESS; }
+
+CUresult cuCtxSetCurrent(CUcontext c) {
+    current_ctx = c;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxGetCurrent(CUcontext* c) {
+    *c = current_ctx;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxPushCurrent(CUcontext c) { return cuCtxSetCurrent(c); }
+
+CUresult cuCtxPopCurrent(CUcontext* c) {
+    if (c) *c = current_ctx;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxSynchronize() { return CUDA_SUCCESS; }
+
+CUresult cuMemGetInfo(size_t* free, size_t* total) {
+    size_t used = 0;
+    {
+        std::lock_guard<std::mutex> g(allocations_lock);
+        for (auto& a : allocations) used += a.second;
+    }
+    *total = TOTAL_MEMORY;
+    *free = used < TOTAL_MEMORY ? TOTAL_MEMORY - used : 0;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemAlloc(CUdeviceptr* p, size_t bytes) {
+    void* m = aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
+    if (!m) return CUDA_ERROR_OUT_OF_MEMORY;
+    memset(m, 0xff, bytes);
+    {
+        std::lock_guard<std::mutex> g(allocations_lock);
+        allocations[reinterpret_cast<uintptr_t>(m)] = bytes;
+    }
+    *p = reinterpret_cast<CUdeviceptr>(m);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemFree(CUdeviceptr p) {
+    {
+        std::lock_guard<std::mutex> g(allocations_lock);
+        if (!allocations.erase(p)) return CUDA_ERROR_INVALID_VALUE;
+    }
+    free(device(p));
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned int) {
+    *p = aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
+    return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+CUresult cuMemFreeHost(void* p) {
+    free(p);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemcpyHtoDAsync(CUdeviceptr dst, const void* src, size_t n, CUstream s) {
+    return copy(device(dst), src, n, s);
+}
+CUresult cuMemcpyDtoHAsync(void* dst, CUdeviceptr src, size_t n, CUstream s) {
+    return copy(dst, device(src), n, s);
+}
+CUresult cuMemcpyDtoDAsync(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) {
+    return copy(device(dst), device(src), n, s);
+}
+CUresult cuMemcpyHtoD(CUdeviceptr dst, const void* src, size_t n) {
+    return copy(device(dst), src, n, nullptr);
+}
+CUresult cuMemcpyDtoH(void* dst, CUdeviceptr src, size_t n) {
+    return copy(dst, device(src), n, nullptr);
+}
+CUresult cuMemcpyDtoD(CUdeviceptr dst, CUdeviceptr src, size_t n) {
+    return copy(device(dst), device(src), n, nullptr);
+}
+CUresult cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, CUstream s) {
+    return set(p, v, 1, n, s);
+}
+CUresult cuMemsetD16Async(CUdeviceptr p, unsigned short v, size_t n, CUstream s) {
+    return set(p, v, 2, n, s);
+}
+CUresult cuMemsetD32Async(CUdeviceptr p, unsigned int v, size_t n, CUstream s) {
+    return set(p, v, 4, n, s);
+}
+CUresult cuMemsetD8(CUdeviceptr p, unsigned char v, size_t n) { return set(p, v, 1, n, nullptr); }
+CUresult cuMemsetD32(CUdeviceptr p, unsigned int v, size_t n) { return set(p, v, 4, n, nullptr); }
+
+CUresult cuLaunchHostFunc(CUstream s, CUhostFn fn, void* user_data) {
+    Work w{};
+    w.kind = Work::HOST;
+    w.host = fn;
+    w.dst = user_data;
+    return enqueue(s, std::move(w));
+}
+
+CUresult cuStreamCreate(CUstream* s, unsigned int) {
+    *s = reinterpret_cast<CUstream>(new Stream);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuStreamCreateWithPriority(CUstream* s, unsigned int flags, int) {
+    return cuStreamCreate(s, flags);
+}
+
+CUresult cuStreamDestroy(CUstream s) {
+    delete reinterpret_cast<Stream*>(s);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuStreamSynchronize(CUstream s) {
+    return stream_of(s)->capture ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
+}
+
+CUresult cuStreamQuery(CUstream) { return CUDA_SUCCESS; }
+
+CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int) {
+    Event* ev = reinterpret_cast<Event*>(e);
+    Stream* st = stream_of(s);
+    // A stream that waits on an event of a capture joins it, as the driver's fork does.
+    if (ev->capture && !st->capture) {
+        st->capture = ev->capture;
+        st->origin = st;
+    }
+    return CUDA_SUCCESS;
+}
+
+CUresult cuStreamBeginCapture(CUstream s, CUstreamCaptureMode) {
+    Stream* st = stream_of(s);
+    if (st->capture || st == &null_stream) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    st->capture = new Graph;
+    st->origin = nullptr;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuStreamEndCapture(CUstream s, CUgraph* g) {
+    Stream* st = stream_of(s);
+    if (!st->capture || st->origin) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    *g = reinterpret_cast<CUgraph>(st->capture);
+    st->capture = nullptr;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus* status) {
+    *status = stream_of(s)->capture ? CU_STREAM_CAPTURE_STATUS_ACTIVE
+                                    : CU_STREAM_CAPTURE_STATUS_NONE;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuGraphInstantiateWithFlags(CUgraphExec* exec, CUgraph g, unsigned long long) {
+    *exec = reinterpret_cast<CUgraphExec>(new Graph(*reinterpret_cast<Graph*>(g)));
+    return CUDA_SUCCESS;
+}
+
+CUresult cuGraphUpload(CUgraphExec, CUstream) { return CUDA_SUCCESS; }
+
+CUresult cuGraphLaunch(CUgraphExec exec, CUstream s) {
+    if (stream_of(s)->capture) return CUDA_ERROR_NOT_SUPPORTED;
+    for (const Work& w : reinterpret_cast<Graph*>(exec)->work) w();
+    return CUDA_SUCCESS;
+}
+
+CUresult cuGraphDestroy(CUgraph g) {
+    delete reinterpret_cast<Graph*>(g);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuGraphExecDestroy(CUgraphExec e) {
+    delete reinterpret_cast<Graph*>(e);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuEventCreate(CUevent* e, unsigned int) {
+    *e = reinterpret_cast<CUevent>(new Event);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuEventDestroy(CUevent e) {
+    delete reinterpret_cast<Event*>(e);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuEventRecord(CUevent e, CUstream s) {
+    Event* ev = reinterpret_cast<Event*>(e);
+    ev->capture = stream_of(s)->capture;
+    ev->at = std::chrono::steady_clock::now();
+    ev->recorded = true;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuEventSynchronize(CUevent) { return CUDA_SUCCESS; }
+CUresult cuEventQuery(CUevent) { return CUDA_SUCCESS; }
+
+CUresult cuEventElapsedTime(float* ms, CUevent start, CUevent end) {
+    const Event* a = reinterpret_cast<Event*>(start);
+    const Event* b = reinterpret_cast<Event*>(end);
+    if (!a->recorded || !b->recorded) return CUDA_ERROR_INVALID_VALUE;
+    *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
+    return CUDA_SUCCESS;
+}
+
+CUresult cuModuleLoadData(CUmodule* m, const void*) {
+    *m = reinterpret_cast<CUmodule>(new Module);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuModuleUnload(CUmodule m) {
+    delete reinterpret_cast<Module*>(m);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuModuleGetFunction(CUfunction* f, CUmodule, const char* name) {
+    const hd::Kernel* k = hd::find_kernel(name);
+    if (!k) return CUDA_ERROR_NOT_FOUND;
+    *f = reinterpret_cast<CUfunction>(const_cast<hd::Kernel*>(k));
+    return CUDA_SUCCESS;
+}
+
+CUresult cuFuncGetParamInfo(CUfunction f, size_t index, size_t* offset, size_t* size) {
+    const hd::Kernel* k = reinterpret_cast<hd::Kernel*>(f);
+    if (index >= k->sizes.size()) return CUDA_ERROR_INVALID_VALUE;
+    *offset = k->offsets[index];
+    *size = k->sizes[index];
+    return CUDA_SUCCESS;
+}
+
+CUresult cuFuncSetAttribute(CUfunction, CUfunction_attribute, int) { return CUDA_SUCCESS; }
+
+CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                        unsigned int bx, unsigned int by, unsigned int bz, unsigned int shared,
+                        CUstream s, void** params, void** extra) {
+    const hd::Kernel* k = reinterpret_cast<hd::Kernel*>(f);
+    if (extra || (!params && !k->sizes.empty())) return CUDA_ERROR_NOT_SUPPORTED;
+    if (shared > 0) return CUDA_ERROR_NOT_SUPPORTED;  // the kernels' shared memory is static
+    if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 || gy > 65535 ||
+        gz > 65535 || (unsigned long long)bx * by * bz > MAX_THREADS || bz > 64)
+        return CUDA_ERROR_INVALID_VALUE;
+    Work w{};
+    w.kind = Work::KERNEL;
+    Launch& l = w.launch;
+    l.kernel = k;
+    l.grid = {gx, gy, gz};
+    l.block = {bx, by, bz};
+    // Copied now, as the driver does: the caller's parameters may change before a replay.
+    const size_t n = k->sizes.size();
+    const size_t bytes = n ? k->offsets[n - 1] + k->sizes[n - 1] : 0;
+    l.params.resize(bytes);
+    for (size_t i = 0; i < n; ++i) memcpy(&l.params[k->offsets[i]], params[i], k->sizes[i]);
+    return enqueue(s, std::move(w));
+}
+}  // extern "C"

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds the host device (kernels/emulate/host_device/README.md) into OUT (default
+# target/host-device): libcuda.so, the driver API on the CPU with every kernel of kernels/
+# compiled from its own source, and libcublasLt.so, the matrix products. With OUT on
+# LD_LIBRARY_PATH, the CUDA backend and its GPU tests run on a machine with no GPU. Needs g++ and
+# cuda.h: CUDA_HOME, or the pip install of scripts/install-cuda-compiler.sh in .cuda/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-target/host-device}
+include=.cuda/site-packages/nvidia/cu13/include
+if [ -n "${CUDA_HOME:-}" ] && [ -f "$CUDA_HOME/include/cuda.h" ]; then
+    include=$CUDA_HOME/include
+fi
+[ -f "$include/cuda.h" ] || {
+    echo "build-host-device: no cuda.h (set CUDA_HOME or run scripts/install-cuda-compiler.sh)" >&2
+    exit 1
+}
+src=kernels/emulate/host_device
+obj=$out/obj
+mkdir -p "$obj"
+# The kernels pun types through pointers (bf16 pairs as words, 16-byte vectors) as nvcc allows.
+cxx=(g++ -std=c++17 -O2 -fPIC -g -fno-strict-aliasing -Wall -Wno-unused-function -Wno-unknown-pragmas -Wno-sign-compare -I"$src")
+kernel_objects=()
+for cu in kernels/*.cu; do
+    name=$(basename "$cu" .cu)
+    # The kernels a file defines: its exported functions with C names (nm), found on a quick
+    # build; then the file again with one registration per kernel after it.
+    "${cxx[@]}" -O0 -DELECTRA_HOST_DEVICE -Ikernels -x c++ -c "$cu" -o "$obj/$name.names.o"
+    wrap=$obj/$name.wrap.cpp
+    {
+        echo "#include \"$PWD/$cu\""
+        echo '#include "registry.h"'
+        nm -g --defined-only "$obj/$name.names.o" | awk '$2 == "T" && $3 !~ /^_Z/ { print "HD_KERNEL(" $3 ")" }'
+    } >"$wrap"
+    "${cxx[@]}" -DELECTRA_HOST_DEVICE -Ikernels -c "$wrap" -o "$obj/$name.o"
+    kernel_objects+=("$obj/$name.o")
+done
+"${cxx[@]}" -c "$src/threads.cpp" -o "$obj/threads.o"
+"${cxx[@]}" -isystem "$include" -c "$src/driver.cpp" -o "$obj/driver.o"
+"${cxx[@]}" -shared -o "$out/libcuda.so" "$obj/driver.o" "$obj/threads.o" "${kernel_objects[@]}"
+# The C ABI's device test opens the driver by its soname, as programs linked to it do.
+ln -sf libcuda.so "$out/libcuda.so.1"
+# The products join the streams of that libcuda.so (cuLaunchHostFunc).
+# shellcheck disable=SC2016,SC2054 # $ORIGIN is the dynamic linker's; the commas are ld's
+link=(-L"$out" -Wl,-rpath,'$ORIGIN')
+"${cxx[@]}" -shared -o "$out/libcublasLt.so" "$src/cublaslt.cpp" "${link[@]}" -lcuda -pthread
+"${cxx[@]}" -o "$out/cublaslt_test" "$src/cublaslt_test.cpp" "${link[@]}" -lcublasLt -lcuda
+echo "build-host-device: $out/libcuda.so ($(grep -ho 'HD_KERNEL' "$obj"/*.wrap.cpp | wc -l) kernels), $out/libcublasLt.so, $out/cublaslt_test"
