@@ -276,6 +276,17 @@ CUresult cuMemFree(CUdeviceptr p) {
     return CUDA_SUCCESS;
 }
 
+// Stream-ordered: the stream's earlier work is done at the call here, so at once.
+CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, CUstream s) {
+    if (stream_of(s)->capture) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    return cuMemAlloc(p, bytes);
+}
+
+CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) {
+    if (stream_of(s)->capture) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    return cuMemFree(p);
+}
+
 CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned int) {
     *p = aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
     return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
