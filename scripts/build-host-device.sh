@@ -7,14 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/host-device}
-include=.cuda/site-packages/nvidia/cu13/include
-if [ -n "${CUDA_HOME:-}" ] && [ -f "$CUDA_HOME/include/cuda.h" ]; then
-    include=$CUDA_HOME/include
-fi
-[ -f "$include/cuda.h" ] || {
-    echo "build-host-device: no cuda.h (set CUDA_HOME or run scripts/install-cuda-compiler.sh)" >&2
-    exit 1
-}
+# shellcheck source=scripts/cuda-include.sh
+source scripts/cuda-include.sh build-host-device
 src=kernels/emulate/host_device
 obj=$out/obj
 mkdir -p "$obj"

@@ -7,14 +7,8 @@
 # pip install of scripts/install-cuda-compiler.sh in .cuda/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-include=.cuda/site-packages/nvidia/cu13/include
-if [ -n "${CUDA_HOME:-}" ] && [ -f "$CUDA_HOME/include/cuda.h" ]; then
-    include=$CUDA_HOME/include
-fi
-[ -f "$include/cuda.h" ] || {
-    echo "bundle-capi-cuda-test: no cuda.h (set CUDA_HOME or run scripts/install-cuda-compiler.sh)" >&2
-    exit 1
-}
+# shellcheck source=scripts/cuda-include.sh
+source scripts/cuda-include.sh bundle-capi-cuda-test
 [ -n "${NVCC:-}" ] || [ ! -x .cuda/site-packages/nvidia/cu13/bin/nvcc ] || export NVCC=$PWD/.cuda/site-packages/nvidia/cu13/bin/nvcc
 cargo build --release --features cuda --lib
 mkdir -p .device/bin .device/lib
