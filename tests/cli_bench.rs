@@ -78,3 +78,82 @@ fn a_sweep_writes_one_complete_record_per_configuration() {
     ]);
     assert!(e.contains("--seq 4000: must be between 3 and"), "{e}");
 }
+
+/// On a CUDA device (a GPU, or the host device of `kernels/emulate/host_device/`), the record
+/// also has the per-kernel table, the tuned products' choices and the folded bias gradients.
+#[test]
+fn a_cuda_record_times_every_kernel_and_reports_tuning_and_folding() {
+    if !cfg!(feature = "cuda") {
+        eprintln!("skipped: built without CUDA");
+        return;
+    }
+    let json = scratch("bench-cuda").join("bench.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_electra"))
+        .args(["bench", "--device", "cuda", "--preset", "tiny"])
+        .args([
+            "--batch",
+            "4",
+            "--seq",
+            "32",
+            "--steps",
+            "2",
+            "--json",
+            s(&json),
+        ])
+        .env("ELECTRA_GEMM_TUNE", "1")
+        .env("ELECTRA_FOLD_BIAS_GRADS", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("no CUDA device") {
+        eprintln!("skipped: no CUDA device");
+        return;
+    }
+    assert!(out.status.success(), "{stderr}");
+    let r: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&json).unwrap().trim()).unwrap();
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+    assert_eq!(r["device"], "cuda");
+    assert!(f(&r, "device_memory_used_bytes") > 0.0, "{r}");
+    assert!(
+        r["matrix_peak_how"].as_str().unwrap().contains("cuBLASLt"),
+        "{r}"
+    );
+    // Every launch of the profiled step is timed: its kernels' time is within the step's.
+    let kernels = r["kernels"].as_array().unwrap();
+    let names: Vec<&str> = kernels
+        .iter()
+        .map(|k| k["kernel"].as_str().unwrap())
+        .collect();
+    for k in [
+        "attention_fwd_d32",
+        "layernorm_residual_bwd_w256",
+        "adamw",
+        "loss_sums",
+    ] {
+        assert!(names.contains(&k), "{k} not timed: {names:?}");
+    }
+    assert!(
+        names.iter().any(|n| n.starts_with("cublasLt ")),
+        "{names:?}"
+    );
+    let kernel_ms: f64 = kernels.iter().map(|k| f(k, "ms")).sum();
+    assert!(
+        0.0 < kernel_ms && kernel_ms <= f(&r, "profiled_step_s") * 1e3,
+        "{r}"
+    );
+    // Each product shape's candidates were timed, and the fastest kept.
+    let tunings = r["gemm_tuning"].as_array().unwrap();
+    assert!(!tunings.is_empty(), "{r}");
+    for t in tunings {
+        assert!(f(t, "chosen") < f(t, "candidates"), "{t}");
+        assert!(f(t, "chosen_us") <= f(t, "first_us"), "{t}");
+    }
+    // Every biased layer was asked about the folded bias gradient; where an algorithm was
+    // offered, weight-gradient products fold it (counted by product shape and alignment).
+    let offered = r["bias_grad_epilogue"].as_array().unwrap();
+    assert!(!offered.is_empty(), "{r}");
+    let any_offered = offered.iter().any(|o| f(o, "algorithms") > 0.0);
+    let folded = r["folded_bias_grads"].as_u64().unwrap();
+    assert_eq!(folded > 0, any_offered, "{r}");
+}

@@ -99,7 +99,7 @@ struct Machine {
     card: String,
     driver: String,
     /// FLOP/s, and how it was measured.
-    matrix_rate: (f64, &'static str),
+    matrix_rate: (f64, String),
 }
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -153,20 +153,18 @@ impl Benched for CpuBackend {
         Ok(Machine {
             card: cpu_model(),
             driver: "none".into(),
-            matrix_rate: (cpu_matrix_rate(), "f32 GEMM 1024³, measured now"),
+            matrix_rate: (cpu_matrix_rate(), "f32 GEMM 1024³, measured now".into()),
         })
     }
 }
 
 impl Benched for CudaBackend {
     fn machine(&mut self) -> BenchResult<Machine> {
+        let (rate, n) = self.matrix_rate()?;
         Ok(Machine {
             card: self.device_name(),
             driver: self.driver_version(),
-            matrix_rate: (
-                self.matrix_rate()?,
-                "bf16 cuBLASLt GEMM 8192³, measured now",
-            ),
+            matrix_rate: (rate, format!("bf16 cuBLASLt GEMM {n}³, measured now")),
         })
     }
 
@@ -318,7 +316,7 @@ fn bench_one<B: Benched>(
     let median = times[times.len() / 2];
     let tokens = (batch_size * seq) as f64;
     let flops = step_flops(&config, batch_size, seq, masked);
-    let (peak, peak_how) = machine.matrix_rate;
+    let (peak, peak_how) = (machine.matrix_rate.0, &machine.matrix_rate.1);
     let achieved = flops / median;
     println!(
         "electra bench: {} backend ({}), preset {}, batch {batch_size} × seq {seq}, {} timed \

@@ -608,14 +608,32 @@ impl Launcher<'_> {
 }
 
 impl CudaBackend {
-    /// The bf16 matrix rate of this device in FLOP/s: the median of 10 timed 8192³ cuBLASLt
-    /// products (bf16 in, f32 accumulate, bf16 out) on random operands, after 3 untimed ones.
-    /// Allocates 384 MiB for the call.
-    pub fn matrix_rate(&mut self) -> Result<f64, CudaError> {
-        const N: usize = 8192;
+    /// The bf16 matrix rate of this device in FLOP/s, and the size N it was measured at: the
+    /// median of 10 timed N³ cuBLASLt products (bf16 in, f32 accumulate, bf16 out) on random
+    /// operands, after 3 untimed ones. N is the first of 1024, 2048, 4096 and 8192 whose product
+    /// takes at least 5 ms, or 8192: an H200 takes ~1.4 ms for 8192³, so it is measured there as
+    /// it always was, and a slow device (the host device) stops before its products take minutes.
+    /// Allocates up to 384 MiB for the call.
+    pub fn matrix_rate(&mut self) -> Result<(f64, usize), CudaError> {
+        const SIZES: [usize; 4] = [1024, 2048, 4096, 8192];
+        const LONG_ENOUGH_S: f64 = 5e-3;
+        for n in SIZES {
+            let first = self.square_products(n, 1)?[0];
+            if first >= LONG_ENOUGH_S || n == SIZES[SIZES.len() - 1] {
+                let mut times = self.square_products(n, 13)?.split_off(3);
+                times.sort_by(f64::total_cmp);
+                return Ok((2.0 * (n as f64).powi(3) / times[times.len() / 2], n));
+            }
+        }
+        unreachable!("the last size returns")
+    }
+
+    /// The seconds of each of `runs` n³ products (as [`CudaBackend::matrix_rate`] describes them),
+    /// each between two events.
+    fn square_products(&mut self, n: usize, runs: usize) -> Result<Vec<f64>, CudaError> {
         self.bind();
         let mut state = 0x2545_f491_4f6c_dd1du64;
-        let host: Vec<u16> = (0..N * N)
+        let host: Vec<u16> = (0..n * n)
             .map(|_| {
                 state ^= state << 13;
                 state ^= state >> 7;
@@ -625,34 +643,34 @@ impl CudaBackend {
             .collect();
         let mut bufs = Vec::new();
         for _ in 0..3 {
-            bufs.push(self.alloc(N * N * 2)?);
+            bufs.push(self.alloc(n * n * 2)?);
         }
         let cu = self.stream.cu_stream();
         for b in &bufs[..2] {
-            // SAFETY: `b` holds N² bf16; the host vector outlives the (staged) copy.
+            // SAFETY: `b` holds n² bf16; the host vector outlives the (staged) copy.
             unsafe { driver::memcpy_htod_async(b.ptr, &host, cu) }
                 .map_err(|e| driver_err("uploading the operands", e))?;
         }
         let g = Gemm {
-            m: N as u64,
-            n: N as u64,
-            k: N as u64,
+            m: n as u64,
+            n: n as u64,
+            k: n as u64,
             trans_a: false,
             trans_b: false,
-            lda: N as u64,
-            ldb: N as u64,
-            ldd: N as u64,
+            lda: n as u64,
+            ldb: n as u64,
+            ldd: n as u64,
             out: Dtype::Bf16,
             fold: Fold::None,
         };
         let (a, b, d) = (bufs[0].ptr, bufs[1].ptr, bufs[2].ptr);
-        let mut times = Vec::new();
-        for i in 0..13 {
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
             let start = self
                 .stream
                 .record_event(Some(driver_sys::CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| driver_err("recording an event", e))?;
-            // SAFETY: three N × N bf16 matrices.
+            // SAFETY: three n × n bf16 matrices.
             unsafe { self.blas.matmul(cu, g, (a, b, d), 0.0, None)? };
             let end = self
                 .stream
@@ -660,14 +678,11 @@ impl CudaBackend {
                 .map_err(|e| driver_err("recording an event", e))?;
             end.synchronize()
                 .map_err(|e| driver_err("timing the product", e))?;
-            if i >= 3 {
-                let ms = start
-                    .elapsed_ms(&end)
-                    .map_err(|e| driver_err("timing the product", e))?;
-                times.push(ms as f64 * 1e-3);
-            }
+            let ms = start
+                .elapsed_ms(&end)
+                .map_err(|e| driver_err("timing the product", e))?;
+            times.push(ms as f64 * 1e-3);
         }
-        times.sort_by(f64::total_cmp);
-        Ok(2.0 * (N as f64).powi(3) / times[times.len() / 2])
+        Ok(times)
     }
 }

@@ -105,7 +105,7 @@ impl CudaBackend {
     }
 
     /// Never reached (no value exists).
-    pub fn matrix_rate(&mut self) -> Result<f64, CudaError> {
+    pub fn matrix_rate(&mut self) -> Result<(f64, usize), CudaError> {
         match self.never {}
     }
 
