@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the host device (kernels/emulate/host_device/README.md) into OUT (default
 # target/host-device): libcuda.so, the driver API on the CPU with every kernel of kernels/
-# compiled from its own source, and libcublasLt.so, the matrix products. With OUT on
+# compiled from its own source, libcublasLt.so, the matrix products, and libnccl.so, NCCL for
+# one rank. With OUT on
 # LD_LIBRARY_PATH, the CUDA backend and its GPU tests run on a machine with no GPU. Needs g++ and
 # cuda.h: CUDA_HOME, or the pip install of scripts/install-cuda-compiler.sh in .cuda/.
 set -euo pipefail
@@ -39,4 +40,5 @@ ln -sf libcuda.so "$out/libcuda.so.1"
 link=(-L"$out" -Wl,-rpath,'$ORIGIN')
 "${cxx[@]}" -shared -o "$out/libcublasLt.so" "$src/cublaslt.cpp" "${link[@]}" -lcuda -pthread
 "${cxx[@]}" -o "$out/cublaslt_test" "$src/cublaslt_test.cpp" "${link[@]}" -lcublasLt -lcuda
-echo "build-host-device: $out/libcuda.so ($(grep -ho 'HD_KERNEL' "$obj"/*.wrap.cpp | wc -l) kernels), $out/libcublasLt.so, $out/cublaslt_test"
+"${cxx[@]}" -isystem "$include" -shared -o "$out/libnccl.so" "$src/nccl.cpp" "${link[@]}" -lcuda
+echo "build-host-device: $out/libcuda.so ($(grep -ho 'HD_KERNEL' "$obj"/*.wrap.cpp | wc -l) kernels), $out/libcublasLt.so, $out/libnccl.so, $out/cublaslt_test"

@@ -101,13 +101,16 @@ struct Work {
     }
 };
 
+struct Stream;
+
 struct Graph {
     std::vector<Work> work;
+    std::vector<Stream*> joined;  // streams forked into the capture, released at its end
 };
 
 struct Stream {
     Graph* capture = nullptr;  // the graph being recorded through this stream
-    Stream* origin = nullptr;  // the stream whose capture this one joined
+    bool joined = false;       // into another stream's capture
 };
 
 struct Event {
@@ -361,7 +364,8 @@ CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int) {
     // A stream that waits on an event of a capture joins it, as the driver's fork does.
     if (ev->capture && !st->capture) {
         st->capture = ev->capture;
-        st->origin = st;
+        st->joined = true;
+        ev->capture->joined.push_back(st);
     }
     return CUDA_SUCCESS;
 }
@@ -370,13 +374,17 @@ CUresult cuStreamBeginCapture(CUstream s, CUstreamCaptureMode) {
     Stream* st = stream_of(s);
     if (st->capture || st == &null_stream) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     st->capture = new Graph;
-    st->origin = nullptr;
     return CUDA_SUCCESS;
 }
 
 CUresult cuStreamEndCapture(CUstream s, CUgraph* g) {
     Stream* st = stream_of(s);
-    if (!st->capture || st->origin) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    if (!st->capture || st->joined) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    for (Stream* forked : st->capture->joined) {
+        forked->capture = nullptr;
+        forked->joined = false;
+    }
+    st->capture->joined.clear();
     *g = reinterpret_cast<CUgraph>(st->capture);
     st->capture = nullptr;
     return CUDA_SUCCESS;
