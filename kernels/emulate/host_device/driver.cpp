@@ -1,12 +1,15 @@
 // libcuda.so of the host device: the part of the CUDA driver API that the engine and cudarc call,
 // on the host. Device memory is host memory (a CUdeviceptr is its address), filled with 0xff
-// bytes when allocated (NaN as bf16 and f32) so that a read of what was never written shows;
+// bytes when allocated (NaN as bf16 and f32) so that a read of what was never written shows,
+// and ending at a page that faults;
 // streams do their work at the call, in call order; a captured stream records its work into a
 // graph that cuGraphLaunch replays, with the kernel parameters copied at capture as the driver
 // does; cuLaunchKernel runs the kernel's own source (compiled with shim.h) on threads.cpp's
 // fibers. Anything else returns CUDA_ERROR_NOT_SUPPORTED, so that a change that needs more
 // than this shows at once. See README.md.
 #include <cuda.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -125,8 +128,12 @@ struct Context {};
 Context primary;
 Stream null_stream;
 thread_local CUcontext current_ctx = nullptr;
+struct Allocation {
+    void* base;
+    size_t mapped, bytes;
+};
 std::mutex allocations_lock;
-std::map<uintptr_t, size_t> allocations;
+std::map<uintptr_t, Allocation> allocations;
 
 Stream* stream_of(CUstream s) { return s ? reinterpret_cast<Stream*>(s) : &null_stream; }
 
@@ -251,7 +258,7 @@ CUresult cuMemGetInfo(size_t* free, size_t* total) {
     size_t used = 0;
     {
         std::lock_guard<std::mutex> g(allocations_lock);
-        for (auto& a : allocations) used += a.second;
+        for (auto& a : allocations) used += a.second.bytes;
     }
     *total = TOTAL_MEMORY;
     *free = used < TOTAL_MEMORY ? TOTAL_MEMORY - used : 0;
@@ -259,23 +266,35 @@ CUresult cuMemGetInfo(size_t* free, size_t* total) {
 }
 
 CUresult cuMemAlloc(CUdeviceptr* p, size_t bytes) {
-    void* m = aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
-    if (!m) return CUDA_ERROR_OUT_OF_MEMORY;
-    memset(m, 0xff, bytes);
+    // The block ends where a page that may not be touched begins, so a kernel that reads or
+    // writes past an allocation by more than its rounding to 256 bytes faults (threads.cpp
+    // names the kernel) instead of reaching a neighbour.
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t used = (bytes + 255) / 256 * 256;
+    const size_t mapped = (used + page - 1) / page * page + page;
+    void* base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+    mprotect(static_cast<char*>(base) + mapped - page, page, PROT_NONE);
+    char* m = static_cast<char*>(base) + mapped - page - used;
+    memset(m, 0xff, used);
     {
         std::lock_guard<std::mutex> g(allocations_lock);
-        allocations[reinterpret_cast<uintptr_t>(m)] = bytes;
+        allocations[reinterpret_cast<uintptr_t>(m)] = {base, mapped, bytes};
     }
     *p = reinterpret_cast<CUdeviceptr>(m);
     return CUDA_SUCCESS;
 }
 
 CUresult cuMemFree(CUdeviceptr p) {
+    Allocation a;
     {
         std::lock_guard<std::mutex> g(allocations_lock);
-        if (!allocations.erase(p)) return CUDA_ERROR_INVALID_VALUE;
+        auto it = allocations.find(p);
+        if (it == allocations.end()) return CUDA_ERROR_INVALID_VALUE;
+        a = it->second;
+        allocations.erase(it);
     }
-    free(device(p));
+    munmap(a.base, a.mapped);
     return CUDA_SUCCESS;
 }
 

@@ -4,6 +4,7 @@
 // switch saves only the registers the System V x86-64 ABI asks a callee to keep (a few
 // nanoseconds, where swapcontext's signal-mask system calls cost ~0.5 us: shuffle-heavy kernels
 // switch millions of times).
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -200,6 +201,50 @@ void run_block(Block& b) {
         if (b.progress == before) deadlock(b);
     }
 }
+struct sigaction previous_fault_action;
+
+// A fault inside a kernel (a read or write past an allocation's guard page, driver.cpp, or past
+// a fiber's stack) is reported with the kernel, block and thread; any other goes to whoever
+// handled faults before (the Rust runtime's stack-overflow report, say).
+void on_fault(int sig, siginfo_t* info, void*) {
+    if (!block || !current) {
+        sigaction(SIGSEGV, &previous_fault_action, nullptr);
+        return;  // the faulting instruction runs again, into the previous handler
+    }
+    char text[512];
+    const int n = snprintf(text, sizeof text,
+                           "host device: kernel %s, block (%u, %u, %u), thread (%u, %u, %u): "
+                           "signal %d at address %p, past the end of a device allocation or of "
+                           "the thread's stack\n",
+                           block->kernel, block_idx.x, block_idx.y, block_idx.z, current->idx.x,
+                           current->idx.y, current->idx.z, sig, info->si_addr);
+    if (n > 0) (void)!write(2, text, (size_t)n);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+// Installs on_fault once per process, and on this OS thread an alternate signal stack where
+// there is none, so that a fiber's overflowed stack can still be reported.
+void watch_faults() {
+    static thread_local bool watched = false;
+    if (watched) return;
+    watched = true;
+    stack_t current_stack;
+    if (sigaltstack(nullptr, &current_stack) == 0 && (current_stack.ss_flags & SS_DISABLE)) {
+        stack_t alt{};
+        alt.ss_size = 64 << 10;
+        alt.ss_sp = malloc(alt.ss_size);  // kept for the thread's life
+        if (alt.ss_sp) sigaltstack(&alt, nullptr);
+    }
+    static const bool installed = [] {
+        struct sigaction a {};
+        a.sa_sigaction = on_fault;
+        a.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&a.sa_mask);
+        return sigaction(SIGSEGV, &a, &previous_fault_action) == 0;
+    }();
+    (void)installed;
+}
 }  // namespace
 
 void syncthreads() {
@@ -254,6 +299,7 @@ void warp_collective(unsigned mask, const void* mine, size_t bytes,
 }
 
 void run_grid(const char* kernel, uint3 grid, uint3 dim, void (*body)(void*), void* ctx) {
+    watch_faults();
     const unsigned threads = dim.x * dim.y * dim.z;
     Block b{};
     b.kernel = kernel;
