@@ -1,12 +1,11 @@
 // libcuda.so of the host device: the part of the CUDA driver API that the engine and cudarc call,
 // on the host. Device memory is host memory (a CUdeviceptr is its address), filled with 0xff
-// bytes when allocated (NaN as bf16 and f32) so that a read of what was never written shows,
-// and ending at a page that faults;
-// streams do their work at the call, in call order; a captured stream records its work into a
-// graph that cuGraphLaunch replays, with the kernel parameters copied at capture as the driver
-// does; cuLaunchKernel runs the kernel's own source (compiled with shim.h) on threads.cpp's
-// fibers. Anything else returns CUDA_ERROR_NOT_SUPPORTED, so that a change that needs more
-// than this shows at once. See README.md.
+// bytes when allocated (NaN as bf16 and f32) so that a read of what was never written shows, and
+// ending at a page that faults; streams do their work at the call, in call order; a captured
+// stream records its work into a graph that cuGraphLaunch replays, with the kernel parameters
+// copied at capture as the driver does; cuLaunchKernel runs the kernel's own source (compiled
+// with shim.h) on threads.cpp's fibers. Anything else returns CUDA_ERROR_NOT_SUPPORTED, so that
+// a change that needs more than this shows at once. See README.md.
 #include <cuda.h>
 #include <sys/mman.h>
 #include <unistd.h>
