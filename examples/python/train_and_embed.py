@@ -3,7 +3,9 @@ and numpy only (no compiled extension).
 
     cargo build --release          # target/release/libelectra.so
     electra prepare --input TEXT --train-vocab 2000 --seq-len 64 --out SHARDS
-    python3 examples/python/train_and_embed.py target/release/libelectra.so SHARDS OUT_DIR
+    python3 examples/python/train_and_embed.py target/release/libelectra.so SHARDS OUT_DIR [DEVICE]
+
+DEVICE is `cpu` (the default) or `cuda:N` with a library built with `--features cuda`.
 
 The shards are read directly (a 64-byte header, then uint16 ids [examples, seq_len]); the attention
 mask and token types are derived as the engine derives them: padding is 0, and type 1 starts after
@@ -75,7 +77,7 @@ def read_shards(folder, sep_id):
     return ids, mask, types
 
 
-def main(lib_path, shards, out):
+def main(lib_path, shards, out, device="cpu"):
     lib = load(lib_path)
     print("electra", lib.electra_version().decode())
     vocab = open(os.path.join(shards, "vocab.txt"), encoding="utf-8").read().splitlines()
@@ -85,6 +87,7 @@ def main(lib_path, shards, out):
     check(lib, lib.electra_trainer_options_default(C.byref(options)))
     options.vocab_file = os.path.join(shards, "vocab.txt").encode()
     options.seed = 1
+    options.device = device.encode()
     options.total_steps, options.warmup_steps = 20, 2
     options.train_json = b'{"peak_lr": 0.001}'
     trainer = C.c_void_p()
@@ -107,7 +110,7 @@ def main(lib_path, shards, out):
 
     tokenizer, encoder = C.c_void_p(), C.c_void_p()
     check(lib, lib.electra_tokenizer_load(os.path.join(export, "discriminator").encode(), C.byref(tokenizer)))
-    check(lib, lib.electra_encoder_load(export.encode(), None, C.byref(encoder)))
+    check(lib, lib.electra_encoder_load(export.encode(), device.encode(), C.byref(encoder)))
     sentences = ["The state of the union is strong.", "We will work together.", "Peace and prosperity."]
     seq = 16
     e_ids, e_mask, e_types = (np.zeros((len(sentences), seq), np.uint32) for _ in range(3))
@@ -131,6 +134,6 @@ def main(lib_path, shards, out):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (4, 5):
         sys.exit(__doc__)
     main(*sys.argv[1:])
