@@ -129,16 +129,18 @@ void release_warp(Warp& w) {
     ++w.generation;
 }
 
-// Waits until every lane `w.named` names has arrived.
-void warp_barrier(Warp& w, const char* what) {
+// Waits until every lane `w.named` names has arrived; true in the lane that arrived last, which
+// runs on before the others.
+bool warp_barrier(Warp& w, const char* what) {
     ++w.arrived;
     ++block->progress;
     if (w.arrived == (unsigned)__builtin_popcount(w.named)) {
         release_warp(w);
-        return;
+        return true;
     }
     const uint64_t g = w.generation;
     while (w.generation == g) yield(what);
+    return false;
 }
 
 extern "C" void hd_fiber_main() {
@@ -285,17 +287,12 @@ void warp_collective(unsigned mask, const void* mine, size_t bytes,
     const unsigned char* deposits[32];
     for (int l = 0; l < 32; ++l) deposits[l] = w.deposited[l] ? w.deposits[l] : nullptr;
     take(deposits, ctx);
-    // No lane deposits again before every lane has taken.
-    ++w.arrived;
-    ++block->progress;
-    if (w.arrived == (unsigned)__builtin_popcount(w.named)) {
+    // No lane deposits again before every lane has taken; the last to take clears the slots
+    // before any other lane runs on.
+    if (warp_barrier(w, what)) {
         for (bool& d : w.deposited) d = false;
         w.named = 0;
-        release_warp(w);
-        return;
     }
-    const uint64_t g = w.generation;
-    while (w.generation == g) yield(what);
 }
 
 void run_grid(const char* kernel, uint3 grid, uint3 dim, void (*body)(void*), void* ctx) {
