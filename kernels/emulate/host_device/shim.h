@@ -5,7 +5,8 @@
 // GPU tests run unchanged on a machine with no GPU (see README.md in this folder).
 //
 // Semantics kept: one block at a time, its threads as fibers that switch only at a barrier or a
-// warp collective (so a missing __syncthreads shows as a wrong result, not as luck); shared
+// warp collective (so a missing __syncthreads gives a wrong result in thread order or in
+// reverse order, ELECTRA_HOST_DEVICE_ORDER=reverse, not a pass by luck); shared
 // memory one instance per OS thread (`__shared__` is a thread_local static); bf16 rounding to
 // nearest even, as __float2bfloat16_rn; a warp collective must be reached by every live lane its
 // mask names, and may not read a lane that has exited (both are undefined on a GPU; here they
