@@ -8,31 +8,23 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 mod common;
-use common::{s, scratch};
+use common::{scratch, tiny_run};
 
-fn run(data: &Path, out: &Path, device: &str, batch: &[&str], env: &[(&str, &str)]) -> Output {
+/// Three steps of two micro-batches of 2 (`tiny_run`'s batch) on `device`, metrics every step.
+fn run(data: &Path, out: &Path, device: &str, env: &[(&str, &str)]) -> Output {
+    let extra = [
+        "--device",
+        device,
+        "--accumulate",
+        "2",
+        "--steps",
+        "3",
+        "--seed",
+        "0",
+    ];
+    let extra = [&extra[..], &["--log-every", "1", "--checkpoint-every", "3"]].concat();
     Command::new(env!("CARGO_BIN_EXE_electra"))
-        .args([
-            "pretrain",
-            "--preset",
-            "tiny",
-            "--data",
-            s(data),
-            "--out",
-            s(out),
-        ])
-        .args([
-            "--device",
-            device,
-            "--steps",
-            "3",
-            "--seed",
-            "0",
-            "--log-every",
-            "1",
-        ])
-        .args(["--checkpoint-every", "3"])
-        .args(batch)
+        .args(tiny_run(data, out, &extra))
         .envs(env.iter().copied())
         .output()
         .unwrap()
@@ -54,17 +46,14 @@ fn a_cuda_run_follows_the_cpu_and_its_nccl_sum_changes_no_bit() {
         return;
     };
     let dir = scratch("pretrain-cuda");
-    // Two micro-batches of 2 on the device, one batch of 4 on the CPU: the masking, dropout and
-    // loss means are keyed by the global batch, so both take the same steps.
-    let split: &[&str] = &["--batch", "2", "--accumulate", "2"];
-    let cuda = run(data, &dir.join("cuda"), "cuda", split, &[]);
+    let cuda = run(data, &dir.join("cuda"), "cuda", &[]);
     let stderr = String::from_utf8_lossy(&cuda.stderr);
     if stderr.contains("no CUDA device") {
         eprintln!("skipped: no CUDA device");
         return;
     }
     assert!(cuda.status.success(), "{stderr}");
-    let cpu = run(data, &dir.join("cpu"), "cpu", &["--batch", "4"], &[]);
+    let cpu = run(data, &dir.join("cpu"), "cpu", &[]);
     assert!(
         cpu.status.success(),
         "{}",
@@ -90,13 +79,7 @@ fn a_cuda_run_follows_the_cpu_and_its_nccl_sum_changes_no_bit() {
         }
     }
 
-    let nccl = run(
-        data,
-        &dir.join("nccl"),
-        "cuda",
-        split,
-        &[("ELECTRA_NCCL", "1")],
-    );
+    let nccl = run(data, &dir.join("nccl"), "cuda", &[("ELECTRA_NCCL", "1")]);
     let stderr = String::from_utf8_lossy(&nccl.stderr);
     if stderr.contains("libnccl.so cannot be opened") {
         eprintln!("NCCL part skipped: no libnccl.so");
