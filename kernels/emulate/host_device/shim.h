@@ -52,9 +52,18 @@ inline float2 make_float2(float x, float y) { return {x, y}; }
 
 namespace hd {
 // A thread of the running block (threads.cpp).
+// A cp.async copy issued and not yet waited for (warp_matrix.h).
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    bool valid;
+};
+constexpr int MAX_ASYNC_COPIES = 64;
 struct Thread {
     uint3 idx;
     int lane, warp;
+    int async_copies;  // pending in `pending`
+    AsyncCopy pending[MAX_ASYNC_COPIES];
 };
 extern thread_local Thread* current;
 extern thread_local uint3 block_idx, block_dim, grid_dim;

@@ -147,6 +147,7 @@ extern "C" void hd_fiber_main() {
     Block& b = *block;
     b.body(b.ctx);
     Fiber* f = me();
+    if (f->t.async_copies) fail("cp.async", "copies were never waited for");
     f->done = true;
     --b.live;
     ++b.progress;
@@ -317,6 +318,7 @@ void run_grid(const char* kernel, uint3 grid, uint3 dim, void (*body)(void*), vo
                     f.t.idx = {i % dim.x, i / dim.x % dim.y, i / (dim.x * dim.y)};
                     f.t.lane = (int)(i & 31);
                     f.t.warp = (int)(i >> 5);
+                    f.t.async_copies = 0;
                     f.done = false;
                     f.waiting = nullptr;
                     start_fiber(f, i);

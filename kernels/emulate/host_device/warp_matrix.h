@@ -1,20 +1,32 @@
 // The inline PTX of the kernels, as host code for the host device (shim.h): the tensor-core
 // product mma.sync.m16n8k16 (bf16 in, f32 accumulate), ldmatrix x4 (plain and transposed), the
 // asynchronous global-to-shared copy and %lanemask_lt. The fragment layouts are the PTX ISA's,
-// as attention.cu's comment states them (lane = 4g + t). The copies are synchronous here, so a
-// kernel that read a tile before cp_async_wait_all would pass here and fail on a GPU.
+// as attention.cu's comment states them (lane = 4g + t). A copy lands when its thread waits
+// (cp_async_wait_all), the latest a GPU may make it land: a thread that reads its own copies
+// before waiting reads the old contents, and copies never waited for abort the run. (Another
+// thread's copies have landed by the time a barrier lets a reader on, whatever the order.)
 #pragma once
 
 inline unsigned lanemask_lt() { return (1u << hd::current->lane) - 1u; }
 
 inline void cp_async16(void* smem, const void* gmem, bool valid) {
-    if (valid)
-        memcpy(smem, gmem, 16);
-    else
-        memset(smem, 0, 16);
+    hd::Thread& t = *hd::current;
+    if (t.async_copies == hd::MAX_ASYNC_COPIES)
+        hd::fail("cp.async", "has more copies in flight than the host device keeps");
+    t.pending[t.async_copies++] = {smem, gmem, valid};
 }
 
-inline void cp_async_wait_all() {}
+inline void cp_async_wait_all() {
+    hd::Thread& t = *hd::current;
+    for (int i = 0; i < t.async_copies; ++i) {
+        const hd::AsyncCopy& c = t.pending[i];
+        if (c.valid)
+            memcpy(c.dst, c.src, 16);
+        else
+            memset(c.dst, 0, 16);
+    }
+    t.async_copies = 0;
+}
 
 namespace hd {
 inline float bf16_bits_to_float(uint32_t bits) { return __uint_as_float(bits << 16); }
