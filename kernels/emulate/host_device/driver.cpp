@@ -208,11 +208,6 @@ CUresult cuDeviceGetName(char* name, int len, CUdevice) {
     return CUDA_SUCCESS;
 }
 
-CUresult cuDeviceTotalMem(size_t* bytes, CUdevice) {
-    *bytes = TOTAL_MEMORY;
-    return CUDA_SUCCESS;
-}
-
 CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice) {
     switch (a) {
         case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *v = multiprocessors(); break;
@@ -308,16 +303,6 @@ CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) {
     return cuMemFree(p);
 }
 
-CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned int) {
-    *p = aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
-    return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
-}
-
-CUresult cuMemFreeHost(void* p) {
-    free(p);
-    return CUDA_SUCCESS;
-}
-
 CUresult cuMemcpyHtoDAsync(CUdeviceptr dst, const void* src, size_t n, CUstream s) {
     return copy(device(dst), src, n, s);
 }
@@ -333,9 +318,6 @@ CUresult cuMemcpyHtoD(CUdeviceptr dst, const void* src, size_t n) {
 CUresult cuMemcpyDtoH(void* dst, CUdeviceptr src, size_t n) {
     return copy(dst, device(src), n, nullptr);
 }
-CUresult cuMemcpyDtoD(CUdeviceptr dst, CUdeviceptr src, size_t n) {
-    return copy(device(dst), device(src), n, nullptr);
-}
 CUresult cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, CUstream s) {
     return set(p, v, 1, n, s);
 }
@@ -346,7 +328,6 @@ CUresult cuMemsetD32Async(CUdeviceptr p, unsigned int v, size_t n, CUstream s) {
     return set(p, v, 4, n, s);
 }
 CUresult cuMemsetD8(CUdeviceptr p, unsigned char v, size_t n) { return set(p, v, 1, n, nullptr); }
-CUresult cuMemsetD32(CUdeviceptr p, unsigned int v, size_t n) { return set(p, v, 4, n, nullptr); }
 
 CUresult cuLaunchHostFunc(CUstream s, CUhostFn fn, void* user_data) {
     Work w{};
@@ -361,10 +342,6 @@ CUresult cuStreamCreate(CUstream* s, unsigned int) {
     return CUDA_SUCCESS;
 }
 
-CUresult cuStreamCreateWithPriority(CUstream* s, unsigned int flags, int) {
-    return cuStreamCreate(s, flags);
-}
-
 CUresult cuStreamDestroy(CUstream s) {
     delete reinterpret_cast<Stream*>(s);
     return CUDA_SUCCESS;
@@ -373,8 +350,6 @@ CUresult cuStreamDestroy(CUstream s) {
 CUresult cuStreamSynchronize(CUstream s) {
     return stream_of(s)->capture ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
 }
-
-CUresult cuStreamQuery(CUstream) { return CUDA_SUCCESS; }
 
 CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int) {
     Event* ev = reinterpret_cast<Event*>(e);
@@ -419,8 +394,6 @@ CUresult cuGraphInstantiateWithFlags(CUgraphExec* exec, CUgraph g, unsigned long
     return CUDA_SUCCESS;
 }
 
-CUresult cuGraphUpload(CUgraphExec, CUstream) { return CUDA_SUCCESS; }
-
 CUresult cuGraphLaunch(CUgraphExec exec, CUstream s) {
     if (stream_of(s)->capture) return CUDA_ERROR_NOT_SUPPORTED;
     for (const Work& w : reinterpret_cast<Graph*>(exec)->work) w();
@@ -456,7 +429,6 @@ CUresult cuEventRecord(CUevent e, CUstream s) {
 }
 
 CUresult cuEventSynchronize(CUevent) { return CUDA_SUCCESS; }
-CUresult cuEventQuery(CUevent) { return CUDA_SUCCESS; }
 
 CUresult cuEventElapsedTime(float* ms, CUevent start, CUevent end) {
     const Event* a = reinterpret_cast<Event*>(start);
@@ -490,8 +462,6 @@ CUresult cuFuncGetParamInfo(CUfunction f, size_t index, size_t* offset, size_t* 
     *size = k->sizes[index];
     return CUDA_SUCCESS;
 }
-
-CUresult cuFuncSetAttribute(CUfunction, CUfunction_attribute, int) { return CUDA_SUCCESS; }
 
 CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
                         unsigned int bx, unsigned int by, unsigned int bz, unsigned int shared,
