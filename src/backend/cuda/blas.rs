@@ -618,19 +618,26 @@ impl CudaBackend {
         const SIZES: [usize; 4] = [1024, 2048, 4096, 8192];
         const LONG_ENOUGH_S: f64 = 5e-3;
         for n in SIZES {
-            let first = self.square_products(n, 1)?[0];
-            if first >= LONG_ENOUGH_S || n == SIZES[SIZES.len() - 1] {
-                let mut times = self.square_products(n, 13)?.split_off(3);
-                times.sort_by(f64::total_cmp);
-                return Ok((2.0 * (n as f64).powi(3) / times[times.len() / 2], n));
+            let last = n == SIZES[SIZES.len() - 1];
+            if let Some(rate) =
+                self.square_product_rate(n, |first_s| last || first_s >= LONG_ENOUGH_S)?
+            {
+                return Ok((rate, n));
             }
         }
         unreachable!("the last size returns")
     }
 
-    /// The seconds of each of `runs` n³ products (as [`CudaBackend::matrix_rate`] describes them),
-    /// each between two events.
-    fn square_products(&mut self, n: usize, runs: usize) -> Result<Vec<f64>, CudaError> {
+    /// The rate of n³ products as [`CudaBackend::matrix_rate`] measures it, each product between
+    /// two events, on operands uploaded once; None, after the first (untimed) product, when
+    /// `enough` says its seconds are too few to measure at this size.
+    fn square_product_rate(
+        &mut self,
+        n: usize,
+        enough: impl Fn(f64) -> bool,
+    ) -> Result<Option<f64>, CudaError> {
+        const UNTIMED: usize = 3;
+        const TIMED: usize = 10;
         self.bind();
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let host: Vec<u16> = (0..n * n)
@@ -664,8 +671,8 @@ impl CudaBackend {
             fold: Fold::None,
         };
         let (a, b, d) = (bufs[0].ptr, bufs[1].ptr, bufs[2].ptr);
-        let mut times = Vec::with_capacity(runs);
-        for _ in 0..runs {
+        let mut times = Vec::with_capacity(UNTIMED + TIMED);
+        for i in 0..UNTIMED + TIMED {
             let start = self
                 .stream
                 .record_event(Some(driver_sys::CUevent_flags::CU_EVENT_DEFAULT))
@@ -682,7 +689,12 @@ impl CudaBackend {
                 .elapsed_ms(&end)
                 .map_err(|e| driver_err("timing the product", e))?;
             times.push(ms as f64 * 1e-3);
+            if i == 0 && !enough(times[0]) {
+                return Ok(None);
+            }
         }
-        Ok(times)
+        let mut times = times.split_off(UNTIMED);
+        times.sort_by(f64::total_cmp);
+        Ok(Some(2.0 * (n as f64).powi(3) / times[times.len() / 2]))
     }
 }
