@@ -21,6 +21,8 @@
 #include <thread>
 #include <vector>
 
+#include "bf16_bits.h"
+
 // The host device's driver (driver.cpp, libcuda.so), which orders a product on its stream.
 extern "C" int cuLaunchHostFunc(void* stream, void (*fn)(void*), void* data);
 extern "C" int cuStreamIsCapturing(void* stream, int* status);
@@ -81,28 +83,13 @@ static_assert(sizeof(HeuristicResult) == 96, "layout of cublasLtMatmulHeuristicR
 
 size_t type_bytes(int32_t t) { return t == R_16BF ? 2 : 4; }
 
-float bf16_to_f32(uint16_t h) {
-    uint32_t u = uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-
-uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // NaN stays NaN
-    u += 0x7fffu + ((u >> 16) & 1);  // round to nearest, ties to even
-    return uint16_t(u >> 16);
-}
-
 float load(const void* p, int32_t type, size_t i) {
-    if (type == R_16BF) return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    if (type == R_16BF) return hd::bf16_bits_to_float(static_cast<const uint16_t*>(p)[i]);
     return static_cast<const float*>(p)[i];
 }
 
 void store(void* p, int32_t type, size_t i, float v) {
-    if (type == R_16BF) static_cast<uint16_t*>(p)[i] = f32_to_bf16(v);
+    if (type == R_16BF) static_cast<uint16_t*>(p)[i] = hd::float_to_bf16_bits(v);
     else static_cast<float*>(p)[i] = v;
 }
 
@@ -188,9 +175,9 @@ void unpack(const uint16_t* x, const Layout* l, bool x_by_k, uint64_t width, uin
     for (uint64_t kk = 0; kk < k; kk++) {
         float* row = out + kk * padded;
         if (x_by_k)
-            for (uint64_t i = 0; i < width; i++) row[i] = bf16_to_f32(x[kk * ld + i]);
+            for (uint64_t i = 0; i < width; i++) row[i] = hd::bf16_bits_to_float(x[kk * ld + i]);
         else
-            for (uint64_t i = 0; i < width; i++) row[i] = bf16_to_f32(x[i * ld + kk]);
+            for (uint64_t i = 0; i < width; i++) row[i] = hd::bf16_bits_to_float(x[i * ld + kk]);
     }
 }
 

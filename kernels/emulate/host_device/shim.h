@@ -22,6 +22,8 @@
 
 #include <type_traits>
 
+#include "bf16_bits.h"
+
 #define __global__
 #define __device__
 #define __host__
@@ -109,12 +111,8 @@ inline unsigned __float_as_uint(float f) {
 inline float __int_as_float(int i) { return __uint_as_float((unsigned)i); }
 inline int __float_as_int(float f) { return (int)__float_as_uint(f); }
 
-inline __nv_bfloat16 __float2bfloat16_rn(float f) {
-    const unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return {(uint16_t)((u >> 16) | 0x40u)};  // quiet NaN
-    return {(uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
-}
-inline float __bfloat162float(__nv_bfloat16 h) { return __uint_as_float((unsigned)h.bits << 16); }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return {hd::float_to_bf16_bits(f)}; }
+inline float __bfloat162float(__nv_bfloat16 h) { return hd::bf16_bits_to_float(h.bits); }
 inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
 inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return {u}; }
 inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {

@@ -29,8 +29,6 @@ inline void cp_async_wait_all() {
 }
 
 namespace hd {
-inline float bf16_bits_to_float(uint32_t bits) { return __uint_as_float(bits << 16); }
-
 struct MmaIn {
     uint32_t a[4], b[2];
 };
