@@ -21,8 +21,11 @@ fn run(data: &Path, out: &Path, device: &str, env: &[(&str, &str)]) -> Output {
         "3",
         "--seed",
         "0",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "3",
     ];
-    let extra = [&extra[..], &["--log-every", "1", "--checkpoint-every", "3"]].concat();
     Command::new(env!("CARGO_BIN_EXE_electra"))
         .args(tiny_run(data, out, &extra))
         .envs(env.iter().copied())
