@@ -2,9 +2,9 @@
 # Builds the host device (kernels/emulate/host_device/README.md) into OUT (default
 # target/host-device): libcuda.so, the driver API on the CPU with every kernel of kernels/
 # compiled from its own source, libcublasLt.so, the matrix products, and libnccl.so, NCCL for
-# one rank. With OUT on
-# LD_LIBRARY_PATH, the CUDA backend and its GPU tests run on a machine with no GPU. Needs g++ and
-# cuda.h: CUDA_HOME, or the pip install of scripts/install-cuda-compiler.sh in .cuda/.
+# the ranks of a job on this machine. With OUT on LD_LIBRARY_PATH, the CUDA backend and its GPU
+# tests run on a machine with no GPU. Needs g++ and cuda.h: CUDA_HOME, or the pip install of
+# scripts/install-cuda-compiler.sh in .cuda/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/host-device}

@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -48,6 +49,32 @@ int multiprocessors() {
     }();
     return n;
 }
+// The machine has ELECTRA_HOST_DEVICE_COUNT devices (default 1), so that the ranks of a job can
+// each take their own, as on a machine of N GPUs. A process sees those CUDA_VISIBLE_DEVICES
+// lists, numbered from 0 in its order, as the driver reads it: indices up to the first that is
+// not one of the machine's (or repeats one); all of them when it is unset.
+constexpr int MAX_DEVICES = 16;
+const std::vector<int>& visible() {
+    static const std::vector<int> v = [] {
+        const char* s = getenv("ELECTRA_HOST_DEVICE_COUNT");
+        int machine = s ? atoi(s) : 1;
+        machine = machine < 1 ? 1 : machine > MAX_DEVICES ? MAX_DEVICES : machine;
+        std::vector<int> seen;
+        const char* list = getenv("CUDA_VISIBLE_DEVICES");
+        for (int i = 0; !list && i < machine; ++i) seen.push_back(i);
+        for (const char* p = list; p && *p;) {
+            char* end;
+            long i = strtol(p, &end, 10);
+            bool repeat = std::find(seen.begin(), seen.end(), (int)i) != seen.end();
+            if (end == p || i < 0 || i >= machine || repeat) break;
+            seen.push_back((int)i);
+            p = *end == ',' ? end + 1 : end;
+        }
+        return seen;
+    }();
+    return v;
+}
+int device_count() { return (int)visible().size(); }
 constexpr size_t TOTAL_MEMORY = size_t(16) << 30;
 constexpr int MAX_THREADS = 1024;
 constexpr int STATIC_SHARED = 48 << 10;
@@ -122,9 +149,11 @@ struct Event {
 };
 
 struct Module {};
-struct Context {};
+struct Context {
+    CUdevice device;
+};
 
-Context primary;
+Context primary[MAX_DEVICES];
 Stream null_stream;
 thread_local CUcontext current_ctx = nullptr;
 struct Allocation {
@@ -182,6 +211,7 @@ CUresult cuGetErrorName(CUresult e, const char** s) {
         case CUDA_ERROR_NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
         case CUDA_ERROR_NOT_SUPPORTED: *s = "CUDA_ERROR_NOT_SUPPORTED"; break;
         case CUDA_ERROR_INVALID_DEVICE: *s = "CUDA_ERROR_INVALID_DEVICE"; break;
+        case CUDA_ERROR_INVALID_CONTEXT: *s = "CUDA_ERROR_INVALID_CONTEXT"; break;
         case CUDA_ERROR_OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
         case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: *s = "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"; break;
         case CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: *s = "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"; break;
@@ -193,13 +223,22 @@ CUresult cuGetErrorName(CUresult e, const char** s) {
 CUresult cuGetErrorString(CUresult e, const char** s) { return cuGetErrorName(e, s); }
 
 CUresult cuDeviceGetCount(int* n) {
-    *n = 1;
+    *n = device_count();
     return CUDA_SUCCESS;
 }
 
 CUresult cuDeviceGet(CUdevice* d, int ordinal) {
-    if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
-    *d = 0;
+    if (ordinal < 0 || ordinal >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+    *d = ordinal;
+    return CUDA_SUCCESS;
+}
+
+// A device's UUID is the same in every process, whatever number it has there, as a GPU's is.
+CUresult cuDeviceGetUuid_v2(CUuuid* uuid, CUdevice d) {
+    if (d < 0 || d >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+    memset(uuid->bytes, 0, sizeof uuid->bytes);
+    memcpy(uuid->bytes, "electra-hd-dev", 14);
+    uuid->bytes[15] = (char)visible()[d];
     return CUDA_SUCCESS;
 }
 
@@ -222,8 +261,10 @@ CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice) {
     return CUDA_SUCCESS;
 }
 
-CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice) {
-    *c = reinterpret_cast<CUcontext>(&primary);
+CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) {
+    if (d < 0 || d >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+    primary[d].device = d;
+    *c = reinterpret_cast<CUcontext>(&primary[d]);
     return CUDA_SUCCESS;
 }
 
@@ -236,6 +277,12 @@ CUresult cuCtxSetCurrent(CUcontext c) {
 
 CUresult cuCtxGetCurrent(CUcontext* c) {
     *c = current_ctx;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxGetDevice(CUdevice* d) {
+    if (!current_ctx) return CUDA_ERROR_INVALID_CONTEXT;
+    *d = reinterpret_cast<Context*>(current_ctx)->device;
     return CUDA_SUCCESS;
 }
 
