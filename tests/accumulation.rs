@@ -128,6 +128,9 @@ impl Collective for Threads {
     fn broadcast(&self, _bytes: &mut Vec<u8>) {
         unreachable!("the trainer broadcasts nothing")
     }
+    fn all_gather(&self, _mine: &[u8]) -> Vec<u8> {
+        unreachable!("the trainer gathers nothing")
+    }
     fn barrier(&self) {
         self.barrier.wait();
     }

@@ -298,14 +298,9 @@ pub fn run(args: &PretrainArgs) -> CliResult<ExitCode> {
     let comm = crate::comm::join()?;
     let result = match args.device.parse::<Device>()? {
         Device::Cpu => run_on(CpuBackend::new(), args, comm.clone()),
-        // Each rank of a machine takes its own GPU, unless a device is named.
         Device::Cuda(n) => {
-            let n = if args.device == "cuda" {
-                comm.local_rank()
-            } else {
-                n
-            };
-            cuda_backend(n, &*comm).and_then(|be| run_on(be, args, comm.clone()))
+            let named = (args.device != "cuda").then_some(n);
+            cuda_backend(named, &*comm).and_then(|be| run_on(be, args, comm.clone()))
         }
     };
     match result {
@@ -318,10 +313,17 @@ pub fn run(args: &PretrainArgs) -> CliResult<ExitCode> {
     }
 }
 
-/// GPU `n`, with the gradient sums of a run of several ranks over NCCL; `ELECTRA_NCCL=0` sums
-/// them through host memory instead, `ELECTRA_NCCL=1` uses NCCL on one rank too (a check of the
-/// NCCL path against the plain one).
-fn cuda_backend(n: usize, comm: &dyn Collective) -> CliResult<CudaBackend> {
+/// The GPU `named` (`--device cuda:N`), or else the local rank's: local rank r takes device r of
+/// those it sees, modulo their number, so that a launcher that shows each rank one GPU
+/// (`CUDA_VISIBLE_DEVICES`, Slurm's `--gpus-per-task=1`) gives each its own. The gradient sums
+/// of a run of several ranks go over NCCL; `ELECTRA_NCCL=0` sums them through host memory
+/// instead, `ELECTRA_NCCL=1` uses NCCL on one rank too (a check of the NCCL path against the
+/// plain one).
+fn cuda_backend(named: Option<usize>, comm: &dyn Collective) -> CliResult<CudaBackend> {
+    let n = match named {
+        Some(n) => n,
+        None => comm.local_rank() % CudaBackend::device_count()?,
+    };
     let mut backend = CudaBackend::new(n)?;
     let nccl = match std::env::var("ELECTRA_NCCL").as_deref() {
         Ok("0") => false,

@@ -62,6 +62,10 @@ pub trait Collective {
     /// Replaces `bytes` on every rank with rank 0's.
     fn broadcast(&self, bytes: &mut Vec<u8>);
 
+    /// Every rank's `mine` (the same length on every rank), one after another in rank order,
+    /// on every rank.
+    fn all_gather(&self, mine: &[u8]) -> Vec<u8>;
+
     /// Returns once every rank has called it.
     fn barrier(&self);
 
@@ -92,6 +96,10 @@ impl Collective for Solo {
     fn all_reduce_sum_f64(&self, _values: &mut [f64]) {}
 
     fn broadcast(&self, _bytes: &mut Vec<u8>) {}
+
+    fn all_gather(&self, mine: &[u8]) -> Vec<u8> {
+        mine.to_vec()
+    }
 
     fn barrier(&self) {}
 

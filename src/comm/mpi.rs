@@ -80,6 +80,12 @@ impl Collective for Mpi {
         root.broadcast_into(&mut bytes[..]);
     }
 
+    fn all_gather(&self, mine: &[u8]) -> Vec<u8> {
+        let mut all = vec![0; mine.len() * self.world()];
+        self.world.all_gather_into(mine, &mut all[..]);
+        all
+    }
+
     fn barrier(&self) {
         self.world.barrier();
     }

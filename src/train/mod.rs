@@ -1105,6 +1105,9 @@ mod tests {
                 *values.last_mut().unwrap() += 1.0;
             }
             fn broadcast(&self, _: &mut Vec<u8>) {}
+            fn all_gather(&self, _: &[u8]) -> Vec<u8> {
+                unreachable!("the trainer gathers nothing")
+            }
             fn barrier(&self) {}
             fn abort(&self, code: i32) -> ! {
                 panic!("abort({code})")

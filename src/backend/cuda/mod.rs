@@ -268,9 +268,9 @@ struct OpenDevice {
     sms: usize,
 }
 
-/// Opens device `ordinal` for the kernels: a driver, the device, compute capability 8.0 or newer,
-/// and cuBLASLt. [`CudaError::NoDevice`] when there is no driver or no such device.
-fn open_device(ordinal: usize) -> Result<OpenDevice, CudaError> {
+/// How many devices the driver sees; [`CudaError::NoDevice`] when there is no driver or it
+/// sees none.
+fn visible_devices() -> Result<usize, CudaError> {
     // SAFETY: only probes whether the library can be opened.
     if !unsafe { sys::is_culib_present() } {
         return Err(CudaError::NoDevice(
@@ -296,7 +296,14 @@ fn open_device(ordinal: usize) -> Result<OpenDevice, CudaError> {
     if count <= 0 {
         return Err(CudaError::NoDevice("the driver sees no GPU".into()));
     }
-    if ordinal >= count as usize {
+    Ok(count as usize)
+}
+
+/// Opens device `ordinal` for the kernels: a driver, the device, compute capability 8.0 or newer,
+/// and cuBLASLt. [`CudaError::NoDevice`] when there is no driver or no such device.
+fn open_device(ordinal: usize) -> Result<OpenDevice, CudaError> {
+    let count = visible_devices()?;
+    if ordinal >= count {
         return Err(CudaError::NoDevice(format!(
             "device {ordinal} was asked for; there are {count} (0 to {})",
             count - 1
@@ -326,6 +333,12 @@ fn open_device(ordinal: usize) -> Result<OpenDevice, CudaError> {
 }
 
 impl CudaBackend {
+    /// How many devices the driver sees (those `CUDA_VISIBLE_DEVICES` leaves). Fails with
+    /// [`CudaError::NoDevice`] when there is no driver or no device.
+    pub fn device_count() -> Result<usize, CudaError> {
+        visible_devices()
+    }
+
     /// Opens device `ordinal`, loads the kernels and creates the cuBLASLt handle. Fails with
     /// [`CudaError::NoDevice`] when there is no driver or no such device.
     pub fn new(ordinal: usize) -> Result<Self, CudaError> {

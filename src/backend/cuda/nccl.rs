@@ -36,7 +36,7 @@ impl Drop for Nccl {
 }
 
 fn nccl_err(what: &str, e: result::NcclError) -> CudaError {
-    CudaError::Unsupported(format!("NCCL {what}: {e:?}"))
+    CudaError::Unsupported(format!("NCCL {what}: {:?}", e.0))
 }
 
 impl CudaBackend {
@@ -55,6 +55,7 @@ impl CudaBackend {
                     .into(),
             ));
         }
+        self.check_one_rank_a_gpu(comm)?;
         let mut id = vec![];
         if comm.rank() == 0 {
             let unique = result::get_uniqueid().map_err(|e| nccl_err("ncclGetUniqueId", e))?;
@@ -90,6 +91,34 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Refuses, on every rank alike, a job in which two ranks share a GPU (by its UUID, which
+    /// is the same whatever `CUDA_VISIBLE_DEVICES` numbers it), naming them: NCCL sums only
+    /// between ranks on different GPUs, and its own refusal is a bare error code.
+    fn check_one_rank_a_gpu(&self, comm: &dyn Collective) -> Result<(), CudaError> {
+        let uuid = self
+            .ctx
+            .uuid()
+            .map_err(|e| driver_err("reading the GPU's UUID", e))?;
+        let mut mine: Vec<u8> = uuid.bytes.iter().map(|&b| b as u8).collect();
+        mine.extend_from_slice(&(self.ctx.ordinal() as u32).to_le_bytes());
+        let all = comm.all_gather(&mine);
+        let ranks: Vec<&[u8]> = all.chunks(mine.len()).collect();
+        let device = |r: usize| u32::from_le_bytes(ranks[r][16..].try_into().unwrap());
+        for b in 1..ranks.len() {
+            if let Some(a) = (0..b).find(|&a| ranks[a][..16] == ranks[b][..16]) {
+                return Err(CudaError::Unsupported(format!(
+                    "NCCL: ranks {a} and {b} share a GPU (rank {a}'s device {}, rank {b}'s \
+                     device {}): NCCL sums only between ranks on different GPUs. Start at most \
+                     one rank a GPU (`--device cuda` gives local rank r device r modulo the \
+                     number the rank sees), or set ELECTRA_NCCL=0 to sum through host memory",
+                    device(a),
+                    device(b)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Sums `buf` (f32, a parameter-shaped space) over the ranks with NCCL, in place; false when
     /// this backend has not joined a communicator.
     pub(super) fn nccl_all_reduce(&mut self, buf: Buf) -> bool {
@@ -119,7 +148,12 @@ impl CudaBackend {
                 nccl.stream.cu_stream() as _,
             )
         }
-        .unwrap_or_else(|e| panic!("NCCL: ncclAllReduce of {} values failed: {e:?}", buf.len));
+        .unwrap_or_else(|e| {
+            panic!(
+                "NCCL: ncclAllReduce of {} values failed: {:?}",
+                buf.len, e.0
+            )
+        });
         ordered("before the update", self.stream.join(&nccl.stream));
         true
     }

@@ -36,6 +36,11 @@ pub struct CudaBackend {
 
 impl CudaBackend {
     /// Always [`CudaError::NotBuilt`].
+    pub fn device_count() -> Result<usize, CudaError> {
+        Err(CudaError::NotBuilt)
+    }
+
+    /// Always [`CudaError::NotBuilt`].
     pub fn new(_ordinal: usize) -> Result<Self, CudaError> {
         Err(CudaError::NotBuilt)
     }
