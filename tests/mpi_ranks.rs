@@ -1,6 +1,7 @@
 //! Data-parallel pretraining under `mpirun` (the `mpi` feature; `.ci/run` installs OpenMPI):
 //! two ranks against one process accumulating two micro-batches, a stop on two ranks resumed on
-//! one, a rank killed mid-run, and ranks started on different data or settings.
+//! one, a rank killed mid-run, ranks started on different data or settings, and (with the `cuda`
+//! feature) two ranks on two CUDA devices summing over NCCL.
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -12,18 +13,30 @@ use std::time::{Duration, Instant};
 
 /// Runs `mpirun -np N electra ARGS` (one CPU thread per rank, so two ranks share two cores).
 fn mpirun(np: usize, args: &[&str]) -> Output {
-    mpirun_command(&[(np, args)])
+    mpirun_command(&[(np, &[], args)])
 }
 
-/// `mpirun` with one `-np N electra ARGS` program per entry (MPMD: ranks with their own flags).
-fn mpirun_command(programs: &[(usize, &[&str])]) -> Output {
+/// Environment variables, each with its value.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
+/// The ranks of one program of an MPMD `mpirun`: how many, their environment and electra's
+/// arguments.
+type Program<'a> = (usize, Env<'a>, &'a [&'a str]);
+
+/// `mpirun` with one `-np N -x VAR=VALUE… electra ARGS` per program (MPMD: ranks with their own
+/// flags and environment).
+fn mpirun_command(programs: &[Program]) -> Output {
     let mut cmd = Command::new("mpirun");
     cmd.arg("--oversubscribe");
-    for (i, (np, args)) in programs.iter().enumerate() {
+    for (i, (np, env, args)) in programs.iter().enumerate() {
         if i > 0 {
             cmd.arg(":");
         }
-        cmd.args(["-np", &np.to_string(), env!("CARGO_BIN_EXE_electra")]);
+        cmd.args(["-np", &np.to_string()]);
+        for (var, value) in *env {
+            cmd.args(["-x", &format!("{var}={value}")]);
+        }
+        cmd.arg(env!("CARGO_BIN_EXE_electra"));
         cmd.args(*args);
     }
     let out = cmd
@@ -199,7 +212,7 @@ fn ranks_started_on_different_data_or_settings_are_refused_before_training() {
     let run = dir.join("run");
     let rank0 = run_args(data, &run, &["--batch", "2"]);
     let rank1 = run_args(&copy, &run, &["--batch", "2"]);
-    let out = mpirun_command(&[(1, &rank0), (1, &rank1)]);
+    let out = mpirun_command(&[(1, &[], &rank0), (1, &[], &rank1)]);
     let log = stderr(&out);
     assert!(!out.status.success(), "{log}");
     let expected = format!(
@@ -210,8 +223,80 @@ fn ranks_started_on_different_data_or_settings_are_refused_before_training() {
     assert!(log.contains(&expected), "{log}");
     assert!(!run.join("checkpoints").exists(), "nothing trained");
     let rank1 = run_args(data, &run, &["--batch", "2", "--lr", "1e-3"]);
-    let out = mpirun_command(&[(1, &rank0), (1, &rank1)]);
+    let out = mpirun_command(&[(1, &[], &rank0), (1, &[], &rank1)]);
     let log = stderr(&out);
     assert!(!out.status.success(), "{log}");
     assert!(log.contains("rank 1: train.peak_lr is 0.001"), "{log}");
+}
+
+/// The host device (`kernels/emulate/host_device/`) reports this many devices; a driver ignores it.
+const TWO_DEVICES: (&str, &str) = ("ELECTRA_HOST_DEVICE_COUNT", "2");
+
+#[test]
+fn two_ranks_on_two_cuda_devices_train_as_one_device_accumulating_two_micro_batches() {
+    if !cfg!(feature = "cuda") {
+        eprintln!("skipped: built without CUDA");
+        return;
+    }
+    let Some(data) = corpus_or_skip() else { return };
+    let dir = scratch("mpi-cuda");
+    // One process on the second device, adding two micro-batches: the reference, and the probe
+    // for a second device.
+    let accumulated = dir.join("acc");
+    let one = Command::new(env!("CARGO_BIN_EXE_electra"))
+        .args(run_args(
+            data,
+            &accumulated,
+            &["--device", "cuda:1", "--batch", "2", "--accumulate", "2"],
+        ))
+        .env(TWO_DEVICES.0, TWO_DEVICES.1)
+        .output()
+        .unwrap();
+    if stderr(&one).contains("no CUDA device") {
+        eprintln!("skipped: two CUDA devices are needed: {}", stderr(&one));
+        return;
+    }
+    assert!(one.status.success(), "{}", stderr(&one));
+    let sees = |devices| [TWO_DEVICES, ("CUDA_VISIBLE_DEVICES", devices)];
+    let (first, second) = (sees("1"), sees("0"));
+    // Each run: its ranks, as (how many, their environment).
+    let runs: [(&str, &[(usize, Env)]); 3] = [
+        // Local rank r takes device r; the ranks sum over NCCL.
+        ("nccl", &[(2, &[TWO_DEVICES])]),
+        // The same through host memory and MPI.
+        ("host", &[(2, &[TWO_DEVICES, ("ELECTRA_NCCL", "0")])]),
+        // Each rank sees one device (as Slurm's --gpus-per-task=1 arranges), its device 0.
+        ("one each", &[(1, &first), (1, &second)]),
+    ];
+    for (name, ranks) in runs {
+        let run = dir.join(name);
+        let args = run_args(data, &run, &["--device", "cuda", "--batch", "2"]);
+        let programs: Vec<Program> = ranks.iter().map(|&(n, env)| (n, env, &args[..])).collect();
+        let out = mpirun_command(&programs);
+        let log = stderr(&out);
+        if log.contains("libnccl.so cannot be opened") {
+            eprintln!("{name} skipped: no libnccl.so");
+            continue;
+        }
+        assert!(out.status.success(), "{name}: {log}");
+        for step in [3, 6] {
+            assert!(
+                tensors(&run, step) == tensors(&accumulated, step),
+                "step {step}: two ranks ({name}) and --accumulate 2 wrote different checkpoints"
+            );
+        }
+        assert_eq!(losses(&run), losses(&accumulated), "{name}");
+    }
+    // Two ranks shown the same device: NCCL cannot sum between them, so the job stops before
+    // training, naming them.
+    let shared = dir.join("shared");
+    let args = run_args(data, &shared, &["--device", "cuda", "--batch", "2"]);
+    let out = mpirun_command(&[(2, &first, &args)]);
+    let log = stderr(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("ranks 0 and 1 share a GPU (rank 0's device 0, rank 1's device 0)"),
+        "{log}"
+    );
+    assert!(!shared.exists(), "nothing written");
 }
