@@ -1,8 +1,8 @@
 // The host device's cuBLASLt: a CPU stand-in for the part of libcublasLt that the CUDA backend
 // calls (src/backend/cuda/blas.rs through cudarc's cublaslt::result), so that the backend and its
 // parity tests run without a GPU. Device pointers are host addresses; a product goes onto its
-// stream through the host device's cuLaunchHostFunc, so it runs in the call, or is recorded into
-// the graph of a captured stream.
+// stream through the host device's cuLaunchHostFunc, so it runs when the stream reaches it, or is
+// recorded into the graph of a captured stream.
 //
 // It implements column-major D = alpha·op(A)·op(B) + beta·C with A and B bf16, C and D both bf16
 // or both f32, compute type CUBLAS_COMPUTE_32F, scale type CUDA_R_32F, alpha and beta on the host,
@@ -290,6 +290,12 @@ void run_queued(void* q) {
     run(w.p, &w.desc, w.alpha, w.beta, w.a, &w.al, w.b, &w.bl, w.c, &w.cl, w.d, &w.dl);
 }
 
+// A product issued outside a capture runs once, when its stream reaches it.
+void run_queued_once(void* q) {
+    run_queued(q);
+    delete static_cast<Queued*>(q);
+}
+
 template <class T>
 Status read_attr(const void* buf, size_t size, T* out) {
     if (!buf || size != sizeof(T)) return INVALID;
@@ -463,14 +469,13 @@ Status cublasLtMatmul(Handle* handle, Desc* desc, const void* alpha, const void*
         // call passed (the descriptor's bias pointer, alpha and beta) is copied now, as the
         // real library reads it at the call.
         auto* q = new Queued{p, *desc, fa, fb, A, *al, B, *bl, fb != 0.0f ? C : nullptr, *cl, D, *dl};
+        // A graph keeps its products for every replay (and never frees them).
         int capturing = 0;
         if (cuStreamIsCapturing(stream, &capturing) != 0 ||
-            cuLaunchHostFunc(stream, run_queued, q) != 0) {
+            cuLaunchHostFunc(stream, capturing ? run_queued : run_queued_once, q) != 0) {
             delete q;
             return INVALID;
         }
-        // A graph keeps its products for every replay; the rest ran in the call.
-        if (!capturing) delete q;
         return OK;
     } catch (const std::bad_alloc&) {
         return ALLOC_FAILED;

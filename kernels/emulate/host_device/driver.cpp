@@ -1,7 +1,9 @@
 // libcuda.so of the host device: the part of the CUDA driver API that the engine and cudarc call,
 // on the host. Device memory is host memory (a CUdeviceptr is its address), filled with 0xff
 // bytes when allocated (NaN as bf16 and f32) so that a read of what was never written shows, and
-// ending at a page that faults; streams do their work at the call, in call order; a captured
+// ending at a page that faults; a stream's work runs only when something needs it, the other
+// streams' ready work first, so that a missing wait between streams shows (see Stream), and the
+// legacy stream's runs at the call; a captured
 // stream records its work into a graph that cuGraphLaunch replays, with the kernel parameters
 // copied at capture as the driver does; cuLaunchKernel runs the kernel's own source (compiled
 // with shim.h) on threads.cpp's fibers. Anything else returns CUDA_ERROR_NOT_SUPPORTED, so that
@@ -15,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -102,32 +105,28 @@ void run(const Launch& l) {
         &ctx);
 }
 
-// One piece of a stream's work, done now or recorded into a graph.
+// What an event's record has seen: whether it has run, and when.
+struct Mark {
+    bool done = false;
+    std::chrono::steady_clock::time_point at;
+};
+
+struct Graph;
+
+// One piece of a stream's work, waiting on its stream, recorded into a graph, or run.
 struct Work {
-    enum Kind { KERNEL, COPY, SET, HOST } kind;
+    enum Kind { KERNEL, COPY, SET, HOST, WAIT, RECORD, GRAPH, FREE } kind;
     Launch launch;
     CUhostFn host;  // with `dst` its argument; the way libcublasLt.so's products join a stream
     void* dst;
     const void* src;
     size_t bytes;
     unsigned value, width, count;
-    void operator()() const {
-        switch (kind) {
-            case KERNEL:
-                run(launch);
-                break;
-            case COPY:
-                memmove(dst, src, bytes);
-                break;
-            case SET:
-                for (unsigned i = 0; i < count; ++i)
-                    memcpy(static_cast<unsigned char*>(dst) + (size_t)i * width, &value, width);
-                break;
-            case HOST:
-                host(dst);
-                break;
-        }
-    }
+    uint64_t stream, ticket;    // WAIT: until that stream has run this many pieces
+    std::shared_ptr<Mark> mark;  // RECORD
+    std::shared_ptr<std::vector<unsigned char>> staged;  // COPY from host memory: its bytes
+    const Graph* graph;          // GRAPH: a launch of it
+    void operator()() const;
 };
 
 struct Stream;
@@ -137,15 +136,24 @@ struct Graph {
     std::vector<Stream*> joined;  // streams forked into the capture, released at its end
 };
 
+// A stream's work waits in `pending` until something needs it done: a synchronisation, a
+// stream that waits on one of its events, or work on the legacy stream; then the other streams'
+// work that waits for nothing runs first (run_until). Where a wait between two streams is
+// missing, either way, their work runs in the wrong order here.
 struct Stream {
+    uint64_t id = 0;        // never reused, so a wait outlives the stream it names
+    bool blocking = false;  // ordered with the legacy (null) stream
     Graph* capture = nullptr;  // the graph being recorded through this stream
     bool joined = false;       // into another stream's capture
+    std::deque<Work> pending;
+    uint64_t issued = 0, done = 0;
+    bool running = false;
 };
 
 struct Event {
-    std::chrono::steady_clock::time_point at;
     Graph* capture = nullptr;  // recorded during that capture
-    bool recorded = false;
+    uint64_t stream = 0, ticket = 0;  // its last record: that stream's piece number
+    std::shared_ptr<Mark> mark;       // of that record
 };
 
 struct Module {};
@@ -155,6 +163,12 @@ struct Context {
 
 Context primary[MAX_DEVICES];
 Stream null_stream;
+std::map<uint64_t, Stream*> live_streams;  // by id
+uint64_t next_stream_id = 1;
+// One host thread at a time issues or runs device work: a thread may run the streams of
+// another (a synchronisation of the whole device does), and the device has one set of streams.
+std::recursive_mutex device_mutex;
+using DeviceLock = std::lock_guard<std::recursive_mutex>;
 thread_local CUcontext current_ctx = nullptr;
 struct Allocation {
     void* base;
@@ -165,12 +179,119 @@ std::map<uintptr_t, Allocation> allocations;
 
 Stream* stream_of(CUstream s) { return s ? reinterpret_cast<Stream*>(s) : &null_stream; }
 
+CUresult release(CUdeviceptr p) {
+    Allocation a;
+    {
+        std::lock_guard<std::mutex> g(allocations_lock);
+        auto it = allocations.find(p);
+        if (it == allocations.end()) return CUDA_ERROR_INVALID_VALUE;
+        a = it->second;
+        allocations.erase(it);
+    }
+    munmap(a.base, a.mapped);
+    return CUDA_SUCCESS;
+}
+
+bool ready(const Work& w);
+
+void run_front(Stream* st) {
+    Work w = std::move(st->pending.front());
+    st->pending.pop_front();
+    w();
+    ++st->done;
+}
+
+// Runs, on every stream but `st`, the work that waits for nothing not yet done.
+void run_others_first(const Stream* st) {
+    for (auto& s : live_streams) {
+        Stream* other = s.second;
+        if (other == st || other->running) continue;
+        other->running = true;
+        while (!other->pending.empty() && ready(other->pending.front())) run_front(other);
+        other->running = false;
+    }
+}
+
+// Runs stream `id`'s pending work until it has run `ticket` pieces (a WAIT among them runs what
+// it waits for), after the other streams' ready work: so work of theirs that should wait for
+// this stream's, and does not, runs before it.
+void run_until(uint64_t id, uint64_t ticket) {
+    DeviceLock lock(device_mutex);
+    auto it = live_streams.find(id);
+    if (it == live_streams.end()) return;  // destroyed, after running everything
+    Stream* st = it->second;
+    if (st->done >= ticket) return;
+    run_others_first(st);
+    if (st->running) {
+        fprintf(stderr, "host device: streams wait on each other's later work (a deadlock on a GPU)\n");
+        abort();
+    }
+    st->running = true;
+    while (st->done < ticket) run_front(st);
+    st->running = false;
+}
+
+void finish(const Stream* st) { run_until(st->id, st->issued); }
+
+bool ready(const Work& w) {
+    if (w.kind != Work::WAIT) return true;
+    auto it = live_streams.find(w.stream);
+    return it == live_streams.end() || it->second->done >= w.ticket;
+}
+
+// Everything issued to the streams that the legacy stream is ordered with (or to all).
+void finish_streams(bool blocking_only) {
+    DeviceLock lock(device_mutex);
+    std::vector<const Stream*> streams;
+    for (auto& s : live_streams)
+        if (s.second->blocking || !blocking_only) streams.push_back(s.second);
+    for (const Stream* st : streams) finish(st);
+}
+
+void Work::operator()() const {
+    switch (kind) {
+        case KERNEL:
+            run(launch);
+            break;
+        case COPY:
+            memmove(dst, src, bytes);
+            break;
+        case SET:
+            for (unsigned i = 0; i < count; ++i)
+                memcpy(static_cast<unsigned char*>(dst) + (size_t)i * width, &value, width);
+            break;
+        case HOST:
+            host(dst);
+            break;
+        case WAIT:
+            run_until(stream, ticket);
+            break;
+        case RECORD:
+            mark->at = std::chrono::steady_clock::now();
+            mark->done = true;
+            break;
+        case GRAPH:
+            for (const Work& w : graph->work) w();
+            break;
+        case FREE:
+            release(reinterpret_cast<CUdeviceptr>(dst));
+            break;
+    }
+}
+
+// Work on the legacy stream runs at the call, after all that the blocking streams were given.
 CUresult enqueue(CUstream s, Work w) {
+    DeviceLock lock(device_mutex);
     Stream* st = stream_of(s);
-    if (st->capture)
+    if (st->capture) {
         st->capture->work.push_back(std::move(w));
-    else
+    } else if (st == &null_stream) {
+        finish_streams(true);
         w();
+    } else {
+        st->pending.push_back(std::move(w));
+        ++st->issued;
+    }
     return CUDA_SUCCESS;
 }
 
@@ -184,12 +305,30 @@ CUresult set(CUdeviceptr dst, unsigned value, unsigned width, size_t count, CUst
     return enqueue(s, std::move(w));
 }
 
-CUresult copy(void* dst, const void* src, size_t bytes, CUstream s) {
+// Host memory here is pageable (the driver's pinned allocations are not emulated), and the
+// driver treats copies from it as the engine counts on: one to the device stages its source
+// before the call returns, so the caller may reuse it at once; one to the host returns once
+// the stream has reached it and it is done. In a capture the pointers are kept for each replay.
+enum class Direction { TO_DEVICE, TO_HOST, ON_DEVICE };
+
+CUresult copy(void* dst, const void* src, size_t bytes, CUstream s, Direction d) {
     Work w{};
     w.kind = Work::COPY;
     w.dst = dst;
     w.src = src;
     w.bytes = bytes;
+    Stream* st = stream_of(s);
+    if (!st->capture && d == Direction::TO_DEVICE) {
+        const auto* from = static_cast<const unsigned char*>(src);
+        w.staged = std::make_shared<std::vector<unsigned char>>(from, from + bytes);
+        w.src = w.staged->data();
+    }
+    if (!st->capture && d == Direction::TO_HOST && st != &null_stream) {
+        DeviceLock lock(device_mutex);
+        finish(st);
+        w();
+        return CUDA_SUCCESS;
+    }
     return enqueue(s, std::move(w));
 }
 
@@ -212,6 +351,8 @@ CUresult cuGetErrorName(CUresult e, const char** s) {
         case CUDA_ERROR_NOT_SUPPORTED: *s = "CUDA_ERROR_NOT_SUPPORTED"; break;
         case CUDA_ERROR_INVALID_DEVICE: *s = "CUDA_ERROR_INVALID_DEVICE"; break;
         case CUDA_ERROR_INVALID_CONTEXT: *s = "CUDA_ERROR_INVALID_CONTEXT"; break;
+        case CUDA_ERROR_INVALID_HANDLE: *s = "CUDA_ERROR_INVALID_HANDLE"; break;
+        case CUDA_ERROR_NOT_READY: *s = "CUDA_ERROR_NOT_READY"; break;
         case CUDA_ERROR_OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
         case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: *s = "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"; break;
         case CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: *s = "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"; break;
@@ -293,7 +434,10 @@ CUresult cuCtxPopCurrent(CUcontext* c) {
     return CUDA_SUCCESS;
 }
 
-CUresult cuCtxSynchronize() { return CUDA_SUCCESS; }
+CUresult cuCtxSynchronize() {
+    finish_streams(false);
+    return CUDA_SUCCESS;
+}
 
 CUresult cuMemGetInfo(size_t* free, size_t* total) {
     size_t used = 0;
@@ -326,20 +470,14 @@ CUresult cuMemAlloc(CUdeviceptr* p, size_t bytes) {
     return CUDA_SUCCESS;
 }
 
+// As the driver, after the work issued so far, which may still use the memory.
 CUresult cuMemFree(CUdeviceptr p) {
-    Allocation a;
-    {
-        std::lock_guard<std::mutex> g(allocations_lock);
-        auto it = allocations.find(p);
-        if (it == allocations.end()) return CUDA_ERROR_INVALID_VALUE;
-        a = it->second;
-        allocations.erase(it);
-    }
-    munmap(a.base, a.mapped);
-    return CUDA_SUCCESS;
+    finish_streams(false);
+    return release(p);
 }
 
-// Stream-ordered: the stream's earlier work is done at the call here, so at once.
+// Stream-ordered: the memory is there at once, so for the stream's later work too; it goes
+// when the stream reaches the free.
 CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, CUstream s) {
     if (stream_of(s)->capture) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     return cuMemAlloc(p, bytes);
@@ -347,23 +485,26 @@ CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, CUstream s) {
 
 CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) {
     if (stream_of(s)->capture) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
-    return cuMemFree(p);
+    Work w{};
+    w.kind = Work::FREE;
+    w.dst = reinterpret_cast<void*>(p);
+    return enqueue(s, std::move(w));
 }
 
 CUresult cuMemcpyHtoDAsync(CUdeviceptr dst, const void* src, size_t n, CUstream s) {
-    return copy(device(dst), src, n, s);
+    return copy(device(dst), src, n, s, Direction::TO_DEVICE);
 }
 CUresult cuMemcpyDtoHAsync(void* dst, CUdeviceptr src, size_t n, CUstream s) {
-    return copy(dst, device(src), n, s);
+    return copy(dst, device(src), n, s, Direction::TO_HOST);
 }
 CUresult cuMemcpyDtoDAsync(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) {
-    return copy(device(dst), device(src), n, s);
+    return copy(device(dst), device(src), n, s, Direction::ON_DEVICE);
 }
 CUresult cuMemcpyHtoD(CUdeviceptr dst, const void* src, size_t n) {
-    return copy(device(dst), src, n, nullptr);
+    return copy(device(dst), src, n, nullptr, Direction::TO_DEVICE);
 }
 CUresult cuMemcpyDtoH(void* dst, CUdeviceptr src, size_t n) {
-    return copy(dst, device(src), n, nullptr);
+    return copy(dst, device(src), n, nullptr, Direction::TO_HOST);
 }
 CUresult cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, CUstream s) {
     return set(p, v, 1, n, s);
@@ -384,21 +525,38 @@ CUresult cuLaunchHostFunc(CUstream s, CUhostFn fn, void* user_data) {
     return enqueue(s, std::move(w));
 }
 
-CUresult cuStreamCreate(CUstream* s, unsigned int) {
-    *s = reinterpret_cast<CUstream>(new Stream);
+CUresult cuStreamCreate(CUstream* s, unsigned int flags) {
+    DeviceLock lock(device_mutex);
+    Stream* st = new Stream;
+    st->id = next_stream_id++;
+    st->blocking = !(flags & CU_STREAM_NON_BLOCKING);
+    live_streams[st->id] = st;
+    *s = reinterpret_cast<CUstream>(st);
     return CUDA_SUCCESS;
 }
 
+// As the driver, the work already issued still runs.
 CUresult cuStreamDestroy(CUstream s) {
-    delete reinterpret_cast<Stream*>(s);
+    DeviceLock lock(device_mutex);
+    Stream* st = reinterpret_cast<Stream*>(s);
+    finish(st);
+    live_streams.erase(st->id);
+    delete st;
     return CUDA_SUCCESS;
 }
 
 CUresult cuStreamSynchronize(CUstream s) {
-    return stream_of(s)->capture ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
+    Stream* st = stream_of(s);
+    if (st->capture) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    if (st == &null_stream)
+        finish_streams(true);
+    else
+        finish(st);
+    return CUDA_SUCCESS;
 }
 
 CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int) {
+    DeviceLock lock(device_mutex);
     Event* ev = reinterpret_cast<Event*>(e);
     Stream* st = stream_of(s);
     // A stream that waits on an event of a capture joins it, as the driver's fork does.
@@ -406,6 +564,15 @@ CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int) {
         st->capture = ev->capture;
         st->joined = true;
         ev->capture->joined.push_back(st);
+    }
+    // Outside a capture, the stream's later work waits for the event's record (the one made
+    // before this call: a later record of the event does not move the wait).
+    if (!ev->capture && !st->capture && ev->mark) {
+        Work w{};
+        w.kind = Work::WAIT;
+        w.stream = ev->stream;
+        w.ticket = ev->ticket;
+        return enqueue(s, std::move(w));
     }
     return CUDA_SUCCESS;
 }
@@ -443,8 +610,10 @@ CUresult cuGraphInstantiateWithFlags(CUgraphExec* exec, CUgraph g, unsigned long
 
 CUresult cuGraphLaunch(CUgraphExec exec, CUstream s) {
     if (stream_of(s)->capture) return CUDA_ERROR_NOT_SUPPORTED;
-    for (const Work& w : reinterpret_cast<Graph*>(exec)->work) w();
-    return CUDA_SUCCESS;
+    Work w{};
+    w.kind = Work::GRAPH;
+    w.graph = reinterpret_cast<Graph*>(exec);
+    return enqueue(s, std::move(w));
 }
 
 CUresult cuGraphDestroy(CUgraph g) {
@@ -453,6 +622,7 @@ CUresult cuGraphDestroy(CUgraph g) {
 }
 
 CUresult cuGraphExecDestroy(CUgraphExec e) {
+    finish_streams(false);  // its launches still run
     delete reinterpret_cast<Graph*>(e);
     return CUDA_SUCCESS;
 }
@@ -468,20 +638,35 @@ CUresult cuEventDestroy(CUevent e) {
 }
 
 CUresult cuEventRecord(CUevent e, CUstream s) {
+    DeviceLock lock(device_mutex);
     Event* ev = reinterpret_cast<Event*>(e);
-    ev->capture = stream_of(s)->capture;
-    ev->at = std::chrono::steady_clock::now();
-    ev->recorded = true;
+    Stream* st = stream_of(s);
+    ev->capture = st->capture;
+    if (st->capture) return CUDA_SUCCESS;
+    ev->mark = std::make_shared<Mark>();
+    Work w{};
+    w.kind = Work::RECORD;
+    w.mark = ev->mark;
+    ev->stream = st->id;  // 0, the legacy stream's, where it runs at the call
+    enqueue(s, std::move(w));
+    ev->ticket = st->issued;
     return CUDA_SUCCESS;
 }
 
-CUresult cuEventSynchronize(CUevent) { return CUDA_SUCCESS; }
+CUresult cuEventSynchronize(CUevent e) {
+    DeviceLock lock(device_mutex);
+    const Event* ev = reinterpret_cast<Event*>(e);
+    if (ev->mark) run_until(ev->stream, ev->ticket);
+    return CUDA_SUCCESS;
+}
 
 CUresult cuEventElapsedTime(float* ms, CUevent start, CUevent end) {
+    DeviceLock lock(device_mutex);
     const Event* a = reinterpret_cast<Event*>(start);
     const Event* b = reinterpret_cast<Event*>(end);
-    if (!a->recorded || !b->recorded) return CUDA_ERROR_INVALID_VALUE;
-    *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
+    if (!a->mark || !b->mark) return CUDA_ERROR_INVALID_HANDLE;
+    if (!a->mark->done || !b->mark->done) return CUDA_ERROR_NOT_READY;
+    *ms = std::chrono::duration<float, std::milli>(b->mark->at - a->mark->at).count();
     return CUDA_SUCCESS;
 }
 

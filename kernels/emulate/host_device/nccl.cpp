@@ -126,6 +126,12 @@ void run_call(void* p) {
     all_reduce(*call->comm, call->send, call->recv, call->count);
 }
 
+// A sum issued outside a capture runs once, when its stream reaches it.
+void run_call_once(void* p) {
+    run_call(p);
+    delete static_cast<Call*>(p);
+}
+
 void segment_name(const UniqueId& id, char* name, size_t len) {
     const auto* b = reinterpret_cast<const unsigned char*>(id.internal + sizeof TAG);
     snprintf(name, len, "/electra-hd-nccl-%02x%02x%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2],
@@ -202,10 +208,16 @@ Result ncclAllReduce(const void* send, void* recv, size_t count, int type, int o
     if (cuStreamIsCapturing(stream, &capturing) != CUDA_SUCCESS) return INVALID_ARGUMENT;
     auto call = std::make_unique<Call>(
         Call{comm, static_cast<const float*>(send), static_cast<float*>(recv), count});
-    // Streams do their work at the call, so only a captured call has to outlive it.
     Call* p = call.get();
-    if (capturing != CU_STREAM_CAPTURE_STATUS_NONE) comm->captured.push_back(std::move(call));
-    return cuLaunchHostFunc(stream, run_call, p) == CUDA_SUCCESS ? SUCCESS : INVALID_ARGUMENT;
+    CUresult r;
+    if (capturing != CU_STREAM_CAPTURE_STATUS_NONE) {
+        comm->captured.push_back(std::move(call));  // for every replay, freed with the comm
+        r = cuLaunchHostFunc(stream, run_call, p);
+    } else {
+        r = cuLaunchHostFunc(stream, run_call_once, p);
+        if (r == CUDA_SUCCESS) call.release();
+    }
+    return r == CUDA_SUCCESS ? SUCCESS : INVALID_ARGUMENT;
 }
 
 const char* ncclGetErrorString(Result r) {
