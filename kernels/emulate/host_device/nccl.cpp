@@ -31,7 +31,8 @@ enum Result : int { SUCCESS = 0, SYSTEM_ERROR = 2, INVALID_ARGUMENT = 4, INVALID
 constexpr int FLOAT32 = 7, SUM = 0;
 
 constexpr int MAX_RANKS = 16;
-constexpr size_t PIECE = size_t(1) << 20;  // values a rank's slot holds: 4 MB
+// Values a rank's slot holds: 1 MB, so that 16 ranks fit a container's 64 MB /dev/shm.
+constexpr size_t PIECE = size_t(1) << 18;
 constexpr int WAIT_SECONDS = 300;
 constexpr char TAG[] = "electra host device";
 
