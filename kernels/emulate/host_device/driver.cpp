@@ -3,8 +3,8 @@
 // bytes when allocated (NaN as bf16 and f32) so that a read of what was never written shows, and
 // ending at a page that faults; a stream's work runs only when something needs it, the other
 // streams' ready work first, so that a missing wait between streams shows (see Stream), and the
-// legacy stream's runs at the call; a captured
-// stream records its work into a graph that cuGraphLaunch replays, with the kernel parameters
+// legacy stream's runs at the call; a captured stream records its work into a graph that
+// cuGraphLaunch replays, with the kernel parameters
 // copied at capture as the driver does; cuLaunchKernel runs the kernel's own source (compiled
 // with shim.h) on threads.cpp's fibers. Anything else returns CUDA_ERROR_NOT_SUPPORTED, so that
 // a change that needs more than this shows at once. See README.md.
@@ -308,7 +308,8 @@ CUresult set(CUdeviceptr dst, unsigned value, unsigned width, size_t count, CUst
 // Host memory here is pageable (the driver's pinned allocations are not emulated), and the
 // driver treats copies from it as the engine counts on: one to the device stages its source
 // before the call returns, so the caller may reuse it at once; one to the host returns once
-// the stream has reached it and it is done. In a capture the pointers are kept for each replay.
+// the stream has reached it and it is done. In a capture the pointers are kept for each replay,
+// and on the legacy stream, whose work runs at the call, nothing need be staged.
 enum class Direction { TO_DEVICE, TO_HOST, ON_DEVICE };
 
 CUresult copy(void* dst, const void* src, size_t bytes, CUstream s, Direction d) {
@@ -318,12 +319,13 @@ CUresult copy(void* dst, const void* src, size_t bytes, CUstream s, Direction d)
     w.src = src;
     w.bytes = bytes;
     Stream* st = stream_of(s);
-    if (!st->capture && d == Direction::TO_DEVICE) {
+    const bool deferred = !st->capture && st != &null_stream;
+    if (deferred && d == Direction::TO_DEVICE) {
         const auto* from = static_cast<const unsigned char*>(src);
         w.staged = std::make_shared<std::vector<unsigned char>>(from, from + bytes);
         w.src = w.staged->data();
     }
-    if (!st->capture && d == Direction::TO_HOST && st != &null_stream) {
+    if (deferred && d == Direction::TO_HOST) {
         DeviceLock lock(device_mutex);
         finish(st);
         w();

@@ -100,12 +100,13 @@ impl CudaBackend {
             .uuid()
             .map_err(|e| driver_err("reading the GPU's UUID", e))?;
         let mut mine: Vec<u8> = uuid.bytes.iter().map(|&b| b as u8).collect();
+        let id = mine.len();
         mine.extend_from_slice(&(self.ctx.ordinal() as u32).to_le_bytes());
         let all = comm.all_gather(&mine);
         let ranks: Vec<&[u8]> = all.chunks(mine.len()).collect();
-        let device = |r: usize| u32::from_le_bytes(ranks[r][16..].try_into().unwrap());
+        let device = |r: usize| u32::from_le_bytes(ranks[r][id..].try_into().unwrap());
         for b in 1..ranks.len() {
-            if let Some(a) = (0..b).find(|&a| ranks[a][..16] == ranks[b][..16]) {
+            if let Some(a) = (0..b).find(|&a| ranks[a][..id] == ranks[b][..id]) {
                 return Err(CudaError::Unsupported(format!(
                     "NCCL: ranks {a} and {b} share a GPU (rank {a}'s device {}, rank {b}'s \
                      device {}): NCCL sums only between ranks on different GPUs. Start at most \
