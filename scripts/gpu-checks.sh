@@ -25,8 +25,8 @@
 #       and again with the gradient sum over NCCL (ELECTRA_NCCL=1), which must match it bit for bit;
 #   4b. ELECTRA-Small on the SOTU shards for 150 steps, recorded and issued: tokens/s on real
 #      batches (whose counts vary, so recordings may not be reused);
-#   5. the time of every kernel over three steps of that bench, by ncu (gpu__time_duration), if
-#      the deadline leaves room;
+#   5. the time of every kernel over the steps of a 3-step bench (warm-up and profiled steps
+#      included), by ncu (gpu__time_duration, clocks unlocked), if the deadline leaves room;
 #   6. the HF peer with torch.compile, if the deadline leaves room.
 # Build here with ../shared/tools/device-bundle and then scripts/bundle-capi-cuda-test.sh, then one device call with carry [".device",
 # "data/sotu-shards", "data/curve-cpu-argmax.jsonl", "data/curve-cpu-sample.jsonl"] and command
@@ -45,6 +45,8 @@ left() { echo $((DEADLINE - SECONDS)); }
 
 # shellcheck source=scripts/gpu-env.sh
 . "$(dirname "$0")/gpu-env.sh"
+export ELECTRA_COMMIT=${ELECTRA_COMMIT:-$(cat .device/commit 2>/dev/null || echo unknown)}
+note "commit: $ELECTRA_COMMIT"
 note "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
   --format=csv,noheader 2>&1)"
 note "driver: $driver; libcuda.so elsewhere: $(find ${libs//:/ } /usr/local/cuda*/lib64/stubs -maxdepth 1 \
@@ -225,7 +227,10 @@ done
 echo "=== 5. time per kernel (ncu), 3 steps of the small bench"
 ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
 if [ -n "$ncu" ] && [ "$(left)" -gt 150 ]; then
-  ELECTRA_CUDA_GRAPH=0 timeout 100 "$ncu" --metrics gpu__time_duration.sum --print-summary per-kernel \
+  # At the clocks the bench runs at (ncu locks them to base by default: session 21's profile
+  # summed 13.8 ms a step against the 11 ms recorded step), caches as the step leaves them.
+  ELECTRA_CUDA_GRAPH=0 timeout 100 "$ncu" --clock-control none --cache-control none \
+    --metrics gpu__time_duration.sum --print-summary per-kernel \
     "$bin" bench --device cuda --preset small --batch 128 --seq 128 --steps 3 >"$OUT/ncu.log" 2>&1 \
     || note "ncu: FAILED or out of time (rc $?)"
   note "ncu: $(grep -c 'gpu__time_duration' "$OUT/ncu.log") kernels summarised in ncu.log"

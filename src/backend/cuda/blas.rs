@@ -610,9 +610,11 @@ impl Launcher<'_> {
 impl CudaBackend {
     /// The bf16 matrix rate of this device in FLOP/s, and the size N it was measured at: the
     /// median of 10 timed N³ cuBLASLt products (bf16 in, f32 accumulate, bf16 out) on random
-    /// operands, after 3 untimed ones. N is the first of 1024, 2048, 4096 and 8192 whose product
-    /// takes at least 5 ms, or 8192: an H200 takes ~1.4 ms for 8192³, so it is measured there as
-    /// it always was, and a slow device (the host device) stops before its products take minutes.
+    /// operands, after 3 untimed ones. N is the first of 1024, 2048, 4096 and 8192 whose second
+    /// product takes at least 5 ms, or 8192: an H200 takes ~1.4 ms for 8192³, so it is measured
+    /// there, and a slow device (the host device) stops before its products take minutes. The
+    /// first product of a process also loads cuBLASLt's kernels (over 5 ms at 1024³ on an H200,
+    /// which then measured a tenth of its rate), so the size is judged by the second.
     /// Allocates up to 384 MiB for the call.
     pub fn matrix_rate(&mut self) -> Result<(f64, usize), CudaError> {
         const SIZES: [usize; 4] = [1024, 2048, 4096, 8192];
@@ -629,7 +631,7 @@ impl CudaBackend {
     }
 
     /// The rate of n³ products as [`CudaBackend::matrix_rate`] measures it, each product between
-    /// two events, on operands uploaded once; None, after the first (untimed) product, when
+    /// two events, on operands uploaded once; None, after the second (untimed) product, when
     /// `enough` says its seconds are too few to measure at this size.
     fn square_product_rate(
         &mut self,
@@ -689,7 +691,7 @@ impl CudaBackend {
                 .elapsed_ms(&end)
                 .map_err(|e| driver_err("timing the product", e))?;
             times.push(ms as f64 * 1e-3);
-            if i == 0 && !enough(times[0]) {
+            if i == 1 && !enough(times[1]) {
                 return Ok(None);
             }
         }
